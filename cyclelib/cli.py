@@ -1,0 +1,166 @@
+"""The ``cyclelib`` command line: train, translate, download.
+
+Every field of a config dataclass is an option (``--lambda-A 5``, ``--no-flip``);
+options given on the command line win over the scale's preset, which wins over
+the paper's defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+from .runtime import SCALES
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--option`` per field of dataclass ``cls`` (default None: "not given")."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):  # "int | None" -> int
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        default = f"default: {f.default}"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=default)
+        else:
+            parser.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(), help=default)
+
+
+def given_options(args: argparse.Namespace, cls) -> dict:
+    """The config fields the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def _train_cyclegan(args) -> None:
+    from .cyclegan import CycleGANConfig, train_cyclegan
+    from .checkpoint import load_checkpoint
+
+    options = given_options(args, CycleGANConfig)
+    if args.resume:
+        # The run's own config, with any option given now (e.g. more epochs) on top.
+        saved = load_checkpoint(Path(args.resume) / "checkpoint.pt")["config"]
+        config = CycleGANConfig(**{**saved, **options, "out": str(args.resume)})
+    else:
+        if "data" not in options:
+            raise SystemExit("cyclelib train cyclegan: --data is required (a folder with trainA/trainB, "
+                             "or a digit pair such as mnist5k:mnistm5k)")
+        config = CycleGANConfig.for_scale(args.scale, **options)
+    print(f"training CycleGAN on {config.data} -> {config.out}")
+    train_cyclegan(config, resume=bool(args.resume))
+    print(f"done: checkpoint {Path(config.out) / 'checkpoint.pt'}, samples in {Path(config.out) / 'samples'}")
+
+
+def _train_cycada(args) -> None:
+    from .cycada import CyCADAConfig, run_cycada
+
+    options = given_options(args, CyCADAConfig)
+    options.pop("scale", None)  # --scale picks the preset below
+    missing = [f"--{name}" for name in ("source", "target") if name not in options]
+    if missing:
+        raise SystemExit(f"cyclelib train cycada: {' and '.join(missing)} required (digit domains such as "
+                         "mnist5k, uci-digits, mnistm5k, mnist, usps, svhn, mnistm)")
+    config = CyCADAConfig.for_scale(args.scale, **options)
+    print(f"CyCADA {config.source} -> {config.target} ({config.scale} scale) -> {config.out}")
+    metrics = run_cycada(config, stages=args.stages, force=args.force)
+    for key in ("source_only", "pixel_only", "feature_only", "pixel_feature", "target_oracle",
+                "label_preservation"):
+        if key in metrics:
+            print(f"{key:>20}: {metrics[key]:.4f}")
+    print(f"done: {Path(config.out) / 'metrics.json'}")
+
+
+def _translate(args) -> None:
+    from .translate import load_generator, translate_folder
+
+    generator = load_generator(args.checkpoint, args.direction, arch=args.arch, norm=args.norm,
+                               input_nc=args.input_nc, output_nc=args.output_nc, width=args.width)
+    written = translate_folder(generator, args.input, args.output, batch_size=args.batch_size,
+                               size=args.size, device=args.device)
+    print(f"translated {len(written)} images into {args.output}")
+
+
+def _download(args) -> None:
+    from .data import CYCLEGAN_DATASETS, download_dataset, download_digits, DIGIT_DOMAINS
+
+    if args.name in CYCLEGAN_DATASETS:
+        print(f"downloaded to {download_dataset(args.name, args.root or 'datasets')}")
+    elif args.name in DIGIT_DOMAINS:
+        print(f"downloaded to {download_digits(args.name, args.root)}")
+    else:
+        raise SystemExit(f"cyclelib download: unknown dataset {args.name!r}; valid names: "
+                         f"{', '.join(CYCLEGAN_DATASETS)}, {', '.join(DIGIT_DOMAINS)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cycada import STAGES, CyCADAConfig
+    from .cyclegan import CycleGANConfig
+
+    parser = argparse.ArgumentParser(prog="cyclelib", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
+    cyclegan = train.add_parser("cyclegan", help="unpaired image translation (Zhu et al. 2017)")
+    cyclegan.add_argument("--scale", choices=SCALES, default=None,
+                          help="smoke (seconds), cpu (minutes), gpu (paper); default: $CYCLELIB_SCALE, "
+                               "else gpu when CUDA is present, else cpu")
+    cyclegan.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    add_config_options(cyclegan, CycleGANConfig)
+    cyclegan.set_defaults(run=_train_cyclegan)
+
+    cycada = train.add_parser("cycada", help="domain adaptation on digits, stage by stage (Hoffman et al. 2018)")
+    cycada.add_argument("--scale", choices=SCALES, default=None,
+                        help="smoke (seconds), cpu (~30 minutes), gpu (paper); default: $CYCLELIB_SCALE, "
+                             "else gpu when CUDA is present, else cpu")
+    cycada.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated stages to run (default: all, {','.join(STAGES)}); finished "
+                             "ones are skipped, earlier ones are loaded from --out")
+    cycada.add_argument("--force", action="store_true", help="retrain the chosen stages even if finished")
+    add_config_options(cycada, CyCADAConfig, skip=("scale",))
+    cycada.set_defaults(run=_train_cycada)
+
+    translate = commands.add_parser("translate", help="translate a folder of images with a trained generator")
+    translate.add_argument("--checkpoint", required=True,
+                           help="a cyclelib checkpoint.pt, or an official generator .pth (e.g. horse2zebra.pth)")
+    translate.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB")
+    translate.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    translate.add_argument("--output", required=True, help="folder for the results (same relative names)")
+    translate.add_argument("--batch-size", type=int, default=8)
+    translate.add_argument("--size", type=int, default=None,
+                           help="resize to SIZE x SIZE first (default: keep the size, rounded to a multiple of 4)")
+    translate.add_argument("--device", default=None)
+    official = translate.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
+    official.add_argument("--arch", default="resnet_9blocks")
+    official.add_argument("--norm", default="instance")
+    official.add_argument("--input-nc", type=int, default=3)
+    official.add_argument("--output-nc", type=int, default=3)
+    official.add_argument("--width", type=int, default=64)
+    translate.set_defaults(run=_translate)
+
+    download = commands.add_parser("download", help="download a dataset (official CycleGAN zips, digits)")
+    download.add_argument("name")
+    download.add_argument("--root", default=None, help="where to put it (default: ./datasets for CycleGAN "
+                                                       "zips, $CYCLELIB_DATA or ~/.cache/cyclelib for digits)")
+    download.set_defaults(run=_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input is the user's to fix: say what is wrong, without a traceback.
+        print(f"cyclelib: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

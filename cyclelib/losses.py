@@ -1,0 +1,149 @@
+"""Every loss of CycleGAN and CyCADA, one function each.
+
+Each docstring gives the equation it implements, in the notation of the book
+(G: X -> Y, F: Y -> X, discriminators D_X and D_Y, source classifier f_S).
+All functions return a scalar tensor averaged over the batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
+
+
+def gan_loss(prediction: torch.Tensor, target_is_real: bool, mode: str = "lsgan",
+             for_discriminator: bool = True) -> torch.Tensor:
+    r"""Adversarial loss :math:`\mathcal{L}_{GAN}(G, D_Y, X, Y)` for one side of the game.
+
+    The notes write the GAN objective as
+
+    .. math::
+        \mathcal{L}_{GAN}(G, D_Y, X, Y) = \mathbb{E}_{y}[\log D_Y(y)]
+            + \mathbb{E}_{x}[\log(1 - D_Y(G(x)))]
+
+    which D maximises and G minimises. This function returns the term for a batch of
+    discriminator outputs ``prediction`` (logits, any shape, e.g. PatchGAN maps
+    [N, 1, 30, 30]) that should be judged real (``target_is_real=True``) or fake:
+
+    - ``vanilla``: :math:`\mathrm{BCE}(\sigma(p), t)`, i.e. :math:`-\log D` for real and
+      :math:`-\log(1-D)` for fake; the generator uses the non-saturating form
+      :math:`-\log D(G(x))` (pass ``target_is_real=True``), as the official code does.
+    - ``lsgan`` (CycleGAN's default): :math:`\mathbb{E}[(p - t)^2]` with :math:`t \in \{1, 0\}`.
+    - ``wgangp``: :math:`-\mathbb{E}[p]` for real and :math:`\mathbb{E}[p]` for fake
+      (add :func:`gradient_penalty` to the discriminator loss).
+    - ``hinge``: discriminator :math:`\mathbb{E}[\max(0, 1 - p)]` for real and
+      :math:`\mathbb{E}[\max(0, 1 + p)]` for fake; generator :math:`-\mathbb{E}[p]`
+      (``for_discriminator=False``).
+    """
+    if mode == "lsgan":
+        target = torch.ones_like(prediction) if target_is_real else torch.zeros_like(prediction)
+        return F.mse_loss(prediction, target)
+    if mode == "vanilla":
+        target = torch.ones_like(prediction) if target_is_real else torch.zeros_like(prediction)
+        return F.binary_cross_entropy_with_logits(prediction, target)
+    if mode == "wgangp":
+        return -prediction.mean() if target_is_real else prediction.mean()
+    if mode == "hinge":
+        if not for_discriminator:
+            return -prediction.mean()
+        return F.relu(1 - prediction).mean() if target_is_real else F.relu(1 + prediction).mean()
+    raise ValueError(f"unknown gan_mode {mode!r}; valid values: {', '.join(GAN_MODES)}")
+
+
+def gradient_penalty(discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     weight: float = 10.0, constant: float = 1.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""WGAN-GP gradient penalty (Gulrajani et al. 2017).
+
+    .. math::
+        \lambda_{GP}\, \mathbb{E}_{\hat x}\big[(\lVert \nabla_{\hat x} D(\hat x) \rVert_2 - c)^2\big] / c^2,
+        \qquad \hat x = \epsilon x_{real} + (1-\epsilon) x_{fake},\ \epsilon \sim U[0, 1]
+
+    with one :math:`\epsilon` per sample, as in the official ``cal_gradient_penalty``
+    (type ``mixed``). ``real`` and ``fake``: [N, C, H, W].
+    """
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator).to(real)
+    mixed = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    out = discriminator(mixed)
+    # create_graph: the penalty itself is differentiated in D's backward pass.
+    (grad,) = torch.autograd.grad(out, mixed, torch.ones_like(out), create_graph=True)
+    norm = (grad.flatten(1) + 1e-16).norm(2, dim=1)  # [N]
+    return weight * ((norm - constant) ** 2).mean() / constant ** 2
+
+
+def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    r"""Cycle-consistency loss for one direction (L1).
+
+    .. math::
+        \mathcal{L}_{cyc}(G, F) = \mathbb{E}_{x}\big[\lVert F(G(x)) - x \rVert_1\big]
+            + \mathbb{E}_{y}\big[\lVert G(F(y)) - y \rVert_1\big]
+
+    Call it once per term, e.g. ``cycle_loss(F(G(x)), x)``; the mean over pixels
+    matches the official ``nn.L1Loss``.
+    """
+    return F.l1_loss(reconstructed, original)
+
+
+def identity_loss(same: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    r"""Identity loss for one generator (Zhu et al., section 5.2).
+
+    .. math::
+        \mathcal{L}_{identity}(G, F) = \mathbb{E}_{y}\big[\lVert G(y) - y \rVert_1\big]
+            + \mathbb{E}_{x}\big[\lVert F(x) - x \rVert_1\big]
+
+    Call it once per term, e.g. ``identity_loss(G(y), y)``: a generator fed an image
+    that is already in its output domain should leave it unchanged, which keeps colours.
+    """
+    return F.l1_loss(same, original)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Task loss of CyCADA: cross-entropy of a classifier on labelled images.
+
+    .. math::
+        \mathcal{L}_{task}(f, X, Y) = -\mathbb{E}_{(x, y)}
+            \sum_{k=1}^{K} \mathbb{1}[k = y] \log \sigma(f(x))_k
+
+    ``logits``: [N, K]; ``labels``: [N] class indices.
+    """
+    return F.cross_entropy(logits, labels)
+
+
+def semantic_loss(classifier: torch.nn.Module, real: torch.Tensor,
+                  translated: torch.Tensor) -> torch.Tensor:
+    r"""Semantic consistency loss of CyCADA for one direction.
+
+    .. math::
+        \mathcal{L}_{sem}(G_{S\to T}, G_{T\to S}, X_S, X_T, f_S) =
+            \mathcal{L}_{task}(f_S, G_{T\to S}(X_T), p(f_S, X_T))
+            + \mathcal{L}_{task}(f_S, G_{S\to T}(X_S), p(f_S, X_S))
+
+    where :math:`p(f, X) = \arg\max f(X)` are the labels the frozen, pretrained
+    source classifier gives the real images. Call it once per term, e.g.
+    ``semantic_loss(f_S, x_s, G(x_s))``. The classifier must be in eval mode with
+    ``requires_grad=False``: the gradient reaches only the generator, through
+    ``translated``. ``real`` and ``translated``: [N, C, H, W] in the classifier's
+    input format.
+    """
+    with torch.no_grad():
+        labels = classifier(real).argmax(dim=1)  # [N]
+    return task_loss(classifier(translated), labels)
+
+
+def feature_gan_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+    r"""Feature-level adversarial loss of CyCADA, ADDA style, on a 2-way discriminator.
+
+    .. math::
+        \mathcal{L}_{GAN}(f_T, D_{feat}, f_S(G_{S\to T}(X_S)), X_T) =
+            \mathbb{E}[\log D_{feat}(f_S(G_{S\to T}(x_s)))]
+            + \mathbb{E}[\log(1 - D_{feat}(f_T(x_t)))]
+
+    ``logits``: [N, 2] outputs of :class:`~cyclelib.networks.FeatureDiscriminator`,
+    whose class 1 means "translated source" (real for this game) and class 0
+    "target". The discriminator uses the true domains; f_T is trained with
+    ``target_is_real=True`` on its target features (the inverted-label ADDA loss).
+    """
+    labels = torch.full((logits.shape[0],), int(target_is_real), dtype=torch.long,
+                        device=logits.device)
+    return F.cross_entropy(logits, labels)

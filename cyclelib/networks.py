@@ -1,0 +1,577 @@
+"""The networks of CycleGAN and CyCADA.
+
+CycleGAN part: the generators and discriminators of the official PyTorch code
+(junyanz/pytorch-CycleGAN-and-pix2pix, ``models/networks.py``), rebuilt module for
+module so that ``state_dict()`` keys and shapes are *identical* to the official ones
+(``model.1.weight``, ``model.10.conv_block.1.weight``, ``model.model.1.model.3...``,
+``net.0.weight``). That is what lets :func:`load_official` read the files its users
+have (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) and lets
+:func:`save_official` write files the official ``test.py`` accepts. Modules are also
+created in the official order, so the same seed gives the same initial weights.
+
+CyCADA part: the digit classifiers ``LeNet`` and ``DTN`` and the feature-level
+discriminator of the CyCADA release (jhoffman/cycada_release), with the release's
+module names (``conv_params``, ``fc_params``, ``classifier``).
+
+Images are float tensors ``[N, C, H, W]`` in ``[-1, 1]``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cyclelib.checkpoint import load_checkpoint, save_checkpoint
+
+NORMS = ("instance", "batch", "none")
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
+DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
+
+_GENERATOR_ARCH_HELP = ("resnet_<n>blocks for any n >= 1 (official: resnet_9blocks, resnet_6blocks), "
+                        "unet_<size> for size = 2^k >= 32 (official: unet_128, unet_256)")
+
+
+# --------------------------------------------------------------------------------------
+# Helpers shared by all CycleGAN networks
+# --------------------------------------------------------------------------------------
+
+def _norm_layer(norm: str) -> tuple[Callable[[int], nn.Module], bool]:
+    """Return ``(make_norm, use_bias)`` for a norm name, as the official ``get_norm_layer``.
+
+    - ``instance``: InstanceNorm2d without affine parameters and without running
+      statistics: it normalises every image by its own mean/std, in training and in
+      eval alike, so it has no state at all.
+    - ``batch``: BatchNorm2d with affine parameters and running statistics.
+    - ``none``: an identity placeholder. It keeps the module indices (and so the
+      state_dict keys) the same as with a real norm.
+
+    ``use_bias`` says whether the convolutions before a norm carry a bias. The official
+    code tests ``norm_layer == InstanceNorm2d``: a bias is useless before BatchNorm
+    (its mean subtraction cancels it, and its affine shift replaces it) and useful
+    before the shift-free InstanceNorm. A side effect we keep on purpose, for checkpoint
+    compatibility: with ``none`` those convolutions have no bias either.
+    """
+    if norm == "instance":
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False), True
+    if norm == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True), False
+    if norm == "none":
+        return (lambda channels: nn.Identity()), False
+    raise ValueError(f"unknown norm {norm!r}; valid values: {', '.join(NORMS)}")
+
+
+def _check_channels(x: torch.Tensor, channels: int, who: str) -> None:
+    """Turn a channel mismatch into a readable error instead of a deep conv traceback."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{who} expects images of shape N x {channels} x H x W "
+                         f"({channels} channels), got a tensor of shape {tuple(x.shape)}")
+
+
+# --------------------------------------------------------------------------------------
+# Generators
+# --------------------------------------------------------------------------------------
+
+class ResnetBlock(nn.Module):
+    """Residual block: ``x + conv_block(x)``, no activation after the sum.
+
+    ``conv_block`` = ReflectionPad 1, Conv 3x3, norm, ReLU, [Dropout 0.5], ReflectionPad 1,
+    Conv 3x3, norm. Reflection padding (not zeros) avoids dark borders in the output.
+    Dropout, when enabled, shifts the index of the second conv from 5 to 6, exactly as
+    in the official code (and in its checkpoints).
+    """
+
+    def __init__(self, dim: int, norm: str = "instance", dropout: bool = False):
+        super().__init__()
+        make_norm, use_bias = _norm_layer(norm)
+        layers = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, kernel_size=3, bias=use_bias),
+                  make_norm(dim), nn.ReLU(True)]
+        if dropout:
+            layers += [nn.Dropout(0.5)]
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, kernel_size=3, bias=use_bias),
+                   make_norm(dim)]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)  # [N, dim, H, W]
+
+
+class ResnetGenerator(nn.Module):
+    """Johnson et al.'s image transformation network, CycleGAN's default generator.
+
+    c7s1-w, d2w, d4w, ``n_blocks`` x R4w, u2w, uw, c7s1-out (w = ``width``, ngf):
+    two stride-2 downsamplings, residual blocks at 1/4 resolution, two transposed-conv
+    upsamplings, Tanh so that outputs are images in [-1, 1]. Height and width should
+    be multiples of 4 to come back at the input size.
+    """
+
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, width: int = 64, n_blocks: int = 9,
+                 norm: str = "instance", dropout: bool = False):
+        super().__init__()
+        self.input_nc, self.output_nc = input_nc, output_nc
+        make_norm, use_bias = _norm_layer(norm)
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, width, kernel_size=7, bias=use_bias),
+                  make_norm(width), nn.ReLU(True)]
+        for mult in (1, 2):  # downsample: width -> 2 width -> 4 width, H -> H/2 -> H/4
+            layers += [nn.Conv2d(width * mult, width * mult * 2, kernel_size=3, stride=2, padding=1,
+                                 bias=use_bias),
+                       make_norm(width * mult * 2), nn.ReLU(True)]
+        layers += [ResnetBlock(width * 4, norm, dropout) for _ in range(n_blocks)]
+        for mult in (4, 2):  # upsample: 4 width -> 2 width -> width, H/4 -> H/2 -> H
+            layers += [nn.ConvTranspose2d(width * mult, width * mult // 2, kernel_size=3, stride=2,
+                                          padding=1, output_padding=1, bias=use_bias),
+                       make_norm(width * mult // 2), nn.ReLU(True)]
+        # The last conv always has a bias: no norm follows it.
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, output_nc, kernel_size=7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_channels(x, self.input_nc, type(self).__name__)
+        return self.model(x)  # [N, input_nc, H, W] -> [N, output_nc, H, W]
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """One level of the U-Net: ``x -> [x, up(submodule(down(x)))]`` (concatenated).
+
+    down = LeakyReLU 0.2, Conv 4x4 stride 2, norm; up = ReLU, ConvTranspose 4x4 stride 2,
+    norm. The outermost block has no activation/norm on the way down, returns
+    ``up(...)`` without the skip and ends in Tanh; the innermost block (the 1x1
+    bottleneck) has no norm after its down conv, because a norm over a single pixel
+    would be meaningless (and fails for InstanceNorm). Dropout (pix2pix's noise
+    source) goes after the up path of the middle blocks only.
+    """
+
+    def __init__(self, outer_nc: int, inner_nc: int, input_nc: int | None = None,
+                 submodule: nn.Module | None = None, outermost: bool = False, innermost: bool = False,
+                 norm: str = "instance", dropout: bool = False):
+        super().__init__()
+        self.outermost = outermost
+        make_norm, use_bias = _norm_layer(norm)
+        input_nc = outer_nc if input_nc is None else input_nc
+        # Created in the official order (down conv before up conv) so that seeded
+        # default initialisations consume the random stream identically.
+        downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+        downrelu = nn.LeakyReLU(0.2, True)
+        downnorm = make_norm(inner_nc)
+        uprelu = nn.ReLU(True)
+        upnorm = make_norm(outer_nc)
+        if outermost:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
+            layers = [downconv, submodule, uprelu, upconv, nn.Tanh()]
+        elif innermost:
+            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1,
+                                        bias=use_bias)
+            layers = [downrelu, downconv, uprelu, upconv, upnorm]
+        else:
+            # inner_nc * 2 input channels: the submodule returns its input and its output
+            # concatenated.
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1,
+                                        bias=use_bias)
+            layers = [downrelu, downconv, downnorm, submodule, uprelu, upconv, upnorm]
+            if dropout:
+                layers += [nn.Dropout(0.5)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)  # [N, output_nc, H, W]
+        return torch.cat([x, self.model(x)], 1)  # [N, 2 * outer_nc, H, W]
+
+
+class UnetGenerator(nn.Module):
+    """pix2pix's U-Net: ``num_downs`` stride-2 levels with skip connections.
+
+    Built from the inside out as in the official code, so the state_dict nests as
+    ``model.model.1.model.3.model...``. Widths: w, 2w, 4w, then 8w for every deeper
+    level; ``num_downs`` = 8 for unet_256 (a 256x256 image reaches 1x1 at the
+    bottleneck), 7 for unet_128. Height and width must be multiples of
+    ``2 ** num_downs``.
+    """
+
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, num_downs: int = 8, width: int = 64,
+                 norm: str = "instance", dropout: bool = False):
+        super().__init__()
+        if num_downs < 5:
+            raise ValueError(f"a U-Net needs num_downs >= 5 (5 fixed levels), got {num_downs}")
+        self.input_nc, self.output_nc, self.num_downs = input_nc, output_nc, num_downs
+        block = UnetSkipConnectionBlock(width * 8, width * 8, innermost=True, norm=norm)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(width * 8, width * 8, submodule=block, norm=norm,
+                                            dropout=dropout)
+        for outer in (4, 2, 1):  # 8w -> 4w -> 2w -> w, the levels near the image
+            block = UnetSkipConnectionBlock(width * outer, width * outer * 2, submodule=block, norm=norm)
+        self.model = UnetSkipConnectionBlock(output_nc, width, input_nc=input_nc, submodule=block,
+                                             outermost=True, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_channels(x, self.input_nc, type(self).__name__)
+        step = 2 ** self.num_downs
+        if x.shape[2] % step or x.shape[3] % step:
+            raise ValueError(f"{type(self).__name__} with {self.num_downs} downsamplings needs height "
+                             f"and width divisible by {step}, got {x.shape[2]} x {x.shape[3]}")
+        return self.model(x)  # [N, input_nc, H, W] -> [N, output_nc, H, W]
+
+
+# --------------------------------------------------------------------------------------
+# Discriminators
+# --------------------------------------------------------------------------------------
+
+class NLayerDiscriminator(nn.Module):
+    """PatchGAN: a fully convolutional D that scores overlapping patches, not the image.
+
+    Conv 4x4 stride 2 (no norm) + LeakyReLU 0.2; ``n_layers - 1`` more stride-2 convs
+    doubling the width (capped at 8w) with norm; one stride-1 conv with norm; a
+    stride-1 conv to 1 channel (raw scores, no sigmoid: the loss decides). With
+    n_layers 3 ("basic") each output sees a 70x70 patch and a 256x256 image gives a
+    30x30 score map.
+    """
+
+    def __init__(self, input_nc: int = 3, width: int = 64, n_layers: int = 3, norm: str = "instance"):
+        super().__init__()
+        self.input_nc = input_nc
+        make_norm, use_bias = _norm_layer(norm)
+        layers = [nn.Conv2d(input_nc, width, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1  # the last of these keeps the resolution
+            layers += [nn.Conv2d(width * prev, width * mult, kernel_size=4, stride=stride, padding=1,
+                                 bias=use_bias),
+                       make_norm(width * mult), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(width * mult, 1, kernel_size=4, stride=1, padding=1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_channels(x, self.input_nc, type(self).__name__)
+        return self.model(x)  # [N, input_nc, H, W] -> [N, 1, H', W'] patch scores
+
+
+class PixelDiscriminator(nn.Module):
+    """1x1 PatchGAN ("pixelGAN"): scores every pixel on its own colour, no spatial context.
+
+    1x1 convs input_nc -> w -> LeakyReLU -> 2w -> norm -> LeakyReLU -> 1. As in the
+    official code the last conv carries a bias only with instance norm.
+    """
+
+    def __init__(self, input_nc: int = 3, width: int = 64, norm: str = "instance"):
+        super().__init__()
+        self.input_nc = input_nc
+        make_norm, use_bias = _norm_layer(norm)
+        self.net = nn.Sequential(
+            nn.Conv2d(input_nc, width, kernel_size=1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(width, width * 2, kernel_size=1, bias=use_bias), make_norm(width * 2),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(width * 2, 1, kernel_size=1, bias=use_bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_channels(x, self.input_nc, type(self).__name__)
+        return self.net(x)  # [N, input_nc, H, W] -> [N, 1, H, W]
+
+
+# --------------------------------------------------------------------------------------
+# Building, initialising, loading and saving
+# --------------------------------------------------------------------------------------
+
+def _make_generator(arch: str, input_nc: int, output_nc: int, width: int, norm: str,
+                    dropout: bool) -> nn.Module:
+    """Build a generator from its official name, with PyTorch's default initialisation."""
+    if m := re.fullmatch(r"resnet_(\d+)blocks", arch):
+        n_blocks = int(m.group(1))
+        if n_blocks >= 1:
+            return ResnetGenerator(input_nc, output_nc, width, n_blocks, norm, dropout)
+    elif m := re.fullmatch(r"unet_(\d+)", arch):
+        size = int(m.group(1))
+        num_downs = size.bit_length() - 1
+        if size >= 32 and size == 2 ** num_downs:
+            return UnetGenerator(input_nc, output_nc, num_downs, width, norm, dropout)
+    raise ValueError(f"unknown generator arch {arch!r}; valid values: {_GENERATOR_ARCH_HELP}")
+
+
+def _make_discriminator(arch: str, input_nc: int, width: int, n_layers: int, norm: str) -> nn.Module:
+    """Build a discriminator from its official name, with PyTorch's default initialisation."""
+    if arch == "basic":
+        return NLayerDiscriminator(input_nc, width, 3, norm)
+    if arch == "n_layers":
+        return NLayerDiscriminator(input_nc, width, n_layers, norm)
+    if arch == "pixel":
+        return PixelDiscriminator(input_nc, width, norm)
+    raise ValueError(f"unknown discriminator arch {arch!r}; valid values: {', '.join(DISCRIMINATOR_ARCHS)}")
+
+
+def _check_init(init: str) -> None:
+    if init not in INIT_TYPES:
+        raise ValueError(f"unknown init {init!r}; valid values: {', '.join(INIT_TYPES)}")
+
+
+def init_weights(net: nn.Module, init: str = "normal", gain: float = 0.02) -> nn.Module:
+    """Re-initialise ``net`` in place exactly as the official ``init_weights``; returns ``net``.
+
+    Conv/ConvTranspose/Linear weights: ``normal`` N(0, gain) (the CycleGAN paper's
+    choice), ``xavier`` (normal, scaled by gain), ``kaiming`` (normal, fan_in; ignores
+    gain, as officially) or ``orthogonal`` (scaled by gain); their biases 0.
+    BatchNorm2d: weight N(1, gain), bias 0. Uses the global torch RNG, like the
+    official code, so ``torch.manual_seed`` makes it reproducible.
+    """
+    _check_init(init)
+
+    def init_module(m: nn.Module) -> None:
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            if init == "normal":
+                nn.init.normal_(m.weight, 0.0, gain)
+            elif init == "xavier":
+                nn.init.xavier_normal_(m.weight, gain=gain)
+            elif init == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(m.weight, gain=gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            # A BatchNorm weight is a per-channel scale: centre it on 1, not 0.
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+
+    with torch.no_grad():
+        net.apply(init_module)  # same (post-order) traversal as the official code
+    return net
+
+
+def build_generator(arch: str = "resnet_9blocks", input_nc: int = 3, output_nc: int = 3,
+                    width: int = 64, norm: str = "instance", dropout: bool = False,
+                    init: str = "normal", init_gain: float = 0.02) -> nn.Module:
+    """A CycleGAN/pix2pix generator, as the official ``define_G`` (``width`` = ngf).
+
+    ``arch``: ``resnet_<n>blocks`` (any n >= 1; official resnet_9blocks, resnet_6blocks)
+    or ``unet_<size>`` (size a power of two >= 32; official unet_128, unet_256).
+    CycleGAN uses resnet_9blocks, instance norm, no dropout.
+    """
+    _check_init(init)  # fail before building a large network
+    return init_weights(_make_generator(arch, input_nc, output_nc, width, norm, dropout), init, init_gain)
+
+
+def build_discriminator(arch: str = "basic", input_nc: int = 3, width: int = 64, n_layers: int = 3,
+                        norm: str = "instance", init: str = "normal",
+                        init_gain: float = 0.02) -> nn.Module:
+    """A CycleGAN/pix2pix discriminator, as the official ``define_D`` (``width`` = ndf).
+
+    ``arch``: ``basic`` (70x70 PatchGAN, n_layers 3), ``n_layers`` (PatchGAN with
+    ``n_layers``) or ``pixel`` (1x1 PatchGAN).
+    """
+    _check_init(init)
+    return init_weights(_make_discriminator(arch, input_nc, width, n_layers, norm), init, init_gain)
+
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+
+
+def _clean_official_state_dict(state: Mapping[str, torch.Tensor], net: nn.Module) -> dict:
+    """Undo what wrappers and old PyTorch versions did to an official state_dict.
+
+    - Strips ``module.`` (saved from DataParallel) and ``_orig_mod.`` (torch.compile).
+    - Drops InstanceNorm ``running_mean``/``running_var``/``num_batches_tracked``: before
+      PyTorch 0.4 InstanceNorm kept running statistics it never used, and the
+      published pretrained models still carry them. The official ``test.py`` drops
+      them the same way (``__patch_instance_norm_state_dict``).
+    - Adds a zero BatchNorm ``num_batches_tracked`` where files from before PyTorch 0.4
+      lack it (it only matters for momentum=None, which these networks do not use).
+    """
+    state = dict(state)
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    for name, module in net.named_modules():
+        if isinstance(module, nn.InstanceNorm2d) and not module.track_running_stats:
+            for leaf in ("running_mean", "running_var", "num_batches_tracked"):
+                state.pop(f"{name}.{leaf}", None)
+        elif isinstance(module, nn.BatchNorm2d) and f"{name}.running_mean" in state:
+            state.setdefault(f"{name}.num_batches_tracked", torch.tensor(0))
+    return state
+
+
+def _mismatch_hint(state: Mapping[str, torch.Tensor], norm: str) -> str:
+    """Guess which config option is wrong from what the checkpoint contains."""
+    # BatchNorm layers have a weight next to their running_mean; the legacy InstanceNorm
+    # statistics of old official files do not (InstanceNorm there has no affine weight).
+    has_batch_stats = any(key.endswith(".running_mean") and key[:-len("running_mean")] + "weight" in state
+                          for key in state)
+    if has_batch_stats and norm != "batch":
+        return "the file has BatchNorm statistics (running_mean): try norm='batch'"
+    if norm == "batch" and not has_batch_stats:
+        return "the file has no BatchNorm statistics: try norm='instance' (CycleGAN's default) or 'none'"
+    return ("check arch (e.g. resnet_9blocks vs resnet_6blocks vs unet_256), width (ngf/ndf), "
+            "input_nc/output_nc, n_layers and dropout (it shifts resnet block indices)")
+
+
+def load_official(state_dict_or_path, kind: str, arch: str, input_nc: int = 3, output_nc: int = 3,
+                  width: int = 64, norm: str = "instance", n_layers: int = 3,
+                  dropout: bool = False) -> nn.Module:
+    """Build a network and load official weights into it (strict: every key must match).
+
+    ``state_dict_or_path``: a state_dict or the path of a ``.pth`` file written by the
+    official code (``latest_net_G_A.pth``, ``horse2zebra.pth``, ...) or by
+    :func:`save_official`; files are read with ``weights_only=True``.
+    ``kind`` is ``"G"`` or ``"D"``; the other keywords are those of
+    :func:`build_generator` / :func:`build_discriminator` (a D ignores ``output_nc``
+    and ``dropout``; a G ignores ``n_layers``). The published pretrained CycleGAN
+    models are ``kind="G", arch="resnet_9blocks", norm="instance"``.
+
+    Returns the network in training mode; call ``.eval()`` before translating.
+    """
+    if kind == "G":
+        net = _make_generator(arch, input_nc, output_nc, width, norm, dropout)
+        config = dict(kind=kind, arch=arch, input_nc=input_nc, output_nc=output_nc, width=width,
+                      norm=norm, dropout=dropout)
+    elif kind == "D":
+        net = _make_discriminator(arch, input_nc, width, n_layers, norm)
+        config = dict(kind=kind, arch=arch, input_nc=input_nc, width=width, norm=norm, n_layers=n_layers)
+    else:
+        raise ValueError(f"unknown kind {kind!r}; valid values: G (generator), D (discriminator)")
+
+    source, state = "state_dict", state_dict_or_path
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        source = str(state_dict_or_path)
+        state = load_checkpoint(state_dict_or_path)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source} is not a state_dict (a flat mapping of names to tensors); "
+                         "if it is a full checkpoint, pass the network's entry instead")
+    hint = _mismatch_hint(state, norm)  # before cleaning, which drops running statistics
+    state = _clean_official_state_dict(state, net)
+
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
+                   for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        problems = [f"{label} ({len(items)}): {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+                    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                         ("shape mismatches", wrong_shape)) if items]
+        settings = ", ".join(f"{k}={v!r}" for k, v in config.items())
+        raise ValueError(f"{source} does not fit the network built with {settings}: "
+                         f"{'; '.join(problems)}. Hint: {hint}")
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """The network inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            net = net.module
+        elif isinstance(getattr(net, "_orig_mod", None), nn.Module):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def save_official(net: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``net``'s weights as the official code does: a state_dict of CPU tensors.
+
+    Wrappers (DataParallel, DistributedDataParallel, torch.compile) are unwrapped so the
+    keys are the official ones; the official ``torch.load`` + ``load_state_dict`` and
+    :func:`load_official` both accept the file. The write is atomic (temporary file,
+    fsync, rename): an interrupted save never leaves a half-written file at ``path``.
+    """
+    state = {key: value.detach().cpu() for key, value in _unwrap(net).state_dict().items()}
+    return save_checkpoint(state, path)
+
+
+# --------------------------------------------------------------------------------------
+# CyCADA digit networks
+# --------------------------------------------------------------------------------------
+
+class _DigitClassifier(nn.Module):
+    """Shared forward of the CyCADA task networks: conv features -> flatten -> fc -> logits.
+
+    Subclasses define ``conv_params``, ``fc_params`` and ``classifier`` (the CyCADA
+    release's names, so its saved weights load) and the input they expect:
+    ``channels`` x ``image_size`` x ``image_size``. Weights start as in the release:
+    Xavier-normal for convs and linears, zero biases, default BatchNorm.
+    """
+
+    channels: int
+    image_size: int
+
+    def _init_release_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, s = self.channels, self.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ValueError(f"{type(self).__name__} expects images of shape N x {c} x {s} x {s}, "
+                             f"got a tensor of shape {tuple(x.shape)}")
+        features = self.conv_params(x).flatten(1)  # [N, C' * H' * W']
+        return self.classifier(self.fc_params(features))  # [N, num_classes] logits
+
+
+class LeNet(_DigitClassifier):
+    """LeNet for MNIST <-> USPS (1 x 28 x 28): two conv5 + max-pool stages, 500 hidden units."""
+
+    channels = 1
+    image_size = 28
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv_params = nn.Sequential(
+            nn.Conv2d(1, 20, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),  # [N, 20, 12, 12]
+            nn.Conv2d(20, 50, kernel_size=5), nn.Dropout2d(0.5), nn.MaxPool2d(2), nn.ReLU())  # [N, 50, 4, 4]
+        self.fc_params = nn.Linear(50 * 4 * 4, 500)
+        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Linear(500, num_classes))
+        self._init_release_weights()
+
+
+class DTN(_DigitClassifier):
+    """The DTN classifier for SVHN -> MNIST (3 x 32 x 32): three stride-2 conv5 with BatchNorm."""
+
+    channels = 3
+    image_size = 32
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        layers = []
+        for c_in, c_out, p in ((3, 64, 0.1), (64, 128, 0.3), (128, 256, 0.5)):  # 32 -> 16 -> 8 -> 4
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=5, stride=2, padding=2), nn.BatchNorm2d(c_out),
+                       nn.Dropout2d(p), nn.ReLU()]
+        self.conv_params = nn.Sequential(*layers)  # [N, 256, 4, 4]
+        self.fc_params = nn.Sequential(nn.Linear(256 * 4 * 4, 512), nn.BatchNorm1d(512))
+        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, num_classes))
+        self._init_release_weights()
+
+
+CLASSIFIERS = {"lenet": LeNet, "dtn": DTN}
+
+
+def build_classifier(name: str, num_classes: int = 10) -> _DigitClassifier:
+    """A fresh CyCADA digit classifier: ``lenet`` (1x28x28) or ``dtn`` (3x32x32)."""
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; valid values: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[name](num_classes)
+
+
+class FeatureDiscriminator(nn.Sequential):
+    """CyCADA's feature-level D: an MLP on the classifier's logits, 10 -> 500 -> 500 -> 2.
+
+    It outputs two logits (source / target), trained with cross-entropy as in the
+    release (ADDA style). A plain Sequential, so its keys equal the release's
+    ``discriminator.*`` entries without the prefix.
+    """
+
+    def __init__(self, input_dim: int = 10, hidden_dim: int = 500, output_dim: int = 2):
+        super().__init__(nn.Linear(input_dim, hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, output_dim))
+        self.input_dim = input_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"FeatureDiscriminator expects features of shape N x {self.input_dim}, "
+                             f"got a tensor of shape {tuple(x.shape)}")
+        return super().forward(x)  # [N, input_dim] -> [N, output_dim]

@@ -1,0 +1,138 @@
+"""Figures a run writes: sample grids, loss curves, confusion matrices."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # runs write files; they never open windows
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+
+def to_image(t: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] in [-1, 1] -> [H, W, 3] in [0, 1] for matplotlib (gray repeated to RGB)."""
+    t = (t.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return t.permute(1, 2, 0)
+
+
+def image_grid_figure(rows: Sequence[torch.Tensor], row_names: Sequence[str],
+                      titles: Sequence[str] | None = None, scale: float = 1.0):
+    """A figure with one row per batch [N, C, H, W] (all with the same N), named on the left.
+
+    ``titles`` (one per column, e.g. class labels) are written above the first row. The
+    images are tiled into one picture (a single axes is far cheaper to draw than N x rows).
+    """
+    n = rows[0].shape[0]
+    tiles = torch.cat([torch.stack([to_image(im) for im in batch]) for batch in rows])  # [R*N, H, W, 3]
+    grid = make_grid(tiles.permute(0, 3, 1, 2), nrow=n, padding=2, pad_value=1.0).permute(1, 2, 0)
+    h, w = rows[0].shape[-2] + 2, rows[0].shape[-1] + 2  # one tile with its padding
+    fig, ax = plt.subplots(figsize=(scale * n + 1.5, scale * len(rows) + (0.3 if titles else 0)))
+    ax.imshow(grid.numpy(), interpolation="nearest")
+    ax.set_yticks([h * (r + 0.5) for r in range(len(rows))], list(row_names), fontsize=8)
+    ax.set_xticks([w * (i + 0.5) for i in range(n)], [str(t) for t in titles] if titles else [""] * n,
+                  fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def save_image_grid(rows: Sequence[torch.Tensor], row_names: Sequence[str], path: str | Path,
+                    titles: Sequence[str] | None = None) -> Path:
+    """Save :func:`image_grid_figure` as a PNG at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = image_grid_figure(rows, row_names, titles)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "step"):
+    """Loss curves of a run's history (a list of dicts, one per logged step)."""
+    keys = keys or [k for k in history[0] if k not in (x, "epoch")]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    steps = [row[x] for row in history]
+    for k in keys:
+        ax.plot(steps, [row.get(k, float("nan")) for row in history], label=k)
+    ax.set_xlabel(x)
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Sequence[dict], path: str | Path, keys: Sequence[str] | None = None) -> Path:
+    """Save :func:`history_figure` as a PNG at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = history_figure(history, keys)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix_figure(matrix, class_names: Sequence[str] | None = None, title: str | None = None):
+    """A confusion matrix (rows: true class, columns: predicted) as a heat map with counts.
+
+    Colours show each row normalised by its class size, so a rare class that is always
+    wrong stands out as much as a frequent one; the numbers are the raw counts.
+    """
+    counts = torch.as_tensor(matrix).double()
+    k = counts.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(0.45 * k + 1.8, 0.45 * k + 1.2))
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j] > 0:
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), names, fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(matrix, path: str | Path, class_names: Sequence[str] | None = None,
+                          title: str | None = None) -> Path:
+    """Save :func:`confusion_matrix_figure` as a PNG at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = confusion_matrix_figure(matrix, class_names, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_histories(histories: dict[str, Sequence[dict]], path: str | Path, x: str = "step") -> Path:
+    """Loss curves of several runs (e.g. the stages of CyCADA), one panel each, as a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    histories = {name: h for name, h in histories.items() if h}
+    fig, axes = plt.subplots(len(histories), 1, figsize=(7, 2.6 * len(histories)), squeeze=False)
+    for ax, (name, history) in zip(axes[:, 0], histories.items()):
+        steps = [row[x] for row in history]
+        for key in (k for k in history[0] if k not in (x, "epoch")):
+            ax.plot(steps, [row.get(key, float("nan")) for row in history], label=key)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(x)
+        ax.legend(fontsize=6, ncol=4)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

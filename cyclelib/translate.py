@@ -1,0 +1,68 @@
+"""Translate folders of images with a trained generator (cyclelib or official checkpoints)."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.utils import save_image
+
+from .checkpoint import load_checkpoint
+from .cyclegan import cyclegan_from_checkpoint, is_cyclegan_checkpoint
+from .data import list_images, read_image
+from .networks import load_official
+from .runtime import pick_device
+
+
+def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch: str = "resnet_9blocks",
+                   norm: str = "instance", input_nc: int = 3, output_nc: int = 3, width: int = 64) -> nn.Module:
+    """The generator of ``direction`` from a cyclelib ``checkpoint.pt``, or an official generator file.
+
+    An official file (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) holds one
+    generator: ``direction`` is then ignored and ``arch``/``norm``/channels/``width`` describe it
+    (the defaults are those of the published models). Returned in eval mode.
+    """
+    state = load_checkpoint(checkpoint)
+    if is_cyclegan_checkpoint(state):
+        if direction not in ("AtoB", "BtoA"):
+            raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
+        model = cyclegan_from_checkpoint(state)
+        return model.G_A if direction == "AtoB" else model.G_B
+    return load_official(state, kind="G", arch=arch, input_nc=input_nc, output_nc=output_nc,
+                         width=width, norm=norm).eval()
+
+
+@torch.no_grad()
+def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                     batch_size: int = 8, size: int | None = None, device: str | None = None) -> list[Path]:
+    """Translate every image below ``input_dir`` into ``output_dir`` under the same relative name.
+
+    Images are resized to ``size`` x ``size`` when given, else kept at their size rounded to
+    a multiple of 4 (what the generators' two downsamplings need). Images of equal size are
+    batched together. Returns the written paths.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    dev = pick_device(device)
+    generator = generator.to(dev).eval()
+    channels = generator.input_nc
+    by_shape: dict[tuple, list[tuple[Path, torch.Tensor]]] = defaultdict(list)
+    for path in list_images(input_dir):
+        image = read_image(path, channels)  # [C, H, W] in [-1, 1]
+        h, w = (size, size) if size else (max(4, round(image.shape[1] / 4) * 4), max(4, round(image.shape[2] / 4) * 4))
+        if (h, w) != tuple(image.shape[1:]):
+            image = F.interpolate(image[None], size=(h, w), mode="bicubic", align_corners=False)[0].clamp(-1, 1)
+        by_shape[(h, w)].append((path, image))
+    written = []
+    for items in by_shape.values():
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            out = generator(torch.stack([im for _, im in chunk]).to(dev))  # [B, C_out, H, W]
+            for (path, _), result in zip(chunk, out):
+                target = output_dir / path.relative_to(input_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                save_image((result.float().cpu() + 1) / 2, target)
+                written.append(target)
+    return written

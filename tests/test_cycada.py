@@ -1,0 +1,175 @@
+"""CyCADA wiring: frozen f_S, the semantic term in the generator's gradient, stages, driver, CLI.
+
+The loss functions themselves are tested in test_losses.py and the digit loaders in
+test_data.py; everything here runs at smoke scale (tiny networks, a few dozen images).
+"""
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cyclelib import cycada
+from cyclelib.cli import main
+from cyclelib.cycada import (STAGES, CyCADAConfig, build_task_network, classifier_name, load_stage,
+                             parse_stages, pixel_cyclegan_config, run_cycada, semantic_consistency,
+                             stage_path, train_feature, train_pixel, train_source)
+from cyclelib.cyclegan import CycleGAN
+
+RESULT_KEYS = ("source_only", "pixel_only", "feature_only", "pixel_feature", "target_oracle")
+
+
+def smoke_config(out, **options) -> CyCADAConfig:
+    return CyCADAConfig.for_scale("smoke", **{"source": "uci-digits", "target": "mnist5k", "out": str(out),
+                                              **options})
+
+
+def test_defaults_are_the_release_ones():
+    c = CyCADAConfig()
+    assert (c.task_lr, c.task_batch_size, c.task_epochs) == (1e-4, 128, 100)
+    assert (c.feature_lr, c.feature_batch_size, c.feature_epochs) == (1e-5, 128, 200)
+    cg = pixel_cyclegan_config(c)
+    assert (cg.lambda_gan_A, cg.lambda_gan_B, cg.lambda_A, cg.lambda_B, cg.lambda_identity) == (2, 1, 1, 1, 0)
+    assert (c.lambda_sem_A, c.lambda_sem_B) == (1, 1)
+    assert (cg.gan_mode, cg.lr, cg.beta1, cg.pool_size, cg.batch_size) == ("lsgan", 2e-4, 0.5, 50, 100)
+    assert (cg.netG, cg.netD, cg.crop_size, cg.input_nc, cg.flip) == ("resnet_9blocks", "basic", 32, 3, False)
+    assert cg.data == "mnist:usps"
+
+
+@pytest.mark.parametrize("source, target, name", [
+    ("mnist5k", "mnistm5k", "dtn"), ("svhn", "mnist", "dtn"), ("uci-digits", "mnist5k", "lenet"),
+    ("mnist", "usps", "lenet")])
+def test_classifier_follows_the_release_per_pair(source, target, name):
+    assert classifier_name(CyCADAConfig(source=source, target=target)) == name
+
+
+def test_adapter_brings_gan_images_to_lenet_and_passes_gradients():
+    net = build_task_network("lenet")
+    x = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    assert net.input(x).shape == (2, 1, 28, 28)
+    net(x).sum().backward()
+    assert x.grad.abs().sum() > 0  # the semantic loss can reach the generator through it
+
+
+def test_wrong_names_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown source dataset 'mnist7'; valid names: mnist5k"):
+        CyCADAConfig(source="mnist7")
+    with pytest.raises(ValueError, match="unknown classifier 'vgg'"):
+        CyCADAConfig(classifier="vgg")
+    with pytest.raises(ValueError, match="'pixels'.*valid stages: source, pixel"):
+        parse_stages("source,pixels")
+    assert parse_stages("oracle, source") == ("source", "oracle")  # run order, not given order
+
+
+def test_semantic_loss_changes_the_generator_gradient_and_never_reaches_fs(tmp_path):
+    config = smoke_config(tmp_path)
+    cg = replace(pixel_cyclegan_config(config), pool_size=0)
+    f_s = build_task_network("lenet")
+    a, b = torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(4, 3, 16, 16) * 2 - 1
+
+    def generator_terms(extra):
+        torch.manual_seed(1)  # identical initial weights for both models
+        model = CycleGAN(cg, extra)
+        terms, _ = model.generator_losses(a, b)
+        return model, terms
+
+    plain, plain_terms = generator_terms(None)
+    model, terms = generator_terms(semantic_consistency(config, f_s))
+    assert set(terms) - set(plain_terms) == {"sem_A", "sem_B"}
+    params = list(model.G_A.parameters()) + list(model.G_B.parameters())
+    grad = lambda loss, ps: torch.cat([g.flatten() for g in torch.autograd.grad(loss, ps, retain_graph=True)])
+    with_sem = grad(sum(terms.values()), params)
+    without = grad(sum(plain_terms.values()), list(plain.G_A.parameters()) + list(plain.G_B.parameters()))
+    sem_only = grad(terms["sem_A"] + terms["sem_B"], params)
+    assert sem_only.abs().sum() > 0
+    assert not torch.allclose(with_sem, without)
+    torch.testing.assert_close(with_sem, without + sem_only, rtol=1e-4, atol=1e-5)
+    assert not f_s.training and all(not p.requires_grad for p in f_s.parameters())
+
+
+def test_stages_chain_from_python_and_fs_stays_frozen(tmp_path):
+    # DTN has BatchNorm: its running statistics must not move either.
+    config = smoke_config(tmp_path, classifier="dtn")
+    f_s = train_source(config, progress=False).train()  # handed over in train mode on purpose
+    before = {k: v.clone() for k, v in f_s.state_dict().items()}
+    gan = train_pixel(config, f_s, progress=False)
+    assert not f_s.training and all(p.grad is None for p in f_s.parameters())
+    f_t = train_feature(config, f_s, gan.G_A, progress=False)
+    after = f_s.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "f_S changed during stages 2-3"
+    assert any(not torch.equal(f_t.state_dict()[k], after[k]) for k in after), "f_T did not learn"
+    history = torch.load(stage_path(config, "feature"), weights_only=True)["history"]
+    assert {"task", "feature_gan", "D_feat"} <= set(history[0])
+
+
+def test_feature_stage_never_reads_target_labels(tmp_path, monkeypatch):
+    config = smoke_config(tmp_path)
+    f_s = build_task_network(classifier_name(config))
+    f_t = train_feature(config, f_s, progress=False).state_dict()
+
+    real_load = cycada.load_domain
+
+    def scrambled_target(config, name, split):
+        domain = real_load(config, name, split)
+        if name == config.target:
+            domain.labels = torch.randint(10, domain.labels.shape, generator=torch.Generator().manual_seed(5))
+        return domain
+
+    monkeypatch.setattr(cycada, "load_domain", scrambled_target)
+    scrambled = train_feature(config, f_s, progress=False).state_dict()
+    assert all(torch.equal(f_t[k], scrambled[k]) for k in f_t)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    config = smoke_config(tmp_path_factory.mktemp("cycada"))
+    return config, run_cycada(config, progress=False)
+
+
+def test_smoke_pipeline_writes_complete_metrics_and_figures(smoke_run):
+    config, returned = smoke_run
+    out = stage_path(config, "source").parent.parent
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(returned))
+    for key in (*RESULT_KEYS, "label_preservation", "source_test_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert (metrics["source"], metrics["target"], metrics["scale"], metrics["seed"]) == \
+        ("uci-digits", "mnist5k", "smoke", 0)
+    assert len(metrics["confusion"]["pixel_feature"]) == 10 and set(metrics["wall_s"]) == set(STAGES)
+    for name in ("samples.png", "curves.png", "confusion/pixel_feature.png", "confusion/target_oracle.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_rerun_skips_finished_stages(smoke_run, capsys):
+    config, first = smoke_run
+    written = {s: stage_path(config, s).stat().st_mtime_ns for s in STAGES}
+    again = run_cycada(config, progress=False)
+    printed = capsys.readouterr().out
+    assert all(f"skipping {s}:" in printed for s in STAGES)
+    assert {s: stage_path(config, s).stat().st_mtime_ns for s in STAGES} == written
+    assert all(again[k] == first[k] for k in RESULT_KEYS)
+
+
+def test_missing_stage_checkpoint_names_file_and_stage(tmp_path):
+    config = smoke_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"source[/\\]checkpoint\.pt is missing.*--stages source"):
+        run_cycada(config, stages="feature", progress=False)
+    with pytest.raises(FileNotFoundError, match=r"pixel[/\\]checkpoint\.pt is missing.*'pixel' stage"):
+        load_stage(config, "pixel")
+
+
+def test_cli_runs_the_chosen_stages(tmp_path, capsys):
+    main(["train", "cycada", "--source", "uci-digits", "--target", "mnist5k", "--out", str(tmp_path),
+          "--scale", "smoke", "--stages", "source,oracle", "--task-epochs", "2"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"source_only", "target_oracle"} <= set(metrics) and "pixel_feature" not in metrics
+    assert json.loads((tmp_path / "config.json").read_text())["task_epochs"] == 2
+    assert "target_oracle" in capsys.readouterr().out
+
+
+def test_cli_wrong_dataset_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "cycada", "--source", "mnist7", "--target", "mnist5k", "--out", str(tmp_path),
+              "--scale", "smoke"])
+    assert exit_info.value.code == 2
+    assert "unknown source dataset 'mnist7'; valid names:" in capsys.readouterr().err
