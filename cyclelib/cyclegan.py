@@ -126,9 +126,9 @@ SCALE_PRESETS = {
                        sample_every=4, checkpoint_every=4),
     },
     "cpu": {
-        "digits": dict(_DIGITS, netG="resnet_6blocks", ngf=32, ndf=32, batch_size=16, n_epochs=3,
-                       n_epochs_decay=2, max_dataset_size=1000, lr=2e-4, log_every=10,
-                       sample_every=100, checkpoint_every=200),
+        "digits": dict(_DIGITS, netG="resnet_6blocks", ngf=32, ndf=32, batch_size=8, n_epochs=3,
+                       n_epochs_decay=2, max_dataset_size=800, log_every=10, sample_every=100,
+                       checkpoint_every=100),
         "images": dict(netG="resnet_6blocks", ngf=32, ndf=32, load_size=143, crop_size=128,
                        n_epochs=2, n_epochs_decay=1, max_dataset_size=200, log_every=10,
                        sample_every=100, checkpoint_every=200),

@@ -1,0 +1,63 @@
+"""Translating folders with an official generator file, as users of the official code have them."""
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cyclelib.cli import main
+from cyclelib.data import read_image
+from cyclelib.networks import load_official
+from cyclelib.translate import load_generator, translate_folder
+
+FIXTURE = Path(__file__).parent / "data" / "official-cyclegan-nets.pt"
+
+
+@pytest.fixture(scope="module")
+def official_file(tmp_path_factory):
+    entry = torch.load(FIXTURE, weights_only=True)["resnet_9blocks"]
+    path = tmp_path_factory.mktemp("official") / "latest_net_G_A.pth"
+    # Old official files carry InstanceNorm running statistics; loading must drop them.
+    state = dict(entry["state_dict"], **{"model.2.running_mean": torch.zeros(8)})
+    torch.save(state, path)
+    return path, entry
+
+
+def write_images(folder: Path, n: int = 3, size=(24, 20), ext="jpg"):
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", size, (60 * i, 128, 255 - 60 * i)).save(folder / f"photo_{i}.{ext}")
+
+
+def test_translate_folder_with_an_official_generator(official_file, tmp_path):
+    path, entry = official_file
+    write_images(tmp_path / "in", ext="png")  # lossless, so the output can be compared exactly
+    generator = load_generator(path, width=8)  # the fixture's generators are narrow
+    written = translate_folder(generator, tmp_path / "in", tmp_path / "out", batch_size=2)
+    assert sorted(p.name for p in written) == ["photo_0.png", "photo_1.png", "photo_2.png"]
+    # 24x20 is a multiple of 4 already: the size is kept
+    assert Image.open(written[0]).size == (24, 20)
+    # and the result is what the official network computes on that image (up to 8-bit rounding)
+    reference = load_official(entry["state_dict"], **entry["config"]).eval()
+    with torch.no_grad():
+        expected = (reference(read_image(tmp_path / "in" / "photo_1.png")[None])[0] + 1) / 2
+    got = read_image(tmp_path / "out" / "photo_1.png")
+    assert ((got + 1) / 2 - expected).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_cli_translate_official_with_wrong_width_is_a_clear_error(official_file, tmp_path, capsys):
+    path, _ = official_file
+    write_images(tmp_path / "in", n=1)
+    with pytest.raises(SystemExit):
+        main(["translate", "--checkpoint", str(path), "--input", str(tmp_path / "in"),
+              "--output", str(tmp_path / "out")])  # default width 64 does not fit a width-8 file
+    err = capsys.readouterr().err
+    assert "width" in err and "cyclelib: error" in err
+
+
+def test_cli_translate_official(official_file, tmp_path):
+    path, _ = official_file
+    write_images(tmp_path / "in", n=2)
+    main(["translate", "--checkpoint", str(path), "--width", "8", "--size", "32",
+          "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    assert Image.open(tmp_path / "out" / "photo_0.jpg").size == (32, 32)
