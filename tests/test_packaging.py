@@ -124,7 +124,8 @@ def test_every_book_page_is_in_the_toc():
     # left out of the book.
     listed = {resolve_toc_file(n) for n in all_toc_files()}
     pages = set(book_pages())
-    assert pages - listed == set(), f"book pages not listed in _toc.yml: {sorted(map(str, pages - listed))}"
+    unlisted = sorted(str(p.relative_to(ROOT)) for p in pages - listed)
+    assert unlisted == [], f"book pages not listed in _toc.yml: {unlisted}"
 
 
 def test_book_config_points_at_existing_files():
