@@ -1,4 +1,4 @@
-"""The ``cyclelib`` command line: train, translate, download.
+"""The ``cyclelib`` command line: train, translate, download, bench.
 
 Every field of a config dataclass is an option (``--lambda-A 5``, ``--no-flip``);
 options given on the command line win over the scale's preset, which wins over
@@ -41,16 +41,16 @@ def given_options(args: argparse.Namespace, cls) -> dict:
 
 def _train_cyclegan(args) -> None:
     from .cyclegan import CycleGANConfig, train_cyclegan
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_run_checkpoint
 
     options = given_options(args, CycleGANConfig)
     if args.resume:
         # The run's own config, with any option given now (e.g. more epochs) on top.
-        saved = load_checkpoint(Path(args.resume) / "checkpoint.pt")["config"]
+        saved = load_run_checkpoint(args.resume)[0]["config"]
         config = CycleGANConfig(**{**saved, **options, "out": str(args.resume)})
     else:
         if "data" not in options:
-            raise SystemExit("cyclelib train cyclegan: --data is required (a folder with trainA/trainB, "
+            raise ValueError("--data is required (a folder with trainA/trainB, "
                              "or a digit pair such as mnist5k:mnistm5k)")
         config = CycleGANConfig.for_scale(args.scale, **options)
     print(f"training CycleGAN on {config.data} -> {config.out}")
@@ -100,6 +100,7 @@ def _download(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import add_arguments as add_bench_arguments, run_and_report
     from .cycada import STAGES, CyCADAConfig
     from .cyclegan import CycleGANConfig
 
@@ -149,10 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--root", default=None, help="where to put it (default: ./datasets for CycleGAN "
                                                        "zips, $CYCLELIB_DATA or ~/.cache/cyclelib for digits)")
     download.set_defaults(run=_download)
+
+    bench = commands.add_parser("bench", help="time the fast and the reference training step, and translation")
+    add_bench_arguments(bench)
+    bench.set_defaults(run=run_and_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .cyclegan import TrainingDiverged, TrainingInterrupted
+
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
@@ -160,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         # Bad input is the user's to fix: say what is wrong, without a traceback.
         print(f"cyclelib: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (TrainingInterrupted, TrainingDiverged) as e:
+        # The run stopped with its checkpoints in order: the message says what to do next.
+        print(f"cyclelib: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":

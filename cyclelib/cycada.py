@@ -154,9 +154,9 @@ class CyCADAConfig:
 SCALE_PRESETS = {
     # seconds: every stage runs a few steps on a few images (CI, nbval)
     "smoke": dict(image_size=16, max_samples=24, max_eval_samples=48, task_batch_size=8, task_epochs=1,
-                  netG="resnet_1blocks", ngf=4, netD="n_layers", ndf=4, n_layers_D=2, pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=0,
-                  pool_size=8, feature_batch_size=8, feature_epochs=1, log_every=1, sample_every=1000,
-                  checkpoint_every=1000),
+                  netG="resnet_1blocks", ngf=4, netD="n_layers", n_layers_D=2, ndf=4,  # basic D needs >= 32 px
+                  pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=0, pool_size=8, feature_batch_size=8,
+                  feature_epochs=1, log_every=1, sample_every=1000, checkpoint_every=1000),
     # about 30 minutes on 2 CPU cores for the whole pipeline on the offline 5k digit sets
     "cpu": dict(netG="resnet_3blocks", ngf=16, ndf=16, max_samples=2000, task_lr=1e-3, task_batch_size=64,
                 task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=1e-4,

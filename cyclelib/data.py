@@ -34,6 +34,7 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
@@ -134,9 +135,11 @@ def transform_image(img: Image.Image, preprocess: str, load_size: int, crop_size
     ``resize_and_crop``: bicubic resize to ``load_size`` x ``load_size``, random
     ``crop_size`` crop. ``crop``: random crop only. ``scale_width``: width to
     ``load_size`` keeping the aspect ratio (height at least ``crop_size``);
-    ``scale_width_and_crop`` then crops. ``none``: sides rounded to multiples of 4, the
-    least the generators' two down/upsamplings need. Then a horizontal flip with
-    probability 0.5 when ``flip``. All draws come from ``generator``; with ``None`` the
+    ``scale_width_and_crop`` then crops. ``none``: no resize. Uncropped results
+    (``scale_width``, ``none``) get their sides rounded to multiples of 4, the least the
+    generators' two down/upsamplings need (the official code rounds only for ``none``, and
+    its ``scale_width`` of e.g. a 286-wide image gives reconstructions of another size).
+    Then a horizontal flip with probability 0.5 when ``flip``. All draws come from ``generator``; with ``None`` the
     crop is centred and nothing is flipped. ``name`` labels errors (the file).
     """
     if preprocess.startswith("resize"):
@@ -155,7 +158,7 @@ def transform_image(img: Image.Image, preprocess: str, load_size: int, crop_size
         top = _draw(height - crop_size + 1, generator)  # top before left, as torchvision's RandomCrop
         left = _draw(width - crop_size + 1, generator)
         img = img.crop((left, top, left + crop_size, top + crop_size))
-    elif preprocess == "none":
+    else:  # "none", "scale_width": uncropped sides must still survive G's two down/upsamplings
         width, height = img.size
         size = (max(4, round(width / 4) * 4), max(4, round(height / 4) * 4))
         if size != img.size:
@@ -211,6 +214,34 @@ class ImageFolderDomain:
                               self.crop_size, self.flip, generator, name=path)
         return _to_tensor(img)  # [channels, H, W]
 
+    def check(self, skip_bad: bool = False) -> list[str]:
+        """Decode every image once, so a bad file stops a run before training, not hours in.
+
+        An unreadable or truncated file raises ``ValueError`` naming it, or with
+        ``skip_bad`` is dropped from ``paths``; returns the skipped files' problems. An
+        image the preprocessing cannot use (smaller than ``crop_size`` with ``crop``)
+        always raises: the option is what needs changing, not the file.
+        """
+        def problem(path: Path) -> str | None:
+            try:
+                img = load_image(path, self.channels)
+            except ValueError as err:
+                return str(err)
+            transform_image(img, self.preprocess, self.load_size, self.crop_size, False, None, name=path)
+            return None
+
+        # PIL decodes without holding the GIL, so threads check a large folder in parallel.
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            problems = list(pool.map(problem, self.paths))
+        bad = [found for found in problems if found is not None]
+        if bad and not skip_bad:
+            raise ValueError(f"{bad[0]} ({len(bad)} unreadable image(s) in {self.folder}; "
+                             f"skip_bad_images=True, or --skip-bad-images, skips them)")
+        if len(bad) == len(self.paths):
+            raise FileNotFoundError(f"no readable images in {self.folder}: {bad[0]}")
+        self.paths = [path for path, found in zip(self.paths, problems) if found is None]
+        return bad
+
     def __repr__(self) -> str:
         return f"ImageFolderDomain({str(self.folder)!r}, {len(self)} images, preprocess={self.preprocess!r})"
 
@@ -262,6 +293,12 @@ class Unpaired(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def check(self, skip_bad: bool = False) -> list[str]:
+        """Check every image of the domains that hold files (see :meth:`ImageFolderDomain.check`);
+        returns the problems of the skipped files."""
+        return [problem for domain in (self.a, self.b) if hasattr(domain, "check")
+                for problem in domain.check(skip_bad)]
 
     def __getitem__(self, index: int) -> dict:
         index = operator.index(index)

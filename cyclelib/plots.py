@@ -4,9 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import sys
+
 import matplotlib
 
-matplotlib.use("Agg")  # runs write files; they never open windows
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")  # training runs write files and never open windows; notebooks keep inline figures
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402

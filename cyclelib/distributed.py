@@ -1,0 +1,81 @@
+"""Data parallelism over processes: DistributedDataParallel under torchrun.
+
+``torchrun --nproc_per_node N -m cyclelib train cyclegan ...`` starts N copies of the
+command with RANK, WORLD_SIZE and LOCAL_RANK in their environment. :func:`setup` joins
+them into one process group (NCCL between GPUs, Gloo on CPU); every rank then trains on
+its own share of each epoch, and DistributedDataParallel averages the gradients. N ranks
+with batch B therefore take the step that one process takes with batch N x B, exactly so
+when the losses are means over independent samples (instance norm; an empty image pool,
+since each rank keeps its own pool). Only rank 0 writes files. A plain run (no
+WORLD_SIZE, or WORLD_SIZE=1) starts none of this.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# The group for host-side flags (see any_rank): Gloo, so that agreeing on a flag costs no
+# GPU synchronisation; None means the default group (already Gloo on CPU).
+_flag_group = None
+
+
+def setup(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join this process's torchrun job (once); returns ``(rank, world_size, device)``.
+
+    A CUDA rank gets the GPU of its LOCAL_RANK. Without torchrun: ``(0, 1, device)``.
+    """
+    global _flag_group
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        # env:// rendezvous: torchrun sets MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE.
+        cuda = device.type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        _flag_group = dist.new_group(backend="gloo") if cuda else None
+        atexit.register(_shutdown)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` under DistributedDataParallel: its parameters' gradients are averaged over
+    the ranks during backward. Call its forward once per backward."""
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each scalar of ``values`` averaged over the ranks (identity without a process group).
+
+    One all-reduce, queued on the device like any kernel, so it adds no host sync. Every
+    rank gets the same numbers, so decisions taken on them (a NaN check) agree.
+    """
+    if not dist.is_initialized() or not values:
+        return values
+    stacked = torch.stack([v.float() for v in values.values()])  # [terms]
+    dist.all_reduce(stacked)  # a sum: Gloo has no average
+    return dict(zip(values, stacked / dist.get_world_size()))
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on at least one rank (every rank must call this at the same point).
+
+    Used to stop every rank at the same step when a signal reached only some of them: a
+    rank that stopped alone would leave the others waiting in their next all-reduce.
+    """
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_flag_group)
+    return bool(t.item())

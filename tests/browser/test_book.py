@@ -1,0 +1,254 @@
+"""The built book in a real browser: headless Debian Chromium driven by selenium.
+
+For every page listed in ``_toc.yml`` it checks what a reader would notice first:
+
+- the page is served and has its article;
+- MathJax rendered every formula (each Sphinx ``.math`` element holds an
+  ``mjx-container``, no MathJax error box, no raw ``$$``, ``\\(`` or ``\\[`` left
+  in the visible text);
+- every ``<img>`` loaded (``naturalWidth > 0``);
+- the language switch (``book/_static/lang.js``): English hides every ``.lang-zh``
+  and shows the ``.lang-en`` passages, 中文 the opposite, Both shows both;
+
+and, across pages, that the choice is remembered (localStorage) after navigating.
+
+The book is served from ``_build/html`` by ``http.server`` on 127.0.0.1 (a random
+port), so the pages are fetched over HTTP exactly as a web server would deliver
+them. One browser session serves every test. Build the book first
+(``make book``); without ``_build/html`` the tests are skipped.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+LANGS = ("en", "zh", "both")
+STORAGE_KEY = "cyclelib-lang"  # as in book/_static/lang.js
+
+pytestmark = pytest.mark.browser
+
+if not HTML.is_dir():
+    pytest.skip(f"{HTML} does not exist: build the book first (`make book`)", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402  (after the skip: only needed when there is a book)
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+def toc_entries(node):
+    """Every page of a jb-book ``_toc.yml`` (root, parts, chapters, sections), in reading order."""
+    for key in ("root", "file"):
+        if key in node:
+            yield node[key]
+    for key in ("parts", "chapters", "sections"):
+        for child in node.get(key, []):
+            yield from toc_entries(child)
+
+
+def toc_pages() -> list[str]:
+    """The toc entries without suffix, e.g. ``book/index``; each is built to ``<entry>.html``."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    return [re.sub(r"\.(md|ipynb)$", "", entry) for entry in toc_entries(toc)]
+
+
+def page_source(entry: str) -> str:
+    """The text of a page's source file (.md or .ipynb), to know what the page should contain."""
+    for suffix in (".md", ".ipynb"):
+        path = ROOT / (entry + suffix)
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    raise FileNotFoundError(f"_toc.yml lists {entry!r}, but neither {entry}.md nor {entry}.ipynb exists")
+
+
+PAGES = toc_pages()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002  (the base class's name)
+        pass  # one line per request would bury pytest's report
+
+
+@pytest.fixture(scope="module")
+def server():
+    """Base URL of ``_build/html`` served on 127.0.0.1 at a free port, in a thread."""
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for all tests, with a fresh profile (so nothing is remembered yet)."""
+    for tool in (CHROMIUM, CHROMEDRIVER):
+        if not Path(tool).is_file():
+            pytest.fail(f"{tool} is missing: install Debian's chromium and chromium-driver "
+                        f"(`make browser-deps`, or apt-get install -y chromium chromium-driver fonts-noto-cjk)")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def open_page(browser, server, entry: str) -> None:
+    """Load a page; fail with the HTTP status when the server does not have it."""
+    url = f"{server}/{entry}.html"
+    try:
+        with urllib.request.urlopen(url) as response:
+            assert response.status == 200
+    except OSError as err:
+        pytest.fail(f"{url} could not be fetched ({err}): {entry} was not built into {HTML}")
+    browser.get(url)
+    assert browser.execute_script("return document.readyState") == "complete"
+    assert browser.find_elements(By.CSS_SELECTOR, "article"), f"{entry}: no <article> on the page"
+
+
+# Resolves once MathJax has typeset the page, or with a reason when it never started.
+WAIT_FOR_MATHJAX = """
+const done = arguments[arguments.length - 1];
+const start = Date.now();
+(function poll() {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    MathJax.startup.promise.then(() => done("ok"), (err) => done("MathJax failed: " + err));
+  } else if (Date.now() - start > 20000) {
+    const script = Array.from(document.scripts).find((s) => /mathjax/i.test(s.src));
+    done("MathJax did not load within 20 s (script: " + (script ? script.src : "none") + ")");
+  } else {
+    setTimeout(poll, 100);
+  }
+})();
+"""
+
+# The visible text of the article, without code (which may legitimately show TeX).
+ARTICLE_TEXT = """
+const article = document.querySelector("article").cloneNode(true);
+article.querySelectorAll("pre, code, .highlight, script, style, mjx-container, mjx-assistive-mml")
+  .forEach((el) => el.remove());
+return article.textContent;
+"""
+
+# Waits for every image (lazy ones made eager), then lists the ones that did not load.
+BROKEN_IMAGES = """
+const done = arguments[arguments.length - 1];
+const images = Array.from(document.images);
+images.forEach((img) => { if (img.loading === "lazy") img.loading = "eager"; });
+Promise.all(images.map((img) => img.complete ? null : new Promise((resolve) => {
+  img.addEventListener("load", resolve);
+  img.addEventListener("error", resolve);
+}))).then(() => done(images.filter((img) => !(img.complete && img.naturalWidth > 0))
+                             .map((img) => img.currentSrc || img.src || img.outerHTML.slice(0, 120))));
+"""
+
+# How many passages of each language there are and how many are visible.
+LANGUAGE_STATE = """
+const count = (selector) => {
+  const all = Array.from(document.querySelectorAll(selector));
+  return [all.length, all.filter((el) => el.checkVisibility({visibilityProperty: true})).length];
+};
+return {lang: document.documentElement.getAttribute("data-lang"),
+        stored: window.localStorage.getItem(arguments[0]),
+        en: count(".lang-en"), zh: count(".lang-zh")};
+"""
+
+
+def choose_language(browser, lang: str) -> None:
+    buttons = browser.find_elements(By.CSS_SELECTOR, f'.cyclelib-lang-switch button[data-lang="{lang}"]')
+    assert len(buttons) == 1, f"the language switch has no single {lang!r} button"
+    buttons[0].click()
+
+
+def language_state(browser) -> dict:
+    return browser.execute_script(LANGUAGE_STATE, STORAGE_KEY)
+
+
+def assert_shows(state: dict, lang: str, where: str) -> None:
+    """``lang`` is applied: the other language's passages are all hidden, its own all shown."""
+    (en_total, en_shown), (zh_total, zh_shown) = state["en"], state["zh"]
+    assert state["lang"] == lang, f"{where}: <html data-lang> is {state['lang']!r}, expected {lang!r}"
+    expected_en = en_total if lang in ("en", "both") else 0
+    expected_zh = zh_total if lang in ("zh", "both") else 0
+    assert (en_shown, zh_shown) == (expected_en, expected_zh), (
+        f"{where}, language {lang!r}: {en_shown} of {en_total} English and {zh_shown} of {zh_total} "
+        f"Chinese passages visible; expected {expected_en} and {expected_zh}")
+
+
+def test_toc_lists_pages():
+    assert PAGES and PAGES[0] == "book/index", f"_toc.yml should start with book/index, has {PAGES[:1]}"
+
+
+@pytest.mark.parametrize("entry", PAGES)
+def test_page(browser, server, entry):
+    open_page(browser, server, entry)
+    source = page_source(entry)
+    choose_language(browser, "both")  # everything visible for the text checks
+
+    # MathJax: every formula typeset, none left as raw TeX, no TeX error.
+    has_math = bool(browser.find_elements(By.CSS_SELECTOR, "article .math"))
+    if has_math:
+        status = browser.execute_async_script(WAIT_FOR_MATHJAX)
+        assert status == "ok", f"{entry}: {status}"
+        untypeset = browser.execute_script(
+            "return Array.from(document.querySelectorAll('article .math'))"
+            ".filter((el) => !el.querySelector('mjx-container')).map((el) => el.textContent.slice(0, 80));")
+        assert untypeset == [], f"{entry}: formulas MathJax did not render: {untypeset[:5]}"
+        assert browser.find_elements(By.CSS_SELECTOR, "article mjx-container")
+        errors = browser.execute_script(
+            "return Array.from(document.querySelectorAll('mjx-merror'))"
+            ".map((el) => el.getAttribute('data-mjx-error') || el.textContent);")
+        assert errors == [], f"{entry}: MathJax could not typeset: {errors[:5]}"
+    text = browser.execute_script(ARTICLE_TEXT)
+    for raw in ("$$", "\\(", "\\[", 'class="lang-'):
+        assert raw not in text, f"{entry}: raw {raw!r} in the visible text near " \
+                                f"{text[max(0, text.find(raw) - 60):text.find(raw) + 60]!r}"
+
+    broken = browser.execute_async_script(BROKEN_IMAGES)
+    assert broken == [], f"{entry}: images that did not load: {broken}"
+
+    # The language switch: each choice hides exactly the other language.
+    state = language_state(browser)
+    if 'class="lang-en"' in source:
+        assert state["en"][0] > 0 and state["zh"][0] > 0, (
+            f"{entry}: the source has language divs but the page has {state['en'][0]} .lang-en and "
+            f"{state['zh'][0]} .lang-zh elements")
+    for lang in LANGS:
+        choose_language(browser, lang)
+        assert_shows(language_state(browser), lang, entry)
+
+
+def test_choice_is_remembered_across_pages(browser, server):
+    """A choice made on one page holds on every other page, and a later choice replaces it."""
+    first, *others = PAGES
+    open_page(browser, server, first)
+    choose_language(browser, "en")
+    for entry in others:
+        open_page(browser, server, entry)
+        state = language_state(browser)
+        assert state["stored"] == "en", f"{entry}: localStorage holds {state['stored']!r} after choosing English"
+        assert_shows(state, "en", f"{entry} (after choosing English on {first})")
+    choose_language(browser, "zh")
+    open_page(browser, server, first)
+    assert_shows(language_state(browser), "zh", f"{first} (after choosing 中文 on {PAGES[-1]})")
+    choose_language(browser, "both")

@@ -1,0 +1,118 @@
+"""The fast training path: the reference's losses and gradients with fewer network calls;
+mixed precision; the epoch split across DDP ranks; the benchmark."""
+import json
+
+import pytest
+import torch
+
+from cyclelib.cli import main
+from cyclelib.cyclegan import CycleGAN, CycleGANConfig, EpochSampler
+
+
+def one_step(path: str, **options) -> tuple[CycleGAN, dict[str, torch.Tensor]]:
+    """A tiny CycleGAN after one training step on fixed images, everything seeded."""
+    torch.manual_seed(0)
+    model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, path=path, **options))
+    g = torch.Generator().manual_seed(1)
+    real_A, real_B = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    torch.manual_seed(2)  # the gradient penalty draws its mixing weights from the global RNG
+    return model, model.train_step(real_A, real_B)
+
+
+CASES = {
+    "resnet": dict(netG="resnet_2blocks"),
+    "unet": dict(netG="unet_32"),
+    "batchnorm": dict(netG="resnet_1blocks", norm="batch"),  # must fall back to separate calls
+    "wgangp-no-identity": dict(netG="resnet_1blocks", norm="none", gan_mode="wgangp", lambda_identity=0),
+}
+
+
+@pytest.mark.parametrize("options", CASES.values(), ids=CASES.keys())
+def test_fast_path_gives_the_reference_losses_and_gradients(options):
+    ref, ref_terms = one_step("reference", **options)
+    fast, fast_terms = one_step("fast", **options)
+    assert fast_terms.keys() == ref_terms.keys()
+    for name, value in ref_terms.items():
+        torch.testing.assert_close(fast_terms[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    # After the step, .grad holds each update's gradient (G step for G_*, D step for D_*),
+    # both taken at the same starting weights. The atol covers the biases in front of
+    # instance norm, whose gradient is zero up to rounding.
+    for (name, p), q in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def count_calls(model: CycleGAN) -> dict[str, int]:
+    """Forward calls of each network during one training step."""
+    calls = dict.fromkeys(("G_A", "G_B", "D_A", "D_B"), 0)
+    hooks = [getattr(model, name).register_forward_hook(lambda *_, name=name: calls.update({name: calls[name] + 1}))
+             for name in calls]
+    model.train_step(torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1)
+    for hook in hooks:
+        hook.remove()
+    return calls
+
+
+def test_fast_path_groups_the_network_calls_unless_batch_norm_forbids_it():
+    tiny = dict(netG="resnet_1blocks", ngf=4, ndf=4)
+    # reference: G_A on real A, fake A, real B (identity); D once in the G step, twice in the D step
+    assert count_calls(CycleGAN(CycleGANConfig(path="reference", **tiny))) == dict(G_A=3, G_B=3, D_A=3, D_B=3)
+    assert count_calls(CycleGAN(CycleGANConfig(path="fast", **tiny))) == dict(G_A=2, G_B=1, D_A=2, D_B=2)
+    batch_norm = CycleGAN(CycleGANConfig(path="fast", norm="batch", **tiny))
+    assert count_calls(batch_norm) == dict(G_A=3, G_B=3, D_A=3, D_B=3)
+
+
+def test_fp16_scales_the_loss_and_keeps_the_fp32_losses():
+    fp32, fp32_terms = one_step("fast", netG="resnet_1blocks", amp="none")
+    fp16, fp16_terms = one_step("fast", netG="resnet_1blocks", amp="fp16")
+    assert not fp32.scaler.is_enabled() and fp16.scaler.is_enabled()
+    for name, value in fp32_terms.items():
+        torch.testing.assert_close(fp16_terms[name], value, rtol=2e-2, atol=1e-2, msg=name)
+    # The loss scale is part of the training state, so a resumed fp16 run continues with it.
+    state = fp16.training_state()
+    resumed = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, amp="fp16"))
+    resumed.load_training_state(state, torch.device("cpu"))
+    assert resumed.scaler.get_scale() == fp16.scaler.get_scale() <= 2.0 ** 16
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(path="quick"), "valid values: fast, reference"),
+    (dict(amp="fp8"), "valid values: none, bf16, fp16, auto"),
+    (dict(path="reference", compile=True), "path 'reference' is the official fp32 eager step"),
+    (dict(path="reference", amp="bf16"), "path 'reference' is the official fp32 eager step"),
+])
+def test_speed_options_are_checked(bad, match):
+    with pytest.raises(ValueError, match=match):
+        CycleGANConfig(**bad)
+
+
+def test_epoch_sampler_splits_an_epoch_across_ranks():
+    full = list(EpochSampler(10, seed=3, epoch=1))
+    shares = [list(EpochSampler(10, seed=3, epoch=1, rank=r, world_size=3)) for r in range(3)]
+    # 10 indices over 3 ranks: padded with the first two, so that every rank takes 4
+    assert [len(s) for s in shares] == [4, 4, 4]
+    assert len(EpochSampler(10, seed=3, epoch=1, rank=2, world_size=3)) == 4
+    padded = full + full[:2]
+    assert sorted(sum(shares, [])) == sorted(padded)
+    # step k of 3 ranks with batch 2 covers step k of one process with batch 6
+    for k in range(2):
+        assert sorted(i for s in shares for i in s[2 * k:2 * k + 2]) == sorted(padded[6 * k:6 * k + 6])
+    # a resumed rank skips what it already consumed of its own share
+    assert list(EpochSampler(10, seed=3, epoch=1, start=2, rank=1, world_size=3)) == shares[1][2:]
+
+
+def test_benchmark_prints_and_saves_both_paths(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    main(["bench", "--arch", "resnet_1blocks", "--ngf", "4", "--ndf", "4", "--size", "32", "--batch", "2",
+          "--steps", "2", "--warmup", "0", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "fast/reference: training" in printed and "translate img/s" in printed
+    results = json.loads(out.read_text())
+    rows = {row["path"]: row for row in results["results"]}
+    assert rows.keys() == {"fast", "reference"}
+    for row in rows.values():
+        assert len(row["step_s"]) == 2 and row["it_per_s"] > 0 and row["translate_img_per_s"] > 0
+        assert row["img_per_s"] == pytest.approx(2 * row["it_per_s"])
+        assert row["peak_mib"] >= row["rss_before_mib"] > 0  # CPU: a child process's peak RSS
+    (ratio,) = results["ratios"]
+    assert ratio["train"] == pytest.approx(rows["fast"]["it_per_s"] / rows["reference"]["it_per_s"])
+    assert results["machine"]["threads"] >= 1 and len(results["machine"]["load_before"]) == 3
