@@ -15,6 +15,15 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders created) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def to_image(t: torch.Tensor) -> torch.Tensor:
     """[C, H, W] in [-1, 1] -> [H, W, 3] in [0, 1] for matplotlib (gray repeated to RGB)."""
     t = (t.detach().float().cpu().clamp(-1, 1) + 1) / 2
@@ -50,12 +59,7 @@ def image_grid_figure(rows: Sequence[torch.Tensor], row_names: Sequence[str],
 def save_image_grid(rows: Sequence[torch.Tensor], row_names: Sequence[str], path: str | Path,
                     titles: Sequence[str] | None = None) -> Path:
     """Save :func:`image_grid_figure` as a PNG at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = image_grid_figure(rows, row_names, titles)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(image_grid_figure(rows, row_names, titles), path)
 
 
 def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "step"):
@@ -75,12 +79,7 @@ def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x
 
 def plot_history(history: Sequence[dict], path: str | Path, keys: Sequence[str] | None = None) -> Path:
     """Save :func:`history_figure` as a PNG at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = history_figure(history, keys)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(history_figure(history, keys), path)
 
 
 def confusion_matrix_figure(matrix, class_names: Sequence[str] | None = None, title: str | None = None):
@@ -113,18 +112,11 @@ def confusion_matrix_figure(matrix, class_names: Sequence[str] | None = None, ti
 def plot_confusion_matrix(matrix, path: str | Path, class_names: Sequence[str] | None = None,
                           title: str | None = None) -> Path:
     """Save :func:`confusion_matrix_figure` as a PNG at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = confusion_matrix_figure(matrix, class_names, title)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(confusion_matrix_figure(matrix, class_names, title), path)
 
 
 def plot_histories(histories: dict[str, Sequence[dict]], path: str | Path, x: str = "step") -> Path:
     """Loss curves of several runs (e.g. the stages of CyCADA), one panel each, as a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     histories = {name: h for name, h in histories.items() if h}
     fig, axes = plt.subplots(len(histories), 1, figsize=(7, 2.6 * len(histories)), squeeze=False)
     for ax, (name, history) in zip(axes[:, 0], histories.items()):
@@ -136,6 +128,4 @@ def plot_histories(histories: dict[str, Sequence[dict]], path: str | Path, x: st
         ax.legend(fontsize=6, ncol=4)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
