@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .cyclegan import PATHS, CycleGAN, CycleGANConfig
+from .cyclegan import AMP_MODES, PATHS, CycleGAN, CycleGANConfig
 
 # bf16 dense tensor-core peaks in TFLOP/s, by a substring of torch.cuda.get_device_name();
 # the first match wins, so more specific names come first.
@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per path and batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocation, compilation)")
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
-    parser.add_argument("--amp", default="auto", help="the fast path's amp (the reference is fp32)")
+    parser.add_argument("--amp", default="auto", choices=AMP_MODES, help="the fast path's amp (the reference "
+                        "is fp32), default: auto (bf16 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -128,6 +129,14 @@ def _cpu_peak_rss(settings: dict[str, dict], threads: int | None) -> dict[str, t
     return {path: queue.get() for path, queue in queues.items()}
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (FileNotFoundError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _timed(fn, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -168,7 +177,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
-    name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if cuda else _cpu_name()
     machine = {"device": str(device), "name": name, "threads": torch.get_num_threads(),
                "torch": torch.__version__, "load_before": os.getloadavg(),
                "peak_bf16_tflops": peak_tflops(name) if cuda else None}
@@ -180,6 +189,7 @@ def run(args: argparse.Namespace) -> dict:
             for step in steps.values():
                 step()
         step_times, step_peaks = _interleaved(steps, args.steps, device)
+        flops = _step_flops(*built["reference"]) if cuda else None
 
         for model, _, _ in built.values():
             model.eval()
@@ -189,7 +199,6 @@ def run(args: argparse.Namespace) -> dict:
                 fn()
         translate_times, _ = _interleaved(translate, args.steps, device)
 
-        flops = _step_flops(*built["reference"]) if cuda else None
         rss = None if cuda else _cpu_peak_rss({path: _settings(args, path, batch) for path in PATHS}, args.threads)
         for path, (model, _, _) in built.items():
             median = statistics.median(step_times[path])

@@ -28,6 +28,7 @@ def torchrun_train(out: Path, *options: str) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
+@pytest.mark.slow  # two torchrun launches of two processes each
 def test_two_ranks_train_like_one_process_on_the_union_batch_and_resume(tmp_path):
     one = tmp_path / "one"
     train_cyclegan(CycleGANConfig.for_scale("smoke", **OPTIONS, batch_size=4, out=str(one)), progress=False)

@@ -100,6 +100,7 @@ def test_epoch_sampler_splits_an_epoch_across_ranks():
     assert list(EpochSampler(10, seed=3, epoch=1, start=2, rank=1, world_size=3)) == shares[1][2:]
 
 
+@pytest.mark.slow  # spawns a process per path for the peak memory
 def test_benchmark_prints_and_saves_both_paths(tmp_path, capsys):
     out = tmp_path / "bench.json"
     main(["bench", "--arch", "resnet_1blocks", "--ngf", "4", "--ndf", "4", "--size", "32", "--batch", "2",
