@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
@@ -52,7 +53,7 @@ from tqdm.auto import tqdm
 
 from . import losses
 from .checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from .cyclegan import CycleGAN, CycleGANConfig, EpochSampler, load_cyclegan, train_cyclegan
+from .cyclegan import AMP_MODES, CycleGAN, CycleGANConfig, EpochSampler, _amp_dtype, load_cyclegan, train_cyclegan
 from .data import DIGIT_DOMAINS, Unpaired, digit_domain
 from .metrics import accuracy, confusion_matrix, label_preservation, per_class_accuracy, predict
 from .networks import CLASSIFIERS, FeatureDiscriminator, build_classifier
@@ -116,6 +117,7 @@ class CyCADAConfig:
     scale: str = "custom"                # the preset this config came from (for_scale sets it)
     seed: int = 0
     device: str | None = None
+    amp: str = "auto"                    # none | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU), every stage
     num_workers: int = 0
     log_every: int = 50                  # steps between loss-history rows
     sample_every: int = 500              # pixel stage: steps between sample grids
@@ -128,6 +130,8 @@ class CyCADAConfig:
                                  f"{', '.join(DIGIT_DOMAINS)}")
         if self.classifier not in ("auto", *CLASSIFIERS):
             raise ValueError(f"unknown classifier {self.classifier!r}; valid values: auto, {', '.join(CLASSIFIERS)}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown amp {self.amp!r}; valid values: {', '.join(AMP_MODES)}")
         if self.gan_mode not in losses.GAN_MODES:
             raise ValueError(f"unknown gan_mode {self.gan_mode!r}; valid values: {', '.join(losses.GAN_MODES)}")
         for f in fields(self):
@@ -270,7 +274,7 @@ def pixel_cyclegan_config(config: CyCADAConfig) -> CycleGANConfig:
         lambda_gan_A=c.lambda_gan_A, lambda_gan_B=c.lambda_gan_B, lr=c.pixel_lr, beta1=c.pixel_beta1,
         batch_size=c.pixel_batch_size, n_epochs=c.pixel_epochs, n_epochs_decay=c.pixel_epochs_decay,
         pool_size=c.pool_size, preprocess="none", load_size=c.image_size, crop_size=c.image_size, flip=False,
-        max_dataset_size=c.max_samples, num_workers=c.num_workers, seed=c.seed, device=c.device,
+        max_dataset_size=c.max_samples, num_workers=c.num_workers, seed=c.seed, device=c.device, amp=c.amp,
         log_every=c.log_every, sample_every=c.sample_every, checkpoint_every=c.checkpoint_every)
 
 
@@ -342,6 +346,23 @@ class _History:
             self.sums.clear()
 
 
+class _Precision:
+    """Mixed precision of a classifier stage, as CycleGAN's fast path: ``config.amp`` picks the
+    autocast dtype (``auto``: bf16 on CUDA, fp32 on CPU); fp16 scales the loss."""
+
+    def __init__(self, amp: str, device: torch.device):
+        dtype = _amp_dtype(amp, "fast", device.type)
+        self.autocast = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """One optimizer step on ``loss`` (skipped by the fp16 scaler when a gradient overflowed)."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
 def _loader(dataset, batch_size: int, config: CyCADAConfig, epoch: int) -> torch.utils.data.DataLoader:
     """One epoch in a (seed, epoch)-determined order, at most ``max_samples`` items."""
     sampler = EpochSampler(len(dataset), config.seed, epoch, limit=config.max_samples)
@@ -366,14 +387,14 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset, progress: bool =
     seed_everything(c.seed)
     net = build_task_network(classifier_name(c)).to(device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=c.task_lr)
+    precision = _Precision(c.amp, device)
     history = _History(c.log_every)
     for epoch in tqdm(range(c.task_epochs), disable=not progress, desc=stage, unit="epoch"):
         for images, labels in _loader(dataset, c.task_batch_size, c, epoch):
             images, labels = images.to(device), labels.to(device)  # [N, 3, H, W], [N]
-            terms = {"task": losses.task_loss(net(images), labels)}
-            optimizer.zero_grad(set_to_none=True)
-            sum(terms.values()).backward()
-            optimizer.step()
+            with precision.autocast:
+                terms = {"task": losses.task_loss(net(images), labels)}
+            precision.step(sum(terms.values()), optimizer)
             history.add(epoch, terms)
     optimizer.zero_grad(set_to_none=True)  # hand over a network without stale gradients
     net.eval()
@@ -470,34 +491,33 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
     d_feat = FeatureDiscriminator().to(device)
     opt_f = torch.optim.Adam(f_t.parameters(), lr=c.feature_lr)
     opt_d = torch.optim.Adam(d_feat.parameters(), lr=c.feature_lr)
+    precision = _Precision(c.amp, device)
     history = _History(c.log_every)
     for epoch in tqdm(range(c.feature_epochs), disable=not progress, desc=stage, unit="epoch"):
         pairs.set_epoch(epoch)
         for batch in _loader(pairs, c.feature_batch_size, c, epoch):
             x_s, y_s, x_t = batch["A"].to(device), batch["A_label"].to(device), batch["B"].to(device)
             n = len(x_s)
-            with torch.no_grad():
-                feat_s = f_s(x_s)                          # [N, 10] f_S on (translated) source
-            # One pass over both domains, so f_T's BatchNorm statistics mix them as at test time.
-            out_s, out_t = f_t(torch.cat([x_s, x_t])).split([n, len(x_t)])  # [N, 10] each
+            with precision.autocast:
+                with torch.no_grad():
+                    feat_s = f_s(x_s)                      # [N, 10] f_S on (translated) source
+                # One pass over both domains, so f_T's BatchNorm statistics mix them as at test time.
+                out_s, out_t = f_t(torch.cat([x_s, x_t])).split([n, len(x_t)])  # [N, 10] each
 
-            # D_feat: the true domains (source = class 1).
-            d_feat.requires_grad_(True)
-            loss_d = 0.5 * (losses.feature_gan_loss(d_feat(feat_s), True)
-                            + losses.feature_gan_loss(d_feat(out_t.detach()), False))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+                # D_feat: the true domains (source = class 1).
+                d_feat.requires_grad_(True)
+                loss_d = 0.5 * (losses.feature_gan_loss(d_feat(feat_s), True)
+                                + losses.feature_gan_loss(d_feat(out_t.detach()), False))
+            precision.step(loss_d, opt_d)
 
             # f_T: classify translated source, and make target outputs pass for source ones.
             d_feat.requires_grad_(False)  # this step must not build gradients into D_feat
-            terms = {
-                "task": c.lambda_task * losses.task_loss(out_s, y_s),
-                "feature_gan": c.lambda_feature * losses.feature_gan_loss(d_feat(out_t), True),
-            }
-            opt_f.zero_grad(set_to_none=True)
-            sum(terms.values()).backward()
-            opt_f.step()
+            with precision.autocast:
+                terms = {
+                    "task": c.lambda_task * losses.task_loss(out_s, y_s),
+                    "feature_gan": c.lambda_feature * losses.feature_gan_loss(d_feat(out_t), True),
+                }
+            precision.step(sum(terms.values()), opt_f)
             history.add(epoch, {**terms, "D_feat": loss_d})
     opt_f.zero_grad(set_to_none=True)
     f_t.eval()
@@ -530,6 +550,11 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     ``out/confusion/<result>.png``; the wall time of each stage run goes to ``out/wall_times.json``.
     """
     stages = parse_stages(stages)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and stages != ("pixel",):
+        # Only the CycleGAN has a DDP loop; every rank would train and write the same classifiers.
+        raise RuntimeError(f"under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}) only the 'pixel' stage runs "
+                           f"distributed: pass stages=('pixel',) (--stages pixel) there and run the stages "
+                           f"{', '.join(s for s in stages if s != 'pixel')} in a single process")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
@@ -619,6 +644,7 @@ def _save_translation_grid(translator: nn.Module, source_test, target_test, path
             break
     picks = [first[k] for k in sorted(first)]
     x_s = torch.stack([source_test[i][0] for i in picks]).to(device)  # [K, 3, H, W]
-    x_t = torch.stack([target_test[i][0] for i in range(len(picks))]).to(device)
+    # Spread over the split: the digit test splits are sorted by class.
+    x_t = torch.stack([target_test[i * len(target_test) // len(picks)][0] for i in range(len(picks))]).to(device)
     save_image_grid([x_s, translator(x_s), x_t], ["source", "G_S->T(source)", "real target"], path,
                     titles=[f"label {source_test[i][1]}" for i in picks])

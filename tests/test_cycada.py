@@ -56,6 +56,8 @@ def test_wrong_names_are_clear_errors():
         CyCADAConfig(source="mnist7")
     with pytest.raises(ValueError, match="unknown classifier 'vgg'"):
         CyCADAConfig(classifier="vgg")
+    with pytest.raises(ValueError, match="unknown amp 'fp8'; valid values: none, bf16, fp16, auto"):
+        CyCADAConfig(amp="fp8")
     with pytest.raises(ValueError, match="'pixels'.*valid stages: source, pixel"):
         parse_stages("source,pixels")
     assert parse_stages("oracle, source") == ("source", "oracle")  # run order, not given order
@@ -120,6 +122,24 @@ def test_feature_stage_never_reads_target_labels(tmp_path, monkeypatch):
     assert all(torch.equal(f_t[k], scrambled[k]) for k in f_t)
 
 
+def test_classifier_stages_train_under_bf16_autocast(tmp_path, monkeypatch):
+    # amp reaches every stage: the classifier loop and the feature stage step under autocast
+    # (bf16 runs on CPU too), and the pixel stage's CycleGAN gets the same setting.
+    config = smoke_config(tmp_path, amp="bf16")
+    assert pixel_cyclegan_config(config).amp == "bf16"
+    logit_dtypes = set()
+    task_loss = cycada.losses.task_loss
+    monkeypatch.setattr(cycada.losses, "task_loss", lambda logits, y: logit_dtypes.add(logits.dtype)
+                        or task_loss(logits, y))
+    f_s = train_source(config, progress=False)
+    f_t = train_feature(config, f_s, progress=False)
+    assert logit_dtypes == {torch.bfloat16}
+    history = torch.load(stage_path(config, "feature_only"), weights_only=True)["history"]
+    assert all(torch.isfinite(torch.tensor(row["task"])) for row in history)
+    assert any(not torch.equal(v, f_s.state_dict()[k]) for k, v in f_t.state_dict().items()), "f_T did not learn"
+    assert all(p.dtype == torch.float32 for p in f_t.parameters())  # autocast keeps fp32 weights
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     config = smoke_config(tmp_path_factory.mktemp("cycada"))
@@ -148,6 +168,13 @@ def test_rerun_skips_finished_stages(smoke_run, capsys):
     assert all(f"skipping {s}:" in printed for s in STAGES)
     assert {s: stage_path(config, s).stat().st_mtime_ns for s in STAGES} == written
     assert all(again[k] == first[k] for k in RESULT_KEYS)
+
+
+def test_torchrun_runs_only_the_pixel_stage_distributed(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="only the 'pixel' stage runs distributed.*stages source, oracle"):
+        run_cycada(smoke_config(tmp_path), stages="source,pixel,oracle", progress=False)
+    assert not (tmp_path / "source").exists()  # refused before any stage ran
 
 
 def test_missing_stage_checkpoint_names_file_and_stage(tmp_path):
