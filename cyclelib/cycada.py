@@ -162,9 +162,11 @@ SCALE_PRESETS = {
                   pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=0, pool_size=8, feature_batch_size=8,
                   feature_epochs=1, log_every=1, sample_every=1000, checkpoint_every=1000),
     # about 30 minutes on 2 CPU cores for the whole pipeline on the offline 5k digit sets
+    # Feature stage, tuned on mnist5k -> mnistm5k with seed 0 (pixel_feature accuracy): 20 epochs at lr 3e-4
+    # gave 0.650, against 0.568 for 5 epochs at 1e-4, 0.637 for 20 at 1e-4 and 0.530 for 20 at 1e-3.
     "cpu": dict(netG="resnet_3blocks", ngf=16, ndf=16, max_samples=2000, task_lr=1e-3, task_batch_size=64,
-                task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=1e-4,
-                feature_batch_size=64, feature_epochs=5, log_every=10, sample_every=200, checkpoint_every=200),
+                task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=3e-4,
+                feature_batch_size=64, feature_epochs=20, log_every=10, sample_every=200, checkpoint_every=200),
     # the paper's setting
     "gpu": dict(num_workers=4),
 }
