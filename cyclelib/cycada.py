@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import losses
+from . import distributed, losses
 from .checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from .cyclegan import AMP_MODES, CycleGAN, CycleGANConfig, EpochSampler, _amp_dtype, load_cyclegan, train_cyclegan
 from .data import DIGIT_DOMAINS, Unpaired, digit_domain
@@ -282,10 +282,12 @@ def pixel_cyclegan_config(config: CyCADAConfig) -> CycleGANConfig:
 
 def _pixel_progress(config: CyCADAConfig, ckpt: dict) -> tuple[int, int]:
     """(steps done, steps of the whole run) of a pixel-stage CycleGAN checkpoint."""
+    if "total_steps" in ckpt:  # the run's own count, right for any number of DDP ranks
+        return ckpt["step"], ckpt["total_steps"]
+    # checkpoints written before total_steps: count as a one-process train_cyclegan does
     cg = ckpt["config"]
     if cg.get("max_steps"):
         return ckpt["step"], cg["max_steps"]
-    # as train_cyclegan counts: an epoch is max(|A|, |B|) samples, at most max_dataset_size
     n = max(len(load_domain(config, name, "train")) for name in (config.source, config.target))
     per_epoch = math.ceil(min(n, cg["max_dataset_size"] or n) / cg["batch_size"])
     return ckpt["step"], (cg["n_epochs"] + cg["n_epochs_decay"]) * per_epoch
@@ -317,7 +319,7 @@ def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | No
     if stage == "pixel":
         done, total = _pixel_progress(config, load_checkpoint(path))
         if done < total:
-            raise FileNotFoundError(f"{path} holds an unfinished pixel stage (progress {done} of {total}); "
+            raise FileNotFoundError(f"{path} holds an unfinished pixel stage ({done} of {total} steps); "
                                     f"run the 'pixel' stage again to resume it")
         return load_cyclegan(path, device)
     ckpt = load_checkpoint(path)
@@ -457,8 +459,9 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
 
     ``f_s`` (the stage 1 classifier) is frozen in place. Writes ``out/pixel/`` (checkpoint,
     samples, history) through :func:`train_cyclegan`; ``resume`` continues an unfinished run.
+    Under torchrun each rank keeps its f_S on its own device, next to its generators.
     """
-    f_s.to(pick_device(config.device))
+    f_s.to(distributed.setup(pick_device(config.device))[2])
     return train_cyclegan(pixel_cyclegan_config(config), resume=resume, progress=progress,
                           extra_generator_losses=semantic_consistency(config, f_s))
 
@@ -550,8 +553,11 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     for loads that one's checkpoint, or fails with a message naming the file and stage.
     Writes ``out/metrics.json``, ``out/samples.png``, ``out/curves.png`` and
     ``out/confusion/<result>.png``; the wall time of each stage run goes to ``out/wall_times.json``.
+    Under torchrun, where only the pixel stage may run, rank 0 writes the files and returns
+    the metrics, the other ranks return ``{}``.
     """
     stages = parse_stages(stages)
+    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes and evaluates
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and stages != ("pixel",):
         # Only the CycleGAN has a DDP loop; every rank would train and write the same classifiers.
         raise RuntimeError(f"under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}) only the 'pixel' stage runs "
@@ -559,7 +565,8 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
                            f"{', '.join(s for s in stages if s != 'pixel')} in a single process")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    if writer:
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     nets: dict[str, nn.Module] = {}
 
     def need(stage: str):
@@ -585,10 +592,12 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         start = time.perf_counter()
         nets[stage] = runners[stage]()
         wall_times[stage] = round(time.perf_counter() - start, 1)
-        times_path.write_text(json.dumps(wall_times, indent=1))
-        if not stage_finished(config, stage):  # e.g. a SIGTERM stopped the pixel stage early
+        if writer:
+            times_path.write_text(json.dumps(wall_times, indent=1))
+        # e.g. a SIGTERM stopped the pixel stage early (rank 0 writes the checkpoint: only it can tell)
+        if writer and not stage_finished(config, stage):
             raise RuntimeError(f"the {stage!r} stage stopped before its end; run it again to resume")
-    return evaluate_run(config, wall_times)
+    return evaluate_run(config, wall_times) if writer else {}
 
 
 def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:

@@ -637,7 +637,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
             save_run_checkpoint({
                 "version": FORMAT_VERSION, "kind": "cyclegan", "config": asdict(c), "nets": model.state_dict(),
                 **model.training_state(), "rng": rng_state(), "epoch": epoch, "start": start, "step": step,
-                "history": history, "best": best, "world_size": world}, out, step, c.keep_checkpoints,
+                "history": history, "best": best, "world_size": world,
+                "total_steps": max_steps}, out, step, c.keep_checkpoints,
                 best=improved)
             _write_history(history, out)
         saved_at = step

@@ -1,4 +1,5 @@
 """DDP through torchrun: two Gloo ranks on CPU train as one process on the union of their batches."""
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 from cyclelib.checkpoint import load_checkpoint
+from cyclelib.cli import main
+from cyclelib.cycada import CyCADAConfig, stage_finished
 from cyclelib.cyclegan import CycleGANConfig, train_cyclegan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,9 +23,9 @@ OPTIONS = dict(data="mnist5k:mnistm5k", norm="none", pool_size=0, max_dataset_si
                n_epochs_decay=1, log_every=1, sample_every=100, checkpoint_every=100)
 
 
-def torchrun_train(out: Path, *options: str) -> None:
+def torchrun_train(out: Path, *options: str, model: str = "cyclegan") -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "cyclelib", "train", "cyclegan", *options]
+               "-m", "cyclelib", "train", model, *options]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -47,3 +50,15 @@ def test_two_ranks_train_like_one_process_on_the_union_batch_and_resume(tmp_path
     # Logged losses are the means over both ranks: those of the union batch.
     for row_a, row_b in zip(a["history"], b["history"], strict=True):
         assert row_b == pytest.approx(row_a, rel=1e-4)
+
+
+@pytest.mark.slow  # one torchrun launch of two processes
+def test_cycada_pixel_stage_runs_on_two_ranks_and_rank_0_evaluates(tmp_path):
+    out = tmp_path / "cycada"
+    common = ["--source", "uci-digits", "--target", "mnist5k", "--scale", "smoke", "--out", str(out)]
+    main(["train", "cycada", *common, "--stages", "source"])  # classifier stages: one process
+    torchrun_train(out, *common, "--stages", "pixel", model="cycada")
+    assert stage_finished(CyCADAConfig.for_scale("smoke", source="uci-digits", target="mnist5k", out=str(out)),
+                          "pixel")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["label_preservation"] <= 1 and "pixel" in metrics["wall_s"]
