@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from book_toc import toc_entries
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 NOTEBOOKS = sorted(p for p in BOOK.glob("*.ipynb"))
@@ -61,19 +63,6 @@ def prose(text):
 def language_divs(path):
     """(language, prose) of every `<div class="lang-xx">` block of the notebook's Markdown cells."""
     return [(lang, prose(body)) for cell in cells(path, "markdown") for lang, body in LANG_DIV.findall(source(cell))]
-
-
-def toc_entries():
-    def walk(node):
-        for key in ("root", "file"):
-            if key in node:
-                yield node[key]
-        for key in ("parts", "chapters", "sections"):
-            for child in node.get(key, []):
-                yield from walk(child)
-
-    with open(ROOT / "_toc.yml", encoding="utf-8") as f:
-        return set(walk(yaml.safe_load(f)))
 
 
 def repository_url():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from book_toc import toc_entries
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 BOOK_SUFFIXES = (".md", ".ipynb")
@@ -79,16 +81,6 @@ def test_console_script_resolves_to_a_callable():
     assert callable(getattr(importlib.import_module(module_name), attribute))
 
 
-def toc_files(node):
-    """All pages of a jb-book table of contents (root, parts, chapters, sections), depth first."""
-    for key in ("root", "file"):
-        if key in node:
-            yield node[key]
-    for key in ("parts", "chapters", "sections"):
-        for child in node.get(key, []):
-            yield from toc_files(child)
-
-
 def resolve_toc_file(name):
     """A toc entry names a file without its suffix; return the existing path or None."""
     candidates = [ROOT / name] + [ROOT / (name + suffix) for suffix in BOOK_SUFFIXES]
@@ -107,7 +99,7 @@ def book_pages():
 def all_toc_files():
     toc = load_yaml("_toc.yml")
     assert toc["format"] == "jb-book", "_toc.yml: expected `format: jb-book`"
-    return list(toc_files(toc))
+    return toc_entries(toc)
 
 
 def test_toc_lists_only_existing_book_files():

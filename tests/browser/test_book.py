@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
+from book_toc import toc_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
@@ -47,20 +47,9 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 
-def toc_entries(node):
-    """Every page of a jb-book ``_toc.yml`` (root, parts, chapters, sections), in reading order."""
-    for key in ("root", "file"):
-        if key in node:
-            yield node[key]
-    for key in ("parts", "chapters", "sections"):
-        for child in node.get(key, []):
-            yield from toc_entries(child)
-
-
 def toc_pages() -> list[str]:
     """The toc entries without suffix, e.g. ``book/index``; each is built to ``<entry>.html``."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    return [re.sub(r"\.(md|ipynb)$", "", entry) for entry in toc_entries(toc)]
+    return [re.sub(r"\.(md|ipynb)$", "", entry) for entry in toc_entries()]
 
 
 def page_source(entry: str) -> str:
