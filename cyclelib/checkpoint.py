@@ -191,7 +191,8 @@ def save_run_checkpoint(state: dict, folder: str | os.PathLike, step: int, keep:
     Writes ``checkpoints/step_XXXXXXX.pt``, makes ``checkpoint.pt`` (the latest) and, if
     ``best``, ``checkpoint_best.pt`` the same file, then deletes all but the ``keep``
     newest step files. Each file is replaced atomically, so a kill at any point leaves a
-    readable latest checkpoint.
+    readable latest checkpoint; the temporary file of a write that such a kill cut short
+    is deleted here, by the next save.
     """
     if keep < 1:
         raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
@@ -202,6 +203,9 @@ def save_run_checkpoint(state: dict, folder: str | os.PathLike, step: int, keep:
         _link_or_copy(step_file, folder / BEST)
     for old in step_checkpoints(folder)[:-keep]:
         old.unlink()
+    # One writer per run folder, so every other temporary file there is a dead write's.
+    for stale in (*folder.glob(".*.pt.*.tmp"), *folder.glob(f"{HISTORY}/.step_*.pt.*.tmp")):
+        stale.unlink(missing_ok=True)
     return step_file
 
 

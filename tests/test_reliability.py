@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from cyclelib.checkpoint import (FORMAT_VERSION, export_safetensors, load_checkpoint, load_run_checkpoint,
-                                 save_checkpoint, step_checkpoints)
+                                 save_checkpoint, save_run_checkpoint, step_checkpoints)
 from cyclelib.cli import main
 from cyclelib.cyclegan import (CycleGAN, CycleGANConfig, TrainingDiverged, TrainingInterrupted, load_cyclegan,
                                train_cyclegan)
@@ -194,6 +194,21 @@ def test_run_keeps_the_last_k_the_latest_and_the_best(run10):
     best = load_checkpoint(run10 / "checkpoint_best.pt")
     assert best["step"] == best_step == latest["best"]["step"]
     assert best["best"]["score"] == pytest.approx(scores[best_step])
+
+
+def test_the_next_save_deletes_the_temporary_files_of_killed_writes(tmp_path):
+    """A SIGKILL during a write leaves its hidden temporary file; the next save deletes it
+    (and only such files)."""
+    save_run_checkpoint({"w": torch.zeros(3)}, tmp_path, step=1)
+    stale = [tmp_path / ".checkpoint.pt.k1ll3d.tmp", tmp_path / ".checkpoint_best.pt.x9.tmp",
+             tmp_path / "checkpoints" / ".step_0000002.pt.a1b2.tmp"]
+    others = [tmp_path / ".notes.tmp", tmp_path / "samples.pt.tmp"]
+    for path in stale + others:
+        path.write_bytes(b"\0" * 10)
+    save_run_checkpoint({"w": torch.ones(3)}, tmp_path, step=2)
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in others)
+    assert torch.equal(load_run_checkpoint(tmp_path)[0]["w"], torch.ones(3))
 
 
 def corrupt(path: Path, how: str) -> None:
