@@ -73,7 +73,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
     ``.pt``/``.pth`` files are read with ``weights_only=True``, after checking the CRC32
     of every record (torch does not, and would load flipped bits as wrong weights);
-    ``.safetensors`` files with :func:`load_safetensors`.
+    ``.safetensors`` files with :func:`load_safetensors` (which checks the CRC32s that
+    :func:`export_safetensors` writes).
     """
     path = Path(path)
     if not path.is_file():
@@ -141,6 +142,8 @@ def export_safetensors(model_or_checkpoint, path: str | os.PathLike) -> Path:
                          f"checkpoint with 'nets', or a checkpoint path; got {type(model_or_checkpoint).__name__}")
     # safetensors stores dense, unshared CPU buffers.
     tensors = {name: t.detach().cpu().contiguous().clone() for name, t in obj.items()}
+    # The format has no checksum of its own: a flipped bit would load as a wrong weight.
+    metadata["crc32"] = json.dumps({name: _crc32(t) for name, t in tensors.items()})
     data = safetensors_bytes(tensors, metadata)
     return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
@@ -156,10 +159,20 @@ def load_safetensors(path: str | os.PathLike) -> dict:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every defect
         raise ValueError(f"cannot read {path}: truncated or not a safetensors file "
                          f"({type(e).__name__}: {e})") from None
+    damaged = [name for name, crc in json.loads(metadata.get("crc32", "{}")).items()
+               if name not in tensors or _crc32(tensors[name]) != crc]
+    if damaged:
+        raise ValueError(f"{path} is corrupted: tensor(s) {', '.join(damaged)} fail the CRC32 "
+                         "check written by export_safetensors")
     if "kind" not in metadata:
         return tensors
     return {"version": int(metadata["version"]), "kind": metadata["kind"],
             "config": json.loads(metadata["config"]), "nets": tensors}
+
+
+def _crc32(tensor: torch.Tensor) -> int:
+    """CRC32 of a contiguous CPU tensor's bytes."""
+    return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
 # --------------------------------------------------------------------------- run folders

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from cyclelib.checkpoint import (FORMAT_VERSION, export_safetensors, load_checkpoint, load_run_checkpoint,
                                  save_checkpoint, save_run_checkpoint, step_checkpoints)
@@ -384,6 +385,17 @@ def test_bad_safetensors_input_and_files_are_named(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(ValueError, match=r"cannot read .*cut\.safetensors: truncated or not a safetensors file"):
         load_checkpoint(path)
+
+    # One flipped bit in the data would load as a wrong weight: the CRC32s in the metadata catch it.
+    path = export_safetensors({"a": torch.zeros(100), "b": torch.ones(100)}, tmp_path / "flip.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"flip\.safetensors is corrupted: tensor\(s\) [ab] fail the CRC32"):
+        load_checkpoint(path)
+    # Files written by other tools have no CRC32s and load as they are.
+    save_file({"w": torch.arange(4.0)}, tmp_path / "plain.safetensors")
+    assert torch.equal(load_checkpoint(tmp_path / "plain.safetensors")["w"], torch.arange(4.0))
 
 
 # --------------------------------------------------------------------------- bad data
