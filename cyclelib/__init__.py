@@ -5,7 +5,7 @@ Modules, one idea each: ``networks`` (generators, discriminators, digit classifi
 (unpaired folders, digit domains, downloads), ``cyclegan`` (model and training loop),
 ``translate``, ``checkpoint``, ``runtime`` (scale, device, seeds), ``plots``, ``cli``.
 """
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import export_safetensors, load_checkpoint, load_safetensors, save_checkpoint
 from .cyclegan import CycleGAN, CycleGANConfig, load_cyclegan, train_cyclegan
 from .data import (CYCLEGAN_DATASETS, DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder,
                    digit_domain, download_dataset, open_unpaired)
