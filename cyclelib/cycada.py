@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
@@ -557,10 +556,11 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     the metrics, the other ranks return ``{}``.
     """
     stages = parse_stages(stages)
-    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 writes and evaluates
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and stages != ("pixel",):
+    rank, world_size = distributed.launched()
+    writer = rank == 0  # under torchrun, rank 0 writes and evaluates
+    if world_size > 1 and stages != ("pixel",):
         # Only the CycleGAN has a DDP loop; every rank would train and write the same classifiers.
-        raise RuntimeError(f"under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}) only the 'pixel' stage runs "
+        raise RuntimeError(f"under torchrun (WORLD_SIZE={world_size}) only the 'pixel' stage runs "
                            f"distributed: pass stages=('pixel',) (--stages pixel) there and run the stages "
                            f"{', '.join(s for s in stages if s != 'pixel')} in a single process")
     out = Path(config.out)

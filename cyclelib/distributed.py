@@ -23,14 +23,19 @@ from torch import nn
 _flag_group = None
 
 
+def launched() -> tuple[int, int]:
+    """``(rank, world_size)`` that torchrun gave this process; ``(0, 1)`` without torchrun.
+    Read from the environment, so it answers before :func:`setup` has joined the group."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: torch.device) -> tuple[int, int, torch.device]:
     """Join this process's torchrun job (once); returns ``(rank, world_size, device)``.
 
     A CUDA rank gets the GPU of its LOCAL_RANK. Without torchrun: ``(0, 1, device)``.
     """
     global _flag_group
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if launched()[1] == 1:
         return 0, 1, device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
