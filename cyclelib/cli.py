@@ -71,9 +71,9 @@ def _train_cycada(args) -> None:
     print(f"CyCADA {config.source} -> {config.target} ({config.scale} scale) -> {config.out}")
     metrics = run_cycada(config, stages=args.stages, force=args.force)
     for key in ("source_only", "pixel_only", "feature_only", "pixel_feature", "target_oracle",
-                "label_preservation"):
+                "label_preservation", "oracle_label_preservation"):
         if key in metrics:
-            print(f"{key:>20}: {metrics[key]:.4f}")
+            print(f"{key:>25}: {metrics[key]:.4f}")
     print(f"done: {Path(config.out) / 'metrics.json'}")
 
 

@@ -607,7 +607,10 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     ``feature_only``, ``pixel_feature``, ``target_oracle``), per-class accuracies and
     confusion matrices, and for the translation ``label_preservation`` (f_S's accuracy
     on translated source test images) next to ``source_test_accuracy`` (f_S on the
-    untranslated ones).
+    untranslated ones). When the oracle is finished too, ``oracle_label_preservation``
+    is the oracle's accuracy on the same translations: a judge trained on real target
+    images, which the generator never saw, so it tells a translation that keeps the
+    digit from one that only keeps f_S's reading of it (the semantic loss can be gamed).
     """
     c = config
     out = Path(c.out)
@@ -636,6 +639,9 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
         if "pixel" in finished:
             translator = load_stage(c, "pixel", device).G_A
             metrics["label_preservation"] = label_preservation(f_s, translator, source_test)
+            if "oracle" in finished:
+                oracle = load_stage(c, "oracle", device)
+                metrics["oracle_label_preservation"] = label_preservation(oracle, translator, source_test)
             _save_translation_grid(translator, source_test, target_test, out / "samples.png", device)
     metrics.update(per_class=per_class, confusion=confusion, wall_s=wall_times or {})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -151,13 +151,24 @@ def test_smoke_pipeline_writes_complete_metrics_and_figures(smoke_run):
     out = stage_path(config, "source").parent.parent
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(returned))
-    for key in (*RESULT_KEYS, "label_preservation", "source_test_accuracy"):
+    for key in (*RESULT_KEYS, "label_preservation", "oracle_label_preservation", "source_test_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert (metrics["source"], metrics["target"], metrics["scale"], metrics["seed"]) == \
         ("uci-digits", "mnist5k", "smoke", 0)
     assert len(metrics["confusion"]["pixel_feature"]) == 10 and set(metrics["wall_s"]) == set(STAGES)
     for name in ("samples.png", "curves.png", "confusion/pixel_feature.png", "confusion/target_oracle.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_oracle_label_preservation_is_the_oracles_reading_of_translated_source(smoke_run):
+    config, metrics = smoke_run
+    oracle, translator = load_stage(config, "oracle"), load_stage(config, "pixel").G_A  # eval mode
+    source_test = cycada._eval_subset(cycada.load_domain(config, config.source, "test"), config)
+    x = torch.stack([x for x, _ in source_test])  # [N, 3, H, W]
+    y = torch.tensor([y for _, y in source_test])  # [N]
+    with torch.no_grad():
+        expected = (oracle(translator(x)).argmax(dim=1) == y).double().mean().item()
+    assert metrics["oracle_label_preservation"] == pytest.approx(expected)
 
 
 def test_rerun_skips_finished_stages(smoke_run, capsys):
