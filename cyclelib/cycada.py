@@ -608,8 +608,8 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     confusion matrices, and for the translation ``label_preservation`` (f_S's accuracy
     on translated source test images) next to ``source_test_accuracy`` (f_S on the
     untranslated ones). When the oracle is finished too, ``oracle_label_preservation``
-    is the oracle's accuracy on the same translations: a judge trained on real target
-    images, which the generator never saw, so it tells a translation that keeps the
+    is the oracle's accuracy on the same translations: a judge trained on labelled target
+    images that no training stage consults, so it tells a translation that keeps the
     digit from one that only keeps f_S's reading of it (the semantic loss can be gamed).
     """
     c = config
