@@ -59,7 +59,7 @@ def _train_cyclegan(args) -> None:
 
 
 def _train_cycada(args) -> None:
-    from .cycada import CyCADAConfig, run_cycada
+    from .cycada import RESULTS, CyCADAConfig, run_cycada
 
     options = given_options(args, CyCADAConfig)
     options.pop("scale", None)  # --scale picks the preset below
@@ -70,8 +70,7 @@ def _train_cycada(args) -> None:
     config = CyCADAConfig.for_scale(args.scale, **options)
     print(f"CyCADA {config.source} -> {config.target} ({config.scale} scale) -> {config.out}")
     metrics = run_cycada(config, stages=args.stages, force=args.force)
-    for key in ("source_only", "pixel_only", "feature_only", "pixel_feature", "target_oracle",
-                "label_preservation", "oracle_label_preservation"):
+    for key in (*RESULTS.values(), "label_preservation", "oracle_label_preservation"):
         if key in metrics:
             print(f"{key:>25}: {metrics[key]:.4f}")
     print(f"done: {Path(config.out) / 'metrics.json'}")

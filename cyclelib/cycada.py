@@ -620,29 +620,29 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     metrics: dict = {"source": c.source, "target": c.target, "scale": c.scale, "seed": c.seed,
                      "classifier": classifier_name(c), "test_images": {"source": len(source_test),
                                                                         "target": len(target_test)}}
-    per_class, confusion, histories = {}, {}, {}
+    per_class, confusion, histories, classifiers = {}, {}, {}, {}
     finished = [s for s in STAGES if stage_finished(c, s)]
     for stage in finished:
         histories[stage] = load_checkpoint(stage_path(c, stage)).get("history", [])
         if stage not in RESULTS:
             continue
         key = RESULTS[stage]
-        predictions, labels = predict(load_stage(c, stage, device), target_test)
+        classifiers[stage] = load_stage(c, stage, device)
+        predictions, labels = predict(classifiers[stage], target_test)
         metrics[key] = accuracy(predictions, labels)
         per_class[key] = [None if math.isnan(a) else a for a in per_class_accuracy(predictions, labels)]
         confusion[key] = confusion_matrix(predictions, labels).tolist()
         plot_confusion_matrix(confusion[key], out / "confusion" / f"{key}.png",
                               title=f"{key} on {c.target} test: {metrics[key]:.3f}")
-    if "source" in finished:
-        f_s = load_stage(c, "source", device)
-        metrics["source_test_accuracy"] = accuracy(*predict(f_s, source_test))
-        if "pixel" in finished:
-            translator = load_stage(c, "pixel", device).G_A
-            metrics["label_preservation"] = label_preservation(f_s, translator, source_test)
-            if "oracle" in finished:
-                oracle = load_stage(c, "oracle", device)
-                metrics["oracle_label_preservation"] = label_preservation(oracle, translator, source_test)
-            _save_translation_grid(translator, source_test, target_test, out / "samples.png", device)
+    if "source" in classifiers:
+        metrics["source_test_accuracy"] = accuracy(*predict(classifiers["source"], source_test))
+    if "pixel" in finished:
+        translator = load_stage(c, "pixel", device).G_A
+        # Two judges of the translation: f_S, which the semantic loss optimises, and the oracle, which it cannot.
+        for judge, key in (("source", "label_preservation"), ("oracle", "oracle_label_preservation")):
+            if judge in classifiers:
+                metrics[key] = label_preservation(classifiers[judge], translator, source_test)
+        _save_translation_grid(translator, source_test, target_test, out / "samples.png", device)
     metrics.update(per_class=per_class, confusion=confusion, wall_s=wall_times or {})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if any(histories.values()):
