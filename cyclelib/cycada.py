@@ -650,18 +650,34 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     return metrics
 
 
+def _class_columns(source_test, target_test, n_classes: int = 10) -> tuple[list[int], list[int], list[int] | None]:
+    """The sample grid's columns: classes, and per class the first source and target test image.
+
+    The classes are those both splits hold; the target picks are None when the two share
+    none (a tiny ``max_eval_samples``), and the grid then has no target row.
+    """
+    firsts = []
+    for dataset in (source_test, target_test):
+        first = {}
+        for i in range(len(dataset)):
+            first.setdefault(int(dataset[i][1]), i)
+            if len(first) == n_classes:
+                break
+        firsts.append(first)
+    first_s, first_t = firsts
+    classes = sorted(first_s.keys() & first_t.keys())
+    if not classes:
+        return sorted(first_s), [first_s[k] for k in sorted(first_s)], None
+    return classes, [first_s[k] for k in classes], [first_t[k] for k in classes]
+
+
 @torch.no_grad()
-def _save_translation_grid(translator: nn.Module, source_test, target_test, path: Path, device,
-                           n_classes: int = 10) -> None:
-    """One source test image per class, its translation, and real target images; labels on top."""
-    first = {}
-    for i in range(len(source_test)):
-        first.setdefault(int(source_test[i][1]), i)
-        if len(first) == n_classes:
-            break
-    picks = [first[k] for k in sorted(first)]
-    x_s = torch.stack([source_test[i][0] for i in picks]).to(device)  # [K, 3, H, W]
-    # Spread over the split: the digit test splits are sorted by class.
-    x_t = torch.stack([target_test[i * len(target_test) // len(picks)][0] for i in range(len(picks))]).to(device)
-    save_image_grid([x_s, translator(x_s), x_t], ["source", "G_S->T(source)", "real target"], path,
-                    titles=[f"label {source_test[i][1]}" for i in picks])
+def _save_translation_grid(translator: nn.Module, source_test, target_test, path: Path, device) -> None:
+    """Per class, a source test image, its translation and a real target test image of that class."""
+    classes, picks_s, picks_t = _class_columns(source_test, target_test)
+    x_s = torch.stack([source_test[i][0] for i in picks_s]).to(device)  # [K, 3, H, W]
+    rows, names = [x_s, translator(x_s)], ["source", "G_S->T(source)"]
+    if picks_t is not None:
+        rows.append(torch.stack([target_test[i][0] for i in picks_t]))  # [K, 3, H, W]
+        names.append("real target")
+    save_image_grid(rows, names, path, titles=[f"label {k}" for k in classes])

@@ -211,3 +211,15 @@ def test_cli_wrong_dataset_is_a_clear_error(tmp_path, capsys):
               "--scale", "smoke"])
     assert exit_info.value.code == 2
     assert "unknown source dataset 'mnist7'; valid names:" in capsys.readouterr().err
+
+
+def test_sample_grid_columns_hold_one_class_in_every_row():
+    # uci-digits' test split is shuffled: a target picked by position would be any digit
+    source = [(torch.zeros(3, 4, 4), y) for y in (2, 0, 2, 1, 3)]
+    target = [(torch.zeros(3, 4, 4), y) for y in (1, 1, 0, 5, 2, 0)]
+    classes, picks_s, picks_t = cycada._class_columns(source, target)
+    assert classes == [0, 1, 2]  # class 3 has no target image, class 5 no source image
+    assert [source[i][1] for i in picks_s] == classes and [target[i][1] for i in picks_t] == classes
+    assert (picks_s, picks_t) == ([1, 3, 0], [2, 0, 4])  # the first image of each class
+    # no class in common: source columns only, and no target row
+    assert cycada._class_columns(source[:1], target[:2]) == ([2], [0], None)
