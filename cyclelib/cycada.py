@@ -54,7 +54,7 @@ from . import distributed, losses
 from .checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from .cyclegan import AMP_MODES, CycleGAN, CycleGANConfig, EpochSampler, _amp_dtype, load_cyclegan, train_cyclegan
 from .data import DIGIT_DOMAINS, Unpaired, digit_domain
-from .metrics import accuracy, confusion_matrix, label_preservation, per_class_accuracy, predict
+from .metrics import accuracy, confusion_matrix, per_class_accuracy, predict
 from .networks import CLASSIFIERS, FeatureDiscriminator, build_classifier
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runtime import pick_device, resolve_scale, seed_everything
@@ -638,10 +638,12 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
         metrics["source_test_accuracy"] = accuracy(*predict(classifiers["source"], source_test))
     if "pixel" in finished:
         translator = load_stage(c, "pixel", device).G_A
-        # Two judges of the translation: f_S, which the semantic loss optimises, and the oracle, which it cannot.
+        translated = translate_dataset(translator, source_test)  # (G_{S->T}(x), y), translated once
+        # Two judges of the translation (label preservation, see metrics.label_preservation): f_S, which
+        # the semantic loss optimises, and the oracle, which it cannot.
         for judge, key in (("source", "label_preservation"), ("oracle", "oracle_label_preservation")):
             if judge in classifiers:
-                metrics[key] = label_preservation(classifiers[judge], translator, source_test)
+                metrics[key] = accuracy(*predict(classifiers[judge], translated))
         _save_translation_grid(translator, source_test, target_test, out / "samples.png", device)
     metrics.update(per_class=per_class, confusion=confusion, wall_s=wall_times or {})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -650,25 +652,26 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     return metrics
 
 
-def _class_columns(source_test, target_test, n_classes: int = 10) -> tuple[list[int], list[int], list[int] | None]:
+def _first_of_each_class(dataset, n_classes: int = 10) -> dict[int, int]:
+    """{class: index of its first item in ``dataset``}, for the classes the dataset holds."""
+    first = {}
+    for i in range(len(dataset)):
+        first.setdefault(int(dataset[i][1]), i)
+        if len(first) == n_classes:
+            break
+    return first
+
+
+def _class_columns(source_test, target_test) -> tuple[list[int], list[int], list[int] | None]:
     """The sample grid's columns: classes, and per class the first source and target test image.
 
-    The classes are those both splits hold; the target picks are None when the two share
-    none (a tiny ``max_eval_samples``), and the grid then has no target row.
+    The classes are those both splits hold; when they share none (a tiny ``max_eval_samples``)
+    the columns are the source's classes, the target picks are None and the grid has no target row.
     """
-    firsts = []
-    for dataset in (source_test, target_test):
-        first = {}
-        for i in range(len(dataset)):
-            first.setdefault(int(dataset[i][1]), i)
-            if len(first) == n_classes:
-                break
-        firsts.append(first)
-    first_s, first_t = firsts
-    classes = sorted(first_s.keys() & first_t.keys())
-    if not classes:
-        return sorted(first_s), [first_s[k] for k in sorted(first_s)], None
-    return classes, [first_s[k] for k in classes], [first_t[k] for k in classes]
+    first_s, first_t = _first_of_each_class(source_test), _first_of_each_class(target_test)
+    shared = sorted(first_s.keys() & first_t.keys())
+    classes = shared or sorted(first_s)
+    return classes, [first_s[k] for k in classes], [first_t[k] for k in shared] or None
 
 
 @torch.no_grad()
