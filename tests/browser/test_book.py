@@ -7,6 +7,13 @@ For every page listed in ``_toc.yml`` it checks what a reader would notice first
   ``mjx-container``, no MathJax error box, no raw ``$$``, ``\\(`` or ``\\[`` left
   in the visible text);
 - every ``<img>`` loaded (``naturalWidth > 0``);
+- no raw Markdown table (a ``|---|`` row) in the visible text, and the tables that
+  chapter 9's code cells display as Markdown are real ``<table>`` elements
+  (``nb_render_markdown_format: myst`` in ``_config.yml``);
+- output areas that hold nothing but an ipywidgets control (which needs a kernel)
+  are hidden, other outputs are shown;
+- the browser console logged no error (level SEVERE: a script that failed, a
+  resource that could not be fetched);
 - the language switch (``book/_static/lang.js``): English hides every ``.lang-zh``
   and shows the ``.lang-en`` passages, 中文 the opposite, Both shows both;
 
@@ -35,6 +42,12 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 LANGS = ("en", "zh", "both")
 STORAGE_KEY = "cyclelib-lang"  # as in book/_static/lang.js
+# A Markdown table that was not rendered shows its delimiter row, |---|---| or | :--- |,
+# which Sphinx's smart quotes may have turned into |—|—|.
+RAW_TABLE_ROW = re.compile(r"\|\s*:?(-{3,}|[—–]{1,3}):?\s*\|")
+# Pages whose code cells display Markdown tables (IPython.display.Markdown), and how
+# many <table> elements each must have at least once they are rendered.
+MARKDOWN_OUTPUT_TABLES = {"book/09_cycada_results": 3}
 
 pytestmark = pytest.mark.browser
 
@@ -90,6 +103,7 @@ def browser(tmp_path_factory):
                         f"(`make browser-deps`, or apt-get install -y chromium chromium-driver fonts-noto-cjk)")
     options = Options()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console messages, read by get_log
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1280,1000",
@@ -105,6 +119,7 @@ def browser(tmp_path_factory):
 def open_page(browser, server, entry: str) -> None:
     """Load a page; fail with the HTTP status when the server does not have it."""
     url = f"{server}/{entry}.html"
+    browser.get_log("browser")  # discard what earlier pages logged
     try:
         with urllib.request.urlopen(url) as response:
             assert response.status == 200
@@ -163,6 +178,22 @@ return {lang: document.documentElement.getAttribute("data-lang"),
 """
 
 
+# Output areas of code cells: those that hold only an ipywidgets view, and the others.
+OUTPUT_AREAS = """
+const isWidget = (el) => el.matches('script[type="application/vnd.jupyter.widget-view+json"]');
+const areas = Array.from(document.querySelectorAll("article .cell_output"));
+const widgetOnly = areas.filter((a) => a.children.length > 0 && Array.from(a.children).every(isWidget));
+const others = areas.filter((a) => !widgetOnly.includes(a) && a.children.length > 0);
+return {widgetOnlyShown: widgetOnly.filter((a) => a.checkVisibility()).length, widgetOnly: widgetOnly.length,
+        othersHidden: others.filter((a) => !a.checkVisibility()).map((a) => a.textContent.trim().slice(0, 80))};
+"""
+
+
+def console_errors(browser) -> list[str]:
+    """The SEVERE messages the browser console logged since the last call."""
+    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
 def choose_language(browser, lang: str) -> None:
     buttons = browser.find_elements(By.CSS_SELECTOR, f'.cyclelib-lang-switch button[data-lang="{lang}"]')
     assert len(buttons) == 1, f"the language switch has no single {lang!r} button"
@@ -216,6 +247,19 @@ def test_page(browser, server, entry):
     broken = browser.execute_async_script(BROKEN_IMAGES)
     assert broken == [], f"{entry}: images that did not load: {broken}"
 
+    # Markdown tables, written in cells or displayed by code, are rendered as tables.
+    raw_rows = [text[max(0, m.start() - 80):m.end() + 20] for m in RAW_TABLE_ROW.finditer(text)]
+    assert raw_rows == [], f"{entry}: raw Markdown tables in the visible text: {raw_rows[:3]}"
+    tables = len(browser.find_elements(By.CSS_SELECTOR, "article table"))
+    assert tables >= MARKDOWN_OUTPUT_TABLES.get(entry, 0), (
+        f"{entry}: {tables} <table> elements, expected at least {MARKDOWN_OUTPUT_TABLES[entry]}")
+
+    # A widget without a kernel renders nothing: its output area is hidden, no other is.
+    areas = browser.execute_script(OUTPUT_AREAS)
+    assert areas["widgetOnlyShown"] == 0, (
+        f"{entry}: {areas['widgetOnlyShown']} of {areas['widgetOnly']} widget-only output areas are shown (empty boxes)")
+    assert areas["othersHidden"] == [], f"{entry}: output areas hidden although they hold output: {areas['othersHidden']}"
+
     # The language switch: each choice hides exactly the other language.
     state = language_state(browser)
     if 'class="lang-en"' in source:
@@ -225,6 +269,9 @@ def test_page(browser, server, entry):
     for lang in LANGS:
         choose_language(browser, lang)
         assert_shows(language_state(browser), lang, entry)
+
+    errors = console_errors(browser)
+    assert errors == [], f"{entry}: the browser console logged errors:\n" + "\n".join(errors)
 
 
 def test_choice_is_remembered_across_pages(browser, server):
