@@ -518,6 +518,9 @@ def download_digits(name: str, root=None) -> Path:
         return root
     from torchvision import datasets  # their download code knows the mirrors and checksums
 
+    files = _torchvision_files(name, root)
+    if name == "usps":
+        _discard_corrupt(files)  # torchvision's USPS keeps any file already there, even a truncated one
     try:
         if name == "mnist":
             datasets.MNIST(root, download=True)  # fetches both splits
@@ -527,9 +530,47 @@ def download_digits(name: str, root=None) -> Path:
         else:
             for split in DIGIT_SPLITS:
                 datasets.SVHN(root / "svhn", split=split, download=True)
-    except (OSError, RuntimeError) as err:
-        raise RuntimeError(f"could not download digit domain {name!r} into {root}: {err}") from err
+    except BaseException as err:
+        # torchvision writes straight to the final file name and keeps a file that fails its MD5:
+        # delete it, or digit_domain would take it for a finished download.
+        corrupt = _discard_corrupt(files)
+        if not isinstance(err, (OSError, RuntimeError, EOFError)):
+            raise  # KeyboardInterrupt and the like, after the cleanup
+        reason = "; ".join(f"{path.name} from {url} failed its MD5 check (corrupt or incomplete download, or the "
+                           f"file changed on the server); it was deleted, download again to retry"
+                           for url, path in corrupt) or str(err).strip()
+        raise RuntimeError(f"could not download digit domain {name!r} into {root}: {reason}") from err
     return root
+
+
+def _torchvision_files(name: str, root: Path) -> list[tuple[str, Path, str]]:
+    """``(url, path, md5)`` of each file torchvision downloads for digit domain `name`, read from
+    its dataset classes (for MNIST, the first mirror's URL and the ``.gz`` it keeps)."""
+    from torchvision import datasets
+
+    if name == "mnist":
+        return [(datasets.MNIST.mirrors[0] + file, root / "MNIST" / "raw" / file, md5)
+                for file, md5 in datasets.MNIST.resources]
+    split_list = (datasets.USPS if name == "usps" else datasets.SVHN).split_list
+    return [(url, root / name / file, md5) for split, (url, file, md5) in split_list.items() if split in DIGIT_SPLITS]
+
+
+def _discard_corrupt(files) -> list[tuple[str, Path]]:
+    """Delete each present file of ``(url, path, md5)`` whose MD5 is wrong; returns their ``(url, path)``."""
+    corrupt = []
+    for url, path, md5 in files:
+        if path.is_file() and _md5_of(path) != md5:
+            path.unlink()
+            corrupt.append((url, path))
+    return corrupt
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- downloads

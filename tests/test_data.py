@@ -6,12 +6,15 @@ and downloads are served from a local HTTP server or file:// URLs.
 
 import bz2
 import functools
+import gzip
 import hashlib
 import http.server
 import io
+import re
 import struct
 import tarfile
 import threading
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -365,7 +368,7 @@ def server(tmp_path):
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)  # quick shutdown
     thread.start()
     yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -416,3 +419,269 @@ def test_download_mnistm_checks_the_md5(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MNISTM_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     domain = digit_domain("mnistm", "test", root=tmp_path / "data", download=True)
     assert domain.labels.tolist() == [4, 2]
+
+
+# --------------------------------------------------------------------------- benchmark downloads through torchvision
+#
+# download_digits('mnist' | 'usps' | 'svhn') runs torchvision's own download code (mirrors, MD5
+# checks, gunzip). These tests run that code end to end against small files in the original
+# formats, served by the local HTTP server: torchvision's class attributes that hold the URLs
+# and MD5s are pointed at the server, and any request elsewhere fails the test.
+
+TRAIN_LABELS, TEST_LABELS = [3, 0, 9, 1, 7, 4], [8, 2, 6, 5]  # different per split: the split must be right
+
+
+def _md5(content: bytes) -> str:
+    return hashlib.md5(content).hexdigest()
+
+
+def _digit_pixels(labels, side, channels):
+    """uint8 [N, side, side, channels]: background 20 * label (+ 3 per channel), one white
+    pixel at the top right, so a wrong label, channel order or transposition shows."""
+    levels = 20 * np.array(labels, np.uint8)[:, None, None, None] + 3 * np.arange(channels, dtype=np.uint8)
+    pixels = np.broadcast_to(levels, (len(labels), side, side, channels)).copy()
+    pixels[:, 0, -1] = 255
+    return pixels
+
+
+def _mnist_gz(kind: str, labels) -> bytes:
+    """An MNIST file as served: big-endian IDX (magic 0x803 images / 0x801 labels), gzipped."""
+    if kind == "images":
+        content = struct.pack(">IIII", 0x803, len(labels), 28, 28) + _digit_pixels(labels, 28, 1).tobytes()
+    else:
+        content = struct.pack(">II", 0x801, len(labels)) + bytes(labels)
+    return gzip.compress(content, mtime=0)
+
+
+def _usps_bz2(labels) -> bytes:
+    """A USPS file as served: LIBSVM lines 'label index:value ...', labels 1..10, 256 values in
+    [-1, 1], bz2-compressed. torchvision reads level (v + 1) / 2 * 255 truncated to uint8, so
+    interior levels are written half a level up."""
+    def value(level):
+        return -1.0 if level == 0 else 1.0 if level == 255 else (level + 0.5) / 127.5 - 1
+
+    lines = [f"{label + 1} " + " ".join(f"{k + 1}:{value(level):.6f}" for k, level in enumerate(image.ravel()))
+             for label, image in zip(labels, _digit_pixels(labels, 16, 1))]
+    return bz2.compress(("\n".join(lines) + "\n").encode())
+
+
+def _svhn_mat(labels) -> bytes:
+    """An SVHN file as served: MATLAB X [32, 32, 3, N] uint8 and y [N, 1] in 1..10 (10 is 0)."""
+    from scipy.io import savemat
+
+    buffer = io.BytesIO()
+    savemat(buffer, {"X": _digit_pixels(labels, 32, 3).transpose(1, 2, 3, 0),
+                     "y": np.array([[label or 10] for label in labels], np.uint8)})
+    return buffer.getvalue()
+
+
+def _serve_mnist(served: Path, base: str, monkeypatch) -> dict:
+    from torchvision.datasets import MNIST
+
+    files = {f"{prefix}-{kind}-idx{dims}-ubyte.gz": _mnist_gz(kind, labels)
+             for prefix, labels in (("train", TRAIN_LABELS), ("t10k", TEST_LABELS))
+             for kind, dims in (("images", 3), ("labels", 1))}
+    (served / "mnist").mkdir()
+    for name, content in files.items():
+        (served / "mnist" / name).write_bytes(content)
+    monkeypatch.setattr(MNIST, "mirrors", [f"{base}/mnist/"])
+    monkeypatch.setattr(MNIST, "resources", [(name, _md5(content)) for name, content in files.items()])
+    return {name: served / "mnist" / name for name in files}
+
+
+def _serve_usps(served: Path, base: str, monkeypatch) -> dict:
+    from torchvision.datasets import USPS
+
+    files = {"usps.bz2": _usps_bz2(TRAIN_LABELS), "usps.t.bz2": _usps_bz2(TEST_LABELS)}
+    for name, content in files.items():
+        (served / name).write_bytes(content)
+    monkeypatch.setattr(USPS, "split_list", {split: [f"{base}/{name}", name, _md5(files[name])]
+                                             for split, name in (("train", "usps.bz2"), ("test", "usps.t.bz2"))})
+    return {name: served / name for name in files}
+
+
+def _serve_svhn(served: Path, base: str, monkeypatch) -> dict:
+    from torchvision.datasets import SVHN
+
+    files = {"train_32x32.mat": _svhn_mat(TRAIN_LABELS), "test_32x32.mat": _svhn_mat(TEST_LABELS)}
+    (served / "housenumbers").mkdir()
+    for name, content in files.items():
+        (served / "housenumbers" / name).write_bytes(content)
+    monkeypatch.setattr(SVHN, "split_list", {split: [f"{base}/housenumbers/{split}_32x32.mat", f"{split}_32x32.mat",
+                                                     _md5(files[f"{split}_32x32.mat"])] for split in ("train", "test")})
+    return {name: served / "housenumbers" / name for name in files}
+
+
+SERVE = {"mnist": _serve_mnist, "usps": _serve_usps, "svhn": _serve_svhn}
+NATIVE = {"mnist": (28, 1), "usps": (16, 1), "svhn": (32, 3)}  # side, channels of the original files
+
+
+@pytest.fixture
+def mirror(server, monkeypatch):
+    """The local server as the only reachable host; yields (served folder, base URL, requests),
+    requests being the paths asked for so far (a list the test may clear)."""
+    served, base = server
+    requests = []
+    send_head = http.server.SimpleHTTPRequestHandler.send_head  # behind do_GET and do_HEAD
+
+    def logged(handler):
+        requests.append(handler.path)
+        return send_head(handler)
+
+    monkeypatch.setattr(http.server.SimpleHTTPRequestHandler, "send_head", logged)
+    urlopen = urllib.request.urlopen
+
+    def local_only(url, *args, **kwargs):
+        address = url.full_url if isinstance(url, urllib.request.Request) else url
+        assert address.startswith(base + "/"), f"a download left the local mirror: {address}"
+        return urlopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", local_only)
+    yield served, base, requests
+
+
+def _snapshot(root: Path) -> dict:
+    return {path.relative_to(root).as_posix(): (path.stat().st_mtime_ns, path.stat().st_size)
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def _assert_reads_back(name: str, root: Path, **options):
+    """Both splits of `name` under `root` hold exactly the served images and labels."""
+    side, channels = NATIVE[name]
+    for split, labels in (("train", TRAIN_LABELS), ("test", TEST_LABELS)):
+        domain = digit_domain(name, split, size=side, channels=channels, root=root, **options)
+        assert domain.labels.tolist() == labels, (name, split)
+        expected = torch.from_numpy(_digit_pixels(labels, side, channels)).permute(0, 3, 1, 2)
+        assert torch.equal(domain.images, expected), (name, split)  # source pixels, bit for bit
+        image, label = digit_domain(name, split, root=root)[0]  # the models' view: RGB 32x32 in [-1, 1]
+        assert image.shape == (3, 32, 32) and label == labels[0]
+        assert abs(float(image[:, 16, 16].mean()) - (20 * labels[0] / 127.5 - 1)) < 0.05
+
+
+@pytest.mark.parametrize("name", ["mnist", "usps", "svhn"])
+def test_benchmark_download_through_torchvision(tmp_path, mirror, monkeypatch, name):
+    served, base, requests = mirror
+    SERVE[name](served, base, monkeypatch)
+    root = tmp_path / "data"
+    assert download_digits(name, root) == root
+    assert requests, "nothing was downloaded"
+    for split in ("train", "test"):  # the files digit_domain looks for are all there
+        assert all((root / file).is_file() for file in data._DIGIT_FILES[name][split])
+    _assert_reads_back(name, root)
+
+    before, requests[:] = _snapshot(root), []
+    assert download_digits(name, root) == root  # already there: no request, no file rewritten
+    assert requests == [] and _snapshot(root) == before
+    _assert_reads_back(name, root, download=True)
+    assert requests == [] and _snapshot(root) == before
+
+
+def test_download_true_fetches_the_papers_pairs(tmp_path, mirror, monkeypatch):
+    served, base, requests = mirror
+    for name in SERVE:
+        SERVE[name](served, base, monkeypatch)
+    root = tmp_path / "data"
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        open_unpaired("mnist:usps", root=root)
+    assert requests == []
+
+    pairs = open_unpaired("mnist:usps", phase="test", download=True, root=root)  # the default CyCADA pair
+    assert len(pairs) == len(TEST_LABELS)
+    sample = pairs[1]
+    assert sample["A_label"] == TEST_LABELS[1] and sample["B_label"] == TEST_LABELS[sample["B_index"]]
+    assert sample["A"].shape == sample["B"].shape == (3, 32, 32)
+    assert not (root / "svhn").exists()  # only what the pair needs
+
+    train = digit_domain("svhn", "train", root=root, download=True)  # SVHN -> MNIST, the one-line change
+    assert train.labels.tolist() == TRAIN_LABELS
+    requests[:] = []
+    svhn_mnist = open_unpaired("svhn:mnist", download=True, root=root)
+    assert requests == [] and len(svhn_mnist) == len(TRAIN_LABELS)
+    assert svhn_mnist[2]["A_label"] == TRAIN_LABELS[2]
+
+
+@pytest.mark.parametrize("name, bad", [("mnist", "t10k-images-idx3-ubyte.gz"), ("usps", "usps.t.bz2"),
+                                       ("svhn", "test_32x32.mat")])
+def test_corrupt_benchmark_download_is_named_and_not_kept(tmp_path, mirror, monkeypatch, name, bad):
+    served, base, requests = mirror
+    files = SERVE[name](served, base, monkeypatch)
+    good = files[bad].read_bytes()
+    files[bad].write_bytes(good[: len(good) // 2])  # the server sends a truncated file: its MD5 is wrong
+    root = tmp_path / "data"
+    with pytest.raises(RuntimeError, match=rf"digit domain '{name}'.*{re.escape(bad)}") as caught:
+        download_digits(name, root)
+    assert "failed its MD5 check" in str(caught.value)
+    assert not list(root.rglob(bad)), "the corrupt file was kept where the readers look"
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        digit_domain(name, "test", root=root)  # not read as if it were complete
+
+    files[bad].write_bytes(good)  # the mirror is repaired: asking again works
+    _assert_reads_back(name, root, download=True)
+
+
+@pytest.mark.parametrize("name, leftover", [("mnist", "MNIST/raw/train-images-idx3-ubyte.gz"),
+                                            ("usps", "usps/usps.bz2"), ("svhn", "svhn/train_32x32.mat")])
+def test_benchmark_download_replaces_a_truncated_leftover(tmp_path, mirror, monkeypatch, name, leftover):
+    served, base, requests = mirror
+    files = SERVE[name](served, base, monkeypatch)
+    root = tmp_path / "data"
+    content = files[Path(leftover).name].read_bytes()
+    (root / leftover).parent.mkdir(parents=True)
+    (root / leftover).write_bytes(content[:100])  # e.g. an interrupted earlier download
+    download_digits(name, root)
+    assert (root / leftover).read_bytes() == content
+    _assert_reads_back(name, root)
+
+
+def test_interrupted_benchmark_download_leaves_no_partial_file(tmp_path, mirror, monkeypatch):
+    from torchvision.datasets import utils
+
+    served, base, requests = mirror
+    SERVE["svhn"](served, base, monkeypatch)
+
+    def interrupted(url, filename, chunk_size=1024 * 32):  # Ctrl-C halfway through the file
+        Path(filename).write_bytes(b"MATLAB 5.0 MAT-file, half of it")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils, "_urlretrieve", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        download_digits("svhn", tmp_path / "data")
+    assert list((tmp_path / "data" / "svhn").iterdir()) == []  # digit_domain will not take it for complete
+
+
+def test_unreachable_mirror_names_the_dataset(tmp_path, mirror, monkeypatch):
+    served, base, requests = mirror
+    files = SERVE["usps"](served, base, monkeypatch)
+    files["usps.bz2"].unlink()  # HTTP 404
+    with pytest.raises(RuntimeError, match=r"digit domain 'usps'.*404"):
+        download_digits("usps", tmp_path / "data")
+    assert not (tmp_path / "data" / "usps" / "usps.bz2").exists()
+
+
+def test_cycada_gpu_scale_is_the_papers_digit_setting():
+    """CyCADAConfig.for_scale('gpu') against the release's digit settings (shared/reference/facts.md)."""
+    from cyclelib.cycada import CyCADAConfig, classifier_name
+
+    config = CyCADAConfig.for_scale("gpu")
+    assert config.scale == "gpu"
+    assert (config.source, config.target) == ("mnist", "usps")  # MNIST -> USPS by default
+    assert config.max_samples is None and config.max_eval_samples is None  # the full data sets
+    # task networks: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST
+    assert config.classifier == "auto" and classifier_name(config) == "lenet"
+    assert classifier_name(CyCADAConfig.for_scale("gpu", source="usps", target="mnist")) == "lenet"
+    assert classifier_name(CyCADAConfig.for_scale("gpu", source="svhn", target="mnist")) == "dtn"
+    # f_S: Adam 1e-4, batch 128, 100 epochs
+    assert (config.task_lr, config.task_batch_size, config.task_epochs) == (1e-4, 128, 100)
+    # pixel stage: resnet_9blocks G, PatchGAN D (basic = 3 layers, 64 filters), LSGAN, instance norm,
+    # Adam 2e-4 beta1 0.5, batch 100, pool 50, 32x32 RGB
+    assert (config.netG, config.ngf, config.netD, config.n_layers_D, config.ndf) == ("resnet_9blocks", 64, "basic",
+                                                                                     3, 64)
+    assert (config.gan_mode, config.norm) == ("lsgan", "instance")
+    assert (config.pixel_lr, config.pixel_beta1, config.pixel_batch_size, config.pool_size) == (2e-4, 0.5, 100, 50)
+    assert config.image_size == 32
+    # loss weights: cycle 1 per direction, identity 0, GAN 2 (S->T) and 1 (T->S), semantic 1 per direction
+    assert (config.lambda_cycle_A, config.lambda_cycle_B, config.lambda_identity) == (1, 1, 0)
+    assert (config.lambda_gan_A, config.lambda_gan_B) == (2, 1)
+    assert (config.lambda_sem_A, config.lambda_sem_B) == (1, 1)
+    # feature stage: Adam 1e-5 for f_T and D, batch 128
+    assert (config.feature_lr, config.feature_batch_size) == (1e-5, 128)
