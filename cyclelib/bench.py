@@ -35,7 +35,9 @@ from pathlib import Path
 
 import torch
 
-from .cyclegan import AMP_MODES, PATHS, CycleGAN, CycleGANConfig
+from .config import PATHS, CycleGANConfig
+from .cyclegan import CycleGAN
+from .runtime import AMP_MODES, cudnn_autotune, pick_device
 
 # bf16 dense tensor-core peaks in TFLOP/s, by a substring of torch.cuda.get_device_name();
 # the first match wins, so more specific names come first.
@@ -175,49 +177,55 @@ def run(args: argparse.Namespace) -> dict:
     """Measure every batch size of ``args``; returns the results (see :func:`format_table`)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else _cpu_name()
     machine = {"device": str(device), "name": name, "threads": torch.get_num_threads(),
                "torch": torch.__version__, "load_before": os.getloadavg(),
                "peak_bf16_tflops": peak_tflops(name) if cuda else None}
-    rows = []
-    for batch in args.batch:
-        built = {path: _build(_settings(args, path, batch), device) for path in PATHS}
-        steps = {path: (lambda m=m, a=a, b=b: m.train_step(a, b)) for path, (m, a, b) in built.items()}
-        for _ in range(args.warmup):
-            for step in steps.values():
-                step()
-        step_times, step_peaks = _interleaved(steps, args.steps, device)
-        flops = _step_flops(*built["reference"]) if cuda else None
-
-        for model, _, _ in built.values():
-            model.eval()
-        translate = {path: (lambda m=m, a=a: m.translate(a)) for path, (m, a, _) in built.items()}
-        for _ in range(args.warmup):
-            for fn in translate.values():
-                fn()
-        translate_times, _ = _interleaved(translate, args.steps, device)
-
-        rss = None if cuda else _cpu_peak_rss({path: _settings(args, path, batch) for path in PATHS}, args.threads)
-        for path, (model, _, _) in built.items():
-            median = statistics.median(step_times[path])
-            row = {"batch": batch, "path": path, "amp": str(model.amp_dtype or "fp32").replace("torch.", ""),
-                   "step_s": step_times[path], "median_step_s": median, "it_per_s": 1 / median,
-                   "img_per_s": batch / median,
-                   "translate_img_per_s": batch / statistics.median(translate_times[path])}
-            if cuda:
-                row["peak_mib"] = step_peaks[path]
-                row["tflops"] = flops / median / 1e12
-                if machine["peak_bf16_tflops"]:
-                    row["percent_of_peak"] = 100 * row["tflops"] / machine["peak_bf16_tflops"]
-            else:
-                row["rss_before_mib"], row["peak_mib"] = rss[path]
-            rows.append(row)
-        del built, steps, translate
+    with cudnn_autotune(cuda):  # as training does
+        rows = [row for batch in args.batch for row in _measure(args, batch, device, machine)]
     machine["load_after"] = os.getloadavg()
     return {"settings": {k: v for k, v in vars(args).items() if k not in ("run", "command", "json")},
             "machine": machine, "results": rows, "ratios": _ratios(rows)}
+
+
+def _measure(args: argparse.Namespace, batch: int, device: torch.device, machine: dict) -> list[dict]:
+    """One row per path for one batch size: training steps, then translation, timed interleaved."""
+    cuda = device.type == "cuda"
+    built = {path: _build(_settings(args, path, batch), device) for path in PATHS}
+    steps = {path: (lambda m=m, a=a, b=b: m.train_step(a, b)) for path, (m, a, b) in built.items()}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    step_times, step_peaks = _interleaved(steps, args.steps, device)
+    flops = _step_flops(*built["reference"]) if cuda else None
+
+    for model, _, _ in built.values():
+        model.eval()
+    translate = {path: (lambda m=m, a=a: m.translate(a)) for path, (m, a, _) in built.items()}
+    for _ in range(args.warmup):
+        for fn in translate.values():
+            fn()
+    translate_times, _ = _interleaved(translate, args.steps, device)
+
+    rss = None if cuda else _cpu_peak_rss({path: _settings(args, path, batch) for path in PATHS}, args.threads)
+    rows = []
+    for path, (model, _, _) in built.items():
+        median = statistics.median(step_times[path])
+        row = {"batch": batch, "path": path, "amp": str(model.precision.dtype or "fp32").replace("torch.", ""),
+               "step_s": step_times[path], "median_step_s": median, "it_per_s": 1 / median,
+               "img_per_s": batch / median,
+               "translate_img_per_s": batch / statistics.median(translate_times[path])}
+        if cuda:
+            row["peak_mib"] = step_peaks[path]
+            row["tflops"] = flops / median / 1e12
+            if machine["peak_bf16_tflops"]:
+                row["percent_of_peak"] = 100 * row["tflops"] / machine["peak_bf16_tflops"]
+        else:
+            row["rss_before_mib"], row["peak_mib"] = rss[path]
+        rows.append(row)
+    return rows
 
 
 def _ratios(rows: list[dict]) -> list[dict]:

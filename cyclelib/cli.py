@@ -13,7 +13,14 @@ import types
 import typing
 from pathlib import Path
 
+from .bench import add_arguments as add_bench_arguments, run_and_report
+from .config import CyCADAConfig, CycleGANConfig
+from .cycada import RESULTS, STAGES, run_cycada
+from .data import CYCLEGAN_DATASETS, DIGIT_DOMAINS, download_dataset, download_digits
+from .io import load_run_checkpoint
 from .runtime import SCALES
+from .train import TrainingDiverged, TrainingInterrupted, train_cyclegan
+from .translate import load_generator, translate_folder
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -40,9 +47,6 @@ def given_options(args: argparse.Namespace, cls) -> dict:
 
 
 def _train_cyclegan(args) -> None:
-    from .cyclegan import CycleGANConfig, train_cyclegan
-    from .checkpoint import load_run_checkpoint
-
     options = given_options(args, CycleGANConfig)
     if args.resume:
         # The run's own config, with any option given now (e.g. more epochs) on top.
@@ -59,8 +63,6 @@ def _train_cyclegan(args) -> None:
 
 
 def _train_cycada(args) -> None:
-    from .cycada import RESULTS, CyCADAConfig, run_cycada
-
     options = given_options(args, CyCADAConfig)
     options.pop("scale", None)  # --scale picks the preset below
     missing = [f"--{name}" for name in ("source", "target") if name not in options]
@@ -77,8 +79,6 @@ def _train_cycada(args) -> None:
 
 
 def _translate(args) -> None:
-    from .translate import load_generator, translate_folder
-
     generator = load_generator(args.checkpoint, args.direction, arch=args.arch, norm=args.norm,
                                input_nc=args.input_nc, output_nc=args.output_nc, width=args.width)
     written = translate_folder(generator, args.input, args.output, batch_size=args.batch_size,
@@ -87,8 +87,6 @@ def _translate(args) -> None:
 
 
 def _download(args) -> None:
-    from .data import CYCLEGAN_DATASETS, download_dataset, download_digits, DIGIT_DOMAINS
-
     if args.name in CYCLEGAN_DATASETS:
         print(f"downloaded to {download_dataset(args.name, args.root or 'datasets')}")
     elif args.name in DIGIT_DOMAINS:
@@ -99,10 +97,6 @@ def _download(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import add_arguments as add_bench_arguments, run_and_report
-    from .cycada import STAGES, CyCADAConfig
-    from .cyclegan import CycleGANConfig
-
     parser = argparse.ArgumentParser(prog="cyclelib", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -157,8 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .cyclegan import TrainingDiverged, TrainingInterrupted
-
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import math
 import operator
 import os
 import shutil
@@ -680,8 +681,8 @@ def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | No
     ``download`` as :func:`digit_domain`) or a dataset folder (:class:`UnpairedImageFolder`;
     ``size`` sets ``crop_size`` and, unless given, ``load_size`` in the official 286/256 ratio).
     """
-    names = str(spec).split(":")
-    if len(names) == 2 and all(name in DIGIT_DOMAINS for name in names):
+    if is_digit_pair(spec):
+        names = str(spec).split(":")
         if folder_options:
             raise ValueError(f"options {', '.join(folder_options)} apply to image folders, not to digits ({spec!r})")
         split = "train" if phase == "train" else "test"
@@ -696,3 +697,42 @@ def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | No
     raise ValueError(
         f"{spec!r} is neither a dataset folder (with trainA/, trainB/, testA/, testB/) nor a pair "
         f"'a:b' of digit domains from {', '.join(DIGIT_DOMAINS)}{hint}")
+
+
+def is_digit_pair(spec: str) -> bool:
+    """Whether ``spec`` names two digit domains, ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``)."""
+    parts = str(spec).split(":")
+    return len(parts) == 2 and all(p in DIGIT_DOMAINS for p in parts)
+
+
+# --------------------------------------------------------------------------- epochs
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled indices of one epoch, a pure function of (seed, epoch), resumable mid-epoch.
+
+    ``start`` skips the indices already consumed, so a resumed run sees exactly the
+    samples an uninterrupted run would have seen.
+
+    With ``world_size`` > 1 (DDP) rank ``rank`` takes every ``world_size``-th index from
+    position ``rank`` on, and ``start`` counts that share: the ranks' k-th batches of size B
+    together hold the k-th batch of size ``world_size`` x B of a single process. The order is
+    first padded with its own first indices to a multiple of ``world_size``, because every
+    rank must take the same number of steps.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, limit: int | None = None,
+                 rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.limit = min(n, limit) if limit else n
+        self.rank, self.world_size = rank, world_size
+        self.share = math.ceil(self.limit / world_size)  # indices per rank
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)[: self.limit]
+        padded = order.repeat(math.ceil(self.share * self.world_size / self.limit))[: self.share * self.world_size]
+        return iter(padded[self.rank::self.world_size][self.start:].tolist())
+
+    def __len__(self):
+        return self.share - self.start

@@ -6,6 +6,8 @@ All functions return a scalar tensor averaged over the batch.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -51,49 +53,66 @@ def gan_loss(prediction: torch.Tensor, target_is_real: bool, mode: str = "lsgan"
     raise ValueError(f"unknown gan_mode {mode!r}; valid values: {', '.join(GAN_MODES)}")
 
 
+def discriminator_loss(pred_real: torch.Tensor, pred_fake: torch.Tensor,
+                       judge: Callable[[torch.Tensor, bool], torch.Tensor] = gan_loss) -> torch.Tensor:
+    r"""The loss a discriminator minimises, from its outputs on real and on generated inputs.
+
+    .. math::
+        \mathcal{L}_D = \tfrac{1}{2}\big(\ell(D(y), \text{real}) + \ell(D(G(x)), \text{fake})\big)
+
+    i.e. the negated :math:`\mathcal{L}_{GAN}` that D maximises, with each side's term given by
+    ``judge(prediction, target_is_real)``: :func:`gan_loss` (bind its ``mode``) for the image
+    discriminators of CycleGAN, :func:`feature_gan_loss` for CyCADA's :math:`D_{feat}`. The
+    factor 1/2 is the official code's: it slows D down relative to G.
+    """
+    return 0.5 * (judge(pred_real, True) + judge(pred_fake, False))
+
+
 def gradient_penalty(discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     weight: float = 10.0, constant: float = 1.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     weight: float = 10.0) -> torch.Tensor:
     r"""WGAN-GP gradient penalty (Gulrajani et al. 2017).
 
     .. math::
-        \lambda_{GP}\, \mathbb{E}_{\hat x}\big[(\lVert \nabla_{\hat x} D(\hat x) \rVert_2 - c)^2\big] / c^2,
+        \lambda_{GP}\, \mathbb{E}_{\hat x}\big[(\lVert \nabla_{\hat x} D(\hat x) \rVert_2 - 1)^2\big],
         \qquad \hat x = \epsilon x_{real} + (1-\epsilon) x_{fake},\ \epsilon \sim U[0, 1]
 
-    with one :math:`\epsilon` per sample, as in the official ``cal_gradient_penalty``
-    (type ``mixed``). ``real`` and ``fake``: [N, C, H, W].
+    with one :math:`\epsilon` per sample from the global RNG, as in the official
+    ``cal_gradient_penalty`` (type ``mixed``). ``real`` and ``fake``: [N, C, H, W].
     """
-    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator).to(real)
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1))).to(real)
     mixed = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = discriminator(mixed)
     # create_graph: the penalty itself is differentiated in D's backward pass.
     (grad,) = torch.autograd.grad(out, mixed, torch.ones_like(out), create_graph=True)
     norm = (grad.flatten(1) + 1e-16).norm(2, dim=1)  # [N]
-    return weight * ((norm - constant) ** 2).mean() / constant ** 2
+    return weight * ((norm - 1) ** 2).mean()
 
 
 def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    r"""Cycle-consistency loss for one direction (L1).
+    r"""One of the two terms of the cycle-consistency loss (L1), e.g. the forward cycle.
 
     .. math::
-        \mathcal{L}_{cyc}(G, F) = \mathbb{E}_{x}\big[\lVert F(G(x)) - x \rVert_1\big]
-            + \mathbb{E}_{y}\big[\lVert G(F(y)) - y \rVert_1\big]
+        \mathcal{L}_{cyc}(G, F) = \underbrace{\mathbb{E}_{x}\big[\lVert F(G(x)) - x \rVert_1\big]}_{\texttt{cycle\_loss(F(G(x)), x)}}
+            + \underbrace{\mathbb{E}_{y}\big[\lVert G(F(y)) - y \rVert_1\big]}_{\texttt{cycle\_loss(G(F(y)), y)}}
 
-    Call it once per term, e.g. ``cycle_loss(F(G(x)), x)``; the mean over pixels
-    matches the official ``nn.L1Loss``.
+    This function returns one term; :meth:`~cyclelib.cyclegan.CycleGAN.generator_losses`
+    weights each (``lambda_A``, ``lambda_B``) and the generator step sums them. The mean over
+    pixels matches the official ``nn.L1Loss``.
     """
     return F.l1_loss(reconstructed, original)
 
 
 def identity_loss(same: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    r"""Identity loss for one generator (Zhu et al., section 5.2).
+    r"""One of the two terms of the identity loss (Zhu et al., section 5.2), e.g. G's.
 
     .. math::
-        \mathcal{L}_{identity}(G, F) = \mathbb{E}_{y}\big[\lVert G(y) - y \rVert_1\big]
-            + \mathbb{E}_{x}\big[\lVert F(x) - x \rVert_1\big]
+        \mathcal{L}_{identity}(G, F) = \underbrace{\mathbb{E}_{y}\big[\lVert G(y) - y \rVert_1\big]}_{\texttt{identity\_loss(G(y), y)}}
+            + \underbrace{\mathbb{E}_{x}\big[\lVert F(x) - x \rVert_1\big]}_{\texttt{identity\_loss(F(x), x)}}
 
-    Call it once per term, e.g. ``identity_loss(G(y), y)``: a generator fed an image
-    that is already in its output domain should leave it unchanged, which keeps colours.
+    A generator fed an image that is already in its output domain should leave it unchanged,
+    which keeps colours. This function returns one term;
+    :meth:`~cyclelib.cyclegan.CycleGAN.generator_losses` weights each and the generator step
+    sums them.
     """
     return F.l1_loss(same, original)
 
@@ -112,16 +131,17 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def semantic_loss(classifier: torch.nn.Module, real: torch.Tensor,
                   translated: torch.Tensor) -> torch.Tensor:
-    r"""Semantic consistency loss of CyCADA for one direction.
+    r"""One of the two terms of CyCADA's semantic consistency loss, e.g. the S -> T one.
 
     .. math::
         \mathcal{L}_{sem}(G_{S\to T}, G_{T\to S}, X_S, X_T, f_S) =
             \mathcal{L}_{task}(f_S, G_{T\to S}(X_T), p(f_S, X_T))
-            + \mathcal{L}_{task}(f_S, G_{S\to T}(X_S), p(f_S, X_S))
+            + \underbrace{\mathcal{L}_{task}(f_S, G_{S\to T}(X_S), p(f_S, X_S))}_{\texttt{semantic\_loss(f\_S, x\_s, G(x\_s))}}
 
     where :math:`p(f, X) = \arg\max f(X)` are the labels the frozen, pretrained
-    source classifier gives the real images. Call it once per term, e.g.
-    ``semantic_loss(f_S, x_s, G(x_s))``. The classifier must be in eval mode with
+    source classifier gives the real images. This function returns one term;
+    :func:`cyclelib.cycada.semantic_consistency` weights both and adds them to the
+    generator's terms. The classifier must be in eval mode with
     ``requires_grad=False``: the gradient reaches only the generator, through
     ``translated``. ``real`` and ``translated``: [N, C, H, W] in the classifier's
     input format.

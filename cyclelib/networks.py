@@ -1,32 +1,24 @@
-"""The networks of CycleGAN and CyCADA.
+"""The networks of CycleGAN: generators and discriminators.
 
-CycleGAN part: the generators and discriminators of the official PyTorch code
-(junyanz/pytorch-CycleGAN-and-pix2pix, ``models/networks.py``), rebuilt module for
-module so that ``state_dict()`` keys and shapes are *identical* to the official ones
-(``model.1.weight``, ``model.10.conv_block.1.weight``, ``model.model.1.model.3...``,
-``net.0.weight``). That is what lets :func:`load_official` read the files its users
-have (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) and lets
-:func:`save_official` write files the official ``test.py`` accepts. Modules are also
-created in the official order, so the same seed gives the same initial weights.
-
-CyCADA part: the digit classifiers ``LeNet`` and ``DTN`` and the feature-level
-discriminator of the CyCADA release (jhoffman/cycada_release), with the release's
-module names (``conv_params``, ``fc_params``, ``classifier``).
+They are those of the official PyTorch code (junyanz/pytorch-CycleGAN-and-pix2pix,
+``models/networks.py``), rebuilt module for module so that ``state_dict()`` keys and shapes
+are *identical* to the official ones (``model.1.weight``, ``model.10.conv_block.1.weight``,
+``model.model.1.model.3...``, ``net.0.weight``). That is what lets
+:func:`~cyclelib.io.load_official` read the files its users have (``latest_net_G_A.pth``,
+the published ``horse2zebra.pth``, ...) and :func:`~cyclelib.io.save_official` write files
+the official ``test.py`` accepts. Modules are also created in the official order, so the
+same seed gives the same initial weights. This module reads and writes no files.
 
 Images are float tensors ``[N, C, H, W]`` in ``[-1, 1]``.
 """
 from __future__ import annotations
 
 import functools
-import os
 import re
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 from torch import nn
-
-from cyclelib.checkpoint import load_checkpoint, save_checkpoint
 
 NORMS = ("instance", "batch", "none")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
@@ -274,7 +266,7 @@ class PixelDiscriminator(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Building, initialising, loading and saving
+# Building and initialising
 # --------------------------------------------------------------------------------------
 
 def _make_generator(arch: str, input_nc: int, output_nc: int, width: int, norm: str,
@@ -343,235 +335,30 @@ def init_weights(net: nn.Module, init: str = "normal", gain: float = 0.02) -> nn
 
 def build_generator(arch: str = "resnet_9blocks", input_nc: int = 3, output_nc: int = 3,
                     width: int = 64, norm: str = "instance", dropout: bool = False,
-                    init: str = "normal", init_gain: float = 0.02) -> nn.Module:
+                    init: str | None = "normal", init_gain: float = 0.02) -> nn.Module:
     """A CycleGAN/pix2pix generator, as the official ``define_G`` (``width`` = ngf).
 
     ``arch``: ``resnet_<n>blocks`` (any n >= 1; official resnet_9blocks, resnet_6blocks)
     or ``unet_<size>`` (size a power of two >= 32; official unet_128, unet_256).
-    CycleGAN uses resnet_9blocks, instance norm, no dropout.
+    CycleGAN uses resnet_9blocks, instance norm, no dropout. ``init=None`` keeps PyTorch's
+    default initialisation (for a network whose weights are loaded next).
     """
-    _check_init(init)  # fail before building a large network
-    return init_weights(_make_generator(arch, input_nc, output_nc, width, norm, dropout), init, init_gain)
+    return _initialised(lambda: _make_generator(arch, input_nc, output_nc, width, norm, dropout), init, init_gain)
 
 
 def build_discriminator(arch: str = "basic", input_nc: int = 3, width: int = 64, n_layers: int = 3,
-                        norm: str = "instance", init: str = "normal",
+                        norm: str = "instance", init: str | None = "normal",
                         init_gain: float = 0.02) -> nn.Module:
     """A CycleGAN/pix2pix discriminator, as the official ``define_D`` (``width`` = ndf).
 
     ``arch``: ``basic`` (70x70 PatchGAN, n_layers 3), ``n_layers`` (PatchGAN with
-    ``n_layers``) or ``pixel`` (1x1 PatchGAN).
+    ``n_layers``) or ``pixel`` (1x1 PatchGAN). ``init=None``: as :func:`build_generator`.
     """
-    _check_init(init)
-    return init_weights(_make_discriminator(arch, input_nc, width, n_layers, norm), init, init_gain)
+    return _initialised(lambda: _make_discriminator(arch, input_nc, width, n_layers, norm), init, init_gain)
 
 
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
-
-
-def _clean_official_state_dict(state: Mapping[str, torch.Tensor], net: nn.Module) -> dict:
-    """Undo what wrappers and old PyTorch versions did to an official state_dict.
-
-    - Strips ``module.`` (saved from DataParallel) and ``_orig_mod.`` (torch.compile).
-    - Drops InstanceNorm ``running_mean``/``running_var``/``num_batches_tracked``: before
-      PyTorch 0.4 InstanceNorm kept running statistics it never used, and the
-      published pretrained models still carry them. The official ``test.py`` drops
-      them the same way (``__patch_instance_norm_state_dict``).
-    - Adds a zero BatchNorm ``num_batches_tracked`` where files from before PyTorch 0.4
-      lack it (it only matters for momentum=None, which these networks do not use).
-    """
-    state = dict(state)
-    for prefix in _WRAPPER_PREFIXES:
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
-    for name, module in net.named_modules():
-        if isinstance(module, nn.InstanceNorm2d) and not module.track_running_stats:
-            for leaf in ("running_mean", "running_var", "num_batches_tracked"):
-                state.pop(f"{name}.{leaf}", None)
-        elif isinstance(module, nn.BatchNorm2d) and f"{name}.running_mean" in state:
-            state.setdefault(f"{name}.num_batches_tracked", torch.tensor(0))
-    return state
-
-
-def _mismatch_hint(state: Mapping[str, torch.Tensor], norm: str) -> str:
-    """Guess which config option is wrong from what the checkpoint contains."""
-    # BatchNorm layers have a weight next to their running_mean; the legacy InstanceNorm
-    # statistics of old official files do not (InstanceNorm there has no affine weight).
-    has_batch_stats = any(key.endswith(".running_mean") and key[:-len("running_mean")] + "weight" in state
-                          for key in state)
-    if has_batch_stats and norm != "batch":
-        return "the file has BatchNorm statistics (running_mean): try norm='batch'"
-    if norm == "batch" and not has_batch_stats:
-        return "the file has no BatchNorm statistics: try norm='instance' (CycleGAN's default) or 'none'"
-    return ("check arch (e.g. resnet_9blocks vs resnet_6blocks vs unet_256), width (ngf/ndf), "
-            "input_nc/output_nc, n_layers and dropout (it shifts resnet block indices)")
-
-
-def load_official(state_dict_or_path, kind: str, arch: str, input_nc: int = 3, output_nc: int = 3,
-                  width: int = 64, norm: str = "instance", n_layers: int = 3,
-                  dropout: bool = False) -> nn.Module:
-    """Build a network and load official weights into it (strict: every key must match).
-
-    ``state_dict_or_path``: a state_dict or the path of a ``.pth`` file written by the
-    official code (``latest_net_G_A.pth``, ``horse2zebra.pth``, ...) or by
-    :func:`save_official`; files are read with ``weights_only=True``.
-    ``kind`` is ``"G"`` or ``"D"``; the other keywords are those of
-    :func:`build_generator` / :func:`build_discriminator` (a D ignores ``output_nc``
-    and ``dropout``; a G ignores ``n_layers``). The published pretrained CycleGAN
-    models are ``kind="G", arch="resnet_9blocks", norm="instance"``.
-
-    Returns the network in training mode; call ``.eval()`` before translating.
-    """
-    if kind == "G":
-        net = _make_generator(arch, input_nc, output_nc, width, norm, dropout)
-        config = dict(kind=kind, arch=arch, input_nc=input_nc, output_nc=output_nc, width=width,
-                      norm=norm, dropout=dropout)
-    elif kind == "D":
-        net = _make_discriminator(arch, input_nc, width, n_layers, norm)
-        config = dict(kind=kind, arch=arch, input_nc=input_nc, width=width, norm=norm, n_layers=n_layers)
-    else:
-        raise ValueError(f"unknown kind {kind!r}; valid values: G (generator), D (discriminator)")
-
-    source, state = "state_dict", state_dict_or_path
-    if isinstance(state_dict_or_path, (str, os.PathLike)):
-        source = str(state_dict_or_path)
-        state = load_checkpoint(state_dict_or_path)
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{source} is not a state_dict (a flat mapping of names to tensors); "
-                         "if it is a full checkpoint, pass the network's entry instead")
-    hint = _mismatch_hint(state, norm)  # before cleaning, which drops running statistics
-    state = _clean_official_state_dict(state, net)
-
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
-                   for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        problems = [f"{label} ({len(items)}): {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-                    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                         ("shape mismatches", wrong_shape)) if items]
-        settings = ", ".join(f"{k}={v!r}" for k, v in config.items())
-        raise ValueError(f"{source} does not fit the network built with {settings}: "
-                         f"{'; '.join(problems)}. Hint: {hint}")
-    net.load_state_dict(state, strict=True)
-    return net
-
-
-def _unwrap(net: nn.Module) -> nn.Module:
-    """The network inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            net = net.module
-        elif isinstance(getattr(net, "_orig_mod", None), nn.Module):
-            net = net._orig_mod
-        else:
-            return net
-
-
-def save_official(net: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``net``'s weights as the official code does: a state_dict of CPU tensors.
-
-    Wrappers (DataParallel, DistributedDataParallel, torch.compile) are unwrapped so the
-    keys are the official ones; the official ``torch.load`` + ``load_state_dict`` and
-    :func:`load_official` both accept the file. The write is atomic (temporary file,
-    fsync, rename): an interrupted save never leaves a half-written file at ``path``.
-    """
-    state = {key: value.detach().cpu() for key, value in _unwrap(net).state_dict().items()}
-    return save_checkpoint(state, path)
-
-
-# --------------------------------------------------------------------------------------
-# CyCADA digit networks
-# --------------------------------------------------------------------------------------
-
-class _DigitClassifier(nn.Module):
-    """Shared forward of the CyCADA task networks: conv features -> flatten -> fc -> logits.
-
-    Subclasses define ``conv_params``, ``fc_params`` and ``classifier`` (the CyCADA
-    release's names, so its saved weights load) and the input they expect:
-    ``channels`` x ``image_size`` x ``image_size``. Weights start as in the release:
-    Xavier-normal for convs and linears, zero biases, default BatchNorm.
-    """
-
-    channels: int
-    image_size: int
-
-    def _init_release_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_normal_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, s = self.channels, self.image_size
-        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
-            raise ValueError(f"{type(self).__name__} expects images of shape N x {c} x {s} x {s}, "
-                             f"got a tensor of shape {tuple(x.shape)}")
-        features = self.conv_params(x).flatten(1)  # [N, C' * H' * W']
-        return self.classifier(self.fc_params(features))  # [N, num_classes] logits
-
-
-class LeNet(_DigitClassifier):
-    """LeNet for MNIST <-> USPS (1 x 28 x 28): two conv5 + max-pool stages, 500 hidden units."""
-
-    channels = 1
-    image_size = 28
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv_params = nn.Sequential(
-            nn.Conv2d(1, 20, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),  # [N, 20, 12, 12]
-            nn.Conv2d(20, 50, kernel_size=5), nn.Dropout2d(0.5), nn.MaxPool2d(2), nn.ReLU())  # [N, 50, 4, 4]
-        self.fc_params = nn.Linear(50 * 4 * 4, 500)
-        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Linear(500, num_classes))
-        self._init_release_weights()
-
-
-class DTN(_DigitClassifier):
-    """The DTN classifier for SVHN -> MNIST (3 x 32 x 32): three stride-2 conv5 with BatchNorm."""
-
-    channels = 3
-    image_size = 32
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        layers = []
-        for c_in, c_out, p in ((3, 64, 0.1), (64, 128, 0.3), (128, 256, 0.5)):  # 32 -> 16 -> 8 -> 4
-            layers += [nn.Conv2d(c_in, c_out, kernel_size=5, stride=2, padding=2), nn.BatchNorm2d(c_out),
-                       nn.Dropout2d(p), nn.ReLU()]
-        self.conv_params = nn.Sequential(*layers)  # [N, 256, 4, 4]
-        self.fc_params = nn.Sequential(nn.Linear(256 * 4 * 4, 512), nn.BatchNorm1d(512))
-        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, num_classes))
-        self._init_release_weights()
-
-
-CLASSIFIERS = {"lenet": LeNet, "dtn": DTN}
-
-
-def build_classifier(name: str, num_classes: int = 10) -> _DigitClassifier:
-    """A fresh CyCADA digit classifier: ``lenet`` (1x28x28) or ``dtn`` (3x32x32)."""
-    if name not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {name!r}; valid values: {', '.join(CLASSIFIERS)}")
-    return CLASSIFIERS[name](num_classes)
-
-
-class FeatureDiscriminator(nn.Sequential):
-    """CyCADA's feature-level D: an MLP on the classifier's logits, 10 -> 500 -> 500 -> 2.
-
-    It outputs two logits (source / target), trained with cross-entropy as in the
-    release (ADDA style). A plain Sequential, so its keys equal the release's
-    ``discriminator.*`` entries without the prefix.
-    """
-
-    def __init__(self, input_dim: int = 10, hidden_dim: int = 500, output_dim: int = 2):
-        super().__init__(nn.Linear(input_dim, hidden_dim), nn.ReLU(),
-                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
-                         nn.Linear(hidden_dim, output_dim))
-        self.input_dim = input_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(f"FeatureDiscriminator expects features of shape N x {self.input_dim}, "
-                             f"got a tensor of shape {tuple(x.shape)}")
-        return super().forward(x)  # [N, input_dim] -> [N, output_dim]
+def _initialised(make: Callable[[], nn.Module], init: str | None, gain: float) -> nn.Module:
+    if init is None:
+        return make()
+    _check_init(init)  # fail before building a large network
+    return init_weights(make(), init, gain)

@@ -62,10 +62,13 @@ def save_image_grid(rows: Sequence[torch.Tensor], row_names: Sequence[str], path
     return save_figure(image_grid_figure(rows, row_names, titles), path)
 
 
-def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "step"):
-    """Loss curves of a run's history (a list of dicts, one per logged step)."""
+def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "step", ax=None):
+    """Loss curves of a run's history (a list of dicts, one per logged step), drawn into ``ax``
+    when given (the figure is then the caller's), else into a new figure."""
     keys = keys or [k for k in history[0] if k not in (x, "epoch")]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
     steps = [row[x] for row in history]
     for k in keys:
         ax.plot(steps, [row.get(k, float("nan")) for row in history], label=k)
@@ -73,8 +76,9 @@ def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x
     ax.set_ylabel("loss")
     ax.legend(fontsize=7, ncol=3)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else ax.figure
 
 
 def plot_history(history: Sequence[dict], path: str | Path, keys: Sequence[str] | None = None) -> Path:
@@ -120,12 +124,7 @@ def plot_histories(histories: dict[str, Sequence[dict]], path: str | Path, x: st
     histories = {name: h for name, h in histories.items() if h}
     fig, axes = plt.subplots(len(histories), 1, figsize=(7, 2.6 * len(histories)), squeeze=False)
     for ax, (name, history) in zip(axes[:, 0], histories.items()):
-        steps = [row[x] for row in history]
-        for key in (k for k in history[0] if k not in (x, "epoch")):
-            ax.plot(steps, [row.get(key, float("nan")) for row in history], label=key)
+        history_figure(history, x=x, ax=ax)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel(x)
-        ax.legend(fontsize=6, ncol=4)
-        ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)

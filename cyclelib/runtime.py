@@ -1,12 +1,16 @@
-"""Where and how big a run is: scale, device, seeds."""
+"""Where and how a run computes: scale, device, precision, seeds."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterable, Iterator
 
 import torch
+from torch import nn
 
 SCALES = ("smoke", "cpu", "gpu")
+AMP_MODES = ("none", "bf16", "fp16", "auto")
 
 
 def resolve_scale(scale: str | None = None) -> str:
@@ -23,17 +27,102 @@ def resolve_scale(scale: str | None = None) -> str:
     return chosen
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given (e.g. ``"cuda:1"``), else CUDA when present, else CPU."""
-    if device:
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given (e.g. ``"cuda:1"``), else CUDA when present, else CPU.
+
+    The one place where cyclelib chooses a device; a name torch does not know, or CUDA
+    asked for on a machine without it, is a ``ValueError`` naming the option.
+    """
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
         dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {device} was asked for but CUDA is not available")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device; use e.g. cpu, cuda or cuda:1") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for but CUDA is not available")
+    return dev
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python and torch (CPU and all GPUs)."""
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU whose
+    oneDNN kernels use AVX512-BF16 or AMX (elsewhere bf16 on a CPU is emulated, and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            return False
+    return False
+
+
+def amp_dtype(amp: str, device: torch.device, fast: bool = True) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device``, None for fp32.
+
+    ``auto`` is bf16 in the fast path on CUDA, where tensor cores run it at many times the
+    fp32 rate, and fp32 elsewhere; the reference path (``fast=False``) stays fp32.
+    """
+    if amp not in AMP_MODES:
+        raise ValueError(f"unknown amp {amp!r}; valid values: {', '.join(AMP_MODES)}")
+    if amp == "auto":
+        return torch.bfloat16 if fast and device.type == "cuda" else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+class Precision:
+    """A run's mixed precision: the autocast context and, for fp16, the loss scaler.
+
+    fp16's narrow range underflows small gradients unless the loss is scaled up first;
+    bf16 and fp32 need no scaling, and a disabled scaler passes everything through.
+    """
+
+    def __init__(self, amp: str, device: torch.device, fast: bool = True):
+        self.dtype = amp_dtype(amp, device, fast)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of the run (disabled for fp32)."""
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None = None) -> None:
+        """Backward of ``loss`` and one step of ``optimizer``: clip the gradient norm when
+        ``clip_grad_norm`` is set (one bad batch then cannot throw the weights far), and skip
+        the step when the fp16 scaler found an overflow. Call :meth:`update` once per iteration,
+        after every optimizer has stepped (torch.amp's rule for several optimizers)."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if clip_grad_norm:
+            self.scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+            nn.utils.clip_grad_norm_(_params(optimizer), clip_grad_norm)
+        self.scaler.step(optimizer)
+
+    def update(self) -> None:
+        self.scaler.update()
+
+
+def _params(optimizer: torch.optim.Optimizer) -> Iterable[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool) -> Iterator[None]:
+    """cuDNN benchmarks the convolution algorithms once per shape and keeps the fastest,
+    inside this context only (training repeats its shapes every step; other code in the
+    process may not)."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous

@@ -10,10 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import save_image
 
-from .checkpoint import load_checkpoint
-from .cyclegan import cyclegan_from_checkpoint, is_cyclegan_checkpoint
 from .data import list_images, read_image
-from .networks import load_official
+from .io import cyclegan_from_checkpoint, is_checkpoint, load_checkpoint, load_official
 from .runtime import pick_device
 
 
@@ -26,10 +24,10 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
     (the defaults are those of the published models). Returned in eval mode.
     """
     state = load_checkpoint(checkpoint)
-    if is_cyclegan_checkpoint(state):
+    if is_checkpoint(state, "cyclegan"):
         if direction not in ("AtoB", "BtoA"):
             raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
-        model = cyclegan_from_checkpoint(state)
+        model = cyclegan_from_checkpoint(state, str(checkpoint))
         return model.G_A if direction == "AtoB" else model.G_B
     return load_official(state, kind="G", arch=arch, input_nc=input_nc, output_nc=output_nc,
                          width=width, norm=norm).eval()

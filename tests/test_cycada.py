@@ -11,10 +11,10 @@ import torch
 
 from cyclelib import cycada
 from cyclelib.cli import main
-from cyclelib.cycada import (STAGES, CyCADAConfig, build_task_network, classifier_name, load_stage,
-                             parse_stages, pixel_cyclegan_config, run_cycada, semantic_consistency,
-                             stage_path, train_feature, train_pixel, train_source)
-from cyclelib.cyclegan import CycleGAN
+from cyclelib import CycleGAN, CyCADAConfig, load_checkpoint, run_cycada
+from cyclelib.classifiers import build_task_network
+from cyclelib.cycada import (STAGES, classifier_name, load_stage, parse_stages, semantic_consistency, stage_path,
+                             train_feature, train_pixel, train_source)
 
 RESULT_KEYS = ("source_only", "pixel_only", "feature_only", "pixel_feature", "target_oracle")
 
@@ -28,7 +28,7 @@ def test_defaults_are_the_release_ones():
     c = CyCADAConfig()
     assert (c.task_lr, c.task_batch_size, c.task_epochs) == (1e-4, 128, 100)
     assert (c.feature_lr, c.feature_batch_size, c.feature_epochs) == (1e-5, 128, 200)
-    cg = pixel_cyclegan_config(c)
+    cg = c.pixel_config("runs/pixel")
     assert (cg.lambda_gan_A, cg.lambda_gan_B, cg.lambda_A, cg.lambda_B, cg.lambda_identity) == (2, 1, 1, 1, 0)
     assert (c.lambda_sem_A, c.lambda_sem_B) == (1, 1)
     assert (cg.gan_mode, cg.lr, cg.beta1, cg.pool_size, cg.batch_size) == ("lsgan", 2e-4, 0.5, 50, 100)
@@ -65,7 +65,7 @@ def test_wrong_names_are_clear_errors():
 
 def test_semantic_loss_changes_the_generator_gradient_and_never_reaches_fs(tmp_path):
     config = smoke_config(tmp_path)
-    cg = replace(pixel_cyclegan_config(config), pool_size=0)
+    cg = replace(config.pixel_config(str(tmp_path / "pixel")), pool_size=0)
     f_s = build_task_network("lenet")
     a, b = torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(4, 3, 16, 16) * 2 - 1
 
@@ -100,7 +100,7 @@ def test_stages_chain_from_python_and_fs_stays_frozen(tmp_path):
     after = f_s.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "f_S changed during stages 2-3"
     assert any(not torch.equal(f_t.state_dict()[k], after[k]) for k in after), "f_T did not learn"
-    history = torch.load(stage_path(config, "feature"), weights_only=True)["history"]
+    history = load_checkpoint(stage_path(config, "feature"))["history"]
     assert {"task", "feature_gan", "D_feat"} <= set(history[0])
 
 
@@ -126,7 +126,7 @@ def test_classifier_stages_train_under_bf16_autocast(tmp_path, monkeypatch):
     # amp reaches every stage: the classifier loop and the feature stage step under autocast
     # (bf16 runs on CPU too), and the pixel stage's CycleGAN gets the same setting.
     config = smoke_config(tmp_path, amp="bf16")
-    assert pixel_cyclegan_config(config).amp == "bf16"
+    assert config.pixel_config(str(tmp_path / "pixel")).amp == "bf16"
     logit_dtypes = set()
     task_loss = cycada.losses.task_loss
     monkeypatch.setattr(cycada.losses, "task_loss", lambda logits, y: logit_dtypes.add(logits.dtype)
@@ -134,7 +134,7 @@ def test_classifier_stages_train_under_bf16_autocast(tmp_path, monkeypatch):
     f_s = train_source(config, progress=False)
     f_t = train_feature(config, f_s, progress=False)
     assert logit_dtypes == {torch.bfloat16}
-    history = torch.load(stage_path(config, "feature_only"), weights_only=True)["history"]
+    history = load_checkpoint(stage_path(config, "feature_only"))["history"]
     assert all(torch.isfinite(torch.tensor(row["task"])) for row in history)
     assert any(not torch.equal(v, f_s.state_dict()[k]) for k, v in f_t.state_dict().items()), "f_T did not learn"
     assert all(p.dtype == torch.float32 for p in f_t.parameters())  # autocast keeps fp32 weights

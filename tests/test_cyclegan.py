@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cyclelib.checkpoint import load_checkpoint
+from cyclelib import CycleGAN, CycleGANConfig, load_checkpoint, load_cyclegan, train_cyclegan
 from cyclelib.cli import main
-from cyclelib.cyclegan import CycleGAN, CycleGANConfig, EpochSampler, load_cyclegan, train_cyclegan
+from cyclelib.data import EpochSampler
 
 
 def tiny_config(tmp_path, **options):
@@ -89,7 +89,8 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(p, q), name
     a = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")
-    assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"]
+    assert a["training"]["step"] == b["training"]["step"] == 6
+    assert a["training"]["epoch"] == b["training"]["epoch"]
     assert [r["G"] for r in a["history"]] == [r["G"] for r in b["history"]]
 
 

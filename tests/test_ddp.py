@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cyclelib.checkpoint import load_checkpoint
+from cyclelib import CyCADAConfig, CycleGANConfig, load_checkpoint, train_cyclegan
 from cyclelib.cli import main
-from cyclelib.cycada import CyCADAConfig, stage_finished
-from cyclelib.cyclegan import CycleGANConfig, train_cyclegan
+from cyclelib.cycada import stage_finished
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +42,8 @@ def test_two_ranks_train_like_one_process_on_the_union_batch_and_resume(tmp_path
     torchrun_train(ddp, "--resume", str(ddp), "--max-steps", "4")
 
     a, b = load_checkpoint(one / "checkpoint.pt"), load_checkpoint(ddp / "checkpoint.pt")
-    assert a["step"] == b["step"] == 4 and a["epoch"] == b["epoch"]
+    assert a["training"]["step"] == b["training"]["step"] == 4
+    assert a["training"]["epoch"] == b["training"]["epoch"]
     assert a["nets"].keys() == b["nets"].keys()
     for name, weight in a["nets"].items():
         torch.testing.assert_close(b["nets"][name], weight, rtol=1e-4, atol=1e-5, msg=name)

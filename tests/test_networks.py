@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from cyclelib.networks import (DTN, FeatureDiscriminator, LeNet, build_classifier, build_discriminator,
-                               build_generator, init_weights, load_official, save_official)
+from cyclelib import (DTN, FeatureDiscriminator, LeNet, build_classifier, build_discriminator, build_generator,
+                      init_weights, load_official, save_official)
 
 DATA = Path(__file__).parent / "data"
 FIXTURE_NAMES = ["resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256_batch", "basic_D",

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cyclelib.cli import build_parser, given_options, main
-from cyclelib.cyclegan import CycleGANConfig
+from cyclelib import CycleGANConfig
 from cyclelib.data import PREPROCESS_MODES, ImageFolderDomain
 from cyclelib.losses import GAN_MODES
 from cyclelib.networks import DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS

@@ -22,14 +22,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cyclelib.checkpoint import (FORMAT_VERSION, export_safetensors, load_checkpoint, load_run_checkpoint,
-                                 save_checkpoint, save_run_checkpoint, step_checkpoints)
+from cyclelib import (CycleGAN, CycleGANConfig, TrainingDiverged, TrainingInterrupted, build_generator,
+                      load_cyclegan, load_generator, load_official, save_official, train_cyclegan)
 from cyclelib.cli import main
-from cyclelib.cyclegan import (CycleGAN, CycleGANConfig, TrainingDiverged, TrainingInterrupted, load_cyclegan,
-                               train_cyclegan)
 from cyclelib.data import PREPROCESS_MODES, UnpairedImageFolder
-from cyclelib.networks import build_generator, load_official, save_official
-from cyclelib.translate import load_generator
+from cyclelib.io import (FORMAT_VERSION, export_safetensors, load_checkpoint, load_run_checkpoint, save_checkpoint,
+                         save_run_checkpoint, step_checkpoints)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = "mnist5k:mnistm5k"
@@ -107,7 +105,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(tmp_path):
     proc.wait()
     t_killed = time.perf_counter() - t0
     assert proc.returncode == -signal.SIGKILL
-    resumed_from = load_run_checkpoint(killed)[0]["step"]
+    resumed_from = load_run_checkpoint(killed)[0]["training"]["step"]
     assert resumed_from in (3, 6)  # 3 when the kill beat the update of checkpoint.pt
 
     t0 = time.perf_counter()
@@ -118,7 +116,8 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(tmp_path):
     t_straight = time.perf_counter() - t0
 
     a, b = load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    assert a["step"] == b["step"] == 12 and a["epoch"] == b["epoch"]
+    assert a["training"]["step"] == b["training"]["step"] == 12
+    assert a["training"]["epoch"] == b["training"]["epoch"]
     assert equal_states(a["nets"], b["nets"])
     for name in ("G", "D"):
         moments_a, moments_b = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
@@ -148,19 +147,20 @@ def test_sigint_and_sigterm_stop_at_a_step_with_a_checkpoint(tmp_path, signum):
     assert f"{signal.Signals(signum).name} received" in err and f"--resume {out}" in err
     assert "Traceback" not in err
     ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert 2 <= ckpt["step"] < 400 and len(ckpt["history"]) == ckpt["step"]  # log_every 1
-    assert step_checkpoints(out) == [out / "checkpoints" / f"step_{ckpt['step']:07d}.pt"]
+    step = ckpt["training"]["step"]
+    assert 2 <= step < 400 and len(ckpt["history"]) == step  # log_every 1
+    assert step_checkpoints(out) == [out / "checkpoints" / f"step_{step:07d}.pt"]
 
 
 def test_interrupted_and_diverged_runs_exit_with_a_message(monkeypatch, capsys, tmp_path):
     """The CLI turns both into a one-line message and an exit code, not a traceback."""
-    import cyclelib.cyclegan
+    import cyclelib.cli
 
     for error, code in ((TrainingInterrupted(signal.SIGTERM, 7, tmp_path / "checkpoint.pt"), 143),
                         (TrainingDiverged("loss term cycle_A was nan at step 7"), 1)):
         def fail(*args, **kwargs):
             raise error
-        monkeypatch.setattr(cyclelib.cyclegan, "train_cyclegan", fail)
+        monkeypatch.setattr(cyclelib.cli, "train_cyclegan", fail)
         with pytest.raises(SystemExit) as exit_info:
             main(["train", "cyclegan", "--data", DIGITS, "--scale", "smoke", "--out", str(tmp_path)])
         assert exit_info.value.code == code
@@ -182,7 +182,7 @@ def run10(tmp_path_factory):
 def test_run_keeps_the_last_k_the_latest_and_the_best(run10):
     assert [p.name for p in step_checkpoints(run10)] == ["step_0000006.pt", "step_0000008.pt", "step_0000010.pt"]
     latest = load_checkpoint(run10 / "checkpoint.pt")
-    assert latest["step"] == 10 and latest["version"] == FORMAT_VERSION
+    assert latest["training"]["step"] == 10 and latest["version"] == FORMAT_VERSION
     assert latest["config"]["checkpoint_every"] == 2 and latest["config"]["keep_checkpoints"] == 3
     assert equal_states(latest["nets"], load_checkpoint(run10 / "checkpoints" / "step_0000010.pt")["nets"])
     assert not list(run10.rglob(".*.tmp"))  # no temporary file left behind
@@ -193,8 +193,8 @@ def test_run_keeps_the_last_k_the_latest_and_the_best(run10):
     scores = {end: sum(values) / len(values) for end, values in windows.items()}
     best_step = min(scores, key=scores.get)
     best = load_checkpoint(run10 / "checkpoint_best.pt")
-    assert best["step"] == best_step == latest["best"]["step"]
-    assert best["best"]["score"] == pytest.approx(scores[best_step])
+    assert best["training"]["step"] == best_step == latest["training"]["best"]["step"]
+    assert best["training"]["best"]["score"] == pytest.approx(scores[best_step])
 
 
 def test_the_next_save_deletes_the_temporary_files_of_killed_writes(tmp_path):
@@ -249,7 +249,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(run10, tmp_p
     with pytest.warns(UserWarning, match=r"(?s)checkpoint\.pt.*step_0000010\.pt.*previous one.*step_0000008\.pt"):
         main(["train", "cyclegan", "--resume", str(run)])
     resumed, straight = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(run10 / "checkpoint.pt")
-    assert resumed["step"] == 10 and equal_states(resumed["nets"], straight["nets"])
+    assert resumed["training"]["step"] == 10 and equal_states(resumed["nets"], straight["nets"])
 
 
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -434,7 +434,7 @@ def test_unreadable_images_stop_the_run_before_training_or_are_skipped(tmp_path,
     train_cyclegan(smoke(out, data=data, skip_bad_images=True, max_steps=1), progress=False)
     err = capsys.readouterr().err
     assert "skipped 2 unreadable train image(s)" in err
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
+    assert load_checkpoint(out / "checkpoint.pt")["training"]["step"] == 1
 
 
 def test_images_smaller_than_the_crop_are_resized_or_name_the_option(tmp_path):
@@ -444,7 +444,7 @@ def test_images_smaller_than_the_crop_are_resized_or_name_the_option(tmp_path):
                        progress=False)
     assert not (tmp_path / "crop").exists()
     train_cyclegan(smoke(tmp_path / "resize", data=data, max_steps=1), progress=False)  # resize_and_crop
-    assert load_checkpoint(tmp_path / "resize" / "checkpoint.pt")["step"] == 1
+    assert load_checkpoint(tmp_path / "resize" / "checkpoint.pt")["training"]["step"] == 1
 
 
 def mixed_mode_dataset(root: Path) -> Path:
@@ -493,7 +493,7 @@ def test_every_mode_and_preprocess_flows_through_loader_and_step(tmp_path, prepr
 def test_a_mixed_mode_folder_trains(tmp_path):
     data = mixed_mode_dataset(tmp_path / "data")
     train_cyclegan(smoke(tmp_path / "run", data=data, max_steps=2), progress=False)
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["step"] == 2
 
 
 def test_sizes_the_generator_cannot_reproduce_are_a_clear_error():
@@ -581,7 +581,7 @@ def test_a_nan_or_inf_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         train_cyclegan(config, extra_generator_losses=poison, progress=False)
     assert [p.name for p in step_checkpoints(out)] == ["step_0000002.pt"]
     ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["nets"].values() if t.is_floating_point())
+    assert ckpt["training"]["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["nets"].values() if t.is_floating_point())
 
 
 def grad_norm(parameters) -> float:

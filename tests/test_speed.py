@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cyclelib.cli import main
-from cyclelib.cyclegan import CycleGAN, CycleGANConfig, EpochSampler
+from cyclelib import CycleGAN, CycleGANConfig
+from cyclelib.data import EpochSampler
 
 
 def one_step(path: str, **options) -> tuple[CycleGAN, dict[str, torch.Tensor]]:
@@ -64,14 +65,14 @@ def test_fast_path_groups_the_network_calls_unless_batch_norm_forbids_it():
 def test_fp16_scales_the_loss_and_keeps_the_fp32_losses():
     fp32, fp32_terms = one_step("fast", netG="resnet_1blocks", amp="none")
     fp16, fp16_terms = one_step("fast", netG="resnet_1blocks", amp="fp16")
-    assert not fp32.scaler.is_enabled() and fp16.scaler.is_enabled()
+    assert not fp32.precision.scaler.is_enabled() and fp16.precision.scaler.is_enabled()
     for name, value in fp32_terms.items():
         torch.testing.assert_close(fp16_terms[name], value, rtol=2e-2, atol=1e-2, msg=name)
     # The loss scale is part of the training state, so a resumed fp16 run continues with it.
     state = fp16.training_state()
     resumed = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, amp="fp16"))
     resumed.load_training_state(state, torch.device("cpu"))
-    assert resumed.scaler.get_scale() == fp16.scaler.get_scale() <= 2.0 ** 16
+    assert resumed.precision.scaler.get_scale() == fp16.precision.scaler.get_scale() <= 2.0 ** 16
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -7,7 +7,7 @@ from PIL import Image
 
 from cyclelib.cli import main
 from cyclelib.data import read_image
-from cyclelib.networks import load_official
+from cyclelib import load_official
 from cyclelib.translate import load_generator, translate_folder
 
 FIXTURE = Path(__file__).parent / "data" / "official-cyclegan-nets.pt"

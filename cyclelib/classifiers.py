@@ -1,0 +1,262 @@
+r"""The task networks of CyCADA and the two classifier training steps.
+
+Networks: the digit classifiers ``LeNet`` and ``DTN`` and the feature-level
+discriminator of the CyCADA release (jhoffman/cycada_release), with the release's module
+names (``conv_params``, ``fc_params``, ``classifier``), and :class:`ClassifierInput`, which
+brings the GAN's RGB images to a classifier's input.
+
+Steps, each one :meth:`train_step` of a module that holds its networks and optimisers
+(run by :class:`~cyclelib.train.Trainer`):
+
+- :class:`TaskClassifier`: :math:`\min_f \mathcal{L}_{task}(f, X, Y)`, for f_S, the target
+  oracle and the pixel-only classifier;
+- :class:`FeatureAlignment`: f_T learns the task on (translated) source while a feature-level
+  discriminator :math:`D_{feat}` is taught to tell its target outputs from f_S's source ones.
+
+Images are float tensors ``[N, C, H, W]`` in ``[-1, 1]``.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses
+from .runtime import Precision
+
+
+class _DigitClassifier(nn.Module):
+    """Shared forward of the CyCADA task networks: conv features -> flatten -> fc -> logits.
+
+    Subclasses define ``conv_params``, ``fc_params`` and ``classifier`` (the CyCADA
+    release's names, so its saved weights load) and the input they expect:
+    ``channels`` x ``image_size`` x ``image_size``. Weights start as in the release:
+    Xavier-normal for convs and linears, zero biases, default BatchNorm.
+    """
+
+    channels: int
+    image_size: int
+
+    def _init_release_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, s = self.channels, self.image_size
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ValueError(f"{type(self).__name__} expects images of shape N x {c} x {s} x {s}, "
+                             f"got a tensor of shape {tuple(x.shape)}")
+        features = self.conv_params(x).flatten(1)  # [N, C' * H' * W']
+        return self.classifier(self.fc_params(features))  # [N, num_classes] logits
+
+
+class LeNet(_DigitClassifier):
+    """LeNet for MNIST <-> USPS (1 x 28 x 28): two conv5 + max-pool stages, 500 hidden units."""
+
+    channels = 1
+    image_size = 28
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv_params = nn.Sequential(
+            nn.Conv2d(1, 20, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(),  # [N, 20, 12, 12]
+            nn.Conv2d(20, 50, kernel_size=5), nn.Dropout2d(0.5), nn.MaxPool2d(2), nn.ReLU())  # [N, 50, 4, 4]
+        self.fc_params = nn.Linear(50 * 4 * 4, 500)
+        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Linear(500, num_classes))
+        self._init_release_weights()
+
+
+class DTN(_DigitClassifier):
+    """The DTN classifier for SVHN -> MNIST (3 x 32 x 32): three stride-2 conv5 with BatchNorm."""
+
+    channels = 3
+    image_size = 32
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        layers = []
+        for c_in, c_out, p in ((3, 64, 0.1), (64, 128, 0.3), (128, 256, 0.5)):  # 32 -> 16 -> 8 -> 4
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=5, stride=2, padding=2), nn.BatchNorm2d(c_out),
+                       nn.Dropout2d(p), nn.ReLU()]
+        self.conv_params = nn.Sequential(*layers)  # [N, 256, 4, 4]
+        self.fc_params = nn.Sequential(nn.Linear(256 * 4 * 4, 512), nn.BatchNorm1d(512))
+        self.classifier = nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, num_classes))
+        self._init_release_weights()
+
+
+CLASSIFIERS = {"lenet": LeNet, "dtn": DTN}
+
+
+def build_classifier(name: str, num_classes: int = 10) -> _DigitClassifier:
+    """A fresh CyCADA digit classifier: ``lenet`` (1x28x28) or ``dtn`` (3x32x32)."""
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; valid values: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[name](num_classes)
+
+
+class ClassifierInput(nn.Module):
+    """Brings the GAN's images [N, 3, H, W] to a classifier's input [N, channels, size, size].
+
+    Every CyCADA stage reads images in the GAN's format (RGB, ``image_size``), so f_S sees real
+    and translated images alike; this adapter (no weights) makes them e.g. LeNet's 1x28x28:
+    grey = mean of the channels, then an antialiased bilinear resize. Both are differentiable, so the semantic loss reaches the generator
+    through it.
+    """
+
+    def __init__(self, channels: int, size: int):
+        super().__init__()
+        self.channels, self.size = channels, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.channels:
+            x = x.mean(dim=1, keepdim=True) if self.channels == 1 else x.expand(-1, self.channels, -1, -1)
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return x  # [N, channels, size, size]
+
+
+def build_task_network(name: str) -> nn.Sequential:
+    """A fresh classifier (``lenet`` or ``dtn``) behind a :class:`ClassifierInput` adapter."""
+    net = build_classifier(name)
+    return nn.Sequential(OrderedDict(input=ClassifierInput(net.channels, net.image_size), net=net))
+
+
+def freeze(net: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False``, in place: no gradient step, no BatchNorm update, no dropout."""
+    net.eval()
+    net.requires_grad_(False)
+    return net
+
+
+class FeatureDiscriminator(nn.Sequential):
+    """CyCADA's feature-level D: an MLP on the classifier's logits, 10 -> 500 -> 500 -> 2.
+
+    It outputs two logits (source / target), trained with cross-entropy as in the
+    release (ADDA style). A plain Sequential, so its keys equal the release's
+    ``discriminator.*`` entries without the prefix.
+    """
+
+    def __init__(self, input_dim: int = 10, hidden_dim: int = 500, output_dim: int = 2):
+        super().__init__(nn.Linear(input_dim, hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, output_dim))
+        self.input_dim = input_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"FeatureDiscriminator expects features of shape N x {self.input_dim}, "
+                             f"got a tensor of shape {tuple(x.shape)}")
+        return super().forward(x)  # [N, input_dim] -> [N, output_dim]
+
+
+# --------------------------------------------------------------------------- training steps
+
+
+class TaskClassifier(nn.Module):
+    r"""A classifier ``net`` and its Adam optimiser, trained on labelled images.
+
+    :meth:`train_step` takes one step on :math:`\mathcal{L}_{task}(f, X, Y)`. The same step
+    trains f_S (source images), the target oracle (target images) and the pixel-only
+    classifier (translated source images): they differ only in their data.
+    """
+
+    def __init__(self, net: nn.Module, lr: float, precision: Precision):
+        super().__init__()
+        self.net = net
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        self.precision = precision
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step on a batch: ``images`` [N, 3, H, W], ``labels`` [N]; returns the detached loss."""
+        with self.precision.autocast():
+            terms = {"task": losses.task_loss(self.net(images), labels)}
+        self.precision.step(sum(terms.values()), self.optimizer)
+        self.precision.update()
+        return {name: t.detach() for name, t in terms.items()}
+
+    def training_state(self) -> dict:
+        """Everything besides the weights that an exact resume needs."""
+        return {"optimizers": {"net": self.optimizer.state_dict()}, "scaler": self.precision.scaler.state_dict()}
+
+    def load_training_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizers"]["net"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+
+    def end_epoch(self) -> None:
+        """The classifier's learning rate is constant."""
+
+    def finish(self) -> nn.Module:
+        """The trained classifier in eval mode, without stale gradients."""
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.net.eval()
+
+
+class FeatureAlignment(nn.Module):
+    r"""CyCADA's feature-level adaptation: f_T, started as a copy of f_S, and :math:`D_{feat}`.
+
+    Per :meth:`train_step`, first :math:`D_{feat}` learns the true domains (class 1: f_S on
+    (translated) source, class 0: f_T on target), then f_T minimises the sum of its named terms
+
+    .. math::
+        \lambda_{task}\, \mathcal{L}_{task}(f_T, G_{S\to T}(X_S), Y_S)
+        + \lambda_{feat}\, \mathcal{L}_{GAN}(f_T, D_{feat}, f_S(G_{S\to T}(X_S)), X_T)
+
+    where the GAN term asks :math:`D_{feat}` to take f_T's target outputs for source ones
+    (ADDA's inverted labels). f_S is frozen in eval mode and belongs to the source stage: it
+    is not part of this module's weights.
+    """
+
+    def __init__(self, f_s: nn.Module, lr: float, precision: Precision, lambda_task: float = 1.0,
+                 lambda_feature: float = 1.0):
+        super().__init__()
+        object.__setattr__(self, "f_s", freeze(f_s))  # not registered: saved by its own stage
+        self.f_t = copy.deepcopy(f_s).requires_grad_(True).train()
+        self.d_feat = FeatureDiscriminator().to(next(f_s.parameters()).device)
+        self.opt_f = torch.optim.Adam(self.f_t.parameters(), lr=lr)
+        self.opt_d = torch.optim.Adam(self.d_feat.parameters(), lr=lr)
+        self.precision, self.lambda_task, self.lambda_feature = precision, lambda_task, lambda_feature
+
+    def train_step(self, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step on source images ``x_s`` [N, 3, H, W] with labels ``y_s`` [N] and target
+        images ``x_t`` [M, 3, H, W] (no target labels: this step cannot read them)."""
+        autocast = self.precision.autocast
+        with autocast():
+            with torch.no_grad():
+                feat_s = self.f_s(x_s)  # [N, 10] f_S on (translated) source
+            # One pass over both domains, so f_T's BatchNorm statistics mix them as at test time.
+            out_s, out_t = self.f_t(torch.cat([x_s, x_t])).split([len(x_s), len(x_t)])  # [N, 10], [M, 10]
+            self.d_feat.requires_grad_(True)
+            loss_d = losses.discriminator_loss(self.d_feat(feat_s), self.d_feat(out_t.detach()),
+                                               losses.feature_gan_loss)
+        self.precision.step(loss_d, self.opt_d)
+
+        self.d_feat.requires_grad_(False)  # f_T's step must not build gradients into D_feat
+        with autocast():
+            terms = {"task": self.lambda_task * losses.task_loss(out_s, y_s),
+                     "feature_gan": self.lambda_feature * losses.feature_gan_loss(self.d_feat(out_t), True)}
+        self.precision.step(sum(terms.values()), self.opt_f)
+        self.precision.update()
+        return {**{name: t.detach() for name, t in terms.items()}, "D_feat": loss_d.detach()}
+
+    def training_state(self) -> dict:
+        """Everything besides the weights that an exact resume needs."""
+        return {"optimizers": {"f_t": self.opt_f.state_dict(), "d_feat": self.opt_d.state_dict()},
+                "scaler": self.precision.scaler.state_dict()}
+
+    def load_training_state(self, state: dict) -> None:
+        self.opt_f.load_state_dict(state["optimizers"]["f_t"])
+        self.opt_d.load_state_dict(state["optimizers"]["d_feat"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+
+    def end_epoch(self) -> None:
+        """The learning rates are constant."""
+
+    def finish(self) -> nn.Module:
+        """The adapted classifier f_T in eval mode, without stale gradients."""
+        self.opt_f.zero_grad(set_to_none=True)
+        return self.f_t.eval()

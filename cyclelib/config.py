@@ -1,0 +1,276 @@
+"""Every option of a run, as dataclasses with the papers' defaults, and the scale presets.
+
+:class:`CycleGANConfig` holds a CycleGAN run (Zhu et al. 2017, the official code's options),
+:class:`CyCADAConfig` a CyCADA run on digits (Hoffman et al. 2018, the release's options).
+Each checks every option when it is built, so a bad value fails before any training, with
+a message naming the option. ``for_scale`` applies a scale's preset (smoke / cpu / gpu,
+see :func:`~cyclelib.runtime.resolve_scale`); options given explicitly win over it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .classifiers import CLASSIFIERS
+from .data import DIGIT_DOMAINS, PREPROCESS_MODES, is_digit_pair
+from .losses import GAN_MODES
+from .networks import DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS, build_generator
+from .runtime import AMP_MODES, resolve_scale
+
+PATHS = ("fast", "reference")
+
+
+def _check_choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid values: {', '.join(valid)}")
+
+
+def _check_signs(config, non_negative=(), positive=()) -> None:
+    """``non_negative`` options must be >= 0 and ``positive`` ones > 0 (None means "not set")."""
+    for name in non_negative:
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _check_generator(netG: str, channels: int) -> None:
+    """``netG`` as the official names or their patterns (resnet_<n>blocks, unet_<size>)."""
+    if netG in GENERATOR_ARCHS:
+        return
+    try:
+        with torch.device("meta"):  # allocates no weights and draws no random numbers
+            build_generator(netG, channels, channels, width=1)
+    except ValueError as e:
+        raise ValueError(f"netG: {e}") from None
+
+
+@dataclass
+class CycleGANConfig:
+    """Every option of a CycleGAN run; the defaults are the official ones (the paper's setting)."""
+
+    data: str = ""                     # folder with trainA/trainB, or a digit pair "mnist5k:mnistm5k"
+    out: str = "runs/cyclegan"         # run folder: checkpoints, samples, history
+    # networks
+    netG: str = "resnet_9blocks"
+    netD: str = "basic"
+    ngf: int = 64
+    ndf: int = 64
+    n_layers_D: int = 3
+    norm: str = "instance"
+    dropout: bool = False
+    init: str = "normal"
+    init_gain: float = 0.02
+    input_nc: int = 3
+    output_nc: int = 3
+    # losses
+    gan_mode: str = "lsgan"
+    lambda_A: float = 10.0             # cycle A -> B -> A
+    lambda_B: float = 10.0             # cycle B -> A -> B
+    lambda_identity: float = 0.5       # multiplies lambda_A / lambda_B (effective weight 5)
+    lambda_gan_A: float = 1.0          # weight of G_A's adversarial term (CyCADA uses 2)
+    lambda_gan_B: float = 1.0          # weight of G_B's adversarial term
+    lambda_gp: float = 10.0            # gradient penalty, gan_mode "wgangp" only
+    # optimisation
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 1
+    n_epochs: int = 100                # epochs at the initial learning rate
+    n_epochs_decay: int = 100          # epochs of linear decay to zero
+    pool_size: int = 50
+    max_steps: int | None = None       # stop after this many steps in total (for tests and sweeps)
+    clip_grad_norm: float | None = None  # clip each optimizer's gradient norm to this (None or 0: off)
+    # data
+    preprocess: str = "resize_and_crop"
+    load_size: int = 286
+    crop_size: int = 256
+    flip: bool = True
+    max_dataset_size: int | None = None  # at most this many samples per epoch
+    num_workers: int = 2
+    skip_bad_images: bool = False      # unreadable images: skip them (True) or stop naming the first (False)
+    # run
+    seed: int = 0
+    device: str | None = None
+    path: str = "fast"                 # "fast": same losses, batched network calls, fused Adam, and on CUDA
+                                       # bf16 + channels_last; "reference": the official fp32 eager step
+    amp: str = "auto"                  # "auto": bf16 in the fast path on CUDA, else fp32; "none", "bf16",
+                                       # "fp16" (with loss scaling)
+    compile: bool = False              # torch.compile the four networks (fast path; the first steps compile)
+    log_every: int = 50                # steps between loss-history rows
+    sample_every: int = 500            # steps between sample grids
+    checkpoint_every: int = 1000       # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 3          # step checkpoints kept in out/checkpoints (besides latest and best)
+
+    def __post_init__(self):
+        _check_signs(self, non_negative=("lambda_A", "lambda_B", "lambda_identity", "lambda_gan_A",
+                                         "lambda_gan_B", "lambda_gp", "pool_size", "n_epochs_decay",
+                                         "init_gain", "num_workers", "clip_grad_norm"),
+                     positive=("lr", "batch_size", "n_epochs", "load_size", "crop_size", "log_every",
+                               "sample_every", "checkpoint_every", "keep_checkpoints", "ngf", "ndf",
+                               "n_layers_D", "input_nc", "output_nc", "max_steps", "max_dataset_size"))
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name, valid in (("norm", NORMS), ("init", INIT_TYPES), ("netD", DISCRIMINATOR_ARCHS),
+                            ("preprocess", PREPROCESS_MODES), ("gan_mode", GAN_MODES), ("amp", AMP_MODES),
+                            ("path", PATHS)):
+            _check_choice(name, getattr(self, name), valid)
+        _check_generator(self.netG, self.input_nc)
+        if self.path == "reference" and (self.compile or self.amp not in ("auto", "none")):
+            raise ValueError(f"path 'reference' is the official fp32 eager step: it takes neither compile nor amp "
+                             f"{self.amp!r}; use path 'fast' for them")
+        if self.crop_size > self.load_size and self.preprocess in ("resize_and_crop", "scale_width_and_crop"):
+            raise ValueError(f"crop_size ({self.crop_size}) must not exceed load_size ({self.load_size}) with "
+                             f"preprocess {self.preprocess!r}, which resizes to load_size and then crops "
+                             f"crop_size; preprocess 'crop' or 'none' do not resize")
+        if self.lambda_identity > 0 and self.input_nc != self.output_nc:
+            raise ValueError("the identity loss needs input_nc == output_nc; set lambda_identity=0")
+
+    @classmethod
+    def for_scale(cls, scale: str | None = None, **options) -> "CycleGANConfig":
+        """The config of a scale (smoke / cpu / gpu, see :func:`resolve_scale`); ``options`` win."""
+        scale = resolve_scale(scale)
+        preset = CYCLEGAN_PRESETS[scale]["digits" if is_digit_pair(options.get("data", "")) else "images"]
+        return cls(**{**preset, **options})
+
+
+# Per scale and kind of data, the options that differ from the paper's defaults.
+# Digits are 32x32 and need no augmentation (a flipped "2" is no digit).
+_DIGITS = dict(load_size=32, crop_size=32, preprocess="none", flip=False)
+CYCLEGAN_PRESETS = {
+    "smoke": {
+        "digits": dict(_DIGITS, netG="resnet_2blocks", ngf=8, ndf=8, batch_size=4, n_epochs=1,
+                       n_epochs_decay=1, max_dataset_size=16, num_workers=0, log_every=1,
+                       sample_every=4, checkpoint_every=4),
+        "images": dict(netG="resnet_2blocks", ngf=8, ndf=8, batch_size=2, n_epochs=1, n_epochs_decay=1,
+                       max_dataset_size=8, load_size=36, crop_size=32, num_workers=0, log_every=1,
+                       sample_every=4, checkpoint_every=4),
+    },
+    "cpu": {
+        "digits": dict(_DIGITS, netG="resnet_6blocks", ngf=32, ndf=32, batch_size=8, n_epochs=3,
+                       n_epochs_decay=2, max_dataset_size=800, log_every=10, sample_every=100,
+                       checkpoint_every=100),
+        "images": dict(netG="resnet_6blocks", ngf=32, ndf=32, load_size=143, crop_size=128,
+                       n_epochs=2, n_epochs_decay=1, max_dataset_size=200, log_every=10,
+                       sample_every=100, checkpoint_every=200),
+    },
+    "gpu": {
+        "digits": dict(_DIGITS, batch_size=100, n_epochs=20, n_epochs_decay=20, num_workers=4,
+                       log_every=50, sample_every=500, checkpoint_every=2000),
+        "images": dict(num_workers=4),
+    },
+}
+
+
+@dataclass
+class CyCADAConfig:
+    """Every option of a CyCADA run; the defaults are the paper's and release's digit setting."""
+
+    source: str = "mnist"                # labelled source domain (one of data.DIGIT_DOMAINS)
+    target: str = "usps"                 # target domain; its labels are used by the oracle only
+    out: str = "runs/cycada"             # run folder: out/<stage>/checkpoint.pt, metrics.json, figures
+    classifier: str = "auto"             # lenet | dtn | auto: dtn when a domain is in colour, else lenet
+    image_size: int = 32                 # both domains are read as RGB image_size^2 in [-1, 1]
+    max_samples: int | None = None       # at most this many training images per epoch, in every stage
+    max_eval_samples: int | None = None  # at most this many test images per evaluation (None: all)
+    # stages source, oracle, pixel_only: the classifier loop (release: Adam 1e-4, batch 128, 100 epochs)
+    task_lr: float = 1e-4
+    task_batch_size: int = 128
+    task_epochs: int = 100
+    # stage pixel: CycleGAN + semantic consistency (release: resnet_9blocks, PatchGAN, LSGAN, batch 100)
+    netG: str = "resnet_9blocks"
+    ngf: int = 64
+    netD: str = "basic"
+    ndf: int = 64
+    n_layers_D: int = 3
+    norm: str = "instance"
+    gan_mode: str = "lsgan"
+    lambda_gan_A: float = 2.0            # L_GAN(G_{S->T}, D_T, X_T, X_S)
+    lambda_gan_B: float = 1.0            # L_GAN(G_{T->S}, D_S, X_S, X_T)
+    lambda_cycle_A: float = 1.0          # S -> T -> S
+    lambda_cycle_B: float = 1.0          # T -> S -> T
+    lambda_identity: float = 0.0
+    lambda_sem_A: float = 1.0            # L_task(f_S, G_{S->T}(X_S), p(f_S, X_S))
+    lambda_sem_B: float = 1.0            # L_task(f_S, G_{T->S}(X_T), p(f_S, X_T))
+    pixel_lr: float = 2e-4
+    pixel_beta1: float = 0.5
+    pixel_batch_size: int = 100
+    pool_size: int = 50
+    pixel_epochs: int = 100              # epochs at pixel_lr
+    pixel_epochs_decay: int = 100        # epochs of linear decay to zero
+    # stages feature, feature_only (release ADDA: Adam 1e-5 for f_T and D_feat, batch 128, 200 epochs)
+    feature_lr: float = 1e-5
+    feature_batch_size: int = 128
+    feature_epochs: int = 200
+    lambda_task: float = 1.0             # L_task(f_T, G_{S->T}(X_S), Y_S)
+    lambda_feature: float = 1.0          # L_GAN(f_T, D_feat, f_S(G_{S->T}(X_S)), X_T)
+    # run
+    scale: str = "custom"                # the preset this config came from (for_scale sets it)
+    seed: int = 0
+    device: str | None = None
+    amp: str = "auto"                    # none | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU), every stage
+    num_workers: int = 0
+    log_every: int = 50                  # steps between loss-history rows
+    sample_every: int = 500              # pixel stage: steps between sample grids
+    checkpoint_every: int = 1000         # steps between checkpoints
+
+    def __post_init__(self):
+        for name in ("source", "target"):
+            if getattr(self, name) not in DIGIT_DOMAINS:
+                raise ValueError(f"unknown {name} dataset {getattr(self, name)!r}; valid names: "
+                                 f"{', '.join(DIGIT_DOMAINS)}")
+        _check_choice("classifier", self.classifier, ("auto", *CLASSIFIERS))
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("gan_mode", self.gan_mode, GAN_MODES)
+        _check_signs(self, non_negative=[f.name for f in fields(self) if f.name.startswith("lambda_")],
+                     positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "pixel_lr",
+                               "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
+                               "feature_epochs", "log_every", "sample_every", "checkpoint_every"))
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 (the generator downsamples twice), "
+                             f"got {self.image_size}")
+
+    @classmethod
+    def for_scale(cls, scale: str | None = None, **options) -> "CyCADAConfig":
+        """The config of a scale (smoke / cpu / gpu, see :func:`resolve_scale`); ``options`` win."""
+        scale = resolve_scale(scale)
+        return cls(**{**CYCADA_PRESETS[scale], "scale": scale, **options})
+
+    def pixel_config(self, out: str) -> CycleGANConfig:
+        """The CycleGAN options of the pixel stage, writing to ``out``: source is domain A,
+        target domain B, both RGB. The identity weight multiplies the cycle weights, as in
+        CycleGAN (and the CyCADA release, which is built on its code)."""
+        return CycleGANConfig(
+            data=f"{self.source}:{self.target}", out=out, netG=self.netG, ngf=self.ngf, netD=self.netD,
+            ndf=self.ndf, n_layers_D=self.n_layers_D, norm=self.norm, input_nc=3, output_nc=3,
+            gan_mode=self.gan_mode, lambda_A=self.lambda_cycle_A, lambda_B=self.lambda_cycle_B,
+            lambda_identity=self.lambda_identity, lambda_gan_A=self.lambda_gan_A, lambda_gan_B=self.lambda_gan_B,
+            lr=self.pixel_lr, beta1=self.pixel_beta1, batch_size=self.pixel_batch_size,
+            n_epochs=self.pixel_epochs, n_epochs_decay=self.pixel_epochs_decay, pool_size=self.pool_size,
+            preprocess="none", load_size=self.image_size, crop_size=self.image_size, flip=False,
+            max_dataset_size=self.max_samples, num_workers=self.num_workers, seed=self.seed, device=self.device,
+            amp=self.amp, log_every=self.log_every, sample_every=self.sample_every,
+            checkpoint_every=self.checkpoint_every)
+
+
+# Per scale, the CyCADA options that differ from the paper's defaults.
+CYCADA_PRESETS = {
+    # seconds: every stage runs a few steps on a few images (CI, nbval)
+    "smoke": dict(image_size=16, max_samples=24, max_eval_samples=48, task_batch_size=8, task_epochs=1,
+                  netG="resnet_1blocks", ngf=4, netD="n_layers", n_layers_D=2, ndf=4,  # basic D needs >= 32 px
+                  pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=0, pool_size=8, feature_batch_size=8,
+                  feature_epochs=1, log_every=1, sample_every=1000, checkpoint_every=1000),
+    # about 30 minutes on 2 CPU cores for the whole pipeline on the offline 5k digit sets
+    # Feature stage, tuned on mnist5k -> mnistm5k with seed 0 (pixel_feature accuracy): 20 epochs at lr 3e-4
+    # gave 0.650, against 0.568 for 5 epochs at 1e-4, 0.637 for 20 at 1e-4 and 0.530 for 20 at 1e-3.
+    "cpu": dict(netG="resnet_3blocks", ngf=16, ndf=16, max_samples=2000, task_lr=1e-3, task_batch_size=64,
+                task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=3e-4,
+                feature_batch_size=64, feature_epochs=20, log_every=10, sample_every=200, checkpoint_every=200),
+    # the paper's setting
+    "gpu": dict(num_workers=4),
+}

@@ -1,0 +1,511 @@
+"""Files: checkpoints, safetensors, official weights and run folders.
+
+Every file cyclelib writes is written atomically (a temporary file, fsync, rename) and
+read without ever executing code. A checkpoint is a plain dict of tensors, numbers,
+strings, lists and dicts, so ``torch.load(..., weights_only=True)`` can read it; anything
+that would need the full pickle machinery (and could run code) is refused. Weights can
+also be shared as ``.safetensors`` files, a format that holds tensors and strings only.
+
+**One schema for every checkpoint** (format 2), whatever trained it::
+
+    version   2
+    kind      "cyclegan" | "classifier" | "feature": what ``nets`` holds
+    config    the options that build the model (a CycleGANConfig, or {"classifier": name})
+    nets      the model's state_dict
+    meta      where it comes from, e.g. {"stage": "source", "cycada": {...}} for a CyCADA stage
+    history   the loss rows of the run
+    training  (optional) what an exact resume needs: step, epoch, optimisers, RNG states, ...
+
+Format-1 files (cyclelib 0.1) are upgraded when read (:func:`load_checkpoint`).
+
+A training run keeps its checkpoints in its folder: ``checkpoints/step_XXXXXXX.pt``
+(the last few), ``checkpoint.pt`` (the latest) and ``checkpoint_best.pt`` (see
+:func:`save_run_checkpoint`); :func:`load_run_checkpoint` resumes from the newest
+readable one. This module depends on the models (it builds them from files); no model
+depends on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import warnings
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from .config import CycleGANConfig
+from .cyclegan import CycleGAN
+from .networks import build_discriminator, build_generator
+
+FORMAT_VERSION = 2
+KINDS = ("cyclegan", "classifier", "feature")
+LATEST, BEST, HISTORY = "checkpoint.pt", "checkpoint_best.pt", "checkpoints"
+_STEP_FILE = re.compile(r"step_(\d+)\.pt")
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
+
+    A crash or kill at any moment leaves either the previous file or the new one at
+    ``path``, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename itself is durable only once the directory entry is flushed.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically (temporary file, fsync, rename)."""
+    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint without running code; errors name the file and the cause.
+
+    A cyclelib checkpoint comes back in the current schema (format-1 files are upgraded);
+    other files (an official state_dict) as they are. ``.pt``/``.pth`` files are read with ``weights_only=True``, after checking the CRC32
+    of every record (torch does not, and would load flipped bits as wrong weights);
+    ``.safetensors`` files with :func:`load_safetensors` (which checks the CRC32s that
+    :func:`export_safetensors` writes).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    _check_records(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"refusing to load {path}: it holds objects that only a full unpickler could "
+            f"build (and that could run code); cyclelib loads weights only. Details: {e}") from None
+    except Exception as e:  # noqa: BLE001 - garbage bytes raise all sorts (IndexError, RuntimeError, ...)
+        raise ValueError(f"cannot read checkpoint {path}: truncated or not a torch file "
+                         f"({type(e).__name__}: {e})") from None
+    return _as_current(state, path)
+
+
+def _check_records(path: Path) -> None:
+    """Verify the CRC32 of every record of a zip-format torch file (torch >= 1.6 writes
+    them); legacy files and truncated ones (no zip directory left) are left to torch.load."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every record, compares its CRC32
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"cannot read checkpoint {path}: damaged zip structure ({e})") from None
+    if damaged is not None:
+        raise ValueError(f"checkpoint {path} is corrupted: record {damaged} fails its CRC32 check "
+                         "(or the file was written with torch.serialization.set_crc32_options(False))")
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+def make_checkpoint(kind: str, config: dict, nets: Mapping[str, torch.Tensor], meta: dict | None = None,
+                    history: list | None = None, training: dict | None = None) -> dict:
+    """A checkpoint dict in the one schema of this module (see its docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; valid values: {', '.join(KINDS)}")
+    state = {"version": FORMAT_VERSION, "kind": kind, "config": dict(config), "nets": dict(nets),
+             "meta": meta or {}, "history": history or []}
+    if training is not None:
+        state["training"] = training
+    return state
+
+
+def is_checkpoint(state, kind: str | None = None) -> bool:
+    """Whether ``state`` is a cyclelib checkpoint (of ``kind``), not e.g. an official state_dict."""
+    return (isinstance(state, Mapping) and state.get("kind") in KINDS and "nets" in state
+            and (kind is None or state["kind"] == kind))
+
+
+def _upgrade(state: dict, path: Path) -> dict:
+    """A format-1 checkpoint (cyclelib 0.1) in the current schema.
+
+    Format 1 had two layouts: CycleGAN runs (``nets`` and the training state at the top
+    level) and CyCADA classifier stages (``kind: "cycada"``, the weights under ``state``).
+    """
+    if state.get("kind") == "cyclegan":
+        training_keys = ("optimizers", "schedulers", "pools", "scaler", "rng", "epoch", "start", "step", "best",
+                         "world_size", "total_steps")
+        training = {k: state[k] for k in training_keys if k in state}
+        if "step" in training:
+            # Format 1 kept neither the loss sums since the last history row nor the loader seed:
+            # a resume starts those afresh, as cyclelib 0.1 did.
+            training.update(history_sums={}, loader_seed=None, best_since=training["step"])
+            training.setdefault("total_steps", None)
+        return make_checkpoint("cyclegan", state["config"], state["nets"], history=state.get("history"),
+                               training=training or None)
+    if state.get("kind") == "cycada" and "state" in state:
+        stage, config = state["stage"], state["config"]
+        if stage in ("feature", "feature_only"):
+            nets = {**{f"f_t.{k}": v for k, v in state["state"].items()},
+                    **{f"d_feat.{k}": v for k, v in state.get("discriminator", {}).items()}}
+            kind = "feature"
+        else:
+            nets, kind = {f"net.{k}": v for k, v in state["state"].items()}, "classifier"
+        return make_checkpoint(kind, {"classifier": state["classifier"]}, nets,
+                               meta={"stage": stage, "cycada": config}, history=state.get("history"))
+    raise ValueError(f"{path} is a cyclelib checkpoint of format {state.get('version')} with an unknown layout "
+                     f"(kind {state.get('kind')!r}); this cyclelib reads format {FORMAT_VERSION} and upgrades format 1")
+
+
+class NewerFormatError(ValueError):
+    """A checkpoint written by a newer cyclelib: readable by updating, not a damaged file."""
+
+
+def _as_current(state, path: Path):
+    """``state`` in the current schema when it is a cyclelib checkpoint; anything else unchanged."""
+    if not (isinstance(state, Mapping) and "version" in state and "kind" in state):
+        return state  # an official state_dict, or another tool's file
+    version = state["version"]
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise NewerFormatError(f"cannot read {path}: checkpoint format {version} is newer than this cyclelib "
+                               f"reads ({FORMAT_VERSION}); update cyclelib")
+    return dict(state) if version == FORMAT_VERSION else _upgrade(state, path)
+
+
+def _mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading into a module whose state_dict is ``expected``."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
+                   for k in expected if k in state and state[k].shape != expected[k].shape]
+    return [f"{label} ({len(items)}): {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+            for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatches", wrong_shape)) if items]
+
+
+def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """``module.load_state_dict(state)``, strict, with an error naming ``source`` and each
+    missing or unexpected key and each tensor whose shape differs (both shapes)."""
+    problems = _mismatches(module.state_dict(), state)
+    if problems:
+        raise ValueError(f"{source} does not fit the network: {'; '.join(problems)}")
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def check_resumable(ckpt: dict, path: Path, record: dict, keys: tuple[str, ...] | None = None) -> None:
+    """Refuse to resume ``ckpt`` into a run described by ``record`` (``kind``, ``config``)
+    unless both have the same kind, training state and ``keys`` of their configs (default: all)."""
+    if ckpt["kind"] != record["kind"] or "training" not in ckpt:
+        raise ValueError(f"cannot resume from {path}: it holds {ckpt['kind']!r} weights"
+                         f"{'' if 'training' in ckpt else ' without a training state'}, and this run trains "
+                         f"a {record['kind']!r} model")
+    keys = tuple(record["config"]) if keys is None else keys
+    changed = [f"{name}={ckpt['config'].get(name)!r} there, {record['config'].get(name)!r} now"
+               for name in keys if ckpt["config"].get(name) != record["config"].get(name)]
+    if changed:
+        raise ValueError(f"cannot resume from {path} with other network options ({'; '.join(changed)}); "
+                         "resume with the run's options or start a new run in another folder")
+
+
+# --------------------------------------------------------------------------- CycleGAN models
+
+
+def cyclegan_from_checkpoint(state: dict, source: str = "checkpoint") -> CycleGAN:
+    """A :class:`CycleGAN` (eval mode, CPU) holding the weights of a loaded cyclelib checkpoint."""
+    known = {f.name for f in fields(CycleGANConfig)}
+    options = {k: v for k, v in state["config"].items() if k in known}
+    # compile off: for translating a few images, compiling would only delay the first one
+    model = CycleGAN(CycleGANConfig(**{**options, "compile": False}))
+    load_weights(model, state["nets"], source)
+    return model.eval()
+
+
+def load_cyclegan(path: str | os.PathLike, device: str | torch.device = "cpu") -> CycleGAN:
+    """A :class:`CycleGAN` with the weights of the cyclelib checkpoint at ``path`` (eval mode)."""
+    state = load_checkpoint(path)
+    if not is_checkpoint(state, "cyclegan"):
+        raise ValueError(f"{path} is not a cyclelib CycleGAN checkpoint; "
+                         "for an official generator .pth use cyclelib.load_official")
+    return cyclegan_from_checkpoint(state, str(path)).to(device)
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def export_safetensors(model_or_checkpoint, path: str | os.PathLike) -> Path:
+    """Write the weights of a model or checkpoint to a ``.safetensors`` file (atomically).
+
+    Accepts a module (a :class:`~cyclelib.cyclegan.CycleGAN` keeps its config), a
+    state_dict, a cyclelib checkpoint dict of any kind, or the path of a checkpoint file
+    (cyclelib ``.pt`` or official ``.pth``). A cyclelib checkpoint keeps its ``kind``,
+    ``config`` and ``meta`` (as metadata) and its weights, not the training state: the file
+    is for sharing and inference; resuming needs the ``.pt``. :func:`load_checkpoint`,
+    :func:`load_official` and :func:`~cyclelib.translate.load_generator` read it back.
+    """
+    obj = model_or_checkpoint
+    if isinstance(obj, (str, os.PathLike)):
+        obj = load_checkpoint(obj)
+    if isinstance(obj, CycleGAN):
+        obj = make_checkpoint("cyclegan", asdict(obj.config), obj.state_dict())
+    elif isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    metadata = {}
+    if is_checkpoint(obj):
+        metadata = {"kind": obj["kind"], "version": str(FORMAT_VERSION), "config": json.dumps(obj["config"]),
+                    "meta": json.dumps(obj.get("meta", {}))}
+        obj = obj["nets"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError("export_safetensors needs a module, a state_dict (names -> tensors), a cyclelib "
+                         f"checkpoint with 'nets', or a checkpoint path; got {type(model_or_checkpoint).__name__}")
+    # safetensors stores dense, unshared CPU buffers.
+    tensors = {name: t.detach().cpu().contiguous().clone() for name, t in obj.items()}
+    # The format has no checksum of its own: a flipped bit would load as a wrong weight.
+    metadata["crc32"] = json.dumps({name: _crc32(t) for name, t in tensors.items()})
+    data = safetensors_bytes(tensors, metadata)
+    return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def load_safetensors(path: str | os.PathLike) -> dict:
+    """Read a ``.safetensors`` file: a cyclelib checkpoint dict (without ``training``) if
+    :func:`export_safetensors` wrote one, else the flat state_dict."""
+    path = Path(path)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every defect
+        raise ValueError(f"cannot read {path}: truncated or not a safetensors file "
+                         f"({type(e).__name__}: {e})") from None
+    damaged = [name for name, crc in json.loads(metadata.get("crc32", "{}")).items()
+               if name not in tensors or _crc32(tensors[name]) != crc]
+    if damaged:
+        raise ValueError(f"{path} is corrupted: tensor(s) {', '.join(damaged)} fail the CRC32 "
+                         "check written by export_safetensors")
+    if "kind" not in metadata:
+        return tensors
+    # Format-1 exports held CycleGAN runs only, with the same metadata less "meta".
+    return make_checkpoint(metadata["kind"], json.loads(metadata["config"]), tensors,
+                           meta=json.loads(metadata.get("meta", "{}")))
+
+
+def _crc32(tensor: torch.Tensor) -> int:
+    """CRC32 of a contiguous CPU tensor's bytes."""
+    return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+# --------------------------------------------------------------------------- official weights
+
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
+
+
+def _clean_official_state_dict(state: Mapping[str, torch.Tensor], net: nn.Module) -> dict:
+    """Undo what wrappers and old PyTorch versions did to an official state_dict.
+
+    - Strips ``module.`` (saved from DataParallel) and ``_orig_mod.`` (torch.compile).
+    - Drops InstanceNorm ``running_mean``/``running_var``/``num_batches_tracked``: before
+      PyTorch 0.4 InstanceNorm kept running statistics it never used, and the
+      published pretrained models still carry them. The official ``test.py`` drops
+      them the same way (``__patch_instance_norm_state_dict``).
+    - Adds a zero BatchNorm ``num_batches_tracked`` where files from before PyTorch 0.4
+      lack it (it only matters for momentum=None, which these networks do not use).
+    """
+    state = dict(state)
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    for name, module in net.named_modules():
+        if isinstance(module, nn.InstanceNorm2d) and not module.track_running_stats:
+            for leaf in ("running_mean", "running_var", "num_batches_tracked"):
+                state.pop(f"{name}.{leaf}", None)
+        elif isinstance(module, nn.BatchNorm2d) and f"{name}.running_mean" in state:
+            state.setdefault(f"{name}.num_batches_tracked", torch.tensor(0))
+    return state
+
+
+def _mismatch_hint(state: Mapping[str, torch.Tensor], norm: str) -> str:
+    """Guess which config option is wrong from what the checkpoint contains."""
+    # BatchNorm layers have a weight next to their running_mean; the legacy InstanceNorm
+    # statistics of old official files do not (InstanceNorm there has no affine weight).
+    has_batch_stats = any(key.endswith(".running_mean") and key[:-len("running_mean")] + "weight" in state
+                          for key in state)
+    if has_batch_stats and norm != "batch":
+        return "the file has BatchNorm statistics (running_mean): try norm='batch'"
+    if norm == "batch" and not has_batch_stats:
+        return "the file has no BatchNorm statistics: try norm='instance' (CycleGAN's default) or 'none'"
+    return ("check arch (e.g. resnet_9blocks vs resnet_6blocks vs unet_256), width (ngf/ndf), "
+            "input_nc/output_nc, n_layers and dropout (it shifts resnet block indices)")
+
+
+def load_official(state_dict_or_path, kind: str, arch: str, input_nc: int = 3, output_nc: int = 3,
+                  width: int = 64, norm: str = "instance", n_layers: int = 3,
+                  dropout: bool = False) -> nn.Module:
+    """Build a network and load official weights into it (strict: every key must match).
+
+    ``state_dict_or_path``: a state_dict or the path of a ``.pth`` file written by the
+    official code (``latest_net_G_A.pth``, ``horse2zebra.pth``, ...) or by
+    :func:`save_official`; files are read with ``weights_only=True``.
+    ``kind`` is ``"G"`` or ``"D"``; the other keywords are those of
+    :func:`~cyclelib.networks.build_generator` / :func:`~cyclelib.networks.build_discriminator` (a D ignores ``output_nc``
+    and ``dropout``; a G ignores ``n_layers``). The published pretrained CycleGAN
+    models are ``kind="G", arch="resnet_9blocks", norm="instance"``.
+
+    Returns the network in training mode; call ``.eval()`` before translating.
+    """
+    if kind == "G":
+        net = build_generator(arch, input_nc, output_nc, width, norm, dropout, init=None)
+        config = dict(kind=kind, arch=arch, input_nc=input_nc, output_nc=output_nc, width=width,
+                      norm=norm, dropout=dropout)
+    elif kind == "D":
+        net = build_discriminator(arch, input_nc, width, n_layers, norm, init=None)
+        config = dict(kind=kind, arch=arch, input_nc=input_nc, width=width, norm=norm, n_layers=n_layers)
+    else:
+        raise ValueError(f"unknown kind {kind!r}; valid values: G (generator), D (discriminator)")
+
+    source, state = "state_dict", state_dict_or_path
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        source = str(state_dict_or_path)
+        state = load_checkpoint(state_dict_or_path)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source} is not a state_dict (a flat mapping of names to tensors); "
+                         "if it is a full checkpoint, pass the network's entry instead")
+    hint = _mismatch_hint(state, norm)  # before cleaning, which drops running statistics
+    state = _clean_official_state_dict(state, net)
+
+    problems = _mismatches(net.state_dict(), state)
+    if problems:
+        settings = ", ".join(f"{k}={v!r}" for k, v in config.items())
+        raise ValueError(f"{source} does not fit the network built with {settings}: "
+                         f"{'; '.join(problems)}. Hint: {hint}")
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """The network inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            net = net.module
+        elif isinstance(getattr(net, "_orig_mod", None), nn.Module):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def save_official(net: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``net``'s weights as the official code does: a state_dict of CPU tensors.
+
+    Wrappers (DataParallel, DistributedDataParallel, torch.compile) are unwrapped so the
+    keys are the official ones; the official ``torch.load`` + ``load_state_dict`` and
+    :func:`load_official` both accept the file. The write is atomic (temporary file,
+    fsync, rename): an interrupted save never leaves a half-written file at ``path``.
+    """
+    state = {key: value.detach().cpu() for key, value in _unwrap(net).state_dict().items()}
+    return save_checkpoint(state, path)
+
+
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the finished file ``src``, atomically: a hard link (no second write of
+    a large file) where the filesystem has them, else a copy."""
+    def write(tmp: Path) -> None:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    _atomic_write(dst, write)
+
+
+def step_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The ``checkpoints/step_XXXXXXX.pt`` files of a run folder, oldest step first."""
+    files = [(int(m.group(1)), p) for p in Path(folder, HISTORY).glob("step_*.pt")
+             if (m := _STEP_FILE.fullmatch(p.name))]
+    return [p for _, p in sorted(files)]
+
+
+def save_run_checkpoint(state: dict, folder: str | os.PathLike, step: int, keep: int = 3,
+                        best: bool = False) -> Path:
+    """Save a training checkpoint into a run folder; returns the step file.
+
+    Writes ``checkpoints/step_XXXXXXX.pt``, makes ``checkpoint.pt`` (the latest) and, if
+    ``best``, ``checkpoint_best.pt`` the same file, then deletes all but the ``keep``
+    newest step files. Each file is replaced atomically, so a kill at any point leaves a
+    readable latest checkpoint; the temporary file of a write that such a kill cut short
+    is deleted here, by the next save.
+    """
+    if keep < 1:
+        raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+    folder = Path(folder)
+    step_file = save_checkpoint(state, folder / HISTORY / f"step_{step:07d}.pt")
+    _link_or_copy(step_file, folder / LATEST)
+    if best:
+        _link_or_copy(step_file, folder / BEST)
+    for old in step_checkpoints(folder)[:-keep]:
+        old.unlink()
+    # One writer per run folder, so every other temporary file there is a dead write's.
+    for stale in (*folder.glob(".*.pt.*.tmp"), *folder.glob(f"{HISTORY}/.step_*.pt.*.tmp")):
+        stale.unlink(missing_ok=True)
+    return step_file
+
+
+def load_run_checkpoint(folder: str | os.PathLike) -> tuple[dict, Path]:
+    """The newest readable checkpoint of a run folder and its path.
+
+    ``checkpoint.pt`` first; if it is truncated or corrupt, the step files newest first,
+    with a warning naming the unreadable file(s) and the one used instead.
+    """
+    folder = Path(folder)
+    latest = folder / LATEST
+    candidates = [p for p in (latest, *reversed(step_checkpoints(folder))) if p.is_file()]
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint to resume from in {folder}: expected {LATEST} "
+                                f"or {HISTORY}/step_*.pt")
+    unreadable: list[str] = []
+    for path in candidates:
+        if unreadable and latest.is_file() and path.samefile(latest):
+            continue  # a hard link of the unreadable checkpoint.pt: the same bytes
+        try:
+            state = load_checkpoint(path)
+        except NewerFormatError:
+            raise  # an older step file would silently lose the newer run's progress
+        except ValueError as e:
+            unreadable.append(str(e))
+            continue
+        if unreadable:
+            warnings.warn(f"the latest checkpoint is unreadable ({'; '.join(unreadable)}); "
+                          f"resuming from the previous one, {path}", stacklevel=2)
+        return state, path
+    raise ValueError(f"no readable checkpoint in {folder}: {'; '.join(unreadable)}")

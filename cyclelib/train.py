@@ -1,0 +1,443 @@
+"""Training: one loop for every model of cyclelib, and the CycleGAN training run.
+
+:class:`Trainer` runs a model's ``train_step`` over the epochs of a dataset. A model is a
+module with ``train_step(*tensors) -> {term: loss}``, ``training_state()`` /
+``load_training_state(state)`` (optimisers, schedulers, pools, loss scale) and
+``end_epoch()`` (learning-rate schedules): :class:`~cyclelib.cyclegan.CycleGAN` (a CycleGAN
+step), :class:`~cyclelib.classifiers.TaskClassifier` (a classifier step) and
+:class:`~cyclelib.classifiers.FeatureAlignment` (a feature-GAN step). Around the step, in
+this one place, the trainer does everything a long run needs:
+
+- the order of the samples: each epoch a pure function of ``(seed, epoch)``
+  (:class:`~cyclelib.data.EpochSampler`), split across ranks under torchrun;
+- the loss history: means over ``log_every`` steps, written as ``history.json/csv/png``;
+- checkpoints every ``checkpoint_every`` steps and at the end (the last few, the latest and
+  the best, see :func:`~cyclelib.io.save_run_checkpoint`), holding everything an exact
+  resume needs: weights, optimisers, RNG states, position in the epoch, the loss sums since
+  the last history row;
+- a NaN/Inf stop that never overwrites a good checkpoint (:class:`TrainingDiverged`);
+- SIGINT/SIGTERM: a checkpoint at the next step boundary, then :class:`TrainingInterrupted`;
+- DistributedDataParallel under torchrun (:mod:`cyclelib.distributed`), and a progress bar.
+
+:func:`train_cyclegan` is the CycleGAN run built on it: data, model, sample grids.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import random
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed, io
+from .config import CycleGANConfig
+from .cyclegan import CycleGAN
+from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
+from .plots import plot_history, save_image_grid
+from .runtime import cudnn_autotune, pick_device, seed_everything
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training at a step boundary, after a checkpoint to resume from."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, hint: str = ""):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} received: stopped at step {step} and saved {checkpoint}; continue with "
+                         f"resume=True{f' ({hint})' if hint else ''}")
+        self.exit_code = 128 + signum  # what a shell reports for a process ended by this signal
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss term became NaN or Inf; the checkpoints on disk are the last good ones."""
+
+    exit_code = 1
+
+
+class History:
+    """Loss terms averaged over every ``every`` steps, as rows ``{"step", "epoch", term: mean}``.
+
+    The sums since the last row are part of :meth:`state_dict`, so a run resumed between two
+    rows writes the same next row as a run that was never stopped.
+    """
+
+    def __init__(self, every: int):
+        self.every, self.rows = every, []
+        self.sums: dict[str, torch.Tensor] = {}  # on the device: no host sync until a row is due
+
+    def add(self, step: int, epoch: int, terms: dict[str, torch.Tensor]) -> dict | None:
+        """Add one step's terms; returns the new row when ``step`` completes one."""
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0) + value
+        if step % self.every:
+            return None
+        self.rows.append({"step": step, "epoch": epoch, **{k: (v / self.every).item() for k, v in self.sums.items()}})
+        self.sums.clear()
+        return self.rows[-1]
+
+    def score(self, terms: tuple[str, ...], since: int) -> float | None:
+        """The mean over the rows after step ``since`` of the sum of ``terms`` (None without rows)."""
+        rows = [row for row in self.rows if row["step"] > since]
+        return sum(sum(row[t] for t in terms) for row in rows) / len(rows) if rows and terms else None
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "sums": {k: v.cpu() for k, v in self.sums.items()}}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.rows = list(state["rows"])
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+
+    def write(self, out: Path) -> None:
+        """``history.json``, ``history.csv`` and ``history.png`` in ``out``."""
+        if not self.rows:
+            return
+        (out / "history.json").write_text(json.dumps(self.rows, indent=1))
+        keys = list(dict.fromkeys(k for row in self.rows for k in row))
+        with open(out / "history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        plot_history(self.rows, out / "history.png", keys=[k for k in keys if k not in ("step", "epoch")])
+
+
+class _NonFiniteWatch:
+    """The first step at which each loss term was NaN or Inf.
+
+    Kept on the device, so watching costs no host sync per step; :meth:`check` syncs
+    once, and runs before anything (log row, checkpoint) is written.
+    """
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.first_step = self.first_value = None  # [terms] long / float, -1: still finite
+
+    def update(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([t.float() for t in terms.values()])  # [terms]
+        if self.first_step is None:
+            self.names = list(terms)
+            self.first_step = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
+            self.first_value = torch.zeros_like(values)
+        new = ~torch.isfinite(values) & (self.first_step < 0)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.first_value = torch.where(new, values, self.first_value)
+
+    def check(self, out: Path, saved_at: int) -> None:
+        """Raise :class:`TrainingDiverged` naming the earliest bad step and term (totals such as
+        G, D_A, D_B come after the terms, so a term is named when one is at fault)."""
+        if self.first_step is None:
+            return
+        found = [(step, i) for i, step in enumerate(self.first_step.tolist()) if step >= 0]
+        if found:
+            step, i = min(found)
+            kept = (f"the checkpoints in {out} (latest: step {saved_at}) are from before it" if saved_at
+                    else "no checkpoint was written")
+            raise TrainingDiverged(f"loss term {self.names[i]} was {self.first_value[i].item()} at step {step}; "
+                                   f"training stopped and {kept}. Lower the learning rate (or set "
+                                   "clip_grad_norm for a CycleGAN), then resume or restart.")
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[dict[str, int]]:
+    """SIGINT (Ctrl-C) and SIGTERM (e.g. a cluster preemption) set ``"signal"`` in the yielded
+    dict instead of killing the process; the loop then stops at the next step boundary with a
+    checkpoint. The handler steps aside after one signal: a second one acts at once."""
+    stop: dict[str, int] = {}
+    previous: dict[int, object] = {}
+
+    def request_stop(signum, frame):
+        stop["signal"] = signum
+        signal.signal(signum, previous[signum])
+
+    if threading.current_thread() is threading.main_thread():  # Python only lets it set handlers
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, request_stop) or signal.SIG_DFL
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _leave_sigint_to_main(worker_id: int) -> None:
+    """A terminal's Ctrl-C reaches every process of the job; loader workers ignore it so that
+    the main process can finish its step and save (a dead worker would fail that step)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def rng_state() -> dict:
+    """Every global RNG state a training step may touch, in a weights-only friendly form."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Trainer:
+    """Trains ``model`` on ``dataset`` for ``epochs`` epochs, writing to the run folder ``out``.
+
+    ``inputs`` picks the tensors of a batch that ``model.train_step`` takes, in order (for
+    CycleGAN ``batch["A"], batch["B"]``). ``record`` (``kind``, ``config``, ``meta``) goes
+    into every checkpoint and says what the weights are (see :mod:`cyclelib.io`);
+    ``resume_checks`` are the keys of ``record["config"]`` that a checkpoint must share to
+    be resumed (default: all). ``score`` names the terms whose sum ``checkpoint_best.pt``
+    minimises (averaged over the history rows since the previous scheduled checkpoint);
+    ``sample(step)``, when given, runs every ``sample_every`` steps and at the end (rank 0).
+    """
+
+    model: nn.Module
+    dataset: torch.utils.data.Dataset
+    out: Path
+    inputs: Callable[[object], tuple[torch.Tensor, ...]]
+    record: dict
+    batch_size: int
+    epochs: int
+    seed: int = 0
+    max_steps: int | None = None        # stop after this many steps in total
+    limit: int | None = None            # samples per epoch (None: the whole dataset)
+    drop_last: bool = False             # drop an epoch's last, partial batch (BatchNorm needs > 1 sample)
+    num_workers: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    score: tuple[str, ...] = ()
+    sample: Callable[[int], None] | None = None
+    sample_every: int = 500
+    resume_checks: tuple[str, ...] | None = None
+    resume_hint: str = ""
+    progress: bool = True
+    name: str = "train"
+    # the run's position; fit() sets them, from a checkpoint when resuming
+    epoch: int = field(default=0, init=False)
+    start: int = field(default=0, init=False)  # steps done in the current epoch
+    step: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.device = next(self.model.parameters()).device
+        self.rank, self.world, _ = distributed.setup(self.device)
+        self.history = History(self.log_every)
+        self.best: dict | None = None   # {"step", "score"} of checkpoint_best.pt
+        self.best_since = 0             # step of the last scheduled checkpoint: the score's window
+        self.saved_at = 0               # step of the latest checkpoint
+        self.loader_seed: int | None = None
+        share = len(EpochSampler(len(self.dataset), self.seed, 0, limit=self.limit, world_size=self.world))
+        self.drop_last = self.drop_last and share > self.batch_size
+        self.steps_per_epoch = share // self.batch_size if self.drop_last else math.ceil(share / self.batch_size)
+        self.total_steps = self.max_steps or self.epochs * self.steps_per_epoch
+
+    def fit(self, resume: bool = False) -> None:
+        """Train to the end (``total_steps``), from the latest checkpoint in ``out`` with ``resume``."""
+        if self.world > 1:
+            if not hasattr(self.model, "distribute"):
+                raise RuntimeError(f"{self.name} cannot train distributed: run it in a single process")
+            self.model.distribute(self.device)  # before a resume, which then loads the saved pools
+        if resume:
+            self._resume()
+        watch = _NonFiniteWatch()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress or self.rank != 0,
+                   desc=self.name, unit="step")
+        with _stop_requests() as stop, cudnn_autotune(self.device.type == "cuda"):
+            try:
+                self.model.train()
+                while self.epoch < self.epochs and self.step < self.total_steps and not stop:
+                    for batch in self._loader():
+                        terms = self.model.train_step(*(t.to(self.device, non_blocking=True)
+                                                        for t in self.inputs(batch)))
+                        terms = distributed.mean_over_ranks(terms)  # DDP: the global batch's, the same on every rank
+                        self.step, self.start = self.step + 1, self.start + 1
+                        watch.update(self.step, terms)
+                        bar.update()
+                        if self.world > 1 and distributed.any_rank(bool(stop)):
+                            stop.setdefault("signal", signal.SIGTERM)  # it reached another rank: stop together
+                        self._after_step(terms, watch, bar)
+                        if self.step >= self.total_steps or stop:
+                            break
+                    else:
+                        self.epoch, self.start, self.loader_seed = self.epoch + 1, 0, None
+                        self.model.end_epoch()
+            finally:
+                bar.close()
+        self._save(watch, scheduled=not stop)
+        if self.sample is not None and self.rank == 0:
+            self.sample(self.step)
+        if stop:
+            raise TrainingInterrupted(stop["signal"], self.step, self.out / io.LATEST, self.resume_hint)
+
+    def _after_step(self, terms: dict[str, torch.Tensor], watch: _NonFiniteWatch, bar) -> None:
+        if self.step % self.log_every == 0:
+            watch.check(self.out, self.saved_at)  # never log a NaN row
+        row = self.history.add(self.step, self.epoch, terms)
+        if row is not None:
+            shown = [(k, v) for k, v in row.items() if k not in ("step", "epoch")][-3:]  # CycleGAN: G, D_A, D_B
+            bar.set_postfix({k: f"{v:.3f}" for k, v in shown})
+        if self.sample is not None and self.step % self.sample_every == 0 and self.rank == 0:
+            self.sample(self.step)
+        if self.step % self.checkpoint_every == 0:
+            self._save(watch, scheduled=True)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        """The rest of the current epoch (from ``start``), in the epoch's fixed order."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        if self.loader_seed is None:
+            # The seed of this epoch's loader workers, drawn from the run's RNG as a DataLoader
+            # would draw it, and kept in the checkpoint: a resumed epoch gets the same one.
+            self.loader_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        sampler = EpochSampler(len(self.dataset), self.seed, self.epoch, self.start * self.batch_size,
+                               self.limit, self.rank, self.world)
+        return torch.utils.data.DataLoader(self.dataset, self.batch_size, sampler=sampler,
+                                           num_workers=self.num_workers, drop_last=self.drop_last,
+                                           pin_memory=self.device.type == "cuda",
+                                           generator=torch.Generator().manual_seed(self.loader_seed),
+                                           worker_init_fn=_leave_sigint_to_main)
+
+    def _save(self, watch: _NonFiniteWatch, scheduled: bool) -> None:
+        """A checkpoint of this step. Only ``scheduled`` ones (every ``checkpoint_every`` steps
+        and the end) compete for ``checkpoint_best.pt``: one written because of a signal must
+        not, or a stopped and resumed run would pick another best than one never stopped."""
+        watch.check(self.out, self.saved_at)  # NaN weights must never replace a good checkpoint
+        improved = False
+        if scheduled:
+            score = self.history.score(self.score, since=self.best_since)
+            improved = score is not None and (self.best is None or score < self.best["score"])
+            if improved:
+                self.best = {"step": self.step, "score": score}
+            self.best_since = self.step
+        if self.rank == 0:  # one writer: every rank holds the same weights
+            io.save_run_checkpoint(self._checkpoint(), self.out, self.step, self.keep_checkpoints, best=improved)
+            self.history.write(self.out)
+        self.saved_at = self.step
+
+    def _checkpoint(self) -> dict:
+        training = {**self.model.training_state(), "rng": rng_state(), "epoch": self.epoch, "start": self.start,
+                    "step": self.step, "total_steps": self.total_steps, "world_size": self.world,
+                    "loader_seed": self.loader_seed, "history_sums": self.history.state_dict()["sums"],
+                    "best": self.best, "best_since": self.best_since}
+        return io.make_checkpoint(**self.record, nets=self.model.state_dict(), history=self.history.rows,
+                                  training=training)
+
+    def _resume(self) -> None:
+        ckpt, path = io.load_run_checkpoint(self.out)
+        io.check_resumable(ckpt, path, self.record, self.resume_checks)
+        t = ckpt["training"]
+        if t["world_size"] != self.world:  # "start" counts steps of world_size x batch_size samples
+            raise ValueError(f"cannot resume {path} with {self.world} process(es): it was trained with "
+                             f"{t['world_size']}; resume it with torchrun --nproc_per_node {t['world_size']}")
+        io.load_weights(self.model, ckpt["nets"], str(path))
+        self.model.load_training_state(t)
+        set_rng_state(t["rng"])
+        self.epoch, self.start, self.step, self.loader_seed = t["epoch"], t["start"], t["step"], t["loader_seed"]
+        self.history.load_state_dict({"rows": ckpt["history"], "sums": t["history_sums"]}, self.device)
+        self.best, self.best_since, self.saved_at = t["best"], t["best_since"], self.step
+
+
+# --------------------------------------------------------------------------------------
+# The CycleGAN run
+# --------------------------------------------------------------------------------------
+
+# Options that shape the networks: a checkpoint only resumes into the same ones.
+NETWORK_OPTIONS = ("netG", "netD", "ngf", "ndf", "n_layers_D", "norm", "dropout", "input_nc", "output_nc")
+
+
+def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
+                   extra_generator_losses=None, meta: dict | None = None) -> CycleGAN:
+    """Train a CycleGAN as the official code does and return it (eval mode).
+
+    Writes to ``config.out``: ``checkpoints/step_XXXXXXX.pt`` (the last
+    ``keep_checkpoints``, everything needed to resume exactly), ``checkpoint.pt`` (the
+    latest), ``checkpoint_best.pt`` (lowest cycle loss cycle_A + cycle_B: it measures how
+    well G_B(G_A(a)) and G_A(G_B(b)) reconstruct their inputs, a proxy, since no CycleGAN
+    loss measures how realistic a translation looks), ``history.csv``/``history.json``
+    (loss terms every ``log_every`` steps), ``samples/step_XXXXXX.png`` (rows: real A,
+    G_A(A), G_B(G_A(A)), real B, G_B(B), G_A(G_B(B))) and ``history.png``. With
+    ``resume=True`` it continues from the latest readable checkpoint in ``out`` exactly
+    where that run stopped. See :class:`Trainer` for signals, NaN stops and torchrun
+    (``batch_size`` is per rank; only rank 0 writes files).
+
+    Every image is decoded once before training (see ``skip_bad_images``).
+    ``extra_generator_losses`` and ``meta`` are for runs built on CycleGAN (CyCADA's pixel
+    stage adds its semantic loss, and records the stage in ``meta``).
+    """
+    c = config
+    if not c.data:
+        raise ValueError("no data given: set data to a folder with trainA/trainB or a digit pair like mnist5k:mnistm5k")
+    if c.input_nc != c.output_nc:
+        raise ValueError("cyclelib reads both domains with the same channel count: set input_nc == output_nc")
+    if c.input_nc not in (1, 3):
+        raise ValueError(f"input_nc must be 1 (images read as grayscale) or 3 (RGB), got {c.input_nc}")
+    # Under torchrun: this process's rank, the number of ranks and this rank's GPU.
+    device = distributed.setup(pick_device(c.device))[2]
+    seed_everything(c.seed)
+    data_options = dict(seed=c.seed, channels=c.input_nc)
+    if is_digit_pair(c.data):
+        data_options.update(size=c.crop_size)
+    else:
+        data_options.update(preprocess=c.preprocess, load_size=c.load_size, crop_size=c.crop_size, flip=c.flip)
+    dataset = _open_checked(c, "train", data_options)
+    model = CycleGAN(c, extra_generator_losses).to(device)
+    samples = _fixed_samples(c, dataset, data_options, device)
+    out = Path(c.out)
+    trainer = Trainer(
+        model, dataset, out, inputs=lambda batch: (batch["A"], batch["B"]),
+        record=dict(kind="cyclegan", config=asdict(c), meta=meta or {}), batch_size=c.batch_size,
+        epochs=c.n_epochs + c.n_epochs_decay, seed=c.seed, max_steps=c.max_steps, limit=c.max_dataset_size,
+        num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
+        keep_checkpoints=c.keep_checkpoints, score=("cycle_A", "cycle_B"),
+        sample=lambda step: _save_samples(model, samples, out / "samples" / f"step_{step:06d}.png"),
+        sample_every=c.sample_every, resume_checks=NETWORK_OPTIONS,
+        resume_hint=f"cyclelib train cyclegan --resume {out}", progress=progress, name="cyclegan")
+    trainer.fit(resume)
+    return model.eval()
+
+
+def _open_checked(c: CycleGANConfig, phase: str, data_options: dict) -> Unpaired:
+    """The dataset of ``phase``, every image decoded once (see :meth:`Unpaired.check`)."""
+    dataset = open_unpaired(c.data, phase=phase, **data_options)
+    skipped = dataset.check(skip_bad=c.skip_bad_images)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable {phase} image(s) (skip_bad_images=True); first: {skipped[0]}",
+              file=sys.stderr)
+    return dataset
+
+
+def _fixed_samples(c: CycleGANConfig, train: Unpaired, data_options: dict, device,
+                   n: int = 4) -> dict[str, torch.Tensor]:
+    """The same few test images (train images when there is no test split) for every sample grid."""
+    try:
+        ds = _open_checked(c, "test", data_options)
+    except FileNotFoundError:
+        ds = train  # the loop sets its own epoch before every epoch
+    ds.set_epoch(0)
+    # Spread over the set: the digit splits are sorted by class, so the first n would all be 0s.
+    items = [ds[i * len(ds) // n] for i in range(min(n, len(ds)))]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in ("A", "B")}
+
+
+@torch.no_grad()
+def _save_samples(model: CycleGAN, samples: dict[str, torch.Tensor], path: Path) -> None:
+    was_training = model.training
+    model.eval()
+    a, b = samples["A"], samples["B"]
+    fake_b, fake_a = model.G_A(a), model.G_B(b)
+    rows = [a, fake_b, model.G_B(fake_b), b, fake_a, model.G_A(fake_a)]
+    names = ["real A", "G_A(A)", "G_B(G_A(A))", "real B", "G_B(B)", "G_A(G_B(B))"]
+    save_image_grid(rows, names, path)
+    model.train(was_training)
