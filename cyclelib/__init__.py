@@ -4,7 +4,8 @@ Modules, one idea each, leaves first:
 
 - ``losses`` (every loss with its equation), ``pool`` (image history), ``metrics``,
   ``plots``, ``runtime`` (scale, device, precision, seeds), ``distributed`` (torchrun);
-- ``data`` (image files, unpaired folders, digit domains, the epoch order, downloads);
+- ``images`` (image files and tensors), ``download``, ``data`` (unpaired folders, digit
+  domains, the order of an epoch);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
   networks and their two training steps), ``cyclegan`` (the CycleGAN model and its step);
 - ``config`` (every option, scale presets), ``io`` (every file: checkpoints, safetensors,
@@ -16,8 +17,8 @@ from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada import run_cycada
 from .cyclegan import CycleGAN
-from .data import (CYCLEGAN_DATASETS, DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder,
-                   digit_domain, download_dataset, open_unpaired)
+from .data import DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired
+from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
 from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
                  save_checkpoint, save_official)
 from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
@@ -29,3 +30,14 @@ from .train import Trainer, TrainingDiverged, TrainingInterrupted, train_cyclega
 from .translate import load_generator, translate_folder
 
 __version__ = "0.2.0"
+
+__all__ = [
+    "CYCLEGAN_DATASETS", "DIGIT_DOMAINS", "DTN", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "FeatureDiscriminator",
+    "ImageFolderDomain", "ImagePool", "LeNet", "Trainer", "TrainingDiverged", "TrainingInterrupted", "Unpaired",
+    "UnpairedImageFolder", "build_classifier", "build_discriminator", "build_generator", "cycle_loss",
+    "digit_domain", "discriminator_loss", "download_dataset", "download_digits", "export_safetensors",
+    "feature_gan_loss", "gan_loss", "gradient_penalty", "identity_loss", "init_weights", "load_checkpoint",
+    "load_cyclegan", "load_generator", "load_official", "load_safetensors", "open_unpaired", "pick_device",
+    "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything", "semantic_loss",
+    "task_loss", "train_cyclegan", "translate_folder",
+]

@@ -16,7 +16,8 @@ from pathlib import Path
 from .bench import add_arguments as add_bench_arguments, run_and_report
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada import RESULTS, STAGES, run_cycada
-from .data import CYCLEGAN_DATASETS, DIGIT_DOMAINS, download_dataset, download_digits
+from .data import DIGIT_DOMAINS
+from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
 from .io import load_run_checkpoint
 from .runtime import SCALES
 from .train import TrainingDiverged, TrainingInterrupted, train_cyclegan

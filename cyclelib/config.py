@@ -13,7 +13,8 @@ from dataclasses import dataclass, fields
 import torch
 
 from .classifiers import CLASSIFIERS
-from .data import DIGIT_DOMAINS, PREPROCESS_MODES, is_digit_pair
+from .data import DIGIT_DOMAINS, is_digit_pair
+from .images import PREPROCESS_MODES
 from .losses import GAN_MODES
 from .networks import DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS, build_generator
 from .runtime import AMP_MODES, resolve_scale

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.utils import save_image
 
-from .data import list_images, read_image
+from .images import list_images, read_image, round_side
 from .io import cyclegan_from_checkpoint, is_checkpoint, load_checkpoint, load_official
 from .runtime import pick_device
 
@@ -49,7 +49,7 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
     by_shape: dict[tuple, list[tuple[Path, torch.Tensor]]] = defaultdict(list)
     for path in list_images(input_dir):
         image = read_image(path, channels)  # [C, H, W] in [-1, 1]
-        h, w = (size, size) if size else (max(4, round(image.shape[1] / 4) * 4), max(4, round(image.shape[2] / 4) * 4))
+        h, w = (size, size) if size else (round_side(image.shape[1]), round_side(image.shape[2]))
         if (h, w) != tuple(image.shape[1:]):
             image = F.interpolate(image[None], size=(h, w), mode="bicubic", align_corners=False)[0].clamp(-1, 1)
         by_shape[(h, w)].append((path, image))

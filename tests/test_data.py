@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclelib import data
-from cyclelib.data import (ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain,
-                           download_dataset, download_digits, load_image, open_unpaired, read_image,
-                           transform_image)
+from cyclelib import download
+from cyclelib.data import ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired
+from cyclelib.download import download_dataset, download_digits
+from cyclelib.images import load_image, read_image, transform_image
 
 SMALL = dict(load_size=36, crop_size=32)
 
@@ -413,10 +413,10 @@ def test_download_mnistm_checks_the_md5(tmp_path, monkeypatch):
     archive = tmp_path / "mnist_m.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(labels_dir / "mnist_m", arcname="mnist_m")
-    monkeypatch.setattr(data, "MNISTM_URL", archive.as_uri())
+    monkeypatch.setattr(download, "MNISTM_URL", archive.as_uri())
     with pytest.raises(RuntimeError, match="MD5"):
         download_digits("mnistm", tmp_path / "wrong")
-    monkeypatch.setattr(data, "MNISTM_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(download, "MNISTM_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     domain = digit_domain("mnistm", "test", root=tmp_path / "data", download=True)
     assert domain.labels.tolist() == [4, 2]
 
@@ -566,7 +566,7 @@ def test_benchmark_download_through_torchvision(tmp_path, mirror, monkeypatch, n
     assert download_digits(name, root) == root
     assert requests, "nothing was downloaded"
     for split in ("train", "test"):  # the files digit_domain looks for are all there
-        assert all((root / file).is_file() for file in data._DIGIT_FILES[name][split])
+        assert all((root / file).is_file() for file in download.DIGIT_FILES[name][split])
     _assert_reads_back(name, root)
 
     before, requests[:] = _snapshot(root), []

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from cyclelib.cli import main
-from cyclelib.data import read_image
+from cyclelib.images import read_image
 from cyclelib import load_official
 from cyclelib.translate import load_generator, translate_folder
 

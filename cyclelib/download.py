@@ -1,0 +1,215 @@
+"""Downloads: the official CycleGAN data sets and the digit benchmarks, and where they live.
+
+Every download streams into a temporary file that is renamed once complete (and its MD5
+checked where one is known), and archives are unpacked into a temporary folder renamed
+into place, so an interrupted download never leaves something that looks finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+try:
+    from tqdm import tqdm
+except ImportError:  # a progress bar is a nicety, not a requirement
+    tqdm = None
+
+CYCLEGAN_DATASETS = (
+    "apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo",
+    "ukiyoe2photo", "vangogh2photo", "maps", "facades", "iphone2dslr_flower", "ae_photos", "mini",
+)
+CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
+DIGIT_SPLITS = ("train", "test")
+
+# Ganin's "unpacked version of MNIST-M" (mnist_m.tar.gz: mnist_m/mnist_m_{train,test}/*.png
+# and mnist_m/mnist_m_{train,test}_labels.txt with lines "00000000.png 5"). The author's
+# copy sits on Google Drive, which urllib cannot fetch; this mirror (used by pytorch-adapt)
+# serves the same file, checked against its MD5.
+MNISTM_URL = "https://cornell.box.com/shared/static/jado7quprg6hzzdubvwzh9umr75damwi"
+MNISTM_MD5 = "859df31c91afe82e80e5012ba928f279"
+
+
+def data_root(root=None) -> Path:
+    """Where digit benchmarks live: `root`, else ``$CYCLELIB_DATA``, else ``~/.cache/cyclelib``."""
+    return Path(root or os.environ.get("CYCLELIB_DATA") or "~/.cache/cyclelib").expanduser()
+
+
+_MNIST_FILES = tuple(f"MNIST/raw/{prefix}-{kind}" for prefix in ("train", "t10k")
+                     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+# Files each downloadable domain needs, per split, relative to the data root. torchvision's
+# MNIST insists on all four files whatever the split.
+DIGIT_FILES = {
+    "mnist": {"train": _MNIST_FILES, "test": _MNIST_FILES},
+    "usps": {"train": ("usps/usps.bz2",), "test": ("usps/usps.t.bz2",)},
+    "svhn": {"train": ("svhn/train_32x32.mat",), "test": ("svhn/test_32x32.mat",)},
+    "mnistm": {"train": ("mnist_m/mnist_m_train_labels.txt",), "test": ("mnist_m/mnist_m_test_labels.txt",)},
+}
+
+
+def download_digits(name: str, root=None) -> Path:
+    """Download a digit benchmark (``mnist``, ``usps``, ``svhn``, ``mnistm``) into
+    :func:`data_root`, both splits; files already there are kept. Returns the root."""
+    if name not in DIGIT_FILES:
+        raise ValueError(f"{name!r} is not a downloadable digit domain; choose one of {', '.join(DIGIT_FILES)}")
+    root = data_root(root)
+    if name == "mnistm":
+        if not (root / "mnist_m").is_dir():
+            _download_and_unpack(MNISTM_URL, root / "mnist_m", md5=MNISTM_MD5)
+        return root
+    from torchvision import datasets  # their download code knows the mirrors and checksums
+
+    files = _torchvision_files(name, root)
+    if name == "usps":
+        _discard_corrupt(files)  # torchvision's USPS keeps any file already there, even a truncated one
+    try:
+        if name == "mnist":
+            datasets.MNIST(root, download=True)  # fetches both splits
+        elif name == "usps":
+            for train in (True, False):
+                datasets.USPS(root / "usps", train=train, download=True)
+        else:
+            for split in DIGIT_SPLITS:
+                datasets.SVHN(root / "svhn", split=split, download=True)
+    except BaseException as err:
+        # torchvision writes straight to the final file name and keeps a file that fails its MD5:
+        # delete it, or digit_domain would take it for a finished download.
+        corrupt = _discard_corrupt(files)
+        if not isinstance(err, (OSError, RuntimeError, EOFError)):
+            raise  # KeyboardInterrupt and the like, after the cleanup
+        reason = "; ".join(f"{path.name} from {url} failed its MD5 check (corrupt or incomplete download, or the "
+                           f"file changed on the server); it was deleted, download again to retry"
+                           for url, path in corrupt) or str(err).strip()
+        raise RuntimeError(f"could not download digit domain {name!r} into {root}: {reason}") from err
+    return root
+
+
+def _torchvision_files(name: str, root: Path) -> list[tuple[str, Path, str]]:
+    """``(url, path, md5)`` of each file torchvision downloads for digit domain `name`, read from
+    its dataset classes (for MNIST, the first mirror's URL and the ``.gz`` it keeps)."""
+    from torchvision import datasets
+
+    if name == "mnist":
+        return [(datasets.MNIST.mirrors[0] + file, root / "MNIST" / "raw" / file, md5)
+                for file, md5 in datasets.MNIST.resources]
+    split_list = (datasets.USPS if name == "usps" else datasets.SVHN).split_list
+    return [(url, root / name / file, md5) for split, (url, file, md5) in split_list.items() if split in DIGIT_SPLITS]
+
+
+def _discard_corrupt(files) -> list[tuple[str, Path]]:
+    """Delete each present file of ``(url, path, md5)`` whose MD5 is wrong; returns their ``(url, path)``."""
+    corrupt = []
+    for url, path, md5 in files:
+        if path.is_file() and _md5_of(path) != md5:
+            path.unlink()
+            corrupt.append((url, path))
+    return corrupt
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, dest: Path, md5: str | None = None) -> Path:
+    """Stream `url` to `dest` through a temporary file, so `dest` is complete or absent."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    digest, received, bar = hashlib.md5(usedforsecurity=False), 0, None
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            expected = int(response.headers.get("Content-Length") or 0)
+            if tqdm is not None:
+                bar = tqdm(total=expected or None, unit="B", unit_scale=True, desc=dest.name, leave=False)
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        if expected and received != expected:
+            raise RuntimeError(f"download of {url} stopped after {received} of {expected} bytes")
+        if md5 is not None and digest.hexdigest() != md5:
+            raise RuntimeError(f"{url} gave a file with MD5 {digest.hexdigest()}, expected {md5} "
+                               f"(corrupt download, or the file changed)")
+        os.replace(partial, dest)
+    except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
+        raise RuntimeError(f"could not download {url}: {err}") from err
+    finally:
+        if bar is not None:
+            bar.close()
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return dest
+
+
+def _check_member_names(names, source: str) -> None:
+    """Refuse archive members that would land outside the extraction folder ("zip slip")."""
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise ValueError(f"refusing to extract {source}: member {name!r} points outside the target folder")
+
+
+def _unpack(archive: Path, dest: Path, source: str) -> None:
+    """Extract a zip or tar archive so that `dest` appears complete, in one rename.
+
+    Official archives hold one top folder named like `dest` (horse2zebra.zip ->
+    horse2zebra/trainA/...); an archive without it is taken as the content itself.
+    """
+    work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zipped:
+                try:
+                    broken = zipped.testzip()  # reads every member and checks its CRC
+                except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+                    raise RuntimeError(f"corrupt zip from {source} ({err}); download it again") from err
+                if broken is not None:
+                    raise RuntimeError(f"corrupt zip from {source}: member {broken} is damaged; download it again")
+                _check_member_names(zipped.namelist(), source)
+                zipped.extractall(work)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tar:
+                _check_member_names(tar.getnames(), source)
+                tar.extractall(work, filter="data")  # also refuses links and devices escaping `work`
+        else:
+            raise RuntimeError(f"{source} did not give a zip or tar archive (corrupt or incomplete download)")
+        content = work / dest.name if (work / dest.name).is_dir() else work
+        os.replace(content, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _download_and_unpack(url: str, dest: Path, md5: str | None = None) -> Path:
+    archive = _fetch(url, dest.parent / f"{dest.name}.archive", md5=md5)
+    try:
+        _unpack(archive, dest, url)
+    finally:
+        archive.unlink(missing_ok=True)  # the extracted folder is what is kept
+    return dest
+
+
+def download_dataset(name: str, root, url: str | None = None) -> Path:
+    """Download and extract an official CycleGAN dataset; returns ``root/name``.
+
+    ``url`` overrides the official location (a mirror, or a ``file://`` URL). A dataset
+    already extracted is not downloaded again. Network failures and corrupt archives
+    raise RuntimeError naming the URL; unsafe archive members raise ValueError.
+    """
+    if name not in CYCLEGAN_DATASETS:
+        raise ValueError(f"unknown CycleGAN dataset {name!r}; choose one of {', '.join(CYCLEGAN_DATASETS)}")
+    dest = Path(root).expanduser() / name
+    if dest.is_dir():
+        return dest
+    return _download_and_unpack(url or CYCLEGAN_URL.format(name=name), dest)

@@ -1,0 +1,129 @@
+"""Image files and image tensors: reading, the official CycleGAN preprocessing, colour.
+
+Images are float tensors ``[C, H, W]`` (or batches ``[N, C, H, W]``) in ``[-1, 1]``,
+as the official ``ToTensor`` + ``Normalize(0.5, 0.5)`` make them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+# ITU-R 601 luma weights, as PIL's "L" mode: the one RGB -> grey conversion of cyclelib.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def load_image(path, channels: int = 3) -> Image.Image:
+    """Read an image file as 8-bit RGB (``channels=3``) or 8-bit grayscale (``channels=1``).
+
+    Palette, RGBA, grayscale, CMYK and 16-bit images are all accepted. A file PIL cannot
+    decode (corrupt, truncated, not an image) raises ``ValueError`` naming the file.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(path) as img:
+            img.load()  # PIL decodes lazily: force it so a truncated file fails here, by name
+            return _convert_mode(img, "L" if channels == 1 else "RGB")
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _convert_mode(img: Image.Image, mode: str) -> Image.Image:
+    if img.mode.startswith("I"):
+        # 16-bit ("I;16", "I;16B") and 32-bit integer ("I") grayscale: PIL's convert clips
+        # them to 0..255, which turns almost every pixel white. Scale the 16-bit range instead.
+        levels = np.asarray(img, dtype=np.float64) * (255 / 65535)
+        img = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8))
+    elif img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # resolve palette transparency before dropping alpha
+    return img.convert(mode)
+
+
+def read_image(path, channels: int = 3) -> torch.Tensor:
+    """Read an image file as a float tensor ``[channels, H, W]`` in ``[-1, 1]`` (see :func:`load_image`)."""
+    return to_tensor(load_image(path, channels))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL image -> float tensor [C, H, W] in [-1, 1]."""
+    array = np.array(img, dtype=np.uint8)  # a copy: torch wants a writable buffer
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return scale_levels(torch.from_numpy(array).permute(2, 0, 1))
+
+
+def scale_levels(levels: torch.Tensor) -> torch.Tensor:
+    """uint8 levels 0..255 -> float in [-1, 1], as the official ToTensor + Normalize(0.5, 0.5)."""
+    return levels.float() / 127.5 - 1
+
+
+def _draw(high: int, generator: torch.Generator | None) -> int:
+    """A random integer in [0, high) from `generator`; the middle one without a generator."""
+    if generator is None:
+        return high // 2
+    return int(torch.randint(high, (1,), generator=generator))
+
+
+def transform_image(img: Image.Image, preprocess: str, load_size: int, crop_size: int, flip: bool,
+                    generator: torch.Generator | None, name="image") -> Image.Image:
+    """Apply the official CycleGAN preprocessing to a PIL image.
+
+    ``resize_and_crop``: bicubic resize to ``load_size`` x ``load_size``, random
+    ``crop_size`` crop. ``crop``: random crop only. ``scale_width``: width to
+    ``load_size`` keeping the aspect ratio (height at least ``crop_size``);
+    ``scale_width_and_crop`` then crops. ``none``: no resize. Uncropped results
+    (``scale_width``, ``none``) get their sides rounded to multiples of 4, the least the
+    generators' two down/upsamplings need (the official code rounds only for ``none``, and
+    its ``scale_width`` of e.g. a 286-wide image gives reconstructions of another size).
+    Then a horizontal flip with probability 0.5 when ``flip``. All draws come from ``generator``; with ``None`` the
+    crop is centred and nothing is flipped. ``name`` labels errors (the file).
+    """
+    if preprocess.startswith("resize"):
+        img = img.resize((load_size, load_size), Image.Resampling.BICUBIC)
+    elif preprocess.startswith("scale_width"):
+        width, height = img.size
+        if width != load_size or height < crop_size:
+            size = (load_size, max(int(load_size * height / width), crop_size))
+            img = img.resize(size, Image.Resampling.BICUBIC)
+    if preprocess.endswith("crop"):
+        width, height = img.size
+        if width < crop_size or height < crop_size:
+            raise ValueError(
+                f"{name} is {width}x{height}, smaller than crop_size={crop_size}: choose a smaller "
+                f"crop_size or preprocess='resize_and_crop'")
+        top = _draw(height - crop_size + 1, generator)  # top before left, as torchvision's RandomCrop
+        left = _draw(width - crop_size + 1, generator)
+        img = img.crop((left, top, left + crop_size, top + crop_size))
+    else:  # "none", "scale_width": uncropped sides must still survive G's two down/upsamplings
+        width, height = img.size
+        size = (round_side(width), round_side(height))
+        if size != img.size:
+            img = img.resize(size, Image.Resampling.BICUBIC)
+    if flip and generator is not None and float(torch.rand(1, generator=generator)) < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return img
+
+
+def list_images(folder) -> list[Path]:
+    """All image files under `folder` (recursive, sorted). Hidden files are skipped: archives
+    made on macOS carry "._name.jpg" metadata files that are not images."""
+    return sorted(path for path in Path(folder).rglob("*")
+                  if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+                  and path.is_file())
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """Grey from RGB with the ITU-R 601 weights (PIL's "L"): ``[N, 3, H, W]`` -> ``[N, 1, H, W]``."""
+    return torch.tensordot(torch.tensor(LUMA, dtype=rgb.dtype, device=rgb.device), rgb, dims=([0], [1]))[:, None]
+
+
+def round_side(side: int, multiple: int = 4) -> int:
+    """``side`` rounded to the nearest multiple of ``multiple`` (at least one multiple): the
+    generators' two stride-2 down- and upsamplings give back the input size only for
+    multiples of 4."""
+    return max(multiple, round(side / multiple) * multiple)
