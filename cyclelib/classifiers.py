@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses
+from .images import luma
 from .runtime import Precision
 
 
@@ -104,7 +105,8 @@ class ClassifierInput(nn.Module):
 
     Every CyCADA stage reads images in the GAN's format (RGB, ``image_size``), so f_S sees real
     and translated images alike; this adapter (no weights) makes them e.g. LeNet's 1x28x28:
-    grey = mean of the channels, then an antialiased bilinear resize. Both are differentiable, so the semantic loss reaches the generator
+    grey = ITU-R 601 luma (:func:`~cyclelib.images.luma`, as every RGB image cyclelib reads as
+    grey), then an antialiased bilinear resize. Both are differentiable, so the semantic loss reaches the generator
     through it.
     """
 
@@ -114,7 +116,7 @@ class ClassifierInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
-            x = x.mean(dim=1, keepdim=True) if self.channels == 1 else x.expand(-1, self.channels, -1, -1)
+            x = luma(x) if self.channels == 1 else x.expand(-1, self.channels, -1, -1)
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         return x  # [N, channels, size, size]

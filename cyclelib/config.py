@@ -225,16 +225,22 @@ class CyCADAConfig:
             if getattr(self, name) not in DIGIT_DOMAINS:
                 raise ValueError(f"unknown {name} dataset {getattr(self, name)!r}; valid names: "
                                  f"{', '.join(DIGIT_DOMAINS)}")
-        _check_choice("classifier", self.classifier, ("auto", *CLASSIFIERS))
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check_choice("gan_mode", self.gan_mode, GAN_MODES)
-        _check_signs(self, non_negative=[f.name for f in fields(self) if f.name.startswith("lambda_")],
-                     positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "pixel_lr",
-                               "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
-                               "feature_epochs", "log_every", "sample_every", "checkpoint_every"))
+        for name, valid in (("classifier", ("auto", *CLASSIFIERS)), ("amp", AMP_MODES), ("gan_mode", GAN_MODES),
+                            ("norm", NORMS), ("netD", DISCRIMINATOR_ARCHS)):
+            _check_choice(name, getattr(self, name), valid)
+        _check_generator(self.netG, 3)
+        _check_signs(self, non_negative=[*(f.name for f in fields(self) if f.name.startswith("lambda_")),
+                                         "pool_size", "pixel_epochs_decay", "num_workers"],
+                     positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "n_layers_D",
+                               "pixel_lr", "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
+                               "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples",
+                               "max_eval_samples"))
+        if not 0 <= self.pixel_beta1 < 1:
+            raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (the generator downsamples twice), "
                              f"got {self.image_size}")
+        self.pixel_config("")  # every option of the pixel stage, checked as CycleGAN checks it
 
     @classmethod
     def for_scale(cls, scale: str | None = None, **options) -> "CyCADAConfig":

@@ -51,7 +51,7 @@ from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, f
 from .config import CyCADAConfig
 from .cyclegan import CycleGAN
 from .data import Unpaired, digit_domain
-from .metrics import accuracy, confusion_matrix, per_class_accuracy, predict
+from .metrics import accuracy, confusion_matrix, label_preservation, per_class_accuracy, predict, translate_dataset
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runtime import Precision, pick_device, seed_everything
 from .train import Trainer, train_cyclegan
@@ -94,24 +94,6 @@ def _eval_subset(dataset, config: CyCADAConfig):
         return dataset
     keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n]
     return torch.utils.data.Subset(dataset, keep.tolist())
-
-
-@torch.no_grad()
-def translate_dataset(translator: nn.Module, dataset, batch_size: int = 256) -> torch.utils.data.TensorDataset:
-    """(G_{S->T}(x), y) for every (x, y) of ``dataset``, computed once in eval mode.
-
-    The classifiers of stage 3 and pixel_only then train on fixed translated images, as
-    in the release, instead of running the generator again every epoch.
-    """
-    device = next(translator.parameters()).device
-    was_training = translator.training
-    translator.eval()
-    images, labels = [], []
-    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        images.append(translator(x.to(device)).cpu())  # [B, 3, H, W]
-        labels.append(torch.as_tensor(y).long())
-    translator.train(was_training)
-    return torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))
 
 
 # --------------------------------------------------------------------------------------
@@ -409,12 +391,11 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
         metrics["source_test_accuracy"] = accuracy(*predict(classifiers["source"], source_test))
     if "pixel" in finished:
         translator = _network(finished["pixel"], stage_path(c, "pixel"), device).G_A
-        translated = translate_dataset(translator, source_test)  # (G_{S->T}(x), y), translated once
-        # Two judges of the translation (label preservation, see metrics.label_preservation): f_S, which
-        # the semantic loss optimises, and the oracle, which it cannot.
-        for judge, key in (("source", "label_preservation"), ("oracle", "oracle_label_preservation")):
-            if judge in classifiers:
-                metrics[key] = accuracy(*predict(classifiers[judge], translated))
+        # Two judges of the translation: f_S, which the semantic loss optimises, and the oracle, which it cannot.
+        judges = {key: classifiers[stage] for stage, key in (("source", "label_preservation"),
+                                                             ("oracle", "oracle_label_preservation"))
+                  if stage in classifiers}
+        metrics.update(label_preservation(judges, translator, source_test))
         _save_translation_grid(translator, source_test, target_test, out / "samples.png", device)
     metrics.update(per_class=per_class, confusion=confusion, wall_s=wall_times or {})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

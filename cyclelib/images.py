@@ -118,8 +118,11 @@ def list_images(folder) -> list[Path]:
 
 
 def luma(rgb: torch.Tensor) -> torch.Tensor:
-    """Grey from RGB with the ITU-R 601 weights (PIL's "L"): ``[N, 3, H, W]`` -> ``[N, 1, H, W]``."""
-    return torch.tensordot(torch.tensor(LUMA, dtype=rgb.dtype, device=rgb.device), rgb, dims=([0], [1]))[:, None]
+    """Grey from RGB with the ITU-R 601 weights (PIL's "L"): ``[N, 3, H, W]`` -> ``[N, 1, H, W]``.
+
+    A weighted sum, not a matrix product, so that autocast leaves it in the input's dtype."""
+    weights = torch.tensor(LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * weights).sum(dim=1, keepdim=True)
 
 
 def round_side(side: int, multiple: int = 4) -> int:

@@ -6,6 +6,7 @@ a dataset of ``(image, label)`` pairs.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable
 
 import torch
@@ -23,9 +24,7 @@ def predict(classifier: nn.Module, dataset, batch_size: int = 256,
     (e.g. a generator G_{S->T}) is applied to each image batch first.
     Returns two LongTensors [N] on the CPU: predictions, labels.
     """
-    if device is None:  # where the classifier lives (the CPU for one without weights)
-        weight = next(classifier.parameters(), None)
-        device = weight.device if weight is not None else "cpu"
+    device = device or _device_of(classifier)
     was_training = classifier.training
     classifier.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -40,6 +39,12 @@ def predict(classifier: nn.Module, dataset, batch_size: int = 256,
     finally:
         classifier.train(was_training)
     return torch.cat(predictions), torch.cat(labels)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Where ``module`` lives (the CPU for one without weights)."""
+    weight = next(module.parameters(), None)
+    return weight.device if weight is not None else torch.device("cpu")
 
 
 def _check(predictions: torch.Tensor, labels: torch.Tensor) -> None:
@@ -73,20 +78,43 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_clas
     return [(matrix[k, k] / totals[k]).item() if totals[k] > 0 else float("nan") for k in range(num_classes)]
 
 
-def label_preservation(f_s: nn.Module, translator: nn.Module, dataset, batch_size: int = 256) -> float:
-    r"""How often the source classifier still reads the true label after translation.
+def label_preservation(judge: nn.Module | Mapping[str, nn.Module], translator: nn.Module, dataset,
+                       batch_size: int = 256) -> float | dict[str, float]:
+    r"""How often a classifier still recognises the true label after translation.
 
     .. math::
-        \frac{1}{N}\sum_i \mathbb{1}\big[\arg\max f_S(G_{S\to T}(x_i)) = y_i\big]
+        \frac{1}{N}\sum_i \mathbb{1}\big[\arg\max f(G_{S\to T}(x_i)) = y_i\big]
 
-    on a labelled source ``dataset``. This is what the semantic consistency loss aims at:
-    a translation that turns a 3 into an 8 has a low score even if it looks like the target.
-    ``translator`` is put in eval mode for the measurement and restored afterwards.
+    on a labelled source ``dataset``, with ``judge`` as f. With f = f_S this is what the
+    semantic consistency loss aims at: a translation that turns a 3 into an 8 scores low even
+    if it looks like the target. But the semantic loss optimises f_S's reading, so a judge
+    that no training consulted (the target oracle) tells a translation that keeps the digit
+    from one that only keeps f_S's reading of it. ``judge`` may be one classifier (returns
+    a float) or a dict of them (returns their scores by name); the source images are
+    translated once, in eval mode, whatever the number of judges.
     """
+    judges = dict(judge) if isinstance(judge, Mapping) else {"": judge}
+    translated = translate_dataset(translator, dataset, batch_size)
+    scores = {name: accuracy(*predict(f, translated, batch_size)) for name, f in judges.items()}
+    return scores if isinstance(judge, Mapping) else scores[""]
+
+
+@torch.no_grad()
+def translate_dataset(translator: nn.Module, dataset, batch_size: int = 256) -> torch.utils.data.TensorDataset:
+    """(G(x), y) for every (x, y) of ``dataset``, computed once in eval mode (the translator's
+    mode is restored afterwards); the images [N, C, H, W] are kept on the CPU.
+
+    CyCADA's feature and pixel-only stages train on such fixed translations, as in the
+    release, instead of running the generator again every epoch.
+    """
+    device = _device_of(translator)
     was_training = translator.training
     translator.eval()
+    images, labels = [], []
     try:
-        predictions, labels = predict(f_s, dataset, batch_size, transform=translator)
+        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            images.append(translator(x.to(device)).cpu())  # [B, C, H, W]
+            labels.append(torch.as_tensor(y).long())
     finally:
         translator.train(was_training)
-    return accuracy(predictions, labels)
+    return torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))

@@ -8,10 +8,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from PIL import Image
 
 from cyclelib import cycada
 from cyclelib.cli import main
-from cyclelib import CycleGAN, CyCADAConfig, load_checkpoint, run_cycada
+import cyclelib
+from cyclelib import CycleGAN, CyCADAConfig, export_safetensors, load_checkpoint, run_cycada
 from cyclelib.classifiers import build_task_network
 from cyclelib.cycada import (STAGES, classifier_name, load_stage, parse_stages, semantic_consistency, stage_path,
                              train_feature, train_pixel, train_source)
@@ -203,6 +205,52 @@ def test_cli_runs_the_chosen_stages(tmp_path, capsys):
     assert {"source_only", "target_oracle"} <= set(metrics) and "pixel_feature" not in metrics
     assert json.loads((tmp_path / "config.json").read_text())["task_epochs"] == 2
     assert "target_oracle" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--netG", "nosuch"], "unknown generator arch 'nosuch'"), (["--norm", "foo"], "unknown norm 'foo'"),
+    (["--pool-size", "-3"], "pool_size must be >= 0, got -3"), (["--netD", "big"], "unknown netD 'big'"),
+    (["--pixel-beta1", "1.5"], "pixel_beta1 must be in [0, 1)")])
+def test_pixel_options_are_checked_before_any_stage_runs(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "cycada", "--source", "uci-digits", "--target", "mnist5k", "--out", str(out),
+              "--scale", "smoke", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()  # not even the source stage ran
+
+
+def test_identity_weight_multiplies_each_cycle_weight_as_in_cyclegan():
+    # The release's pixel stage is CycleGAN's code: idt_A = lambda_B * lambda_identity * L1(G_A(b), b)
+    config = CyCADAConfig(lambda_cycle_A=1, lambda_cycle_B=4, lambda_identity=0.5, netG="resnet_1blocks", ngf=4,
+                          ndf=4)
+    model = CycleGAN(config.pixel_config("unused"))
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    terms, images = model.generator_losses(a, b)
+    torch.testing.assert_close(terms["idt_A"], 4 * 0.5 * cyclelib.identity_loss(images["idt_A"], b))
+    torch.testing.assert_close(terms["idt_B"], 1 * 0.5 * cyclelib.identity_loss(images["idt_B"], a))
+
+
+def test_the_classifier_input_reads_colour_as_grey_like_every_other_reader():
+    # LeNet sees luma, as PIL's "L" and the digit domains read colour images as grey (not the channel mean)
+    adapter = build_task_network("lenet").input
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 28, 28)  # pure red in [-1, 1]
+    grey = adapter(red)
+    assert grey.shape == (1, 1, 28, 28)
+    torch.testing.assert_close(grey, torch.full((1, 1, 28, 28), 0.299 - 0.587 - 0.114))
+    pil_red = Image.new("RGB", (28, 28), (255, 0, 0)).convert("L").getpixel((0, 0)) / 127.5 - 1
+    assert grey[0, 0, 0, 0].item() == pytest.approx(pil_red, abs=1 / 255)
+
+
+def test_every_stage_exports_to_safetensors_and_loads_back(tmp_path):
+    config = smoke_config(tmp_path / "run")
+    run_cycada(config, stages=("source", "pixel", "feature_only"), progress=False)
+    for stage in ("source", "pixel", "feature_only"):
+        exported = export_safetensors(stage_path(config, stage), tmp_path / f"{stage}.safetensors")
+        shared, ckpt = load_checkpoint(exported), load_checkpoint(stage_path(config, stage))
+        assert (shared["kind"], shared["config"], shared["meta"]) == (ckpt["kind"], ckpt["config"], ckpt["meta"])
+        assert shared["nets"].keys() == ckpt["nets"].keys() and "training" not in shared
+        assert all(torch.equal(shared["nets"][k], v) for k, v in ckpt["nets"].items())
 
 
 def test_cli_wrong_dataset_is_a_clear_error(tmp_path, capsys):
