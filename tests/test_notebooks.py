@@ -161,3 +161,162 @@ def test_embedded_figures_are_small(path):
              for mime in ("image/png", "image/jpeg") if mime in o.get("data", {})]
     large = [s for s in sizes if s > MAX_IMAGE_BYTES]
     assert large == [], f"{path.name}: figures of {large} bytes (> {MAX_IMAGE_BYTES}); lower the dpi or the size"
+
+
+# --- Textbook structure: goals, summary, exercises, captions, cross-references -------------
+
+GOALS, SUMMARY, EXERCISES = "What you will learn / 本章内容", "Summary / 小结", "Exercises / 练习"
+LIST_ITEM = re.compile(r"^(?:[-*]|\d+\.)\s+\S", re.M)
+INLINE_CODE = re.compile(r"`[^`\n]+`")
+CHAPTER_NUMBER = re.compile(r"^(\d\d)_")
+# A mention of another chapter in the prose: "chapter 3", "Chapter 3", "第 3 章" (not a range).
+CHAPTER_MENTION = re.compile(r"\b[Cc]hapter\s+(\d)\b(?![–-]\d)|第\s*(\d)\s*章")
+LINK_OR_CODE = re.compile(r"```.*?```|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]*\$|!?\[[^\]]*\]\([^)]*\)", re.S)
+WIDGET_CALL = re.compile(r"\bwidgets\.(?:interact|interactive)\(")
+
+
+def sections(path):
+    """The level-2 sections of a notebook's Markdown: [(title, body, index of its cell)], in order."""
+    found = []
+    for index, cell in enumerate(load(path)["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        for part in re.split(r"^(?=## )", source(cell), flags=re.M):
+            if part.startswith("## "):
+                title, _, body = part.partition("\n")
+                found.append((title[3:].strip(), body, index))
+    return found
+
+
+def language_items(body):
+    """{language: number of list items} of the language divs of a section body."""
+    counts = {"en": 0, "zh": 0}
+    for lang, text in LANG_DIV.findall(body):
+        counts[lang] += len(LIST_ITEM.findall(text))
+    return counts
+
+
+def structure_problems(path):
+    """What is missing from a chapter's goals, summary and exercises (README.md, 'Writing a chapter')."""
+    cells_ = load(path)["cells"]
+    code_indices = [i for i, c in enumerate(cells_) if c["cell_type"] == "code"]
+    found = {title: (body, index) for title, body, index in sections(path)}
+    problems = []
+    if GOALS not in found:
+        problems.append(f"no '## {GOALS}' section")
+    else:
+        body, index = found[GOALS]
+        if code_indices and index > code_indices[0]:
+            problems.append(f"'{GOALS}' comes after the first code cell; open the chapter with it")
+        for lang, n in language_items(body).items():
+            if not 3 <= n <= 5:
+                problems.append(f"'{GOALS}' has {n} {lang} goals (list items); write 3 to 5 in each language")
+    if SUMMARY not in found:
+        problems.append(f"no '## {SUMMARY}' section")
+    else:
+        body, index = found[SUMMARY]
+        if code_indices and index < code_indices[-1]:
+            problems.append(f"'{SUMMARY}' comes before the last code cell; end the chapter with it")
+        langs = {lang for lang, text in LANG_DIV.findall(body) if text.strip()}
+        if langs != {"en", "zh"}:
+            problems.append(f"'{SUMMARY}' needs text in both languages, has {sorted(langs)}")
+    if EXERCISES not in found:
+        problems.append(f"no '## {EXERCISES}' section")
+    else:
+        body, _ = found[EXERCISES]
+        if sections(path)[-1][0] != EXERCISES:
+            problems.append(f"'{EXERCISES}' must be the last section")
+        for lang, text in LANG_DIV.findall(body):
+            items = re.split(r"^\d+\.\s+", text, flags=re.M)[1:]
+            if not 2 <= len(items) <= 4:
+                problems.append(f"'{EXERCISES}' has {len(items)} numbered {lang} exercises; write 2 to 4")
+            vague = [item.strip()[:50] for item in items if not INLINE_CODE.search(item)]
+            if vague:
+                problems.append(f"{lang} exercises that name no cell, variable or option (`...`): {vague}")
+        counts = language_items(body)
+        if counts["en"] != counts["zh"]:
+            problems.append(f"'{EXERCISES}': {counts['en']} English and {counts['zh']} Chinese exercises")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_has_goals_summary_and_exercises(path):
+    problems = structure_problems(path)
+    assert problems == [], f"{path.name}:\n" + "\n".join(problems)
+
+
+def widget_caption_problems(path):
+    """Widget cells whose caption (the Markdown cell before them) does not say where the control runs."""
+    cells_ = load(path)["cells"]
+    problems = []
+    for i, cell in enumerate(cells_):
+        if cell["cell_type"] != "code" or not WIDGET_CALL.search(source(cell)):
+            continue
+        caption = next((source(c) for c in reversed(cells_[:i]) if c["cell_type"] == "markdown"), "")
+        for lang, text in LANG_DIV.findall(caption):
+            if not re.search(r"Jupyter|Colab", text):
+                problems.append(f"cell {i}: the {lang} caption before the control does not say that it runs "
+                                f"in Jupyter or Colab")
+        if {lang for lang, _ in LANG_DIV.findall(caption)} != {"en", "zh"}:
+            problems.append(f"cell {i}: no caption in both languages before the control")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_widgets_have_a_caption_in_both_languages(path):
+    # The static book shows no widget (they need a kernel): the caption says where it runs.
+    problems = widget_caption_problems(path)
+    assert problems == [], f"{path.name}:\n" + "\n".join(problems)
+
+
+def unlinked_chapter_mentions(text, own):
+    """Mentions of another chapter that are not links (code, maths and existing links are skipped)."""
+    found = []
+    prose = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    for paragraph in LINK_OR_CODE.sub(" ", prose).split("\n\n"):
+        for m in CHAPTER_MENTION.finditer(paragraph):
+            number = int(m.group(1) or m.group(2))
+            if number != own:
+                found.append(" ".join(m.group(0).split()))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_references_to_other_chapters_are_links(path):
+    # A link such as [chapter 3](03_cycle_consistency.ipynb) works in the book (the strict
+    # build checks it) and in Jupyter; plain "chapter 3" makes the reader search.
+    own = int(CHAPTER_NUMBER.match(path.name).group(1))
+    mentions = [m for cell in cells(path, "markdown") for m in unlinked_chapter_mentions(source(cell), own)]
+    assert mentions == [], (f"{path.name}: write these as links, e.g. [chapter 3](03_cycle_consistency.ipynb) "
+                            f"or [第 3 章](03_cycle_consistency.ipynb): {mentions}")
+
+
+def test_structure_checks_catch_what_is_missing(tmp_path):
+    def notebook(*markdown):
+        nb = {"cells": [{"cell_type": "markdown", "source": text} for text in markdown]
+              + [{"cell_type": "code", "source": "x = 1", "outputs": []}], "metadata": {}, "nbformat": 4}
+        path = tmp_path / "99_test.ipynb"
+        path.write_text(json.dumps(nb), encoding="utf-8")
+        return path
+
+    def div(lang, text):
+        return f'<div class="lang-{lang}">\n\n{text}\n\n</div>\n\n'
+
+    goals = f"## {GOALS}\n\n" + div("en", "- a\n- b\n- c") + div("zh", "- 甲\n- 乙\n- 丙")
+    summary = f"## {SUMMARY}\n\n" + div("en", "Text.") + div("zh", "文字。")
+    exercises = f"## {EXERCISES}\n\n" + div("en", "1. Change `x`.\n2. Set `y`.") + div("zh", "1. 改 `x`。\n2. 设 `y`。")
+    good = notebook(goals, "")
+    good_nb = json.loads(good.read_text())
+    good_nb["cells"] += [{"cell_type": "markdown", "source": summary + exercises}]
+    good.write_text(json.dumps(good_nb), encoding="utf-8")
+    assert structure_problems(good) == []
+    assert structure_problems(notebook("# Title")) != []  # nothing at all
+    assert any("goals" in p for p in structure_problems(notebook(goals.replace("- c", ""), summary + exercises)))
+    assert any("name no cell" in p for p in structure_problems(notebook(goals, summary + exercises.replace("`x`", "x"))))
+    assert unlinked_chapter_mentions("As chapter 3 showed, and 第 2 章 too.", own=5) == ["chapter 3", "第 2 章"]
+    assert unlinked_chapter_mentions("[chapter 3](03_x.ipynb), chapters 1–5, chapter 5", own=5) == []
+    widget = {"cell_type": "code", "source": "widgets.interact(f, x=1)", "outputs": []}
+    nb = {"cells": [{"cell_type": "markdown", "source": div("en", "A slider.") + div("zh", "滑块。")}, widget]}
+    path = tmp_path / "98_widget.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    assert len(widget_caption_problems(path)) == 2

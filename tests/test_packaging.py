@@ -207,3 +207,24 @@ def test_bilingual_check_catches_malformed_markup():
     assert bilingual_problems(good.split("<div class=\"lang-zh\">")[0]) != []  # English only
     assert bilingual_problems(good.replace("文字。", "文\n字。")) != []  # hard-wrapped Chinese
     assert bilingual_problems("```markdown\n<div class=\"lang-en\">\nexample\n```\n") == []  # code fence
+
+
+# Relative links and images in Markdown: [text](03_cycle_consistency.ipynb), ![alt](figures/x.svg).
+RELATIVE_TARGET = re.compile(r"!?\[[^\]]*\]\((?!https?:|mailto:|#)([^)\s#]+)(?:#[^)\s]*)?\)")
+
+
+def broken_relative_links(where, text, folder):
+    """Targets of relative links and images that do not exist next to the page (book/)."""
+    return [f"{where}: {target}" for target in RELATIVE_TARGET.findall(text) if not (folder / target).is_file()]
+
+
+def test_relative_links_and_images_point_to_existing_files():
+    # The strict book build also reports a missing page, but not every missing image, and
+    # Jupyter and Colab resolve these paths next to the notebook.
+    broken = [problem for where, text in markdown_sources() for problem in broken_relative_links(where, text, BOOK)]
+    assert broken == [], "links or images to files that do not exist in book/:\n" + "\n".join(broken)
+
+
+def test_relative_link_check_catches_missing_files():
+    text = "[ok](index.md), ![fig](figures/missing.svg), [web](https://example.org/x.md), [gone](99_gone.ipynb)"
+    assert broken_relative_links("t", text, BOOK) == ["t: figures/missing.svg", "t: 99_gone.ipynb"]
