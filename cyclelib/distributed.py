@@ -33,9 +33,14 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
     """Join this process's torchrun job (once); returns ``(rank, world_size, device)``.
 
     A CUDA rank gets the GPU of its LOCAL_RANK. Without torchrun: ``(0, 1, device)``.
+    A one-process torchrun job (``--nproc_per_node 1``) joins its group of one as well, so
+    that it runs the collectives of a larger job, through NCCL on a GPU (`make gpu-check`
+    tests NCCL this way); a plain run with WORLD_SIZE=1 joins none.
     """
     global _flag_group
-    if launched()[1] == 1:
+    # torchrun sets TORCHELASTIC_RUN_ID in every process it starts; other launchers only
+    # reach here with more than one rank.
+    if launched()[1] == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return 0, 1, device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
