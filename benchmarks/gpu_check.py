@@ -1,0 +1,434 @@
+"""One command that checks a GPU: does the whole CUDA path work, and how fast is it?
+
+    make gpu-check                                   # = python benchmarks/gpu_check.py
+    python benchmarks/gpu_check.py --json out.json --only bench,torchrun
+
+Offline, in under 8 minutes on one GPU, it runs four steps, each in a process of its own
+with its own time box (a step that overruns is killed and fails):
+
+  device-tests  tests/test_device.py with CYCLELIB_TEST_DEVICE=cuda: fast path = reference in
+                fp32 (TF32 off, and on), bf16 autocast, fp16 with the grad scaler,
+                channels_last, resume against a straight run (tolerances: that file)
+  bench         cyclelib bench: resnet_9blocks at 256x256, batch 1 and 8, fast and reference
+                paths; steps/s, images/s, peak memory, TFLOP/s against the GPU's bf16 peak
+  cycada        cyclelib train cycada --scale smoke --device cuda: every stage, then evaluation
+  torchrun      torchrun --standalone --nproc_per_node 1 -m cyclelib train cyclegan --scale smoke:
+                one rank joins a process group (NCCL on the GPU), all-reduces its losses every
+                step and writes the checkpoint; NCCL_DEBUG=INFO shows that NCCL initialised
+
+It prints a table and writes every step's result, seconds and key numbers to one JSON file
+(default gpu-check.json); the exit code is 0 only when every step passed. Without CUDA it
+says so and makes a CPU dry run of the same steps at smoke size (gloo instead of NCCL):
+that checks the check, not a GPU.
+
+Time on an H200 (estimate; nothing here has met a GPU yet): device tests ~30 s, bench
+~45 s (1.9 TFLOP per reference step at batch 1, 15 at batch 8, plus cuDNN autotuning),
+CyCADA ~40 s, torchrun ~25 s: about 2.5 minutes. The boxes (150 + 150 + 90 + 60 s) and a
+budget of 450 s for the whole run bound it below 8 minutes whatever happens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's cyclelib, whatever else is installed
+
+BUDGET_S = 450  # the whole run; each step also has its own box
+# CyCADA and the torchrun step train on the offline digit domains (no download).
+CYCADA_DOMAINS = ("mnist5k", "mnistm5k")
+TORCHRUN_DATA = "mnist5k:mnistm5k"
+TORCHRUN_STEPS = 4
+
+
+@dataclass
+class Context:
+    device: str                 # "cuda" or "cpu"
+    smoke: bool                 # smoke sizes (the CPU dry run, or --smoke)
+    work: Path                  # outputs and logs of every step
+    python: str = sys.executable
+
+
+@dataclass
+class Step:
+    """One check: a command run from the repository root, and what its outputs say.
+
+    ``read(ctx, log)`` returns ``(numbers, problems)``: the key numbers for the summary and
+    a list of what is wrong (empty when the step passed); it runs even when the command
+    failed, so that a failed step still reports what it measured.
+    """
+    name: str
+    what: str
+    box_s: float
+    command: Callable[[Context], list[str]]
+    read: Callable[[Context, str], tuple[dict, list[str]]] = lambda ctx, log: ({}, [])
+    env: Callable[[Context], dict] = lambda ctx: {}
+    summary: Callable[[dict], str] = lambda numbers: ""
+
+
+# --------------------------------------------------------------------------- device tests
+
+def _device_tests_command(ctx: Context) -> list[str]:
+    return [ctx.python, "-m", "pytest", "tests/test_device.py", "-q", "-p", "no:cacheprovider",
+            "-o", "junit_family=xunit1", f"--junitxml={ctx.work / 'device-tests.xml'}"]
+
+
+def _read_device_tests(ctx: Context, log: str) -> tuple[dict, list[str]]:
+    path = ctx.work / "device-tests.xml"
+    if not path.is_file():
+        return {}, ["pytest wrote no report (see the log)"]
+    tests = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome = next((kind for kind in ("failure", "error", "skipped") if case.find(kind) is not None), "passed")
+        props = {p.get("name"): _number(p.get("value")) for p in case.iter("property")}
+        tests[case.get("name")] = {"outcome": outcome, "seconds": round(float(case.get("time", 0)), 2), **props}
+    counts = {kind: sum(t["outcome"] == kind for t in tests.values())
+              for kind in ("passed", "failure", "error", "skipped")}
+    problems = [f"{name}: {t['outcome']}" for name, t in tests.items() if t["outcome"] in ("failure", "error")]
+    if not tests:
+        problems.append("no test ran")
+    if ctx.device == "cuda":  # on CUDA every case applies
+        problems += [f"{name}: skipped on CUDA" for name, t in tests.items() if t["outcome"] == "skipped"]
+    return {"counts": counts, "tests": tests}, problems
+
+
+def _number(text: str | None):
+    """A recorded property back from its text: numbers and lists as JSON, anything else as is."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _device_tests_summary(numbers: dict) -> str:
+    c = numbers.get("counts", {})
+    parts = [f"{c.get('passed', 0)} passed, {c.get('failure', 0) + c.get('error', 0)} failed, "
+             f"{c.get('skipped', 0)} skipped"]
+    tests = numbers.get("tests", {})
+    fp32 = [t.get("grad_max_rel_l2") for name, t in tests.items() if name.endswith("-fp32]")]
+    if fp32 and all(isinstance(x, float) for x in fp32):
+        parts.append(f"fp32 grads rel {max(fp32):.1e}")
+    bf16 = tests.get("test_bf16_autocast_is_finite_and_close_to_fp32", {}).get("grad_max_rel_l2")
+    if isinstance(bf16, float):
+        parts.append(f"bf16 grads rel {bf16:.2f}")
+    resume = tests.get("test_resume_matches_the_straight_run[auto]", {})
+    if isinstance(resume.get("weight_max_abs_diff"), float):
+        parts.append(f"resume max diff {resume['weight_max_abs_diff']:.1e}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+def _bench_batches(ctx: Context) -> tuple[int, ...]:
+    return (2,) if ctx.smoke else (1, 8)  # smoke: one size (on the CPU each spawns two memory probes)
+
+
+def _bench_options(ctx: Context) -> list[str]:
+    batches = ["--batch", *map(str, _bench_batches(ctx))]
+    if ctx.smoke:
+        return ["--arch", "resnet_1blocks", "--ngf", "4", "--ndf", "4", "--size", "32", *batches,
+                "--steps", "2", "--warmup", "1"]
+    # 5 warm-up steps: cuDNN autotuning and the caching allocator settle before the timing
+    return ["--arch", "resnet_9blocks", "--size", "256", *batches, "--steps", "20", "--warmup", "5"]
+
+
+def _bench_command(ctx: Context) -> list[str]:
+    return [ctx.python, "-m", "cyclelib", "bench", *_bench_options(ctx), "--device", ctx.device,
+            "--json", str(ctx.work / "bench.json")]
+
+
+def _read_bench(ctx: Context, log: str) -> tuple[dict, list[str]]:
+    path = ctx.work / "bench.json"
+    if not path.is_file():
+        return {}, ["the benchmark wrote no results (see the log)"]
+    results = json.loads(path.read_text())
+    batches = _bench_batches(ctx)
+    rows = {(r["batch"], r["path"]): r for r in results["results"]}
+    problems = [f"no result for batch {b}, {p} path" for b in batches for p in ("fast", "reference")
+                if (b, p) not in rows]
+    for (batch, path), r in rows.items():
+        if not (math.isfinite(r["median_step_s"]) and r["median_step_s"] > 0):
+            problems.append(f"batch {batch} {path}: step time {r['median_step_s']}")
+        if ctx.device == "cuda" and not r.get("tflops", 0) > 0:
+            problems.append(f"batch {batch} {path}: no TFLOP/s")
+    keep = ("amp", "median_step_s", "it_per_s", "img_per_s", "translate_img_per_s", "peak_mib", "tflops",
+            "percent_of_peak")
+    numbers = {"machine": results["machine"],
+               "rows": [{"batch": b, "path": p, **{k: rows[b, p].get(k) for k in keep if k in rows[b, p]}}
+                        for b, p in rows],
+               "speedup_fast_over_reference": {str(r["batch"]): round(r["train"], 3) for r in results["ratios"]}}
+    return numbers, problems
+
+
+def _bench_summary(numbers: dict) -> str:
+    parts = []
+    for row in numbers.get("rows", []):
+        if row["path"] != "fast":
+            continue
+        text = f"b{row['batch']} fast {1000 * row['median_step_s']:.0f} ms/step"
+        if row.get("tflops") is not None:
+            text += f" {row['tflops']:.0f} TFLOP/s"
+        if row.get("percent_of_peak") is not None:
+            text += f" ({row['percent_of_peak']:.0f}% peak)"
+        parts.append(text)
+    speedups = numbers.get("speedup_fast_over_reference", {})
+    if speedups:
+        parts.append("fast/ref " + ", ".join(f"{v:.2f}x" for v in speedups.values()))
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- CyCADA
+
+def _cycada_command(ctx: Context) -> list[str]:
+    source, target = CYCADA_DOMAINS
+    return [ctx.python, "-m", "cyclelib", "train", "cycada", "--source", source, "--target", target,
+            "--scale", "smoke", "--device", ctx.device, "--out", str(ctx.work / "cycada")]
+
+
+def _read_cycada(ctx: Context, log: str) -> tuple[dict, list[str]]:
+    from cyclelib.cycada import RESULTS, STAGES
+
+    path = ctx.work / "cycada" / "metrics.json"
+    if not path.is_file():
+        return {}, ["no metrics.json (see the log)"]
+    metrics = json.loads(path.read_text())
+    keys = [*RESULTS.values(), "label_preservation"]
+    numbers = {key: metrics.get(key) for key in keys}
+    numbers["wall_s"] = metrics.get("wall_s", {})
+    problems = [f"{key}: {metrics.get(key)!r} is no accuracy" for key in keys
+                if not (isinstance(metrics.get(key), (int, float)) and 0 <= metrics[key] <= 1)]
+    problems += [f"stage {stage} has no wall time (did it run?)" for stage in STAGES if stage not in numbers["wall_s"]]
+    return numbers, problems
+
+
+def _cycada_summary(numbers: dict) -> str:
+    acc = ", ".join(f"{k} {numbers[k]:.2f}" for k in ("source_only", "pixel_feature", "label_preservation")
+                    if isinstance(numbers.get(k), (int, float)))
+    wall = numbers.get("wall_s", {})
+    return f"{acc}; stages {sum(wall.values()):.0f} s" if wall else acc
+
+
+# --------------------------------------------------------------------------- torchrun
+
+def _torchrun_command(ctx: Context) -> list[str]:
+    return [ctx.python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+            "-m", "cyclelib", "train", "cyclegan", "--scale", "smoke", "--data", TORCHRUN_DATA,
+            "--device", ctx.device, "--max-steps", str(TORCHRUN_STEPS), "--out", str(ctx.work / "torchrun")]
+
+
+def _torchrun_env(ctx: Context) -> dict:
+    # NCCL says what it initialised; its INIT subsystem only, so the log stays short.
+    return {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT"}
+
+
+def _read_torchrun(ctx: Context, log: str) -> tuple[dict, list[str]]:
+    out = ctx.work / "torchrun"
+    problems = [] if (out / "checkpoint.pt").is_file() else ["no checkpoint.pt"]
+    history = json.loads((out / "history.json").read_text()) if (out / "history.json").is_file() else []
+    numbers = {"backend": "nccl" if ctx.device == "cuda" else "gloo", "steps": history[-1]["step"] if history else 0}
+    if numbers["steps"] != TORCHRUN_STEPS:
+        problems.append(f"trained {numbers['steps']} steps, expected {TORCHRUN_STEPS}")
+    if history:
+        numbers["last_losses"] = {k: history[-1][k] for k in ("G", "D_A", "D_B") if k in history[-1]}
+        bad = [k for row in history for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        problems += [f"non-finite loss {k}" for k in dict.fromkeys(bad)]
+    if ctx.device == "cuda":
+        numbers["nccl_log_lines"] = log.count("NCCL INFO")
+        numbers["nccl_init_complete"] = "Init COMPLETE" in log
+        version = next((line.split("NCCL version", 1)[1].split()[0] for line in log.splitlines()
+                        if "NCCL version" in line), None)
+        numbers["nccl_version"] = version
+        if not numbers["nccl_log_lines"]:
+            problems.append("NCCL printed nothing with NCCL_DEBUG=INFO: the rank did not use NCCL")
+    return numbers, problems
+
+
+def _torchrun_summary(numbers: dict) -> str:
+    text = f"{numbers.get('backend')}, {numbers.get('steps')} steps"
+    if numbers.get("nccl_version"):
+        text += f", NCCL {numbers['nccl_version']}"
+    if "nccl_init_complete" in numbers:
+        text += ", init complete" if numbers["nccl_init_complete"] else ", no 'Init COMPLETE' line"
+    return text
+
+
+def default_steps() -> list[Step]:
+    return [
+        Step("device-tests", "tests/test_device.py on the device", 150, _device_tests_command, _read_device_tests,
+             lambda ctx: {"CYCLELIB_TEST_DEVICE": ctx.device, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
+             _device_tests_summary),
+        Step("bench", "cyclelib bench, both paths", 150, _bench_command, _read_bench, summary=_bench_summary),
+        Step("cycada", "CyCADA, every stage at smoke scale", 90, _cycada_command, _read_cycada,
+             summary=_cycada_summary),
+        Step("torchrun", "one-process torchrun, CycleGAN smoke", 60, _torchrun_command, _read_torchrun,
+             _torchrun_env, _torchrun_summary),
+    ]
+
+
+# --------------------------------------------------------------------------- running
+
+def run_step(step: Step, ctx: Context, time_left: float) -> dict:
+    """Run one step in its own session (so that a timeout kills its children too)."""
+    box = min(step.box_s, time_left)
+    result = {"name": step.name, "what": step.what, "box_s": round(box, 1)}
+    if box < min(step.box_s, 5):  # less than 5 s left, and less than the step's own box
+        return {**result, "status": "not run", "passed": False, "seconds": 0.0,
+                "problems": ["the time budget was spent before this step"]}
+    log_path = ctx.work / f"{step.name}.log"
+    env = {**os.environ, **step.env(ctx),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if ctx.device == "cpu":
+        # One thread per process unless told otherwise: on a small shared machine, torch's
+        # threads otherwise spin waiting for each other (3-4x slower on 2 busy cores).
+        env.setdefault("OMP_NUM_THREADS", "1")
+    command = step.command(ctx)
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = process.wait(timeout=box)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the step's whole session: torchrun's workers too
+            code = process.wait()
+            timed_out = True
+    seconds = time.monotonic() - start
+    text = log_path.read_text(errors="replace")
+    try:
+        numbers, problems = step.read(ctx, text)
+    except Exception as e:  # a report that cannot be read is a failure of the step, not of the check
+        numbers, problems = {}, [f"reading the results failed: {type(e).__name__}: {e}"]
+    if timed_out:
+        problems.insert(0, f"timed out after {box:.0f} s")
+    elif code != 0:
+        problems.insert(0, f"exit code {code}")
+    passed = not problems
+    result.update(status="passed" if passed else "timed out" if timed_out else "failed", passed=passed,
+                  seconds=round(seconds, 1), exit_code=code, numbers=numbers, problems=problems,
+                  summary=_safe(step.summary, numbers), log=str(log_path))
+    if not passed:
+        result["log_tail"] = text[-3000:]
+    return result
+
+
+def _safe(fn, numbers) -> str:
+    try:
+        return fn(numbers)
+    except Exception:
+        return ""
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node(),
+            "cpu_count": os.cpu_count(), "cuda_available": torch.cuda.is_available()}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
+                    gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), capability=f"{props.major}.{props.minor}")
+    return info
+
+
+def format_summary(summary: dict) -> str:
+    m = summary["machine"]
+    where = f"cuda ({m.get('gpu')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')})" if summary["device"] == "cuda" \
+        else "cpu (dry run at smoke size)"
+    lines = [f"gpu-check on {where}, torch {m['torch']}: "
+             f"{'all steps passed' if summary['passed'] else 'FAILED'} in {summary['seconds']:.0f} s",
+             f"{'step':<13} {'result':<10} {'seconds':>7} {'box':>5}  key numbers"]
+    for s in summary["steps"]:
+        lines.append(f"{s['name']:<13} {s['status']:<10} {s['seconds']:>7.1f} {s['box_s']:>5.0f}  "
+                     f"{s.get('summary', '')}")
+        lines += [f"{'':<13} ! {problem}" for problem in s.get("problems", [])[:5]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, steps: list[Step] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default="gpu-check.json", help="where to write the summary (default: gpu-check.json)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="auto (default): CUDA when present, else a CPU dry run")
+    parser.add_argument("--smoke", action="store_true", help="smoke sizes on CUDA too (a quick run)")
+    parser.add_argument("--only", help="comma-separated steps to run (default: all)")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help=f"seconds for all steps (default {BUDGET_S})")
+    parser.add_argument("--work", help="folder for the steps' outputs and logs (default: a temporary one, "
+                                       "kept when a step fails)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        print("gpu_check: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
+    if device == "cpu":
+        print("No CUDA device: " if not cuda else "", end="")
+        print("CPU dry run of the same steps at smoke size (gloo instead of NCCL); it checks the check, not a GPU.")
+    steps = steps if steps is not None else default_steps()
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = set(wanted) - {s.name for s in steps}
+        if unknown:
+            parser.error(f"unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(s.name for s in steps)}")
+        steps = [s for s in steps if s.name in wanted]
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = Context(device=device, smoke=args.smoke or device == "cpu", work=work)
+
+    start = time.monotonic()
+    summary = {"device": device, "dry_run": device == "cpu", "smoke": ctx.smoke, "machine": machine_info(device),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "budget_s": args.budget, "steps": []}
+    for i, step in enumerate(steps, 1):
+        print(f"[{i}/{len(steps)}] {step.name}: {step.what} (box {step.box_s:.0f} s) ...", flush=True)
+        result = run_step(step, ctx, args.budget - (time.monotonic() - start))
+        print(f"      {result['status']} in {result['seconds']:.1f} s  {result.get('summary', '')}", flush=True)
+        for problem in result.get("problems", []):
+            print(f"      ! {problem}")
+        if not result["passed"] and result.get("log_tail"):
+            print("      last lines of " + result.get("log", "the log") + ":")
+            print("\n".join("        " + line for line in result["log_tail"].splitlines()[-15:]))
+        summary["steps"].append(result)
+    summary["seconds"] = round(time.monotonic() - start, 1)
+    summary["passed"] = all(s["passed"] for s in summary["steps"])
+    keep = bool(args.work) or not summary["passed"]
+    summary["work"] = str(work) if keep else None  # logs and outputs (a passed run's temporary ones go)
+
+    print()
+    if any(s["name"] == "bench" for s in summary["steps"]) and (work / "bench.json").is_file():
+        from cyclelib.bench import format_table
+
+        print(format_table(json.loads((work / "bench.json").read_text())))
+        print()
+    if not keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        for s in summary["steps"]:
+            s.pop("log", None)
+    Path(args.json).write_text(json.dumps(summary, indent=1))
+    print(format_summary(summary))
+    print(f"summary written to {args.json}" + (f"; logs and outputs in {work}" if keep else ""))
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
