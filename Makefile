@@ -26,7 +26,7 @@ BOOK_FLAGS := -W -n --keep-going
 BROWSER_TESTS := $(wildcard tests/browser)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv book test browser-deps clean distclean
+.PHONY: venv book test browser-deps clean distclean gpu-check
 
 venv: $(STAMP)
 
@@ -58,6 +58,14 @@ test: $(STAMP) $(if $(BROWSER_TESTS),browser-deps)
 	@# --all rebuilds every page, so warnings of unchanged pages are seen too.
 	$(JUPYTER_BOOK) build . $(BOOK_FLAGS) --all
 	$(if $(BROWSER_TESTS),$(PY) -m pytest tests/browser,@echo "No tests/browser: browser test skipped")
+
+# One command that checks a GPU, offline, in under 8 minutes (benchmarks/gpu_check.py): the
+# device tests on CUDA, the benchmark at 256x256, a smoke CyCADA run and a one-process
+# torchrun through NCCL; a table, and every step's result in gpu-check.json. Without CUDA,
+# a CPU dry run of the same steps. No venv step here (it would need the network):
+# `make gpu-check PY=python3` uses another Python; GPU_CHECK_ARGS="--smoke" passes options.
+gpu-check:
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis *.egg-info
