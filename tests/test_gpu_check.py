@@ -113,5 +113,6 @@ def test_the_cpu_dry_run_passes_every_step_and_writes_the_summary(tmp_path):
     assert tests["counts"]["passed"] >= 7 and tests["counts"]["failure"] == tests["counts"]["error"] == 0
     assert {row["path"] for row in steps["bench"]["numbers"]["rows"]} == {"fast", "reference"}
     assert 0 <= steps["cycada"]["numbers"]["pixel_feature"] <= 1
-    assert steps["torchrun"]["numbers"]["backend"] == "gloo" and steps["torchrun"]["numbers"]["steps"] == 4
+    assert steps["torchrun"]["numbers"] | {"last_losses": None} == {"expected_backend": "gloo", "steps": 4,
+                                                                   "last_losses": None}
     assert summary["seconds"] < summary["budget_s"]
