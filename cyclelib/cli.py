@@ -18,7 +18,7 @@ from .config import CyCADAConfig, CycleGANConfig
 from .cycada import RESULTS, STAGES, run_cycada
 from .data import DIGIT_DOMAINS
 from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
-from .io import load_run_checkpoint
+from .io import RunFolderError, load_run_checkpoint
 from .runtime import SCALES
 from .train import TrainingDiverged, TrainingInterrupted, train_cyclegan
 from .translate import load_generator, translate_folder
@@ -59,7 +59,7 @@ def _train_cyclegan(args) -> None:
                              "or a digit pair such as mnist5k:mnistm5k)")
         config = CycleGANConfig.for_scale(args.scale, **options)
     print(f"training CycleGAN on {config.data} -> {config.out}")
-    train_cyclegan(config, resume=bool(args.resume))
+    train_cyclegan(config, resume=bool(args.resume), overwrite=args.overwrite)
     print(f"done: checkpoint {Path(config.out) / 'checkpoint.pt'}, samples in {Path(config.out) / 'samples'}")
 
 
@@ -81,9 +81,9 @@ def _train_cycada(args) -> None:
 
 def _translate(args) -> None:
     generator = load_generator(args.checkpoint, args.direction, arch=args.arch, norm=args.norm,
-                               input_nc=args.input_nc, output_nc=args.output_nc, width=args.width)
+                               input_nc=args.input_nc, output_nc=args.output_nc, width=args.width, sha256=args.sha256)
     written = translate_folder(generator, args.input, args.output, batch_size=args.batch_size,
-                               size=args.size, device=args.device)
+                               size=args.size, device=args.device, overwrite=args.overwrite)
     print(f"translated {len(written)} images into {args.output}")
 
 
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="smoke (seconds), cpu (minutes), gpu (paper); default: $CYCLELIB_SCALE, "
                                "else gpu when CUDA is present, else cpu")
     cyclegan.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    cyclegan.add_argument("--overwrite", action="store_true",
+                          help="start over in an --out that holds another run (its checkpoints, history and "
+                               "samples are deleted)")
     add_config_options(cyclegan, CycleGANConfig)
     cyclegan.set_defaults(run=_train_cyclegan)
 
@@ -131,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--size", type=int, default=None,
                            help="resize to SIZE x SIZE first (default: keep the size, rounded to a multiple of 4)")
     translate.add_argument("--device", default=None)
+    translate.add_argument("--overwrite", action="store_true",
+                           help="allow an --output that is, contains or lies inside --input")
+    translate.add_argument("--sha256", default=None,
+                           help="the checkpoint's expected SHA-256: verify the file before loading it (files in "
+                                "torch's legacy format have no checksum of their own)")
     official = translate.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
     official.add_argument("--arch", default="resnet_9blocks")
     official.add_argument("--norm", default="instance")
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RunFolderError) as e:
         # Bad input is the user's to fix: say what is wrong, without a traceback.
         print(f"cyclelib: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -163,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         # The run stopped with its checkpoints in order: the message says what to do next.
         print(f"cyclelib: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
+    except OSError as e:  # the machine's to fix (a full disk): the message names the file and folder
+        print(f"cyclelib: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

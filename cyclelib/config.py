@@ -16,7 +16,8 @@ from .classifiers import CLASSIFIERS
 from .data import DIGIT_DOMAINS, is_digit_pair
 from .images import PREPROCESS_MODES
 from .losses import GAN_MODES
-from .networks import DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS, build_generator
+from .networks import (DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS, build_discriminator, build_generator,
+                       fits, smallest_side)
 from .runtime import AMP_MODES, resolve_scale
 
 PATHS = ("fast", "reference")
@@ -48,6 +49,26 @@ def _check_generator(netG: str, channels: int) -> None:
             build_generator(netG, channels, channels, width=1)
     except ValueError as e:
         raise ValueError(f"netG: {e}") from None
+
+
+def _check_image_side(option: str, side: int, batch: int, channels: int, c) -> None:
+    """Images ``[batch, channels, side, side]`` (``side`` is the option ``option``) must be large
+    enough for every layer of config ``c``'s G and D (checked on shapes, without weights)."""
+    with torch.device("meta"):
+        nets = {f"netG {c.netG}": build_generator(c.netG, channels, channels, width=1, norm=c.norm, init=None),
+                f"netD {c.netD}": build_discriminator(c.netD, channels, width=1, n_layers=c.n_layers_D, norm=c.norm,
+                                                      init=None)}
+    for name, net in nets.items():
+        if fits(net, (batch, channels, side, side)):
+            continue
+        smallest = smallest_side(net, channels, batch)
+        if smallest is None or smallest > side:
+            raise ValueError(f"{option} {side} is too small for {name} (norm {c.norm}): the smallest image side it "
+                             f"takes is {smallest}")
+        below = max(s for s in range(smallest, side, 4) if fits(net, (batch, channels, s, s)))
+        raise ValueError(f"{option} {side} does not fit {name}: its down- and upsamplings would give back images "
+                         f"of another size; {below} is the nearest side below that fits (resnet generators take "
+                         f"multiples of 4, unet_<size> multiples of <size>)")
 
 
 @dataclass
@@ -131,6 +152,9 @@ class CycleGANConfig:
                              f"crop_size; preprocess 'crop' or 'none' do not resize")
         if self.lambda_identity > 0 and self.input_nc != self.output_nc:
             raise ValueError("the identity loss needs input_nc == output_nc; set lambda_identity=0")
+        if self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") or is_digit_pair(self.data):
+            # the training images are crop_size x crop_size
+            _check_image_side("crop_size", self.crop_size, self.batch_size, self.input_nc, self)
 
     @classmethod
     def for_scale(cls, scale: str | None = None, **options) -> "CycleGANConfig":
@@ -240,6 +264,7 @@ class CyCADAConfig:
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (the generator downsamples twice), "
                              f"got {self.image_size}")
+        _check_image_side("image_size", self.image_size, self.pixel_batch_size, 3, self)
         self.pixel_config("")  # every option of the pixel stage, checked as CycleGAN checks it
 
     @classmethod

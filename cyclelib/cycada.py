@@ -36,8 +36,10 @@ BatchNorm drift), and the stages pass networks to each other instead of PNG file
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -65,6 +67,20 @@ NEEDS = {"source": (), "pixel": ("source",), "pixel_only": ("pixel",), "feature_
          "feature": ("source", "pixel"), "oracle": ()}
 RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": "feature_only",
            "feature": "pixel_feature", "oracle": "target_oracle"}
+
+# The options of CyCADAConfig that change each stage's result, its own and those of the stages it
+# builds on: a stage's checkpoint is reused (skipped, resumed, loaded, evaluated) only if they match.
+_SHARED = ("source", "target", "classifier", "image_size", "max_samples", "seed", "amp", "task_lr",
+           "task_batch_size", "task_epochs")  # every stage starts from f_S or is a classifier stage
+_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "gan_mode", "lambda_gan_A", "lambda_gan_B",
+          "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A", "lambda_sem_B", "pixel_lr",
+          "pixel_beta1", "pixel_batch_size", "pool_size", "pixel_epochs", "pixel_epochs_decay")
+_FEATURE = ("feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature")
+STAGE_OPTIONS = {"source": _SHARED, "oracle": _SHARED, "pixel": _SHARED + _PIXEL, "pixel_only": _SHARED + _PIXEL,
+                 "feature_only": _SHARED + _FEATURE, "feature": _SHARED + _PIXEL + _FEATURE}
+# The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
+NEUTRAL_OPTIONS = ("out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
+                   "max_eval_samples")
 
 
 # --------------------------------------------------------------------------------------
@@ -114,25 +130,51 @@ def _complete(ckpt: dict) -> bool:
     return t is None or (t.get("total_steps") is not None and t["step"] >= t["total_steps"])
 
 
-def stage_finished(config: CyCADAConfig, stage: str) -> bool:
-    """Whether ``stage`` has a complete checkpoint (stages write partial ones along the way)."""
+def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
+    """The checkpoint of ``stage`` in ``config.out``, None when there is none.
+
+    A checkpoint trained with other options for the stage (:data:`STAGE_OPTIONS`: another
+    pair of domains, network, seed, ...) is a ``ValueError`` that names each option that
+    differs: reusing it would give results that belong to another configuration.
+    """
     path = stage_path(config, stage)
-    return path.is_file() and _complete(io.load_checkpoint(path))
+    if not path.is_file():
+        return None
+    ckpt = io.load_checkpoint(path)
+    recorded = ckpt["meta"].get("cycada")
+    redo = (f"retrain it (--stages {stage} --force, or force=True) or use another --out")
+    if recorded is None:
+        raise ValueError(f"{path} does not record the options its {stage!r} stage was trained with (it was "
+                         f"written by cyclelib 0.1); {redo}")
+    differ = [f"{name}={recorded.get(name)!r} there, {getattr(config, name)!r} now"
+              for name in STAGE_OPTIONS[stage] if recorded.get(name) != getattr(config, name)]
+    if differ:
+        raise ValueError(f"the {stage!r} stage in {path} was trained with other options ({'; '.join(differ)}); "
+                         f"{redo}")
+    return ckpt
+
+
+def stage_finished(config: CyCADAConfig, stage: str) -> bool:
+    """Whether ``stage`` has a complete checkpoint trained with this config's options (stages
+    write partial ones along the way); see :func:`stage_checkpoint` for other options."""
+    ckpt = stage_checkpoint(config, stage)
+    return ckpt is not None and _complete(ckpt)
 
 
 def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | None = None):
     """The network a finished stage saved: a classifier, or the CycleGAN for ``pixel`` (eval mode).
 
-    A missing or unfinished checkpoint is an error that names the file and the stage to run.
+    A missing or unfinished checkpoint is an error that names the file and the stage to run,
+    one trained with other options an error that names them (see :func:`stage_checkpoint`).
     """
     path = stage_path(config, stage)
     device = pick_device(device or config.device)
     run_it = (f"run that stage first: run_cycada(config, stages=({stage!r},)) or "
               f"`cyclelib train cycada --source {config.source} --target {config.target} --out {config.out} "
               f"--stages {stage}`")
-    if not path.is_file():
+    ckpt = stage_checkpoint(config, stage)
+    if ckpt is None:
         raise FileNotFoundError(f"{path} is missing: the {stage!r} stage has not been run; {run_it}")
-    ckpt = io.load_checkpoint(path)
     if not _complete(ckpt):
         t = ckpt["training"]
         raise FileNotFoundError(f"{path} holds an unfinished {stage!r} stage ({t['step']} of {t['total_steps']} "
@@ -161,8 +203,9 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
             batch_size=batch_size, epochs=epochs, seed=c.seed, limit=c.max_samples,
             drop_last=True,  # a last batch of one image would break BatchNorm in train mode (DTN)
             num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
-            score=score, resume_hint=f"run the {stage!r} stage again", progress=progress,
-            name=stage).fit(resume)
+            score=score, resume_hint=f"run the {stage!r} stage again",
+            overwrite=not resume,  # the caller (run_cycada) decided: continue the stage or train it afresh
+            progress=progress, name=stage).fit(resume)
 
 
 # --------------------------------------------------------------------------------------
@@ -247,7 +290,7 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
     f_s.to(distributed.setup(pick_device(config.device))[2])
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),
-                          meta={"stage": "pixel", "cycada": asdict(config)})
+                          meta={"stage": "pixel", "cycada": asdict(config)}, overwrite=not resume)
 
 
 def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | None = None,
@@ -301,6 +344,9 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     A stage whose checkpoint is complete is skipped (``force=True`` retrains it); an
     unfinished one resumes. A stage needing an earlier one that was not asked
     for loads that one's checkpoint, or fails with a message naming the file and stage.
+    Before any stage runs, every checkpoint that would be reused is checked against the
+    config (:func:`stage_checkpoint`): one trained with other options is an error naming
+    them, unless ``force`` retrains that stage. ``out`` is locked for the run.
     Writes ``out/metrics.json``, ``out/samples.png``, ``out/curves.png`` and
     ``out/confusion/<result>.png``; the wall time of each stage run goes to ``out/wall_times.json``.
     Under torchrun, where only the pixel stage may run, rank 0 writes the files and returns
@@ -314,10 +360,31 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         raise RuntimeError(f"under torchrun (WORLD_SIZE={world_size}) only the 'pixel' stage runs "
                            f"distributed: pass stages=('pixel',) (--stages pixel) there and run the stages "
                            f"{', '.join(s for s in stages if s != 'pixel')} in a single process")
+    reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage)
+              for stage in _with_needs(stages)}  # checked now: no stage trains before a mismatch is found
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if writer:
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    with io.run_folder(out) if writer else contextlib.nullcontext():
+        if writer:
+            (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+        wall_times = _run_stages(config, stages, reused, progress, out / "wall_times.json", writer)
+        return evaluate_run(config, wall_times) if writer else {}
+
+
+def _with_needs(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """``stages`` and every stage they build on, in run order."""
+    found, todo = set(), list(stages)
+    while todo:
+        stage = todo.pop()
+        if stage not in found:
+            found.add(stage)
+            todo.extend(NEEDS[stage])
+    return tuple(s for s in STAGES if s in found)
+
+
+def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str, dict | None], progress: bool,
+                times_path: Path, writer: bool) -> dict:
+    """Train ``stages`` in order, skipping complete ones and resuming unfinished ones (their
+    checkpoints are ``reused``); returns the wall times of every stage run so far in ``out``."""
     nets: dict[str, nn.Module] = {}
 
     def need(stage: str):
@@ -333,21 +400,20 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         "feature": lambda resume: train_feature(config, need("source"), need("pixel").G_A, progress, resume),
         "oracle": lambda resume: train_oracle(config, progress, resume),
     }
-    times_path = out / "wall_times.json"
     wall_times = json.loads(times_path.read_text()) if times_path.is_file() else {}
     for stage in stages:
-        if not force and stage_finished(config, stage):
+        if reused[stage] is not None and _complete(reused[stage]):
             print(f"cycada: skipping {stage}: {stage_path(config, stage)} is complete (force=True retrains it)")
             continue
         start = time.perf_counter()
-        nets[stage] = runners[stage](not force and stage_path(config, stage).is_file())
+        nets[stage] = runners[stage](reused[stage] is not None)
         wall_times[stage] = round(time.perf_counter() - start, 1)
         if writer:
             times_path.write_text(json.dumps(wall_times, indent=1))
         # e.g. a SIGTERM stopped the pixel stage early (rank 0 writes the checkpoint: only it can tell)
         if writer and not stage_finished(config, stage):
             raise RuntimeError(f"the {stage!r} stage stopped before its end; run it again to resume")
-    return evaluate_run(config, wall_times) if writer else {}
+    return wall_times
 
 
 def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
@@ -371,10 +437,14 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
                      "classifier": classifier_name(c), "test_images": {"source": len(source_test),
                                                                         "target": len(target_test)}}
     per_class, confusion, classifiers = {}, {}, {}
-    finished = {}  # stage -> its complete checkpoint, each file read once
+    finished = {}  # stage -> its complete checkpoint with this config's options, each file read once
     for stage in STAGES:
-        path = stage_path(c, stage)
-        if path.is_file() and _complete(ckpt := io.load_checkpoint(path)):
+        try:
+            ckpt = stage_checkpoint(c, stage)
+        except ValueError as e:  # another configuration's stage: not a result of this one
+            print(f"cycada: not evaluated: {e}", file=sys.stderr)
+            continue
+        if ckpt is not None and _complete(ckpt):
             finished[stage] = ckpt
     for stage, ckpt in finished.items():
         if stage not in RESULTS:

@@ -92,27 +92,39 @@ class ImageFolderDomain:
         An unreadable or truncated file raises ``ValueError`` naming it, or with
         ``skip_bad`` is dropped from ``paths``; returns the skipped files' problems. An
         image the preprocessing cannot use (smaller than ``crop_size`` with ``crop``)
-        always raises: the option is what needs changing, not the file.
+        always raises: the option is what needs changing, not the file. ``sizes`` then
+        holds each image's (width, height) after the preprocessing.
         """
-        def problem(path: Path) -> str | None:
+        def problem(path: Path) -> str | tuple[int, int]:
             try:
                 img = load_image(path, self.channels)
             except ValueError as err:
                 return str(err)
-            transform_image(img, self.preprocess, self.load_size, self.crop_size, False, None, name=path)
-            return None
+            return transform_image(img, self.preprocess, self.load_size, self.crop_size, False, None, name=path).size
 
         # PIL decodes without holding the GIL, so threads check a large folder in parallel.
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             problems = list(pool.map(problem, self.paths))
-        bad = [found for found in problems if found is not None]
+        bad = [found for found in problems if isinstance(found, str)]
         if bad and not skip_bad:
             raise ValueError(f"{bad[0]} ({len(bad)} unreadable image(s) in {self.folder}; "
                              f"skip_bad_images=True, or --skip-bad-images, skips them)")
         if len(bad) == len(self.paths):
             raise FileNotFoundError(f"no readable images in {self.folder}: {bad[0]}")
-        self.paths = [path for path, found in zip(self.paths, problems) if found is None]
+        self.sizes = {path: found for path, found in zip(self.paths, problems) if not isinstance(found, str)}
+        self.paths = list(self.sizes)
         return bad
+
+    def check_batchable(self, batch_size: int) -> None:
+        """A batch stacks images of one size: with ``batch_size`` > 1, every image must have the
+        same size after the preprocessing (call :meth:`check` first)."""
+        first, *others = self.sizes.items()
+        other = next(((path, size) for path, size in others if size != first[1]), None)
+        if batch_size > 1 and other:
+            (p1, (w1, h1)), (p2, (w2, h2)) = first, other
+            raise ValueError(f"batch_size {batch_size} stacks images of one size, but with preprocess "
+                             f"{self.preprocess!r} {p1} is {w1}x{h1} and {p2} is {w2}x{h2}; use batch_size 1, or a "
+                             "preprocess that crops (resize_and_crop, crop, scale_width_and_crop)")
 
     def __repr__(self) -> str:
         return f"ImageFolderDomain({str(self.folder)!r}, {len(self)} images, preprocess={self.preprocess!r})"
@@ -166,11 +178,15 @@ class Unpaired(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def check(self, skip_bad: bool = False) -> list[str]:
-        """Check every image of the domains that hold files (see :meth:`ImageFolderDomain.check`);
-        returns the problems of the skipped files."""
-        return [problem for domain in (self.a, self.b) if hasattr(domain, "check")
-                for problem in domain.check(skip_bad)]
+    def check(self, skip_bad: bool = False, batch_size: int = 1) -> list[str]:
+        """Check every image of the domains that hold files (see :meth:`ImageFolderDomain.check`
+        and :meth:`~ImageFolderDomain.check_batchable`); returns the problems of the skipped files."""
+        skipped = []
+        for domain in (self.a, self.b):
+            if hasattr(domain, "check"):
+                skipped += domain.check(skip_bad)
+                domain.check_batchable(batch_size)
+        return skipped
 
     def __getitem__(self, index: int) -> dict:
         index = operator.index(index)

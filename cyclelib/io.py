@@ -26,19 +26,28 @@ depends on it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import os
 import pickle
 import re
+import secrets
 import shutil
-import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Mapping
+from io import BytesIO
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 from safetensors import safe_open
@@ -62,19 +71,22 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Pat
     """Run ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
 
     A crash or kill at any moment leaves either the previous file or the new one at
-    ``path``, never a half-written one.
+    ``path``, never a half-written one. The file gets the permissions the umask gives any
+    new file. A write that fails for want of space (or a size limit) raises ``OSError``
+    naming the file, its folder and the free space, with the previous file in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        write(Path(tmp))
+        write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise _write_failed(path, e) from None
         raise
     # The rename itself is durable only once the directory entry is flushed.
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -85,25 +97,61 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Pat
     return path
 
 
+def _new_temporary(path: Path) -> Path:
+    """A new empty file ``.<name>.<random>.tmp`` next to ``path``, created with mode 0666 less
+    the umask (as ``open`` creates files; ``tempfile.mkstemp`` would make it 0600)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _write_failed(path: Path, error: OSError) -> OSError:
+    free = shutil.disk_usage(path.parent).free / 2 ** 20
+    cause = ("the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+             else "the file size limit of this process was reached")
+    return OSError(error.errno, f"cannot write {path}: {cause} ({error.strerror}; {free:.0f} MiB free in "
+                                f"{path.parent}). The previous file there, if any, is kept; free some space "
+                                f"or choose another folder, then resume")
+
+
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
-    """Write ``obj`` with ``torch.save`` to ``path`` atomically (temporary file, fsync, rename)."""
-    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically (temporary file, fsync, rename).
+
+    The bytes are made in memory first, so that a full disk fails as an ``OSError`` of the
+    write (torch's own file writer would report it as an internal assertion)."""
+    buffer = BytesIO()
+    torch.save(obj, buffer)
+    return _atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, sha256: str | None = None) -> dict:
     """Read a checkpoint without running code; errors name the file and the cause.
 
     A cyclelib checkpoint comes back in the current schema (format-1 files are upgraded);
-    other files (an official state_dict) as they are. ``.pt``/``.pth`` files are read with ``weights_only=True``, after checking the CRC32
-    of every record (torch does not, and would load flipped bits as wrong weights);
-    ``.safetensors`` files with :func:`load_safetensors` (which checks the CRC32s that
-    :func:`export_safetensors` writes).
+    other files (an official state_dict) as they are. What is verified:
+
+    - ``sha256``, when given (e.g. published next to a download), must be the file's;
+    - ``.pt``/``.pth`` files in torch's zip format (torch >= 1.6, every cyclelib file): the
+      CRC32 of every record (torch does not check them, and would load flipped bits as wrong
+      weights); they are read with ``weights_only=True``;
+    - ``.safetensors`` files: the CRC32s that :func:`export_safetensors` writes;
+    - files without any checksum (torch's legacy pre-1.6 format, which older official models
+      use, and ``.safetensors`` files written by other tools) can only be checked for NaN and
+      Inf weights: a damaged file may still load as wrong weights. A warning says so unless
+      ``sha256`` verified the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if sha256 is not None:
+        _check_sha256(path, sha256)
     if path.suffix == ".safetensors":
-        return load_safetensors(path)
+        return load_safetensors(path, verified=sha256 is not None)
+    legacy = not zipfile.is_zipfile(path)
     _check_records(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -114,7 +162,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:  # noqa: BLE001 - garbage bytes raise all sorts (IndexError, RuntimeError, ...)
         raise ValueError(f"cannot read checkpoint {path}: truncated or not a torch file "
                          f"({type(e).__name__}: {e})") from None
+    if legacy:
+        _unverified(path, state, sha256 is not None, "torch's legacy format has no checksums")
     return _as_current(state, path)
+
+
+def _check_sha256(path: Path, expected: str) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected.strip().lower():
+        raise ValueError(f"{path} is not the expected file: its SHA-256 is {digest.hexdigest()}, expected {expected} "
+                         "(a damaged or different download)")
+
+
+def _unverified(path: Path, state, verified: bool, why: str) -> None:
+    """Checks of a file without checksums: every float tensor must be finite, and a warning says
+    that a damaged file can still load (unless a SHA-256 verified it)."""
+    tensors = state.values() if isinstance(state, Mapping) else []
+    names = state.keys() if isinstance(state, Mapping) else []
+    bad = [name for name, t in zip(names, tensors)
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"{path} is damaged: tensor(s) {', '.join(bad[:5])} hold NaN or Inf values")
+    if not verified:
+        warnings.warn(f"{path} cannot be verified ({why}): a damaged file could load as wrong weights; pass its "
+                      "SHA-256 (sha256=..., --sha256) to verify it", stacklevel=3)
 
 
 def _check_records(path: Path) -> None:
@@ -293,9 +367,10 @@ def export_safetensors(model_or_checkpoint, path: str | os.PathLike) -> Path:
     return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def load_safetensors(path: str | os.PathLike) -> dict:
+def load_safetensors(path: str | os.PathLike, verified: bool = False) -> dict:
     """Read a ``.safetensors`` file: a cyclelib checkpoint dict (without ``training``) if
-    :func:`export_safetensors` wrote one, else the flat state_dict."""
+    :func:`export_safetensors` wrote one, else the flat state_dict. ``verified``: the caller
+    checked the file's SHA-256 (no warning for a file without CRC32s)."""
     path = Path(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -309,6 +384,8 @@ def load_safetensors(path: str | os.PathLike) -> dict:
     if damaged:
         raise ValueError(f"{path} is corrupted: tensor(s) {', '.join(damaged)} fail the CRC32 "
                          "check written by export_safetensors")
+    if "crc32" not in metadata:
+        _unverified(path, tensors, verified, "it was written without the CRC32s of export_safetensors")
     if "kind" not in metadata:
         return tensors
     # Format-1 exports held CycleGAN runs only, with the same metadata less "meta".
@@ -367,16 +444,17 @@ def _mismatch_hint(state: Mapping[str, torch.Tensor], norm: str) -> str:
 
 def load_official(state_dict_or_path, kind: str, arch: str, input_nc: int = 3, output_nc: int = 3,
                   width: int = 64, norm: str = "instance", n_layers: int = 3,
-                  dropout: bool = False) -> nn.Module:
+                  dropout: bool = False, sha256: str | None = None) -> nn.Module:
     """Build a network and load official weights into it (strict: every key must match).
 
     ``state_dict_or_path``: a state_dict or the path of a ``.pth`` file written by the
     official code (``latest_net_G_A.pth``, ``horse2zebra.pth``, ...) or by
-    :func:`save_official`; files are read with ``weights_only=True``.
-    ``kind`` is ``"G"`` or ``"D"``; the other keywords are those of
-    :func:`~cyclelib.networks.build_generator` / :func:`~cyclelib.networks.build_discriminator` (a D ignores ``output_nc``
-    and ``dropout``; a G ignores ``n_layers``). The published pretrained CycleGAN
-    models are ``kind="G", arch="resnet_9blocks", norm="instance"``.
+    :func:`save_official`; files are read as :func:`load_checkpoint` reads them (verified
+    against ``sha256`` when given). ``kind`` is ``"G"`` or ``"D"``; the other keywords are
+    those of :func:`~cyclelib.networks.build_generator` /
+    :func:`~cyclelib.networks.build_discriminator` (a D ignores ``output_nc`` and
+    ``dropout``; a G ignores ``n_layers``). The published pretrained CycleGAN models are
+    ``kind="G", arch="resnet_9blocks", norm="instance"``.
 
     Returns the network in training mode; call ``.eval()`` before translating.
     """
@@ -393,7 +471,7 @@ def load_official(state_dict_or_path, kind: str, arch: str, input_nc: int = 3, o
     source, state = "state_dict", state_dict_or_path
     if isinstance(state_dict_or_path, (str, os.PathLike)):
         source = str(state_dict_or_path)
-        state = load_checkpoint(state_dict_or_path)
+        state = load_checkpoint(state_dict_or_path, sha256)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{source} is not a state_dict (a flat mapping of names to tensors); "
                          "if it is a full checkpoint, pass the network's entry instead")
@@ -435,6 +513,67 @@ def save_official(net: nn.Module, path: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- run folders
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as asked: not writable, in use, or holding another run."""
+
+
+# What a run writes into its folder besides the checkpoints (deleted by an overwrite).
+_RUN_OUTPUTS = ("history.json", "history.csv", "history.png", "samples/step_*.png")
+
+
+@contextlib.contextmanager
+def run_folder(folder: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Iterator[Path]:
+    """The run folder ``folder``, checked and locked for one training (before its first step).
+
+    - It must be a folder this process can write in (created if missing).
+    - A lock (``.lock``, an OS file lock that the OS releases when the process ends, however
+      it ends) keeps a second training out: two writers would delete each other's files.
+    - A folder that holds another run's checkpoints is refused unless ``resume`` (continue
+      it) or ``overwrite`` (delete its checkpoints, history and samples first): a new run
+      would otherwise replace ``checkpoint.pt`` and ``checkpoint_best.pt`` without a word.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe := _new_temporary(folder / ".write-test"), os.O_RDONLY))
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        raise RunFolderError(f"cannot use {folder} as a run folder: it (or a folder above it) is a file") from None
+    except PermissionError as e:
+        raise RunFolderError(f"cannot write in the run folder {folder}: {e.strerror}; choose another folder") from None
+    with open(folder / ".lock", "a+") as lock:
+        _lock(lock, folder)
+        steps = step_checkpoints(folder)
+        if (steps or (folder / LATEST).is_file()) and not (resume or overwrite):
+            found = steps[-1].name if steps else LATEST
+            raise RunFolderError(f"{folder} holds another run ({found}): continue it with --resume "
+                                 f"(resume=True), start over with --overwrite (overwrite=True), or choose "
+                                 f"another folder")
+        if overwrite:
+            for old in (*steps, folder / LATEST, folder / BEST, *(p for pattern in _RUN_OUTPUTS
+                                                                  for p in folder.glob(pattern))):
+                old.unlink(missing_ok=True)
+        yield folder
+
+
+def _lock(lock_file, folder: Path) -> None:
+    """Take the OS lock of ``lock_file`` for this process and write its pid there, or raise
+    :class:`RunFolderError` naming the process that holds it."""
+    if fcntl is None:  # Windows: no flock; runs are not protected from each other there
+        return
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        raise RunFolderError(f"{folder} is in use by another training (pid {holder}); wait for it to end, "
+                             f"or choose another folder") from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

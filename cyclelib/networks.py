@@ -362,3 +362,31 @@ def _initialised(make: Callable[[], nn.Module], init: str | None, gain: float) -
         return make()
     _check_init(init)  # fail before building a large network
     return init_weights(make(), init, gain)
+
+
+# --------------------------------------------------------------------------------------
+# Which image sizes a network takes
+# --------------------------------------------------------------------------------------
+
+def fits(net: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether ``net`` takes a batch of ``shape`` [N, C, H, W] and, if it outputs images of
+    the input's channels count or another (a generator), gives them back at size H x W.
+
+    Only shapes are computed (the meta device, the weights stay where they are), so asking is
+    cheap for any size. Too small an image fails in a norm layer over a single pixel, a
+    reflection pad wider than the image, or a U-Net's divisibility.
+    """
+    meta = {name: torch.empty_like(t, device="meta") for name, t in (*net.named_parameters(), *net.named_buffers())}
+    try:
+        with torch.no_grad():
+            out = torch.func.functional_call(net, meta, (torch.empty(shape, device="meta"),))
+    except (ValueError, RuntimeError):
+        return False
+    is_generator = isinstance(net, (ResnetGenerator, UnetGenerator))
+    return not is_generator or tuple(out.shape[-2:]) == tuple(shape[-2:])
+
+
+def smallest_side(net: nn.Module, channels: int, batch: int = 1, limit: int = 4096) -> int | None:
+    """The smallest multiple of 4, s, such that ``net`` takes ``[batch, channels, s, s]``
+    (see :func:`fits`); None if there is none up to ``limit``."""
+    return next((s for s in range(4, limit + 1, 4) if fits(net, (batch, channels, s, s))), None)

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -222,6 +223,7 @@ class Trainer:
     sample_every: int = 500
     resume_checks: tuple[str, ...] | None = None
     resume_hint: str = ""
+    overwrite: bool = False             # start over in a folder that holds another run (see io.run_folder)
     progress: bool = True
     name: str = "train"
     # the run's position; fit() sets them, from a checkpoint when resuming
@@ -244,7 +246,13 @@ class Trainer:
         self.total_steps = self.max_steps or self.epochs * self.steps_per_epoch
 
     def fit(self, resume: bool = False) -> None:
-        """Train to the end (``total_steps``), from the latest checkpoint in ``out`` with ``resume``."""
+        """Train to the end (``total_steps``), from the latest checkpoint in ``out`` with ``resume``.
+
+        ``out`` is checked and locked first (:func:`~cyclelib.io.run_folder`, by rank 0)."""
+        with io.run_folder(self.out, resume, self.overwrite) if self.rank == 0 else contextlib.nullcontext():
+            self._fit(resume)
+
+    def _fit(self, resume: bool) -> None:
         if self.world > 1:
             if not hasattr(self.model, "distribute"):
                 raise RuntimeError(f"{self.name} cannot train distributed: run it in a single process")
@@ -358,7 +366,7 @@ NETWORK_OPTIONS = ("netG", "netD", "ngf", "ndf", "n_layers_D", "norm", "dropout"
 
 
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
-                   extra_generator_losses=None, meta: dict | None = None) -> CycleGAN:
+                   extra_generator_losses=None, meta: dict | None = None, overwrite: bool = False) -> CycleGAN:
     """Train a CycleGAN as the official code does and return it (eval mode).
 
     Writes to ``config.out``: ``checkpoints/step_XXXXXXX.pt`` (the last
@@ -369,7 +377,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     (loss terms every ``log_every`` steps), ``samples/step_XXXXXX.png`` (rows: real A,
     G_A(A), G_B(G_A(A)), real B, G_B(B), G_A(G_B(B))) and ``history.png``. With
     ``resume=True`` it continues from the latest readable checkpoint in ``out`` exactly
-    where that run stopped. See :class:`Trainer` for signals, NaN stops and torchrun
+    where that run stopped; a folder that holds another run is refused unless ``resume`` or
+    ``overwrite`` (start over). See :class:`Trainer` for signals, NaN stops and torchrun
     (``batch_size`` is per rank; only rank 0 writes files).
 
     Every image is decoded once before training (see ``skip_bad_images``).
@@ -403,7 +412,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
         keep_checkpoints=c.keep_checkpoints, score=("cycle_A", "cycle_B"),
         sample=lambda step: _save_samples(model, samples, out / "samples" / f"step_{step:06d}.png"),
         sample_every=c.sample_every, resume_checks=NETWORK_OPTIONS,
-        resume_hint=f"cyclelib train cyclegan --resume {out}", progress=progress, name="cyclegan")
+        resume_hint=f"cyclelib train cyclegan --resume {out}", overwrite=overwrite, progress=progress,
+        name="cyclegan")
     trainer.fit(resume)
     return model.eval()
 
@@ -411,7 +421,7 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
 def _open_checked(c: CycleGANConfig, phase: str, data_options: dict) -> Unpaired:
     """The dataset of ``phase``, every image decoded once (see :meth:`Unpaired.check`)."""
     dataset = open_unpaired(c.data, phase=phase, **data_options)
-    skipped = dataset.check(skip_bad=c.skip_bad_images)
+    skipped = dataset.check(skip_bad=c.skip_bad_images, batch_size=c.batch_size if phase == "train" else 1)
     if skipped:
         print(f"skipped {len(skipped)} unreadable {phase} image(s) (skip_bad_images=True); first: {skipped[0]}",
               file=sys.stderr)
@@ -419,8 +429,9 @@ def _open_checked(c: CycleGANConfig, phase: str, data_options: dict) -> Unpaired
 
 
 def _fixed_samples(c: CycleGANConfig, train: Unpaired, data_options: dict, device,
-                   n: int = 4) -> dict[str, torch.Tensor]:
-    """The same few test images (train images when there is no test split) for every sample grid."""
+                   n: int = 4) -> dict[str, list[torch.Tensor]]:
+    """The same few test images (train images when there is no test split) for every sample
+    grid, each [C, H, W] (their sizes may differ with preprocess none or scale_width)."""
     try:
         ds = _open_checked(c, "test", data_options)
     except FileNotFoundError:
@@ -428,16 +439,24 @@ def _fixed_samples(c: CycleGANConfig, train: Unpaired, data_options: dict, devic
     ds.set_epoch(0)
     # Spread over the set: the digit splits are sorted by class, so the first n would all be 0s.
     items = [ds[i * len(ds) // n] for i in range(min(n, len(ds)))]
-    return {k: torch.stack([it[k] for it in items]).to(device) for k in ("A", "B")}
+    return {k: [it[k].to(device) for it in items] for k in ("A", "B")}
 
 
 @torch.no_grad()
-def _save_samples(model: CycleGAN, samples: dict[str, torch.Tensor], path: Path) -> None:
+def _save_samples(model: CycleGAN, samples: dict[str, list[torch.Tensor]], path: Path) -> None:
+    """A grid with rows real A, G_A(A), G_B(G_A(A)), real B, G_B(B), G_A(G_B(B)), one image at a
+    time (sizes may differ), shown at the first image's size."""
     was_training = model.training
     model.eval()
-    a, b = samples["A"], samples["B"]
-    fake_b, fake_a = model.G_A(a), model.G_B(b)
-    rows = [a, fake_b, model.G_B(fake_b), b, fake_a, model.G_A(fake_a)]
     names = ["real A", "G_A(A)", "G_B(G_A(A))", "real B", "G_B(B)", "G_A(G_B(B))"]
-    save_image_grid(rows, names, path)
+    rows: list[list[torch.Tensor]] = [[] for _ in names]
+    for a, b in zip(samples["A"], samples["B"]):
+        a, b = a[None], b[None]  # [1, C, H, W]
+        fake_b, fake_a = model.G_A(a), model.G_B(b)
+        for row, image in zip(rows, (a, fake_b, model.G_B(fake_b), b, fake_a, model.G_A(fake_a))):
+            row.append(image)
+    side = samples["A"][0].shape[-2:]
+    shown = [torch.cat([im if im.shape[-2:] == side else F.interpolate(im, size=side, mode="bilinear")
+                        for im in row]) for row in rows]
+    save_image_grid(shown, names, path)
     model.train(was_training)

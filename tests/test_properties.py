@@ -109,11 +109,18 @@ names = st.text(string.ascii_letters + string.digits + "_", min_size=1, max_size
 def valid_options(draw) -> dict:
     netG = draw(st.sampled_from(GENERATOR_ARCHS) | st.integers(1, 12).map("resnet_{}blocks".format)
                 | st.integers(5, 9).map(lambda k: f"unet_{2 ** k}"))
-    load = draw(st.integers(1, 512))
+    preprocess = draw(st.sampled_from(PREPROCESS_MODES))
+    # Cropped training images must suit every layer: at least 32 for every D and resnet G (a 70x70
+    # PatchGAN needs 24) and a multiple of 4 for a resnet G, of the size for a U-Net, to come back
+    # at their size; uncropped ones have the images' sizes.
+    step = int(netG[5:]) if netG.startswith("unet_") else 4
+    crops = preprocess in ("resize_and_crop", "crop", "scale_width_and_crop")
+    crop = draw(st.integers(max(1, 32 // step), 512 // step).map(lambda k: k * step) if crops else st.integers(1, 512))
     options = dict(
         netG=netG, netD=draw(st.sampled_from(DISCRIMINATOR_ARCHS)), norm=draw(st.sampled_from(NORMS)),
         init=draw(st.sampled_from(INIT_TYPES)), gan_mode=draw(st.sampled_from(GAN_MODES)),
-        preprocess=draw(st.sampled_from(PREPROCESS_MODES)), load_size=load, crop_size=draw(st.integers(1, load)),
+        preprocess=preprocess, load_size=draw(st.integers(crop, 512)) if crops else draw(st.integers(1, 512)),
+        crop_size=crop,
         lambda_A=draw(st.floats(0, 100)), lambda_identity=draw(st.floats(0, 10)), lr=draw(st.floats(1e-8, 1)),
         beta1=draw(st.floats(0, 0.999)), batch_size=draw(st.integers(1, 256)),
         keep_checkpoints=draw(st.integers(1, 20)), flip=draw(st.booleans()),
@@ -150,7 +157,8 @@ INVALID = {
     "batch_size": st.integers(-100, 0),
     "keep_checkpoints": st.integers(-100, 0),
     "clip_grad_norm": st.floats(-1e6, -1e-9),
-    "crop_size": st.integers(287, 4096),  # with the default load_size 286 and resize_and_crop
+    # with the default load_size 286, resize_and_crop and resnet_9blocks (whose smallest side is 8)
+    "crop_size": st.integers(287, 4096) | st.integers(-100, 7),
 }
 
 
