@@ -37,7 +37,7 @@ import torch
 
 from .config import PATHS, CycleGANConfig
 from .cyclegan import CycleGAN
-from .runtime import AMP_MODES, cudnn_autotune, pick_device
+from .runtime import AMP_MODES, cudnn_autotune, native_bf16, pick_device
 
 # bf16 dense tensor-core peaks in TFLOP/s, by a substring of torch.cuda.get_device_name();
 # the first match wins, so more specific names come first.
@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocation, compilation)")
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
     parser.add_argument("--amp", default="auto", choices=AMP_MODES, help="the fast path's amp (the reference "
-                        "is fp32), default: auto (bf16 on CUDA)")
+                        "is fp32), default: auto (bf16 where the device computes it natively: CUDA, "
+                        "AVX512-BF16/AMX CPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -181,7 +182,8 @@ def run(args: argparse.Namespace) -> dict:
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else _cpu_name()
     machine = {"device": str(device), "name": name, "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "load_before": os.getloadavg(),
+               "torch": torch.__version__, "load_before": os.getloadavg(), "native_bf16": native_bf16(device),
+               "cpu_capability": None if cuda else torch.backends.cpu.get_cpu_capability(),
                "peak_bf16_tflops": peak_tflops(name) if cuda else None}
     with cudnn_autotune(cuda):  # as training does
         rows = [row for batch in args.batch for row in _measure(args, batch, device, machine)]
@@ -242,7 +244,8 @@ def format_table(results: dict) -> str:
     lines = [f"CycleGAN training step: {s['arch']} (ngf {s['ngf']}) + {s['netD']} (ndf {s['ndf']}), "
              f"{s['size']}x{s['size']}, {s['steps']} timed steps after {s['warmup']} warm-up"
              f"{', fast path compiled' if s['compile'] else ''}",
-             f"{m['device']} ({m['name']}), {m['threads']} threads, torch {m['torch']}, "
+             f"{m['device']} ({m['name']}{'' if m['cpu_capability'] is None else ', ' + m['cpu_capability']}), "
+             f"native bf16: {'yes' if m['native_bf16'] else 'no'}, {m['threads']} threads, torch {m['torch']}, "
              f"load average {load('load_before')} before, {load('load_after')} after"]
     cuda = m["device"].startswith("cuda")
     head = f"{'batch':>5}  {'path':<9}  {'amp':<8} {'it/s':>8} {'img/s':>8} {'ms/step':>9} {'peak MiB':>9}"

@@ -118,7 +118,9 @@ class ClassifierInput(nn.Module):
         if x.shape[1] != self.channels:
             x = luma(x) if self.channels == 1 else x.expand(-1, self.channels, -1, -1)
         if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            # in fp32: CPUs have no antialiased resize in bf16 (a generator under bf16 autocast hands bf16 images)
+            x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=True)
         return x  # [N, channels, size, size]
 
 

@@ -89,6 +89,7 @@ class CycleGANConfig:
     init_gain: float = 0.02
     input_nc: int = 3
     output_nc: int = 3
+    noise_nc: int = 0                  # beyond the paper: noise channels for G_A (networks.NoiseInput); 0: off
     # losses
     gan_mode: str = "lsgan"
     lambda_A: float = 10.0             # cycle A -> B -> A
@@ -120,8 +121,8 @@ class CycleGANConfig:
     device: str | None = None
     path: str = "fast"                 # "fast": same losses, batched network calls, fused Adam, and on CUDA
                                        # bf16 + channels_last; "reference": the official fp32 eager step
-    amp: str = "auto"                  # "auto": bf16 in the fast path on CUDA, else fp32; "none", "bf16",
-                                       # "fp16" (with loss scaling)
+    amp: str = "auto"                  # "auto": bf16 in the fast path where native (CUDA, AVX512-BF16/AMX
+                                       # CPUs), else fp32; "none", "bf16", "fp16" (with loss scaling)
     compile: bool = False              # torch.compile the four networks (fast path; the first steps compile)
     log_every: int = 50                # steps between loss-history rows
     sample_every: int = 500            # steps between sample grids
@@ -131,7 +132,7 @@ class CycleGANConfig:
     def __post_init__(self):
         _check_signs(self, non_negative=("lambda_A", "lambda_B", "lambda_identity", "lambda_gan_A",
                                          "lambda_gan_B", "lambda_gp", "pool_size", "n_epochs_decay",
-                                         "init_gain", "num_workers", "clip_grad_norm"),
+                                         "init_gain", "num_workers", "clip_grad_norm", "noise_nc"),
                      positive=("lr", "batch_size", "n_epochs", "load_size", "crop_size", "log_every",
                                "sample_every", "checkpoint_every", "keep_checkpoints", "ngf", "ndf",
                                "n_layers_D", "input_nc", "output_nc", "max_steps", "max_dataset_size"))
@@ -214,6 +215,7 @@ class CyCADAConfig:
     ndf: int = 64
     n_layers_D: int = 3
     norm: str = "instance"
+    noise_nc: int = 0                    # beyond the paper: noise channels for G_{S->T} (chapter 10); 0: off
     gan_mode: str = "lsgan"
     lambda_gan_A: float = 2.0            # L_GAN(G_{S->T}, D_T, X_T, X_S)
     lambda_gan_B: float = 1.0            # L_GAN(G_{T->S}, D_S, X_S, X_T)
@@ -238,7 +240,7 @@ class CyCADAConfig:
     scale: str = "custom"                # the preset this config came from (for_scale sets it)
     seed: int = 0
     device: str | None = None
-    amp: str = "auto"                    # none | bf16 | fp16 | auto (bf16 on CUDA, fp32 on CPU), every stage
+    amp: str = "auto"                    # none | bf16 | fp16 | auto (bf16 where native, see runtime), every stage
     num_workers: int = 0
     log_every: int = 50                  # steps between loss-history rows
     sample_every: int = 500              # pixel stage: steps between sample grids
@@ -254,7 +256,7 @@ class CyCADAConfig:
             _check_choice(name, getattr(self, name), valid)
         _check_generator(self.netG, 3)
         _check_signs(self, non_negative=[*(f.name for f in fields(self) if f.name.startswith("lambda_")),
-                                         "pool_size", "pixel_epochs_decay", "num_workers"],
+                                         "pool_size", "pixel_epochs_decay", "num_workers", "noise_nc"],
                      positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "n_layers_D",
                                "pixel_lr", "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
                                "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples",
@@ -279,7 +281,7 @@ class CyCADAConfig:
         CycleGAN (and the CyCADA release, which is built on its code)."""
         return CycleGANConfig(
             data=f"{self.source}:{self.target}", out=out, netG=self.netG, ngf=self.ngf, netD=self.netD,
-            ndf=self.ndf, n_layers_D=self.n_layers_D, norm=self.norm, input_nc=3, output_nc=3,
+            ndf=self.ndf, n_layers_D=self.n_layers_D, norm=self.norm, input_nc=3, output_nc=3, noise_nc=self.noise_nc,
             gan_mode=self.gan_mode, lambda_A=self.lambda_cycle_A, lambda_B=self.lambda_cycle_B,
             lambda_identity=self.lambda_identity, lambda_gan_A=self.lambda_gan_A, lambda_gan_B=self.lambda_gan_B,
             lr=self.pixel_lr, beta1=self.pixel_beta1, batch_size=self.pixel_batch_size,

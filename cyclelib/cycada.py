@@ -53,9 +53,10 @@ from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, f
 from .config import CyCADAConfig
 from .cyclegan import CycleGAN
 from .data import Unpaired, digit_domain
-from .metrics import accuracy, confusion_matrix, label_preservation, per_class_accuracy, predict, translate_dataset
+from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, per_class_accuracy, predict,
+                      translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
-from .runtime import Precision, pick_device, seed_everything
+from .runtime import Precision, amp_dtype, pick_device, seed_everything
 from .train import Trainer, train_cyclegan
 
 # Digit domains whose colour carries information; every other one is grey digits.
@@ -72,7 +73,8 @@ RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": 
 # builds on: a stage's checkpoint is reused (skipped, resumed, loaded, evaluated) only if they match.
 _SHARED = ("source", "target", "classifier", "image_size", "max_samples", "seed", "amp", "task_lr",
            "task_batch_size", "task_epochs")  # every stage starts from f_S or is a classifier stage
-_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "gan_mode", "lambda_gan_A", "lambda_gan_B",
+# (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
+_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "gan_mode", "lambda_gan_A", "lambda_gan_B",
           "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A", "lambda_sem_B", "pixel_lr",
           "pixel_beta1", "pixel_batch_size", "pool_size", "pixel_epochs", "pixel_epochs_decay")
 _FEATURE = ("feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature")
@@ -146,12 +148,23 @@ def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
     if recorded is None:
         raise ValueError(f"{path} does not record the options its {stage!r} stage was trained with (it was "
                          f"written by cyclelib 0.1); {redo}")
-    differ = [f"{name}={recorded.get(name)!r} there, {getattr(config, name)!r} now"
-              for name in STAGE_OPTIONS[stage] if recorded.get(name) != getattr(config, name)]
+    now = _stage_meta(config, stage)
+    differ = [f"{name}={recorded.get(name)!r} there, {now['cycada'][name]!r} now" for name in STAGE_OPTIONS[stage]
+              if name != "amp" and recorded.get(name) != now["cycada"][name]]
+    if ckpt["meta"].get("precision", now["precision"]) != now["precision"]:  # "auto" is bf16 or fp32 by hardware
+        differ.append(f"amp={recorded.get('amp')!r} ({ckpt['meta']['precision']}) there, {config.amp!r} "
+                      f"({now['precision']}) now")
     if differ:
         raise ValueError(f"the {stage!r} stage in {path} was trained with other options ({'; '.join(differ)}); "
                          f"{redo}")
     return ckpt
+
+
+def _stage_meta(config: CyCADAConfig, stage: str) -> dict:
+    """What a stage checkpoint records of its run: the stage, every option, and the precision
+    ``amp`` picked on this machine (its "auto" is bf16 or fp32 by hardware)."""
+    dtype = amp_dtype(config.amp, pick_device(config.device))
+    return {"stage": stage, "cycada": asdict(config), "precision": str(dtype or torch.float32).removeprefix("torch.")}
 
 
 def stage_finished(config: CyCADAConfig, stage: str) -> bool:
@@ -198,8 +211,7 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
     c = config
     kind = "feature" if isinstance(model, FeatureAlignment) else "classifier"
     Trainer(model, dataset, stage_path(c, stage).parent, inputs=inputs,
-            record=dict(kind=kind, config={"classifier": classifier_name(c)},
-                        meta={"stage": stage, "cycada": asdict(c)}),
+            record=dict(kind=kind, config={"classifier": classifier_name(c)}, meta=_stage_meta(c, stage)),
             batch_size=batch_size, epochs=epochs, seed=c.seed, limit=c.max_samples,
             drop_last=True,  # a last batch of one image would break BatchNorm in train mode (DTN)
             num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
@@ -290,7 +302,7 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
     f_s.to(distributed.setup(pick_device(config.device))[2])
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),
-                          meta={"stage": "pixel", "cycada": asdict(config)}, overwrite=not resume)
+                          meta=_stage_meta(config, "pixel"), overwrite=not resume)
 
 
 def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | None = None,
@@ -427,6 +439,8 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     is the oracle's accuracy on the same translations: a judge trained on labelled target
     images that no training stage consults, so it tells a translation that keeps the
     digit from one that only keeps f_S's reading of it (the semantic loss can be gamed).
+    For mnist5k -> mnistm5k, ``dark_digits`` says how many target and translated test digits
+    are darker than their background, and each result's accuracy on light and dark ones.
     """
     c = config
     out = Path(c.out)
@@ -436,43 +450,69 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     metrics: dict = {"source": c.source, "target": c.target, "scale": c.scale, "seed": c.seed,
                      "classifier": classifier_name(c), "test_images": {"source": len(source_test),
                                                                         "target": len(target_test)}}
-    per_class, confusion, classifiers = {}, {}, {}
-    finished = {}  # stage -> its complete checkpoint with this config's options, each file read once
-    for stage in STAGES:
-        try:
-            ckpt = stage_checkpoint(c, stage)
-        except ValueError as e:  # another configuration's stage: not a result of this one
-            print(f"cycada: not evaluated: {e}", file=sys.stderr)
-            continue
-        if ckpt is not None and _complete(ckpt):
-            finished[stage] = ckpt
+    per_class, confusion, classifiers, predictions = {}, {}, {}, {}
+    finished = _finished_stages(c)
     for stage, ckpt in finished.items():
         if stage not in RESULTS:
             continue
         key = RESULTS[stage]
         classifiers[stage] = _network(ckpt, stage_path(c, stage), device)
-        predictions, labels = predict(classifiers[stage], target_test)
-        metrics[key] = accuracy(predictions, labels)
-        per_class[key] = [None if math.isnan(a) else a for a in per_class_accuracy(predictions, labels)]
-        confusion[key] = confusion_matrix(predictions, labels).tolist()
+        predictions[key], labels = predict(classifiers[stage], target_test)
+        metrics[key] = accuracy(predictions[key], labels)
+        per_class[key] = [None if math.isnan(a) else a for a in per_class_accuracy(predictions[key], labels)]
+        confusion[key] = confusion_matrix(predictions[key], labels).tolist()
         plot_confusion_matrix(confusion[key], out / "confusion" / f"{key}.png",
                               title=f"{key} on {c.target} test: {metrics[key]:.3f}")
     if "source" in classifiers:
         metrics["source_test_accuracy"] = accuracy(*predict(classifiers["source"], source_test))
-    if "pixel" in finished:
-        translator = _network(finished["pixel"], stage_path(c, "pixel"), device).G_A
+    translator = _network(finished["pixel"], stage_path(c, "pixel"), device).G_A if "pixel" in finished else None
+    if translator is not None:
         # Two judges of the translation: f_S, which the semantic loss optimises, and the oracle, which it cannot.
         judges = {key: classifiers[stage] for stage, key in (("source", "label_preservation"),
                                                              ("oracle", "oracle_label_preservation"))
                   if stage in classifiers}
         metrics.update(label_preservation(judges, translator, source_test))
         _save_translation_grid(translator, source_test, target_test, out / "samples.png", device)
+    if (c.source, c.target) == ("mnist5k", "mnistm5k"):  # the same digits: mnistm5k is drawn from mnist5k
+        metrics["dark_digits"] = _polarity(source_test, target_test, translator, predictions)
     metrics.update(per_class=per_class, confusion=confusion, wall_s=wall_times or {})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     histories = {stage: ckpt["history"] for stage, ckpt in finished.items()}
     if any(histories.values()):
         plot_histories(histories, out / "curves.png")
     return metrics
+
+
+def _finished_stages(config: CyCADAConfig) -> dict[str, dict]:
+    """stage -> its complete checkpoint trained with this config's options (each file read once);
+    another configuration's stage is left out with a note: it is not a result of this one."""
+    finished = {}
+    for stage in STAGES:
+        try:
+            ckpt = stage_checkpoint(config, stage)
+        except ValueError as e:
+            print(f"cycada: not evaluated: {e}", file=sys.stderr)
+            continue
+        if ckpt is not None and _complete(ckpt):
+            finished[stage] = ckpt
+    return finished
+
+
+def _polarity(source_test, target_test, translator: nn.Module | None, predictions: dict) -> dict:
+    """The dark-digit shares of the target test digits and their translations, and each result's
+    accuracy on the light and on the dark target digits (see :func:`~cyclelib.metrics.dark_digits`)."""
+    x_s = torch.stack([x for x, _ in source_test])  # [N, 3, H, W]
+    x_t, y_t = (torch.stack([x for x, _ in target_test]), torch.tensor([y for _, y in target_test]))
+    strokes = x_s.mean(dim=1) > 0  # [N, H, W]: where each source digit has ink
+    dark = dark_digits(x_t, strokes)
+    found = {"target": dark.float().mean().item(), "by_result": {}}
+    if translator is not None:
+        translated = translate_dataset(translator, source_test).tensors[0]  # [N, 3, H, W]
+        found["translated"] = dark_digits(translated, strokes).float().mean().item()
+    for key, predicted in predictions.items():
+        right = (predicted == y_t).float()
+        found["by_result"][key] = {"light": right[~dark].mean().item(), "dark": right[dark].mean().item()}
+    return found
 
 
 def _first_of_each_class(dataset, n_classes: int = 10) -> dict[int, int]:

@@ -39,7 +39,7 @@ class CycleGAN(nn.Module):
         c = self.config = config
         gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=c.init, init_gain=c.init_gain)
         dis = dict(width=c.ndf, n_layers=c.n_layers_D, norm=c.norm, init=c.init, init_gain=c.init_gain)
-        self.G_A = build_generator(c.netG, c.input_nc, c.output_nc, **gen)   # A -> B
+        self.G_A = build_generator(c.netG, c.input_nc, c.output_nc, noise_nc=c.noise_nc, **gen)  # A -> B
         self.G_B = build_generator(c.netG, c.output_nc, c.input_nc, **gen)   # B -> A
         self.D_A = build_discriminator(c.netD, c.output_nc, **dis)           # judges B
         self.D_B = build_discriminator(c.netD, c.input_nc, **dis)            # judges A

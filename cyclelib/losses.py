@@ -92,7 +92,8 @@ def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Ten
     r"""One of the two terms of the cycle-consistency loss (L1), e.g. the forward cycle.
 
     .. math::
-        \mathcal{L}_{cyc}(G, F) = \underbrace{\mathbb{E}_{x}\big[\lVert F(G(x)) - x \rVert_1\big]}_{\texttt{cycle\_loss(F(G(x)), x)}}
+        \mathcal{L}_{cyc}(G, F) =
+            \underbrace{\mathbb{E}_{x}\big[\lVert F(G(x)) - x \rVert_1\big]}_{\texttt{cycle\_loss(F(G(x)), x)}}
             + \underbrace{\mathbb{E}_{y}\big[\lVert G(F(y)) - y \rVert_1\big]}_{\texttt{cycle\_loss(G(F(y)), y)}}
 
     This function returns one term; :meth:`~cyclelib.cyclegan.CycleGAN.generator_losses`
@@ -106,7 +107,8 @@ def identity_loss(same: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     r"""One of the two terms of the identity loss (Zhu et al., section 5.2), e.g. G's.
 
     .. math::
-        \mathcal{L}_{identity}(G, F) = \underbrace{\mathbb{E}_{y}\big[\lVert G(y) - y \rVert_1\big]}_{\texttt{identity\_loss(G(y), y)}}
+        \mathcal{L}_{identity}(G, F) =
+            \underbrace{\mathbb{E}_{y}\big[\lVert G(y) - y \rVert_1\big]}_{\texttt{identity\_loss(G(y), y)}}
             + \underbrace{\mathbb{E}_{x}\big[\lVert F(x) - x \rVert_1\big]}_{\texttt{identity\_loss(F(x), x)}}
 
     A generator fed an image that is already in its output domain should leave it unchanged,
@@ -136,7 +138,8 @@ def semantic_loss(classifier: torch.nn.Module, real: torch.Tensor,
     .. math::
         \mathcal{L}_{sem}(G_{S\to T}, G_{T\to S}, X_S, X_T, f_S) =
             \mathcal{L}_{task}(f_S, G_{T\to S}(X_T), p(f_S, X_T))
-            + \underbrace{\mathcal{L}_{task}(f_S, G_{S\to T}(X_S), p(f_S, X_S))}_{\texttt{semantic\_loss(f\_S, x\_s, G(x\_s))}}
+            + \underbrace{\mathcal{L}_{task}(f_S, G_{S\to T}(X_S), p(f_S, X_S))}_{
+                \texttt{semantic\_loss(f\_S, x\_s, G(x\_s))}}
 
     where :math:`p(f, X) = \arg\max f(X)` are the labels the frozen, pretrained
     source classifier gives the real images. This function returns one term;

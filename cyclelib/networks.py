@@ -209,6 +209,26 @@ class UnetGenerator(nn.Module):
         return self.model(x)  # [N, input_nc, H, W] -> [N, output_nc, H, W]
 
 
+class NoiseInput(nn.Module):
+    """A generator that also takes noise: ``noise_nc`` channels, each one value z ~ U(-1, 1)
+    per image broadcast over it, drawn from the global RNG at every call and put next to the
+    image's channels (PixelDA gives its generator a noise vector this way).
+
+    A deterministic generator maps each source image to one translation; with z, one source
+    digit can become several target looks (e.g. MNIST-M's light and dark digits). Not part of
+    CycleGAN or CyCADA: an option beyond the papers (``noise_nc`` in the configs).
+    """
+
+    def __init__(self, net: nn.Module, noise_nc: int):
+        super().__init__()
+        self.net, self.noise_nc = net, noise_nc
+        self.input_nc, self.output_nc = net.input_nc - noise_nc, net.output_nc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.rand(x.shape[0], self.noise_nc, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1  # [N, noise_nc, 1, 1]
+        return self.net(torch.cat([x, z.expand(-1, -1, *x.shape[-2:])], dim=1))  # [N, output_nc, H, W]
+
+
 # --------------------------------------------------------------------------------------
 # Discriminators
 # --------------------------------------------------------------------------------------
@@ -335,14 +355,18 @@ def init_weights(net: nn.Module, init: str = "normal", gain: float = 0.02) -> nn
 
 def build_generator(arch: str = "resnet_9blocks", input_nc: int = 3, output_nc: int = 3,
                     width: int = 64, norm: str = "instance", dropout: bool = False,
-                    init: str | None = "normal", init_gain: float = 0.02) -> nn.Module:
+                    init: str | None = "normal", init_gain: float = 0.02, noise_nc: int = 0) -> nn.Module:
     """A CycleGAN/pix2pix generator, as the official ``define_G`` (``width`` = ngf).
 
     ``arch``: ``resnet_<n>blocks`` (any n >= 1; official resnet_9blocks, resnet_6blocks)
     or ``unet_<size>`` (size a power of two >= 32; official unet_128, unet_256).
     CycleGAN uses resnet_9blocks, instance norm, no dropout. ``init=None`` keeps PyTorch's
-    default initialisation (for a network whose weights are loaded next).
+    default initialisation (for a network whose weights are loaded next). ``noise_nc`` > 0
+    wraps it in :class:`NoiseInput` (beyond the papers; 0 is the official generator).
     """
+    if noise_nc:
+        return NoiseInput(build_generator(arch, input_nc + noise_nc, output_nc, width, norm, dropout, init, init_gain),
+                          noise_nc)
     return _initialised(lambda: _make_generator(arch, input_nc, output_nc, width, norm, dropout), init, init_gain)
 
 
@@ -382,7 +406,7 @@ def fits(net: nn.Module, shape: tuple[int, ...]) -> bool:
             out = torch.func.functional_call(net, meta, (torch.empty(shape, device="meta"),))
     except (ValueError, RuntimeError):
         return False
-    is_generator = isinstance(net, (ResnetGenerator, UnetGenerator))
+    is_generator = isinstance(net, (ResnetGenerator, UnetGenerator, NoiseInput))
     return not is_generator or tuple(out.shape[-2:]) == tuple(shape[-2:])
 
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclelib import cycada
-from cyclelib.cli import main
 import cyclelib
-from cyclelib import CycleGAN, CyCADAConfig, export_safetensors, load_checkpoint, run_cycada
+from cyclelib import CycleGAN, CyCADAConfig, cycada, export_safetensors, load_checkpoint, run_cycada
+from cyclelib.cli import main
 from cyclelib.classifiers import build_task_network
+from cyclelib.metrics import dark_digits
+from cyclelib.networks import NoiseInput
 from cyclelib.cycada import (STAGES, classifier_name, load_stage, parse_stages, semantic_consistency, stage_path,
                              train_feature, train_pixel, train_source)
 
@@ -140,6 +141,10 @@ def test_classifier_stages_train_under_bf16_autocast(tmp_path, monkeypatch):
     assert all(torch.isfinite(torch.tensor(row["task"])) for row in history)
     assert any(not torch.equal(v, f_s.state_dict()[k]) for k, v in f_t.state_dict().items()), "f_T did not learn"
     assert all(p.dtype == torch.float32 for p in f_t.parameters())  # autocast keeps fp32 weights
+    # the pixel stage too: LeNet's adapter resizes bf16 translations (CPUs resize them in fp32)
+    train_pixel(config, f_s, progress=False)
+    history = load_checkpoint(stage_path(config, "pixel"))["history"]
+    assert all(torch.isfinite(torch.tensor(row["sem_A"])) for row in history)
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +276,33 @@ def test_sample_grid_columns_hold_one_class_in_every_row():
     assert (picks_s, picks_t) == ([1, 3, 0], [2, 0, 4])  # the first image of each class
     # no class in common: source columns only, and no target row
     assert cycada._class_columns(source[:1], target[:2]) == ([2], [0], None)
+
+
+def test_noise_input_and_the_dark_digit_counts_beyond_the_paper(tmp_path):
+    """Chapter 10's option: G_{S->T} takes noise channels (off by default), so one source digit can
+    become several target looks; and mnist5k -> mnistm5k runs count the dark digits."""
+    config = CyCADAConfig.for_scale("smoke", source="mnist5k", target="mnistm5k", out=str(tmp_path), noise_nc=2)
+    assert CyCADAConfig().noise_nc == 0 and "noise_nc" in cycada.STAGE_OPTIONS["pixel"]
+    metrics = run_cycada(config, stages=("source", "pixel"), progress=False)
+    G_A = load_stage(config, "pixel").G_A
+    assert isinstance(G_A, NoiseInput) and G_A.input_nc == 3 and G_A.net.input_nc == 5
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first, again = G_A(x), G_A(x)
+        torch.manual_seed(0)
+        assert not torch.equal(first, again) and torch.equal(first, G_A(x))  # noise from the seeded global RNG
+    test = cycada._eval_subset(cycada.load_domain(config, "mnistm5k", "test"), config)
+    ink = torch.stack([x for x, _ in cycada._eval_subset(cycada.load_domain(config, "mnist5k", "test"), config)])
+    dark = dark_digits(torch.stack([x for x, _ in test]), ink.mean(dim=1) > 0)
+    found = metrics["dark_digits"]
+    assert found["target"] == pytest.approx(dark.float().mean().item()) and 0.1 < found["target"] < 0.7
+    assert 0 <= found["translated"] <= 1 and set(found["by_result"]) == {"source_only"}
+
+
+def test_dark_digits_compares_the_ink_with_the_paper():
+    strokes = torch.zeros(2, 8, 8, dtype=torch.bool)
+    strokes[:, 2:6, 3:5] = True
+    light = torch.where(strokes, 0.9, -0.5)[:, None].expand(-1, 3, -1, -1)  # bright digit on a dark photo
+    assert dark_digits(torch.cat([light, -light]), torch.cat([strokes, strokes])).tolist() == \
+        [False, False, True, True]

@@ -46,15 +46,20 @@ def test_learning_rate_schedule_is_constant_then_linear():
 
 def test_train_step_has_the_official_terms_and_updates_all_networks():
     torch.manual_seed(0)
-    cfg = replace(CycleGANConfig(), netG="resnet_1blocks", ngf=4, ndf=4, pool_size=0)
+    cfg = replace(CycleGANConfig(), netG="resnet_1blocks", ngf=4, ndf=4, pool_size=0, amp="none")
     model = CycleGAN(cfg)
     a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     terms, _ = model.generator_losses(a, b)
     assert set(terms) == {"G_A", "G_B", "cycle_A", "cycle_B", "idt_A", "idt_B"}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
     model.train_step(a, b)
-    # after a step every parameter of all four networks has moved
-    for name, net in (("G_A", model.G_A), ("D_A", model.D_A)):
-        assert all(p.grad is not None for p in net.parameters()), name
+    # after a step every network has a gradient for every parameter, and every weight tensor has
+    # moved (Adam moves each by about lr; a bias in front of instance norm may have a zero gradient)
+    for net_name in ("G_A", "G_B", "D_A", "D_B"):
+        params = dict(getattr(model, net_name).named_parameters())
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params.values()), net_name
+        weights = {n: p for n, p in params.items() if p.dim() > 1}
+        assert weights and all(not torch.equal(p, before[f"{net_name}.{n}"]) for n, p in weights.items()), net_name
 
 
 def test_epoch_sampler_is_a_resumable_permutation():
@@ -66,13 +71,22 @@ def test_epoch_sampler_is_a_resumable_permutation():
 
 
 def test_smoke_training_on_digits_lowers_the_cycle_loss(tmp_path):
+    """48 steps lower the cycle loss: means over the first and the last 12 steps, not single
+    logged values, which one rounding difference of another CPU's kernels can tip.
+
+    Measured with seeds 0-4 under native (AVX-512), AVX2 and default (SSE4.1) kernels: the last
+    window's cycle_A + cycle_B is 0.51-0.59 of the first's, cycle_A alone 0.30-0.43 and cycle_B
+    alone 0.64-0.82; the limits below leave a wide margin."""
     cfg = tiny_config(tmp_path, n_epochs=6, n_epochs_decay=0, max_dataset_size=32, ngf=16, ndf=8,
-                      log_every=8, lr=1e-3)
+                      log_every=1, lr=1e-3, amp="none")
     train_cyclegan(cfg, progress=False)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
-    first, last = history[0], history[-1]
-    assert last["cycle_A"] < 0.7 * first["cycle_A"]
-    assert last["cycle_B"] < 0.7 * first["cycle_B"]
+    assert len(history) == 48
+    first, last = history[:12], history[-12:]
+    mean = lambda rows, *keys: sum(row[k] for row in rows for k in keys) / len(rows)
+    assert mean(last, "cycle_A", "cycle_B") < 0.75 * mean(first, "cycle_A", "cycle_B")
+    for key in ("cycle_A", "cycle_B"):
+        assert mean(last, key) < 0.95 * mean(first, key), key
     assert (tmp_path / "run" / "history.csv").read_text().startswith("step,epoch,")
     assert list((tmp_path / "run" / "samples").glob("step_*.png"))
     assert (tmp_path / "run" / "history.png").exists()

@@ -13,7 +13,7 @@ from cyclelib.data import EpochSampler
 def one_step(path: str, **options) -> tuple[CycleGAN, dict[str, torch.Tensor]]:
     """A tiny CycleGAN after one training step on fixed images, everything seeded."""
     torch.manual_seed(0)
-    model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, path=path, **options))
+    model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, path=path, **{"amp": "none", **options}))
     g = torch.Generator().manual_seed(1)
     real_A, real_B = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
     torch.manual_seed(2)  # the gradient penalty draws its mixing weights from the global RNG
@@ -86,6 +86,24 @@ def test_speed_options_are_checked(bad, match):
         CycleGANConfig(**bad)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_amp_is_bf16_in_the_fast_path_where_bf16_is_native_and_fp32_elsewhere(monkeypatch, native):
+    from cyclelib import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
+    fast = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4))  # amp "auto"
+    reference = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, path="reference"))
+    assert fast.precision.dtype == (torch.bfloat16 if native else None)
+    assert reference.precision.dtype is None  # the official step stays fp32
+    assert CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, amp="none")).precision.dtype is None
+
+
+def test_native_bf16_is_what_onednn_reports_on_this_cpu():
+    from cyclelib.runtime import native_bf16
+
+    assert native_bf16(torch.device("cpu")) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def test_epoch_sampler_splits_an_epoch_across_ranks():
     full = list(EpochSampler(10, seed=3, epoch=1))
     shares = [list(EpochSampler(10, seed=3, epoch=1, rank=r, world_size=3)) for r in range(3)]
@@ -118,3 +136,7 @@ def test_benchmark_prints_and_saves_both_paths(tmp_path, capsys):
     (ratio,) = results["ratios"]
     assert ratio["train"] == pytest.approx(rows["fast"]["it_per_s"] / rows["reference"]["it_per_s"])
     assert results["machine"]["threads"] >= 1 and len(results["machine"]["load_before"]) == 3
+    # the table and the JSON say which amp each row used and whether this CPU has native bf16
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert results["machine"]["native_bf16"] == native and f"native bf16: {'yes' if native else 'no'}" in printed
+    assert rows["reference"]["amp"] == "fp32" and rows["fast"]["amp"] == ("bfloat16" if native else "fp32")
