@@ -1,10 +1,15 @@
-"""Figures a run writes: sample grids, loss curves, confusion matrices."""
+"""Figures a run writes: sample grids, loss curves, confusion matrices.
+
+Axis labels are bilingual ("step / 步数"), like the book. Chinese needs a CJK font: the first
+one installed (Noto Sans CJK, from Debian's fonts-noto-cjk, or the system's own on macOS and
+Windows) becomes the fallback of matplotlib's default font; without one, the Chinese half of
+a label shows as boxes.
+"""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
-
-import sys
 
 import matplotlib
 
@@ -12,7 +17,33 @@ if "ipykernel" not in sys.modules:
     matplotlib.use("Agg")  # training runs write files and never open windows; notebooks keep inline figures
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
+
+CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei", "SimHei")
+
+
+def _use_a_cjk_fallback() -> str | None:
+    """Make an installed CJK font the fallback of the default font; returns its name (None: none found)."""
+    def installed() -> set[str]:
+        return {font.name for font in font_manager.fontManager.ttflist}
+
+    if not installed() & set(CJK_FONTS):  # fonts installed after matplotlib built its cache
+        for path in font_manager.findSystemFonts():
+            if any(key in Path(path).name for key in ("CJK", "SourceHanSans", "wqy", "PingFang", "msyh", "simhei")):
+                font_manager.fontManager.addfont(path)
+    found = next((name for name in CJK_FONTS if name in installed()), None)
+    if found:
+        plt.rcParams["font.family"] = [*plt.rcParams["font.family"], found]
+    return found
+
+
+_use_a_cjk_fallback()
+
+
+def bilingual(en: str, zh: str) -> str:
+    """A label in both languages of the book: ``"accuracy / 准确率"``."""
+    return f"{en} / {zh}"
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -72,8 +103,8 @@ def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x
     steps = [row[x] for row in history]
     for k in keys:
         ax.plot(steps, [row.get(k, float("nan")) for row in history], label=k)
-    ax.set_xlabel(x)
-    ax.set_ylabel("loss")
+    ax.set_xlabel(bilingual(x, "步数" if x == "step" else x))
+    ax.set_ylabel(bilingual("loss", "损失"))
     ax.legend(fontsize=7, ncol=3)
     ax.grid(alpha=0.3)
     if fig is not None:
@@ -96,17 +127,17 @@ def confusion_matrix_figure(matrix, class_names: Sequence[str] | None = None, ti
     k = counts.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(0.45 * k + 1.8, 0.45 * k + 1.2))
+    fig, ax = plt.subplots(figsize=(0.5 * k + 1.8, 0.5 * k + 1.3))
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
             if counts[i, j] > 0:
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6,
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), names, fontsize=7)
-    ax.set_yticks(range(k), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xticks(range(k), names, fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel(bilingual("predicted", "预测"))
+    ax.set_ylabel(bilingual("true", "真实"))
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
