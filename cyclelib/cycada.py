@@ -47,12 +47,14 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from . import distributed, io, losses
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
 from .config import CyCADAConfig
 from .cyclegan import CycleGAN
-from .data import Unpaired, digit_domain
+from .cyclegan import GeneratorTerms
+from .data import DigitDomain, Unpaired, digit_domain
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, per_class_accuracy, predict,
                       translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
@@ -100,7 +102,7 @@ def classifier_name(config: CyCADAConfig) -> str:
     return "dtn" if {config.source, config.target} & set(COLOUR_DOMAINS) else "lenet"
 
 
-def load_domain(config: CyCADAConfig, name: str, split: str):
+def load_domain(config: CyCADAConfig, name: str, split: str) -> DigitDomain:
     """Digit domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label)`` pairs."""
     return digit_domain(name, split, size=config.image_size, channels=3)
 
@@ -174,7 +176,7 @@ def stage_finished(config: CyCADAConfig, stage: str) -> bool:
     return ckpt is not None and _complete(ckpt)
 
 
-def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | None = None):
+def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | None = None) -> nn.Module:
     """The network a finished stage saved: a classifier, or the CycleGAN for ``pixel`` (eval mode).
 
     A missing or unfinished checkpoint is an error that names the file and the stage to run,
@@ -224,7 +226,7 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
 # Stages
 # --------------------------------------------------------------------------------------
 
-def train_classifier(config: CyCADAConfig, stage: str, dataset, progress: bool = True,
+def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progress: bool = True,
                      resume: bool = False) -> nn.Module:
     r"""Minimise :math:`\mathcal{L}_{task}(f, X, Y)` with Adam from a fresh network; saves ``out/<stage>/``.
 
@@ -259,7 +261,7 @@ def train_pixel_only(config: CyCADAConfig, translator: nn.Module, progress: bool
     return train_classifier(config, "pixel_only", translated, progress, resume)
 
 
-def semantic_consistency(config: CyCADAConfig, f_s: nn.Module):
+def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms:
     r"""The generator terms CyCADA adds to CycleGAN, for ``CycleGAN(extra_generator_losses=...)``.
 
     .. math::

@@ -19,6 +19,9 @@ from .networks import build_discriminator, build_generator
 from .pool import ImagePool
 from .runtime import Precision, pick_device
 
+# Extra named generator terms: (real_A, real_B, the images of cycle_images) -> {name: weighted loss}
+GeneratorTerms = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
 
 class CycleGAN(nn.Module):
     """The four networks of CycleGAN and one training step.
@@ -33,8 +36,7 @@ class CycleGAN(nn.Module):
     generator terms, already weighted; CyCADA adds its semantic consistency loss this way.
     """
 
-    def __init__(self, config: CycleGANConfig,
-                 extra_generator_losses: Callable[..., dict[str, torch.Tensor]] | None = None):
+    def __init__(self, config: CycleGANConfig, extra_generator_losses: GeneratorTerms | None = None):
         super().__init__()
         c = self.config = config
         gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=c.init, init_gain=c.init_gain)
@@ -99,7 +101,8 @@ class CycleGAN(nn.Module):
         images["rec_B"] = self.G_A(images["fake_A"])
         return images
 
-    def generator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor):
+    def generator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor,
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The named, weighted terms of the full objective for G_A and G_B, and the images
         of :meth:`cycle_images`.
 

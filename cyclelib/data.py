@@ -347,8 +347,9 @@ _DIGIT_READERS = {
     "mnist": _read_mnist, "usps": _read_usps, "svhn": _read_svhn, "mnistm": _read_mnistm,
 }
 
-def digit_domain(name: str, split: str = "train", size: int = 32, channels: int = 3, root=None,
-                 download: bool = False) -> DigitDomain:
+
+def digit_domain(name: str, split: str = "train", size: int = 32, channels: int = 3,
+                 root: str | os.PathLike | None = None, download: bool = False) -> DigitDomain:
     """A labelled digit domain of images ``[channels, size, size]`` in ``[-1, 1]``.
 
     Offline (built from data shipped with installed packages, fixed stratified splits):
@@ -381,7 +382,7 @@ def digit_domain(name: str, split: str = "train", size: int = 32, channels: int 
 
 
 def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | None = None, channels: int = 3,
-                  root=None, download: bool = False, **folder_options) -> Unpaired:
+                  root: str | os.PathLike | None = None, download: bool = False, **folder_options) -> Unpaired:
     """Open an unpaired dataset from a spec: a digit pair ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``,
     split ``train`` in the train phase, ``test`` otherwise, ``size`` default 32; ``root`` and
     ``download`` as :func:`digit_domain`) or a dataset folder (:class:`UnpairedImageFolder`;

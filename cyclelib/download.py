@@ -37,7 +37,7 @@ MNISTM_URL = "https://cornell.box.com/shared/static/jado7quprg6hzzdubvwzh9umr75d
 MNISTM_MD5 = "859df31c91afe82e80e5012ba928f279"
 
 
-def data_root(root=None) -> Path:
+def data_root(root: str | os.PathLike | None = None) -> Path:
     """Where digit benchmarks live: `root`, else ``$CYCLELIB_DATA``, else ``~/.cache/cyclelib``."""
     return Path(root or os.environ.get("CYCLELIB_DATA") or "~/.cache/cyclelib").expanduser()
 
@@ -54,7 +54,7 @@ DIGIT_FILES = {
 }
 
 
-def download_digits(name: str, root=None) -> Path:
+def download_digits(name: str, root: str | os.PathLike | None = None) -> Path:
     """Download a digit benchmark (``mnist``, ``usps``, ``svhn``, ``mnistm``) into
     :func:`data_root`, both splits; files already there are kept. Returns the root."""
     if name not in DIGIT_FILES:
@@ -200,7 +200,7 @@ def _download_and_unpack(url: str, dest: Path, md5: str | None = None) -> Path:
     return dest
 
 
-def download_dataset(name: str, root, url: str | None = None) -> Path:
+def download_dataset(name: str, root: str | os.PathLike, url: str | None = None) -> Path:
     """Download and extract an official CycleGAN dataset; returns ``root/name``.
 
     ``url`` overrides the official location (a mirror, or a ``file://`` URL). A dataset

@@ -5,6 +5,7 @@ as the official ``ToTensor`` + ``Normalize(0.5, 0.5)`` make them.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_c
 LUMA = (0.299, 0.587, 0.114)
 
 
-def load_image(path, channels: int = 3) -> Image.Image:
+def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
     """Read an image file as 8-bit RGB (``channels=3``) or 8-bit grayscale (``channels=1``).
 
     Palette, RGBA, grayscale, CMYK and 16-bit images are all accepted. A file PIL cannot
@@ -44,7 +45,7 @@ def _convert_mode(img: Image.Image, mode: str) -> Image.Image:
     return img.convert(mode)
 
 
-def read_image(path, channels: int = 3) -> torch.Tensor:
+def read_image(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
     """Read an image file as a float tensor ``[channels, H, W]`` in ``[-1, 1]`` (see :func:`load_image`)."""
     return to_tensor(load_image(path, channels))
 
@@ -70,7 +71,7 @@ def _draw(high: int, generator: torch.Generator | None) -> int:
 
 
 def transform_image(img: Image.Image, preprocess: str, load_size: int, crop_size: int, flip: bool,
-                    generator: torch.Generator | None, name="image") -> Image.Image:
+                    generator: torch.Generator | None, name: str | os.PathLike = "image") -> Image.Image:
     """Apply the official CycleGAN preprocessing to a PIL image.
 
     ``resize_and_crop``: bicubic resize to ``load_size`` x ``load_size``, random
@@ -109,7 +110,7 @@ def transform_image(img: Image.Image, preprocess: str, load_size: int, crop_size
     return img
 
 
-def list_images(folder) -> list[Path]:
+def list_images(folder: str | os.PathLike) -> list[Path]:
     """All image files under `folder` (recursive, sorted). Hidden files are skipped: archives
     made on macOS carry "._name.jpg" metadata files that are not images."""
     return sorted(path for path in Path(folder).rglob("*")

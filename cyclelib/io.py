@@ -221,7 +221,7 @@ def make_checkpoint(kind: str, config: dict, nets: Mapping[str, torch.Tensor], m
     return state
 
 
-def is_checkpoint(state, kind: str | None = None) -> bool:
+def is_checkpoint(state: object, kind: str | None = None) -> bool:
     """Whether ``state`` is a cyclelib checkpoint (of ``kind``), not e.g. an official state_dict."""
     return (isinstance(state, Mapping) and state.get("kind") in KINDS and "nets" in state
             and (kind is None or state["kind"] == kind))
@@ -334,7 +334,7 @@ def load_cyclegan(path: str | os.PathLike, device: str | torch.device = "cpu") -
 # --------------------------------------------------------------------------- safetensors
 
 
-def export_safetensors(model_or_checkpoint, path: str | os.PathLike) -> Path:
+def export_safetensors(model_or_checkpoint: nn.Module | Mapping | str | os.PathLike, path: str | os.PathLike) -> Path:
     """Write the weights of a model or checkpoint to a ``.safetensors`` file (atomically).
 
     Accepts a module (a :class:`~cyclelib.cyclegan.CycleGAN` keeps its config), a
@@ -442,7 +442,8 @@ def _mismatch_hint(state: Mapping[str, torch.Tensor], norm: str) -> str:
             "input_nc/output_nc, n_layers and dropout (it shifts resnet block indices)")
 
 
-def load_official(state_dict_or_path, kind: str, arch: str, input_nc: int = 3, output_nc: int = 3,
+def load_official(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike, kind: str, arch: str,
+                  input_nc: int = 3, output_nc: int = 3,
                   width: int = 64, norm: str = "instance", n_layers: int = 3,
                   dropout: bool = False, sha256: str | None = None) -> nn.Module:
     """Build a network and load official weights into it (strict: every key must match).

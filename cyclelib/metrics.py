@@ -11,10 +11,11 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 
 @torch.no_grad()
-def predict(classifier: nn.Module, dataset, batch_size: int = 256,
+def predict(classifier: nn.Module, dataset: Dataset, batch_size: int = 256,
             transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
             device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted and true labels of ``classifier`` on ``dataset`` (items ``(image, label)``).
@@ -78,7 +79,7 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_clas
     return [(matrix[k, k] / totals[k]).item() if totals[k] > 0 else float("nan") for k in range(num_classes)]
 
 
-def label_preservation(judge: nn.Module | Mapping[str, nn.Module], translator: nn.Module, dataset,
+def label_preservation(judge: nn.Module | Mapping[str, nn.Module], translator: nn.Module, dataset: Dataset,
                        batch_size: int = 256) -> float | dict[str, float]:
     r"""How often a classifier still recognises the true label after translation.
 
@@ -100,7 +101,7 @@ def label_preservation(judge: nn.Module | Mapping[str, nn.Module], translator: n
 
 
 @torch.no_grad()
-def translate_dataset(translator: nn.Module, dataset, batch_size: int = 256) -> torch.utils.data.TensorDataset:
+def translate_dataset(translator: nn.Module, dataset: Dataset, batch_size: int = 256) -> TensorDataset:
     """(G(x), y) for every (x, y) of ``dataset``, computed once in eval mode (the translator's
     mode is restored afterwards); the images [N, C, H, W] are kept on the CPU.
 

@@ -18,6 +18,8 @@ if "ipykernel" not in sys.modules:
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei", "SimHei")
@@ -46,7 +48,7 @@ def bilingual(en: str, zh: str) -> str:
     return f"{en} / {zh}"
 
 
-def save_figure(fig, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG at ``path`` (folders created) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ def to_image(t: torch.Tensor) -> torch.Tensor:
 
 
 def image_grid_figure(rows: Sequence[torch.Tensor], row_names: Sequence[str],
-                      titles: Sequence[str] | None = None, scale: float = 1.0):
+                      titles: Sequence[str] | None = None, scale: float = 1.0) -> Figure:
     """A figure with one row per batch [N, C, H, W] (all with the same N), named on the left.
 
     ``titles`` (one per column, e.g. class labels) are written above the first row. The
@@ -93,7 +95,8 @@ def save_image_grid(rows: Sequence[torch.Tensor], row_names: Sequence[str], path
     return save_figure(image_grid_figure(rows, row_names, titles), path)
 
 
-def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "step", ax=None):
+def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "step",
+                   ax: Axes | None = None) -> Figure:
     """Loss curves of a run's history (a list of dicts, one per logged step), drawn into ``ax``
     when given (the figure is then the caller's), else into a new figure."""
     keys = keys or [k for k in history[0] if k not in (x, "epoch")]
@@ -117,7 +120,8 @@ def plot_history(history: Sequence[dict], path: str | Path, keys: Sequence[str] 
     return save_figure(history_figure(history, keys), path)
 
 
-def confusion_matrix_figure(matrix, class_names: Sequence[str] | None = None, title: str | None = None):
+def confusion_matrix_figure(matrix: torch.Tensor | Sequence[Sequence[int]], class_names: Sequence[str] | None = None,
+                            title: str | None = None) -> Figure:
     """A confusion matrix (rows: true class, columns: predicted) as a heat map with counts.
 
     Colours show each row normalised by its class size, so a rare class that is always
@@ -144,8 +148,8 @@ def confusion_matrix_figure(matrix, class_names: Sequence[str] | None = None, ti
     return fig
 
 
-def plot_confusion_matrix(matrix, path: str | Path, class_names: Sequence[str] | None = None,
-                          title: str | None = None) -> Path:
+def plot_confusion_matrix(matrix: torch.Tensor | Sequence[Sequence[int]], path: str | Path,
+                          class_names: Sequence[str] | None = None, title: str | None = None) -> Path:
     """Save :func:`confusion_matrix_figure` as a PNG at ``path``."""
     return save_figure(confusion_matrix_figure(matrix, class_names, title), path)
 

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, io
 from .config import CycleGANConfig
-from .cyclegan import CycleGAN
+from .cyclegan import CycleGAN, GeneratorTerms
 from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
 from .plots import plot_history, save_image_grid
 from .runtime import cudnn_autotune, pick_device, seed_everything
@@ -366,7 +366,8 @@ NETWORK_OPTIONS = ("netG", "netD", "ngf", "ndf", "n_layers_D", "norm", "dropout"
 
 
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
-                   extra_generator_losses=None, meta: dict | None = None, overwrite: bool = False) -> CycleGAN:
+                   extra_generator_losses: GeneratorTerms | None = None, meta: dict | None = None,
+                   overwrite: bool = False) -> CycleGAN:
     """Train a CycleGAN as the official code does and return it (eval mode).
 
     Writes to ``config.out``: ``checkpoints/step_XXXXXXX.pt`` (the last
