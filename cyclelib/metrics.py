@@ -135,3 +135,50 @@ def dark_digits(images: torch.Tensor, strokes: torch.Tensor) -> torch.Tensor:
     ink = (grey * strokes).sum((1, 2)) / strokes.sum((1, 2)).clamp(min=1)
     paper = (grey * ~strokes).sum((1, 2)) / (~strokes).sum((1, 2)).clamp(min=1)
     return ink < paper
+
+
+def as_tensors(dataset: Dataset, batch_size: int = 256) -> TensorDataset:
+    """A dataset of ``(image, label)`` pairs held in memory: ``TensorDataset(images [N, C, H, W], labels [N])``.
+
+    Domains such as :class:`~cyclelib.data.DigitDomain` resize and convert each image on access;
+    measuring the same test split many times (every stage of a run, every judge) from one
+    in-memory copy does that work once. ``tensors`` gives the two tensors, e.g. for slicing.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    images, labels = [], []
+    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        images.append(x)
+        labels.append(torch.as_tensor(y).long())
+    return TensorDataset(torch.cat(images), torch.cat(labels))
+
+
+def mean_pairwise_l1(images: torch.Tensor) -> float:
+    r"""Mean per-value L1 distance between two different images of a batch ``[N, C, H, W]``.
+
+    .. math::
+        \frac{1}{N(N-1)\,D}\sum_{i \ne j} \lVert x_i - x_j \rVert_1, \quad D = C H W
+
+    A measure of how much a set of images varies: 0 when they are all the same. Divided by
+    the same number for real target images, it is the *output diversity* of a translation
+    (near 0: every input gets one output, the collapse the adversarial loss allows).
+    """
+    if images.dim() != 4 or len(images) < 2:
+        raise ValueError(f"need a batch of at least two images [N, C, H, W], got shape {tuple(images.shape)}")
+    flat = images.detach().float().flatten(1)  # [N, D]
+    n = len(flat)
+    return (torch.cdist(flat, flat, p=1).sum() / (n * (n - 1) * flat.shape[1])).item()  # the diagonal is 0
+
+
+def colour_shift(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """How each image's mean colour changed: ``outputs`` minus ``inputs``, averaged over the
+    pixels of each channel, ``[N, C]`` (signed; images ``[N, C, H, W]`` in ``[-1, 1]``).
+
+    A translation that keeps colours, such as a change of texture, leaves it near 0; a tint
+    shows up as the same sign in most images of one channel. The mean over images and channels
+    of its absolute value is the *mean colour shift* of a translation.
+    """
+    if inputs.shape[:2] != outputs.shape[:2] or inputs.dim() != 4 or outputs.dim() != 4:
+        raise ValueError(f"inputs and outputs must be batches [N, C, H, W] with the same N and C, got shapes "
+                         f"{tuple(inputs.shape)} and {tuple(outputs.shape)}")
+    return (outputs.detach().float().mean(dim=(2, 3)) - inputs.detach().float().mean(dim=(2, 3))).cpu()

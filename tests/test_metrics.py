@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cyclelib.metrics import (accuracy, confusion_matrix, label_preservation, per_class_accuracy,
-                              predict)
+from cyclelib.metrics import (accuracy, as_tensors, colour_shift, confusion_matrix, label_preservation,
+                              mean_pairwise_l1, per_class_accuracy, predict)
 from cyclelib.plots import plot_confusion_matrix
 
 PREDICTIONS = torch.tensor([0, 1, 1, 2, 2, 0])
@@ -87,3 +87,36 @@ def test_label_preservation_is_fs_accuracy_on_translated_images():
 def test_confusion_matrix_plot_is_written(tmp_path):
     path = plot_confusion_matrix(confusion_matrix(PREDICTIONS, LABELS, 4), tmp_path / "cm.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_as_tensors_holds_every_item_of_a_labelled_dataset_in_order():
+    data = images_of([3, 1, 2, 0, 1])
+    held = as_tensors(data, batch_size=2)  # batches of 2: the last one is a single item
+    images, labels = held.tensors
+    assert images.shape == (5, 1, 2, 2) and labels.dtype == torch.long
+    assert labels.tolist() == [3, 1, 2, 0, 1]
+    assert torch.equal(images[:, 0, 0, 0], torch.tensor([3.0, 1, 2, 0, 1]))
+    with pytest.raises(ValueError, match="empty"):
+        as_tensors([])
+
+
+def test_mean_pairwise_l1_is_the_mean_distance_between_two_different_images():
+    same = torch.zeros(4, 3, 2, 2)
+    assert mean_pairwise_l1(same) == 0.0
+    # values 0, 1, 3: pairwise distances per value 1, 3, 2, each pair counted twice -> mean 2
+    three = torch.tensor([0.0, 1.0, 3.0]).view(3, 1, 1, 1).expand(3, 3, 4, 4)
+    assert mean_pairwise_l1(three) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least two images"):
+        mean_pairwise_l1(torch.zeros(1, 3, 2, 2))
+
+
+def test_colour_shift_is_the_signed_change_of_each_channels_mean():
+    inputs = torch.rand(5, 3, 8, 8) * 2 - 1
+    tint = torch.tensor([0.2, 0.0, -0.1]).view(1, 3, 1, 1)
+    shift = colour_shift(inputs, inputs + tint)
+    assert shift.shape == (5, 3)
+    assert torch.allclose(shift, tint.view(1, 3).expand(5, 3), atol=1e-6)
+    # moving pixels around (a texture change) keeps each channel's mean
+    assert colour_shift(inputs, inputs.flip(-1).roll(3, dims=-2)).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="same N and C"):
+        colour_shift(inputs, inputs[:4])
