@@ -17,7 +17,8 @@ from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada import run_cycada
 from .cyclegan import CycleGAN
-from .data import DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired
+from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired,
+                   poster_paint, write_photo_pair)
 from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
 from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
                  save_checkpoint, save_official)
@@ -38,6 +39,6 @@ __all__ = [
     "digit_domain", "discriminator_loss", "download_dataset", "download_digits", "export_safetensors",
     "feature_gan_loss", "gan_loss", "gradient_penalty", "identity_loss", "init_weights", "load_checkpoint",
     "load_cyclegan", "load_generator", "load_official", "load_safetensors", "open_unpaired", "pick_device",
-    "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything", "semantic_loss",
-    "task_loss", "train_cyclegan", "translate_folder",
+    "poster_paint", "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything",
+    "semantic_loss", "task_loss", "train_cyclegan", "translate_folder", "write_photo_pair",
 ]

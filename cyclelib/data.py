@@ -7,6 +7,9 @@
   built offline from data that ships with installed packages (``mnist5k``, ``uci-digits``,
   ``mnistm5k``); four are the real benchmarks and need a download (``mnist``, ``usps``,
   ``svhn``, ``mnistm``; :mod:`cyclelib.download`).
+* **An offline photo pair** (:func:`write_photo_pair`): crops of scikit-learn's two sample
+  photographs (A) and crops of the same photographs in a synthetic poster-paint style that
+  keeps their colours (B, :func:`poster_paint`), written as an image folder.
 * :class:`EpochSampler`: the shuffled order of an epoch, a pure function of ``(seed, epoch)``.
 
 :class:`Unpaired` pairs two domains the way the official code does: an epoch has
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
 from .download import CYCLEGAN_DATASETS, DIGIT_FILES, DIGIT_SPLITS, data_root, download_digits
@@ -376,6 +380,89 @@ def digit_domain(name: str, split: str = "train", size: int = 32, channels: int 
                 f"(data root {root}: pass root= or set CYCLELIB_DATA to use another folder)")
     images, labels = _DIGIT_READERS[name](split, root)
     return DigitDomain(images, labels, name, split, size, channels)
+
+
+# --------------------------------------------------------------------------- photo pair
+
+# The photo pair's fixed geometry: both photos are shrunk from 640x427 to 320x214, test crops
+# come from the band of rows [67, 147) in the middle and train crops from the 67 rows above and
+# the 67 below it, so no train crop shares a pixel with a test crop. Rows, not columns: both subjects (the tower, the
+# dahlia) span the middle rows and reach above and below them, so both splits show them.
+PHOTO_SIZE = (320, 214)  # (width, height), as PIL
+PHOTO_TEST_ROWS = (67, 147)
+PHOTOS_SEED = 0
+
+
+def poster_paint(image: Image.Image) -> Image.Image:
+    """The painted style of the photo pair's domain B: flat patches of few colours.
+
+    A 5x5 median filter merges fine texture into flat brush-like patches, then each channel is
+    rounded to the nearest multiple of 32 (nine levels, 255 for the top one). Rounding, not
+    truncating, keeps the mean colour of an image close to the photo's: the style changes
+    texture and leaves colour alone, so a colour shift in a translation is the generator's
+    doing. A synthetic style, not a painter's.
+    """
+    smooth = np.asarray(image.convert("RGB").filter(ImageFilter.MedianFilter(5)), dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(smooth / 32) * 32, 0, 255).astype(np.uint8))
+
+
+def _photo_crops(photos: list[Image.Image], count: int, size: int, bands: list[tuple[int, int]],
+                 rng: np.random.Generator) -> list[Image.Image]:
+    """``count`` crops ``size`` x ``size``, alternating between the photos, each inside one of the
+    row ranges ``bands`` (chosen at random, weighted by the number of positions it offers)."""
+    room = np.array([bottom - top - size + 1 for top, bottom in bands])
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        band = rng.choice(len(bands), p=room / room.sum())
+        top = bands[band][0] + int(rng.integers(room[band]))
+        left = int(rng.integers(photo.width - size + 1))
+        crops.append(photo.crop((left, top, left + size, top + size)))
+    return crops
+
+
+def write_photo_pair(root: str | os.PathLike, size: int = 64, train: int = 400, test: int = 100,
+                     seed: int = PHOTOS_SEED) -> Path:
+    """Write an unpaired photo -> painting data set in the official layout and return ``root``.
+
+    Domain A holds ``size`` x ``size`` crops of scikit-learn's two sample photographs
+    (``china.jpg``, ``flower.jpg``, shrunk to 320x214), domain B crops of the same photographs
+    in the synthetic style :func:`poster_paint`. A and B crops are drawn independently, so no
+    B image is the painting of an A image; half of each split comes from each photo. ``train``
+    and ``test`` images per domain go into ``trainA``/``trainB`` and ``testA``/``testB`` as PNG
+    files; test crops come from a band of rows in the middle of each photo that no train crop
+    overlaps. The files are a pure function of the arguments: writing again rewrites the same
+    bytes. Images of another data set in these folders (names this call would not write) raise
+    ``FileExistsError`` instead of being mixed in.
+    """
+    from sklearn.datasets import load_sample_images
+
+    band_top, band_bottom = PHOTO_TEST_ROWS
+    largest = min(band_top, PHOTO_SIZE[1] - band_bottom)  # the train bands' height
+    if not 1 <= size <= largest:
+        raise ValueError(f"size must be between 1 and {largest} (the height of the rows above and below the "
+                         f"test band), got {size}")
+    if train < 1 or test < 1:
+        raise ValueError(f"train and test must be at least 1 image each, got train={train}, test={test}")
+    root = Path(root).expanduser()
+    names = {"train": [f"{i:04d}.png" for i in range(train)], "test": [f"{i:04d}.png" for i in range(test)]}
+    for split in names:
+        for side in "AB":
+            folder = root / f"{split}{side}"
+            foreign = sorted(p.name for p in list_images(folder) if p.name not in names[split]) if folder.is_dir() else []
+            if foreign:
+                raise FileExistsError(f"{folder} holds {len(foreign)} image(s) this photo pair would not write "
+                                      f"(first: {foreign[0]}); write the pair into an empty folder")
+    photos = [Image.fromarray(image).resize(PHOTO_SIZE, Image.Resampling.LANCZOS) for image in load_sample_images().images]
+    bands = {"train": [(0, band_top), (band_bottom, PHOTO_SIZE[1])], "test": [(band_top, band_bottom)]}
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for side in "AB":
+            folder = root / f"{split}{side}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, crop in zip(names[split], _photo_crops(photos, len(names[split]), size, bands[split], rng)):
+                (poster_paint(crop) if side == "B" else crop).save(folder / name)
+    return root
 
 
 # --------------------------------------------------------------------------- entry point
