@@ -21,6 +21,7 @@ from .networks import (DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS, 
 from .runtime import AMP_MODES, resolve_scale
 
 PATHS = ("fast", "reference")
+SEMANTIC_JUDGES = ("source", "feature_only")  # the CyCADA stages whose classifier may judge L_sem
 
 
 def _check_choice(name: str, value, valid) -> None:
@@ -224,6 +225,8 @@ class CyCADAConfig:
     lambda_identity: float = 0.0
     lambda_sem_A: float = 1.0            # L_task(f_S, G_{S->T}(X_S), p(f_S, X_S))
     lambda_sem_B: float = 1.0            # L_task(f_S, G_{T->S}(X_T), p(f_S, X_T))
+    semantic_judge: str = "source"       # the classifier of L_sem: f_S (the paper), or beyond the paper
+                                         # "feature_only": f_T of that stage, which has seen target images
     pixel_lr: float = 2e-4
     pixel_beta1: float = 0.5
     pixel_batch_size: int = 100
@@ -252,7 +255,7 @@ class CyCADAConfig:
                 raise ValueError(f"unknown {name} dataset {getattr(self, name)!r}; valid names: "
                                  f"{', '.join(DIGIT_DOMAINS)}")
         for name, valid in (("classifier", ("auto", *CLASSIFIERS)), ("amp", AMP_MODES), ("gan_mode", GAN_MODES),
-                            ("norm", NORMS), ("netD", DISCRIMINATOR_ARCHS)):
+                            ("norm", NORMS), ("netD", DISCRIMINATOR_ARCHS), ("semantic_judge", SEMANTIC_JUDGES)):
             _check_choice(name, getattr(self, name), valid)
         _check_generator(self.netG, 3)
         _check_signs(self, non_negative=[*(f.name for f in fields(self) if f.name.startswith("lambda_")),

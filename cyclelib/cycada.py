@@ -65,8 +65,8 @@ from .train import Trainer, train_cyclegan
 COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
 
 # Stages in the order they run, what each needs first, and the result it stands for.
-STAGES = ("source", "pixel", "pixel_only", "feature_only", "feature", "oracle")
-NEEDS = {"source": (), "pixel": ("source",), "pixel_only": ("pixel",), "feature_only": ("source",),
+STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
+NEEDS = {"source": (), "feature_only": ("source",), "pixel": ("source",), "pixel_only": ("pixel",),
          "feature": ("source", "pixel"), "oracle": ()}
 RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": "feature_only",
            "feature": "pixel_feature", "oracle": "target_oracle"}
@@ -77,8 +77,8 @@ _SHARED = ("source", "target", "classifier", "image_size", "max_samples", "seed"
            "task_batch_size", "task_epochs")  # every stage starts from f_S or is a classifier stage
 # (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
 _PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "gan_mode", "lambda_gan_A", "lambda_gan_B",
-          "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A", "lambda_sem_B", "pixel_lr",
-          "pixel_beta1", "pixel_batch_size", "pool_size", "pixel_epochs", "pixel_epochs_decay")
+          "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A", "lambda_sem_B", "semantic_judge",
+          "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size", "pixel_epochs", "pixel_epochs_decay")
 _FEATURE = ("feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature")
 STAGE_OPTIONS = {"source": _SHARED, "oracle": _SHARED, "pixel": _SHARED + _PIXEL, "pixel_only": _SHARED + _PIXEL,
                  "feature_only": _SHARED + _FEATURE, "feature": _SHARED + _PIXEL + _FEATURE}
@@ -151,8 +151,8 @@ def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
         raise ValueError(f"{path} does not record the options its {stage!r} stage was trained with (it was "
                          f"written by cyclelib 0.1); {redo}")
     now = _stage_meta(config, stage)
-    differ = [f"{name}={recorded.get(name)!r} there, {now['cycada'][name]!r} now" for name in STAGE_OPTIONS[stage]
-              if name != "amp" and recorded.get(name) != now["cycada"][name]]
+    differ = [f"{name}={recorded.get(name)!r} there, {now['cycada'][name]!r} now"
+              for name in stage_options(config, stage) if name != "amp" and recorded.get(name) != now["cycada"][name]]
     if ckpt["meta"].get("precision", now["precision"]) != now["precision"]:  # "auto" is bf16 or fp32 by hardware
         differ.append(f"amp={recorded.get('amp')!r} ({ckpt['meta']['precision']}) there, {config.amp!r} "
                       f"({now['precision']}) now")
@@ -167,6 +167,19 @@ def _stage_meta(config: CyCADAConfig, stage: str) -> dict:
     ``amp`` picked on this machine (its "auto" is bf16 or fp32 by hardware)."""
     dtype = amp_dtype(config.amp, pick_device(config.device))
     return {"stage": stage, "cycada": asdict(config), "precision": str(dtype or torch.float32).removeprefix("torch.")}
+
+
+def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
+    """The stages ``stage`` builds on: :data:`NEEDS`, and the semantic loss's judge for the pixel stage."""
+    judge = (config.semantic_judge,) if stage == "pixel" and config.semantic_judge not in NEEDS[stage] else ()
+    return NEEDS[stage] + judge
+
+
+def stage_options(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
+    """:data:`STAGE_OPTIONS` of ``stage``, and the feature stage's options when the pixel
+    stage's semantic judge is the feature_only classifier (and ``stage`` builds on the pixel stage)."""
+    judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *_with_needs((stage,), config))
+    return STAGE_OPTIONS[stage] + (_FEATURE if judged_by_f_t and stage not in ("feature", "feature_only") else ())
 
 
 def stage_finished(config: CyCADAConfig, stage: str) -> bool:
@@ -297,9 +310,10 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
         + \mathcal{L}_{cyc}(G_{S\to T}, G_{T\to S}, X_S, X_T)
         + \mathcal{L}_{sem}(G_{S\to T}, G_{T\to S}, X_S, X_T, f_S)
 
-    ``f_s`` (the stage 1 classifier) is frozen in place. Writes ``out/pixel/`` (checkpoint,
-    samples, history) through :func:`~cyclelib.train.train_cyclegan`; ``resume`` continues an
-    unfinished run. Under torchrun each rank keeps its f_S on its own device, next to its generators.
+    ``f_s`` (the stage 1 classifier; with ``semantic_judge="feature_only"``, beyond the paper,
+    that stage's f_T) is frozen in place. Writes ``out/pixel/`` (checkpoint, samples, history)
+    through :func:`~cyclelib.train.train_cyclegan`; ``resume`` continues an unfinished run.
+    Under torchrun each rank keeps its f_S on its own device, next to its generators.
     """
     f_s.to(distributed.setup(pick_device(config.device))[2])
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
@@ -375,7 +389,7 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
                            f"distributed: pass stages=('pixel',) (--stages pixel) there and run the stages "
                            f"{', '.join(s for s in stages if s != 'pixel')} in a single process")
     reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage)
-              for stage in _with_needs(stages)}  # checked now: no stage trains before a mismatch is found
+              for stage in _with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
     out = Path(config.out)
     with io.run_folder(out) if writer else contextlib.nullcontext():
         if writer:
@@ -384,14 +398,14 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         return evaluate_run(config, wall_times) if writer else {}
 
 
-def _with_needs(stages: tuple[str, ...]) -> tuple[str, ...]:
+def _with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
     """``stages`` and every stage they build on, in run order."""
     found, todo = set(), list(stages)
     while todo:
         stage = todo.pop()
         if stage not in found:
             found.add(stage)
-            todo.extend(NEEDS[stage])
+            todo.extend(needs(config, stage))
     return tuple(s for s in STAGES if s in found)
 
 
@@ -408,7 +422,7 @@ def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str,
 
     runners = {  # each takes resume: whether to continue the stage's unfinished checkpoint
         "source": lambda resume: train_source(config, progress, resume),
-        "pixel": lambda resume: train_pixel(config, need("source"), progress, resume),
+        "pixel": lambda resume: train_pixel(config, need(config.semantic_judge), progress, resume),
         "pixel_only": lambda resume: train_pixel_only(config, need("pixel").G_A, progress, resume),
         "feature_only": lambda resume: train_feature(config, need("source"), None, progress, resume),
         "feature": lambda resume: train_feature(config, need("source"), need("pixel").G_A, progress, resume),

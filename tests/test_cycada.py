@@ -61,7 +61,7 @@ def test_wrong_names_are_clear_errors():
         CyCADAConfig(classifier="vgg")
     with pytest.raises(ValueError, match="unknown amp 'fp8'; valid values: none, bf16, fp16, auto"):
         CyCADAConfig(amp="fp8")
-    with pytest.raises(ValueError, match="'pixels'.*valid stages: source, pixel"):
+    with pytest.raises(ValueError, match="'pixels'.*valid stages: source, feature_only, pixel"):
         parse_stages("source,pixels")
     assert parse_stages("oracle, source") == ("source", "oracle")  # run order, not given order
 
@@ -316,3 +316,26 @@ def test_dark_digits_compares_the_ink_with_the_paper():
     light = torch.where(strokes, 0.9, -0.5)[:, None].expand(-1, 3, -1, -1)  # bright digit on a dark photo
     assert dark_digits(torch.cat([light, -light]), torch.cat([strokes, strokes])).tolist() == \
         [False, False, True, True]
+
+
+def test_the_semantic_loss_can_be_judged_by_the_feature_only_classifier(tmp_path, monkeypatch):
+    """Chapter 10's second option: f_T of the feature_only stage (it has seen target images)
+    judges L_sem instead of f_S; the pixel stage then builds on that stage, and on its options."""
+    config = smoke_config(tmp_path, semantic_judge="feature_only")
+    judges = []
+    real = cycada.semantic_consistency
+    monkeypatch.setattr(cycada, "semantic_consistency", lambda c, f: judges.append(f) or real(c, f))
+    with pytest.raises(FileNotFoundError, match="the 'feature_only' stage has not been run"):
+        run_cycada(config, stages=("pixel",), progress=False)  # its judge is missing
+    run_cycada(config, stages=("source", "feature_only", "pixel"), progress=False)
+    f_t = load_stage(config, "feature_only")
+    (judge,) = judges
+    assert all(torch.equal(a, b) for a, b in zip(judge.state_dict().values(), f_t.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(judge.state_dict().values(),
+                                                     load_stage(config, "source").state_dict().values()))
+    assert "feature_lr" in cycada.stage_options(config, "pixel")
+    assert "feature_lr" not in cycada.stage_options(smoke_config(tmp_path), "pixel")
+    with pytest.raises(ValueError, match="feature_lr=.* there"):  # another f_T would have judged
+        cycada.stage_finished(replace(config, feature_lr=0.5), "pixel")
+    with pytest.raises(ValueError, match="unknown semantic_judge 'oracle'"):  # target labels are off limits
+        CyCADAConfig(semantic_judge="oracle")
