@@ -41,7 +41,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Iterable
 
@@ -82,6 +82,7 @@ _PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "gan_m
 _FEATURE = ("feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature")
 STAGE_OPTIONS = {"source": _SHARED, "oracle": _SHARED, "pixel": _SHARED + _PIXEL, "pixel_only": _SHARED + _PIXEL,
                  "feature_only": _SHARED + _FEATURE, "feature": _SHARED + _PIXEL + _FEATURE}
+_DEFAULTS = {f.name: f.default for f in fields(CyCADAConfig)}
 # The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
 NEUTRAL_OPTIONS = ("out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
                    "max_eval_samples")
@@ -151,8 +152,11 @@ def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
         raise ValueError(f"{path} does not record the options its {stage!r} stage was trained with (it was "
                          f"written by cyclelib 0.1); {redo}")
     now = _stage_meta(config, stage)
-    differ = [f"{name}={recorded.get(name)!r} there, {now['cycada'][name]!r} now"
-              for name in stage_options(config, stage) if name != "amp" and recorded.get(name) != now["cycada"][name]]
+    # An option the checkpoint does not record did not exist when it was written: that code did what
+    # the option's default does (every option added later defaults to the paper's behaviour).
+    recorded = {**_DEFAULTS, **recorded}
+    differ = [f"{name}={recorded[name]!r} there, {now['cycada'][name]!r} now"
+              for name in stage_options(config, stage) if name != "amp" and recorded[name] != now["cycada"][name]]
     if ckpt["meta"].get("precision", now["precision"]) != now["precision"]:  # "auto" is bf16 or fp32 by hardware
         differ.append(f"amp={recorded.get('amp')!r} ({ckpt['meta']['precision']}) there, {config.amp!r} "
                       f"({now['precision']}) now")

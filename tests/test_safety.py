@@ -25,7 +25,7 @@ from cyclelib import (CyCADAConfig, CycleGAN, CycleGANConfig, TrainingDiverged, 
                       export_safetensors, load_checkpoint, load_cyclegan, load_official, run_cycada, save_official,
                       train_cyclegan)
 from cyclelib.cli import main
-from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, stage_path
+from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, stage_checkpoint, stage_path
 from cyclelib.io import BEST, LATEST, run_folder, save_checkpoint, step_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -459,3 +459,17 @@ def test_a_nan_in_a_classifier_stage_stops_it_and_keeps_the_last_good_checkpoint
     kept = load_checkpoint(stage_path(config, "source"))
     assert kept["training"]["step"] == 4
     assert all(torch.isfinite(t).all() for t in kept["nets"].values() if t.is_floating_point())
+
+
+def test_a_stage_recorded_before_an_option_existed_counts_it_at_its_default(tmp_path):
+    """Options added to CyCADAConfig later default to what the code did before them: a stage whose
+    checkpoint does not record one is reused when the option is at its default, and only then."""
+    config = CyCADAConfig.for_scale("smoke", source="uci-digits", target="mnist5k", out=str(tmp_path), amp="none")
+    run_cycada(config, stages=("source",), progress=False)
+    path = stage_path(config, "source")
+    ckpt = load_checkpoint(path)
+    del ckpt["meta"]["cycada"]["seed"]  # as if "seed" had been added after this run (its default is 0)
+    save_checkpoint(ckpt, path)
+    assert stage_checkpoint(config, "source") is not None
+    with pytest.raises(ValueError, match="seed=0 there, 1 now"):
+        stage_checkpoint(CyCADAConfig(**{**config.__dict__, "seed": 1}), "source")
