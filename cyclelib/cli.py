@@ -19,7 +19,7 @@ from .cycada import RESULTS, STAGES, run_cycada
 from .data import DIGIT_DOMAINS
 from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
 from .io import RunFolderError, load_run_checkpoint
-from .runtime import SCALES
+from .runtime import AMP_MODES, SCALES
 from .train import TrainingDiverged, TrainingInterrupted, train_cyclegan
 from .translate import load_generator, translate_folder
 
@@ -83,7 +83,7 @@ def _translate(args) -> None:
     generator = load_generator(args.checkpoint, args.direction, arch=args.arch, norm=args.norm,
                                input_nc=args.input_nc, output_nc=args.output_nc, width=args.width, sha256=args.sha256)
     written = translate_folder(generator, args.input, args.output, batch_size=args.batch_size,
-                               size=args.size, device=args.device, overwrite=args.overwrite)
+                               size=args.size, device=args.device, overwrite=args.overwrite, amp=args.amp)
     print(f"translated {len(written)} images into {args.output}")
 
 
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--size", type=int, default=None,
                            help="resize to SIZE x SIZE first (default: keep the size, rounded to a multiple of 4)")
     translate.add_argument("--device", default=None)
+    translate.add_argument("--amp", choices=AMP_MODES, default="none",
+                           help="precision (default: none, fp32; bf16 changes some 8-bit pixels by a few levels)")
     translate.add_argument("--overwrite", action="store_true",
                            help="allow an --output that is, contains or lies inside --input")
     translate.add_argument("--sha256", default=None,

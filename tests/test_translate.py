@@ -45,6 +45,23 @@ def test_translate_folder_with_an_official_generator(official_file, tmp_path):
     assert ((got + 1) / 2 - expected).abs().max() <= 1 / 255 + 1e-6
 
 
+def test_translation_is_fp32_unless_bf16_is_asked_for(official_file, tmp_path):
+    """bf16 would move some saved pixels by more than one level (the README measures it on a
+    trained generator), so translation stays fp32 by default, even where bf16 is native."""
+    path, _ = official_file
+    write_images(tmp_path / "in", ext="png")
+    generator = load_generator(path, width=8)
+    levels = {}
+    for amp in ("none", "bf16"):
+        main(["translate", "--checkpoint", str(path), "--width", "8", "--input", str(tmp_path / "in"),
+              "--output", str(tmp_path / amp), "--amp", amp])
+        levels[amp] = torch.stack([read_image(p) for p in sorted((tmp_path / amp).glob("*.png"))])
+    with torch.no_grad():
+        expected = torch.stack([generator(read_image(p)[None])[0] for p in sorted((tmp_path / "in").glob("*.png"))])
+    assert ((levels["none"] - expected).abs() * 127.5).max() <= 1 + 1e-4  # fp32: the network's own output
+    assert not torch.equal(levels["bf16"], levels["none"])  # --amp bf16 does compute in bf16
+
+
 def test_cli_translate_official_with_wrong_width_is_a_clear_error(official_file, tmp_path, capsys):
     path, _ = official_file
     write_images(tmp_path / "in", n=1)
