@@ -8,6 +8,7 @@ contents, and is committed with the outputs of a real (cpu or gpu scale) run.
 Each failure names the notebook and what to change (README.md, "Writing a chapter").
 """
 import base64
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -320,3 +321,101 @@ def test_structure_checks_catch_what_is_missing(tmp_path):
     path = tmp_path / "98_widget.ipynb"
     path.write_text(json.dumps(nb), encoding="utf-8")
     assert len(widget_caption_problems(path)) == 2
+
+
+# --- Chapters 6-9: the paper's setting at the gpu scale -------------------------------------
+
+CYCADA_CHAPTERS = [BOOK / name for name in ("06_cycada_task_loss.ipynb", "07_cycada_pixel_level.ipynb",
+                                            "08_cycada_feature_level.ipynb", "09_cycada_results.ipynb")]
+PAPER_PAIR = ("mnist", "usps")
+OTHER_PAPER_PAIR = ("svhn", "mnist")
+# The one line a reader edits to switch the gpu scale to SVHN -> MNIST: the alternative is written beside it.
+PAIR_LINE = re.compile(r'^\s*SOURCE, TARGET = \("mnist", "usps"\)  # or \("svhn", "mnist"\)\s*$', re.M)
+
+
+def config_cell(path):
+    """The code cell of a CyCADA chapter that builds its `config` (CyCADAConfig.for_scale)."""
+    found = [source(c) for c in cells(path, "code") if "CyCADAConfig.for_scale(" in source(c)]
+    assert len(found) == 1, f"{path.name}: {len(found)} code cells call CyCADAConfig.for_scale; expected one"
+    return found[0]
+
+
+def run_config_cell(code, scale, monkeypatch):
+    """Execute a configuration cell as the notebook does after its setup cell (SCALE, DEVICE, the
+    imports), with downloads recorded instead of made; returns (config, downloaded names)."""
+    import cyclelib
+    import torch
+
+    downloads = []
+    monkeypatch.setattr(cyclelib, "download_digits", lambda name, root=None: downloads.append(name))
+    namespace = {"SCALE": scale, "DEVICE": torch.device("cpu"), "cyclelib": cyclelib, "torch": torch}
+    exec(compile(code, "<configuration cell>", "exec"), namespace)
+    return namespace["config"], downloads
+
+
+def gpu_setting_problems(code, monkeypatch):
+    """What is wrong with a configuration cell of chapters 6-9: at the gpu scale it must run the paper's
+    pair with the gpu preset (the release's setting) after downloading both domains, SVHN -> MNIST must
+    be the documented one-line change, and the cpu and smoke scales keep the offline pair."""
+    from cyclelib import CyCADAConfig
+    from cyclelib.cycada import classifier_name
+
+    problems = []
+    config, downloads = run_config_cell(code, "gpu", monkeypatch)
+    if (config.source, config.target) != PAPER_PAIR:
+        problems.append(f"gpu scale runs {config.source} -> {config.target}, not MNIST -> USPS")
+    preset = CyCADAConfig.for_scale("gpu", source=config.source, target=config.target, seed=0, device=config.device,
+                                    out=config.out)
+    if config != preset:
+        problems.append("gpu scale: options other than the gpu preset's: "
+                        + ", ".join(f.name for f in dataclasses.fields(config)
+                                    if getattr(config, f.name) != getattr(preset, f.name)))
+    release = dict(netG="resnet_9blocks", ngf=64, task_epochs=100, pixel_batch_size=100, pixel_epochs=100,
+                   pixel_epochs_decay=100, feature_lr=1e-5, feature_batch_size=128, max_samples=None)
+    changed = {k: getattr(config, k) for k, v in release.items() if getattr(config, k) != v}
+    if changed:
+        problems.append(f"gpu scale: not the release's setting: {changed}")
+    if sorted(downloads) != sorted(PAPER_PAIR):
+        problems.append(f"gpu scale downloads {downloads}, expected both of {PAPER_PAIR} first")
+    lines = PAIR_LINE.findall(code)
+    if len(lines) != 1:
+        problems.append(f'{len(lines)} lines `SOURCE, TARGET = ("mnist", "usps")  # or ("svhn", "mnist")`; write one')
+    else:
+        flipped = code.replace('("mnist", "usps")  # or ("svhn", "mnist")', '("svhn", "mnist")')
+        config, downloads = run_config_cell(flipped, "gpu", monkeypatch)
+        if ((config.source, config.target) != OTHER_PAPER_PAIR or sorted(downloads) != sorted(OTHER_PAPER_PAIR)
+                or classifier_name(config) != "dtn"):
+            problems.append(f"the documented line gives {config.source} -> {config.target} "
+                            f"({classifier_name(config)}, downloads {downloads}), not SVHN -> MNIST with DTN")
+    for scale in ("cpu", "smoke"):
+        config, downloads = run_config_cell(code, scale, monkeypatch)
+        if (config.source, config.target, config.scale) != ("mnist5k", "mnistm5k", scale) or downloads:
+            problems.append(f"{scale} scale: {config.source} -> {config.target} at {config.scale}, downloads "
+                            f"{downloads}; expected the offline pair and no download")
+    return problems
+
+
+@pytest.mark.parametrize("path", CYCADA_CHAPTERS, ids=lambda p: p.name)
+def test_cycada_chapter_runs_the_papers_setting_at_the_gpu_scale(path, monkeypatch):
+    problems = gpu_setting_problems(config_cell(path), monkeypatch)
+    assert problems == [], f"{path.name}, configuration cell:\n" + "\n".join(problems)
+
+
+def test_cycada_chapters_share_their_configuration_cell():
+    # One run folder for chapters 6-9: a stage one chapter trained is what the next one loads.
+    different = {path.name for path in CYCADA_CHAPTERS if config_cell(path) != config_cell(CYCADA_CHAPTERS[0])}
+    assert different == set(), f"{sorted(different)}: use the configuration cell of {CYCADA_CHAPTERS[0].name}"
+
+
+def test_gpu_setting_check_catches_a_wrong_cell(monkeypatch):
+    good = config_cell(CYCADA_CHAPTERS[0])
+    assert gpu_setting_problems(good, monkeypatch) == []
+    broken = {
+        "the offline pair at the gpu scale": good.replace('("mnist", "usps")  # or', '("mnist5k", "mnistm5k")  # or'),
+        "no alternative written": good.replace('  # or ("svhn", "mnist")', ""),
+        "the cpu preset at the gpu scale": good.replace("for_scale(SCALE,", 'for_scale("cpu" if SCALE == "gpu" else SCALE,'),
+        "no download": good.replace("download_digits(name)", "pass"),
+    }
+    for what, code in broken.items():
+        assert code != good, what
+        assert gpu_setting_problems(code, monkeypatch) != [], what
