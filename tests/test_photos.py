@@ -6,7 +6,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from cyclelib import open_unpaired, poster_paint, write_photo_pair
-from cyclelib.data import PHOTO_SIZE, PHOTO_TEST_ROWS
+from cyclelib.data import PHOTO_SIZE, photo_test_tiles
 from cyclelib.images import list_images, read_image
 
 SIZE = 16  # small crops keep the tests fast; the geometry does not depend on the size
@@ -55,15 +55,19 @@ def where(crop, photos):
 
 
 def test_test_crops_share_no_pixel_with_train_crops(pair, photos):
-    band_top, band_bottom = PHOTO_TEST_ROWS
+    tiles = photo_test_tiles()
+    assert len(tiles) == 3
     for split in ("trainA", "testA"):
         places = [where(np.asarray(Image.open(p)), photos) for p in list_images(pair / split)]
         assert all(places), f"{split}: every A image is a crop of one of the shrunk photos"
-        rows = [(top, top + SIZE) for found in places for _, top, _ in found]
-        if split == "testA":
-            assert all(band_top <= top and bottom <= band_bottom for top, bottom in rows)
-        else:
-            assert all(bottom <= band_top or top >= band_bottom for top, bottom in rows)
+        crops = [(top, left, top + SIZE, left + SIZE) for found in places for _, top, left in found]
+        for top, left, bottom, right in crops:
+            inside = [t <= top and bottom <= b and l <= left and right <= r for t, l, b, r in tiles]
+            touches = [top < b and bottom > t and left < r and right > l for t, l, b, r in tiles]
+            if split == "testA":
+                assert any(inside), f"test crop at ({top}, {left}) is inside a test tile"
+            else:
+                assert not any(touches), f"train crop at ({top}, {left}) overlaps no test tile"
         assert {k for found in places for k, _, _ in found} == {0, 1}, f"{split}: crops of both photos"
 
 
@@ -99,7 +103,7 @@ def test_the_pair_opens_as_an_unpaired_image_folder(pair):
 
 
 def test_bad_arguments_and_foreign_files_are_refused(pair, tmp_path):
-    with pytest.raises(ValueError, match="size must be between 1 and 67"):
+    with pytest.raises(ValueError, match="size must be between 1 and 71"):
         write_photo_pair(tmp_path / "big", size=80)
     with pytest.raises(ValueError, match="at least 1 image"):
         write_photo_pair(tmp_path / "none", train=0)
