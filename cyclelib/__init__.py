@@ -23,7 +23,7 @@ from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
 from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
                  save_checkpoint, save_official)
 from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
-                     semantic_loss, task_loss)
+                     mode_seeking_loss, semantic_loss, task_loss)
 from .networks import build_discriminator, build_generator, init_weights
 from .pool import ImagePool
 from .runtime import pick_device, resolve_scale, seed_everything
@@ -38,7 +38,8 @@ __all__ = [
     "UnpairedImageFolder", "build_classifier", "build_discriminator", "build_generator", "cycle_loss",
     "digit_domain", "discriminator_loss", "download_dataset", "download_digits", "export_safetensors",
     "feature_gan_loss", "gan_loss", "gradient_penalty", "identity_loss", "init_weights", "load_checkpoint",
-    "load_cyclegan", "load_generator", "load_official", "load_safetensors", "open_unpaired", "pick_device",
+    "load_cyclegan", "load_generator", "load_official", "load_safetensors", "mode_seeking_loss", "open_unpaired",
+    "pick_device",
     "poster_paint", "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything",
     "semantic_loss", "task_loss", "train_cyclegan", "translate_folder", "write_photo_pair",
 ]

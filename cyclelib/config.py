@@ -16,8 +16,8 @@ from .classifiers import CLASSIFIERS
 from .data import DIGIT_DOMAINS, is_digit_pair
 from .images import PREPROCESS_MODES
 from .losses import GAN_MODES
-from .networks import (DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS, build_discriminator, build_generator,
-                       fits, smallest_side)
+from .networks import (DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NOISE_INJECTIONS, NORMS, build_discriminator,
+                       build_generator, fits, smallest_side)
 from .runtime import AMP_MODES, resolve_scale
 
 PATHS = ("fast", "reference")
@@ -90,7 +90,8 @@ class CycleGANConfig:
     init_gain: float = 0.02
     input_nc: int = 3
     output_nc: int = 3
-    noise_nc: int = 0                  # beyond the paper: noise channels for G_A (networks.NoiseInput); 0: off
+    noise_nc: int = 0                  # beyond the paper: noise for G_A (networks.NoiseInput); 0: off
+    noise_injection: str = "constant"  # how the noise enters G_A: constant channels or modulated image copies
     # losses
     gan_mode: str = "lsgan"
     lambda_A: float = 10.0             # cycle A -> B -> A
@@ -99,6 +100,7 @@ class CycleGANConfig:
     lambda_gan_A: float = 1.0          # weight of G_A's adversarial term (CyCADA uses 2)
     lambda_gan_B: float = 1.0          # weight of G_B's adversarial term
     lambda_gp: float = 10.0            # gradient penalty, gan_mode "wgangp" only
+    lambda_mode_seeking: float = 0.0   # beyond the paper: losses.mode_seeking_loss on G_A's noise (noise_nc > 0)
     # optimisation
     lr: float = 2e-4
     beta1: float = 0.5
@@ -133,7 +135,8 @@ class CycleGANConfig:
     def __post_init__(self):
         _check_signs(self, non_negative=("lambda_A", "lambda_B", "lambda_identity", "lambda_gan_A",
                                          "lambda_gan_B", "lambda_gp", "pool_size", "n_epochs_decay",
-                                         "init_gain", "num_workers", "clip_grad_norm", "noise_nc"),
+                                         "init_gain", "num_workers", "clip_grad_norm", "noise_nc",
+                                         "lambda_mode_seeking"),
                      positive=("lr", "batch_size", "n_epochs", "load_size", "crop_size", "log_every",
                                "sample_every", "checkpoint_every", "keep_checkpoints", "ngf", "ndf",
                                "n_layers_D", "input_nc", "output_nc", "max_steps", "max_dataset_size"))
@@ -142,7 +145,7 @@ class CycleGANConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         for name, valid in (("norm", NORMS), ("init", INIT_TYPES), ("netD", DISCRIMINATOR_ARCHS),
                             ("preprocess", PREPROCESS_MODES), ("gan_mode", GAN_MODES), ("amp", AMP_MODES),
-                            ("path", PATHS)):
+                            ("path", PATHS), ("noise_injection", NOISE_INJECTIONS)):
             _check_choice(name, getattr(self, name), valid)
         _check_generator(self.netG, self.input_nc)
         if self.path == "reference" and (self.compile or self.amp not in ("auto", "none")):
@@ -154,6 +157,8 @@ class CycleGANConfig:
                              f"crop_size; preprocess 'crop' or 'none' do not resize")
         if self.lambda_identity > 0 and self.input_nc != self.output_nc:
             raise ValueError("the identity loss needs input_nc == output_nc; set lambda_identity=0")
+        if self.lambda_mode_seeking > 0 and not self.noise_nc:
+            raise ValueError("lambda_mode_seeking needs a generator that takes noise: set noise_nc > 0")
         if self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") or is_digit_pair(self.data):
             # the training images are crop_size x crop_size
             _check_image_side("crop_size", self.crop_size, self.batch_size, self.input_nc, self)
@@ -216,7 +221,8 @@ class CyCADAConfig:
     ndf: int = 64
     n_layers_D: int = 3
     norm: str = "instance"
-    noise_nc: int = 0                    # beyond the paper: noise channels for G_{S->T} (chapter 10); 0: off
+    noise_nc: int = 0                    # beyond the paper: noise for G_{S->T} (chapter 10); 0: off
+    noise_injection: str = "constant"    # constant channels (erased by instance norm) or modulated image copies
     gan_mode: str = "lsgan"
     lambda_gan_A: float = 2.0            # L_GAN(G_{S->T}, D_T, X_T, X_S)
     lambda_gan_B: float = 1.0            # L_GAN(G_{T->S}, D_S, X_S, X_T)
@@ -225,6 +231,7 @@ class CyCADAConfig:
     lambda_identity: float = 0.0
     lambda_sem_A: float = 1.0            # L_task(f_S, G_{S->T}(X_S), p(f_S, X_S))
     lambda_sem_B: float = 1.0            # L_task(f_S, G_{T->S}(X_T), p(f_S, X_T))
+    lambda_mode_seeking: float = 0.0     # beyond the paper: mode seeking on G_{S->T}'s noise (noise_nc > 0)
     semantic_judge: str = "source"       # the classifier of L_sem: f_S (the paper), or beyond the paper
                                          # "feature_only": f_T of that stage, which has seen target images
     pixel_lr: float = 2e-4
@@ -255,7 +262,8 @@ class CyCADAConfig:
                 raise ValueError(f"unknown {name} dataset {getattr(self, name)!r}; valid names: "
                                  f"{', '.join(DIGIT_DOMAINS)}")
         for name, valid in (("classifier", ("auto", *CLASSIFIERS)), ("amp", AMP_MODES), ("gan_mode", GAN_MODES),
-                            ("norm", NORMS), ("netD", DISCRIMINATOR_ARCHS), ("semantic_judge", SEMANTIC_JUDGES)):
+                            ("norm", NORMS), ("netD", DISCRIMINATOR_ARCHS), ("semantic_judge", SEMANTIC_JUDGES),
+                            ("noise_injection", NOISE_INJECTIONS)):
             _check_choice(name, getattr(self, name), valid)
         _check_generator(self.netG, 3)
         _check_signs(self, non_negative=[*(f.name for f in fields(self) if f.name.startswith("lambda_")),
@@ -285,8 +293,10 @@ class CyCADAConfig:
         return CycleGANConfig(
             data=f"{self.source}:{self.target}", out=out, netG=self.netG, ngf=self.ngf, netD=self.netD,
             ndf=self.ndf, n_layers_D=self.n_layers_D, norm=self.norm, input_nc=3, output_nc=3, noise_nc=self.noise_nc,
+            noise_injection=self.noise_injection,
             gan_mode=self.gan_mode, lambda_A=self.lambda_cycle_A, lambda_B=self.lambda_cycle_B,
             lambda_identity=self.lambda_identity, lambda_gan_A=self.lambda_gan_A, lambda_gan_B=self.lambda_gan_B,
+            lambda_mode_seeking=self.lambda_mode_seeking,
             lr=self.pixel_lr, beta1=self.pixel_beta1, batch_size=self.pixel_batch_size,
             n_epochs=self.pixel_epochs, n_epochs_decay=self.pixel_epochs_decay, pool_size=self.pool_size,
             preprocess="none", load_size=self.image_size, crop_size=self.image_size, flip=False,

@@ -76,8 +76,9 @@ RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": 
 _SHARED = ("source", "target", "classifier", "image_size", "max_samples", "seed", "amp", "task_lr",
            "task_batch_size", "task_epochs")  # every stage starts from f_S or is a classifier stage
 # (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
-_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "gan_mode", "lambda_gan_A", "lambda_gan_B",
+_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise_injection", "gan_mode", "lambda_gan_A", "lambda_gan_B",
           "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A", "lambda_sem_B", "semantic_judge",
+          "lambda_mode_seeking",
           "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size", "pixel_epochs", "pixel_epochs_decay")
 _FEATURE = ("feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature")
 STAGE_OPTIONS = {"source": _SHARED, "oracle": _SHARED, "pixel": _SHARED + _PIXEL, "pixel_only": _SHARED + _PIXEL,

@@ -41,7 +41,8 @@ class CycleGAN(nn.Module):
         c = self.config = config
         gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=c.init, init_gain=c.init_gain)
         dis = dict(width=c.ndf, n_layers=c.n_layers_D, norm=c.norm, init=c.init, init_gain=c.init_gain)
-        self.G_A = build_generator(c.netG, c.input_nc, c.output_nc, noise_nc=c.noise_nc, **gen)  # A -> B
+        self.G_A = build_generator(c.netG, c.input_nc, c.output_nc, noise_nc=c.noise_nc,  # A -> B
+                                   noise_injection=c.noise_injection, **gen)
         self.G_B = build_generator(c.netG, c.output_nc, c.input_nc, **gen)   # B -> A
         self.D_A = build_discriminator(c.netD, c.output_nc, **dis)           # judges B
         self.D_B = build_discriminator(c.netD, c.input_nc, **dis)            # judges A
@@ -93,12 +94,17 @@ class CycleGAN(nn.Module):
             images["rec_B"] = self.G_A(images["fake_A"])
             if identity:
                 images.update(idt_A=self.G_A(real_B), idt_B=self.G_B(real_A))
-            return images
-        images = _grouped_call(self.G_A, {"fake_B": real_A, **({"idt_A": real_B} if identity else {})})
-        _check_output_size(self.config.netG, real_A, images["fake_B"])
-        images.update(_grouped_call(self.G_B, {"fake_A": real_B, "rec_A": images["fake_B"],
-                                               **({"idt_B": real_A} if identity else {})}))
-        images["rec_B"] = self.G_A(images["fake_A"])
+        else:
+            images = _grouped_call(self.G_A, {"fake_B": real_A, **({"idt_A": real_B} if identity else {})})
+            _check_output_size(self.config.netG, real_A, images["fake_B"])
+            images.update(_grouped_call(self.G_B, {"fake_A": real_B, "rec_A": images["fake_B"],
+                                                   **({"idt_B": real_A} if identity else {})}))
+            images["rec_B"] = self.G_A(images["fake_A"])
+        if self.config.lambda_mode_seeking > 0:
+            # Beyond the paper: real_A translated under two known noise draws, for the mode-seeking term.
+            z = self.G_A.sample_noise(torch.cat([real_A, real_A]))  # [2N, noise_nc, 1, 1]
+            images["ms_1"], images["ms_2"] = self.G_A(torch.cat([real_A, real_A]), z).chunk(2)
+            images["ms_z1"], images["ms_z2"] = z.chunk(2)
         return images
 
     def generator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor,
@@ -123,6 +129,9 @@ class CycleGAN(nn.Module):
             # G_A fed a B image should leave it alone (and G_B an A image).
             terms["idt_A"] = c.lambda_B * c.lambda_identity * losses.identity_loss(images["idt_A"], real_B)
             terms["idt_B"] = c.lambda_A * c.lambda_identity * losses.identity_loss(images["idt_B"], real_A)
+        if c.lambda_mode_seeking > 0:
+            terms["mode_seeking"] = c.lambda_mode_seeking * losses.mode_seeking_loss(
+                images["ms_1"], images["ms_2"], images["ms_z1"], images["ms_z2"])
         if self.extra_generator_losses is not None:
             terms.update(self.extra_generator_losses(real_A, real_B, images))
         return terms, images

@@ -119,6 +119,23 @@ def identity_loss(same: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(same, original)
 
 
+def mode_seeking_loss(out_1: torch.Tensor, out_2: torch.Tensor, z_1: torch.Tensor, z_2: torch.Tensor,
+                      eps: float = 1e-5) -> torch.Tensor:
+    r"""Mode-seeking loss (Mao et al., CVPR 2019), beyond CycleGAN and CyCADA: a generator that
+    takes noise should give different outputs for different noise.
+
+    .. math::
+        \mathcal{L}_{ms} = \Big(\frac{\mathbb{E}\,\lVert G(x, z_1) - G(x, z_2) \rVert_1}
+            {\mathbb{E}\,\lVert z_1 - z_2 \rVert_1} + \epsilon\Big)^{-1}
+
+    ``out_1``, ``out_2``: [N, C, H, W], the same images translated under noise ``z_1``, ``z_2``.
+    Minimising it makes the outputs move with the noise, so that the noise can carry modes the
+    deterministic translation misses (conditional GANs otherwise learn to ignore it).
+    """
+    ratio = (out_1 - out_2).abs().mean() / (z_1 - z_2).abs().mean()
+    return 1 / (ratio + eps)
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     r"""Task loss of CyCADA: cross-entropy of a classifier on labelled images.
 

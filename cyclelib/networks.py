@@ -209,24 +209,44 @@ class UnetGenerator(nn.Module):
         return self.model(x)  # [N, input_nc, H, W] -> [N, output_nc, H, W]
 
 
+NOISE_INJECTIONS = ("constant", "modulate")
+
+
 class NoiseInput(nn.Module):
-    """A generator that also takes noise: ``noise_nc`` channels, each one value z ~ U(-1, 1)
-    per image broadcast over it, drawn from the global RNG at every call and put next to the
-    image's channels (PixelDA gives its generator a noise vector this way).
+    """A generator that also takes noise z ~ U(-1, 1)^noise_nc, one draw per image from the
+    global RNG at every call. Not part of CycleGAN or CyCADA: an option beyond the papers.
 
     A deterministic generator maps each source image to one translation; with z, one source
-    digit can become several target looks (e.g. MNIST-M's light and dark digits). Not part of
-    CycleGAN or CyCADA: an option beyond the papers (``noise_nc`` in the configs).
+    digit could become several target looks (e.g. MNIST-M's light and dark digits). How z
+    enters decides whether the network can see it at all:
+
+    - ``constant``: each z_k broadcast over the image as an extra input channel (as PixelDA
+      gives its generator a noise vector). Behind an instance-norm layer this is erased
+      exactly: a constant channel adds a constant to every feature map of the first conv, and
+      instance norm subtracts each map's mean (book chapter 10 measures it).
+    - ``modulate``: z_k times the image, C channels per z_k ([z_1 x, ..., z_K x]): a scaled
+      (for z_k < 0 inverted) copy of the image, which no normalisation removes.
     """
 
-    def __init__(self, net: nn.Module, noise_nc: int):
+    def __init__(self, net: nn.Module, input_nc: int, noise_nc: int, injection: str = "constant"):
         super().__init__()
-        self.net, self.noise_nc = net, noise_nc
-        self.input_nc, self.output_nc = net.input_nc - noise_nc, net.output_nc
+        if injection not in NOISE_INJECTIONS:
+            raise ValueError(f"unknown noise injection {injection!r}; valid values: {', '.join(NOISE_INJECTIONS)}")
+        self.net, self.noise_nc, self.injection = net, noise_nc, injection
+        self.input_nc, self.output_nc = input_nc, net.output_nc  # the image's channels, without the noise's
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = torch.rand(x.shape[0], self.noise_nc, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1  # [N, noise_nc, 1, 1]
-        return self.net(torch.cat([x, z.expand(-1, -1, *x.shape[-2:])], dim=1))  # [N, output_nc, H, W]
+    def sample_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """One draw of z ~ U(-1, 1) per image of ``x``: [N, noise_nc, 1, 1]."""
+        return torch.rand(x.shape[0], self.noise_nc, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` [N, input_nc, H, W] translated under noise ``z`` [N, noise_nc, 1, 1] (drawn when None)."""
+        z = self.sample_noise(x) if z is None else z
+        if self.injection == "constant":
+            noise = z.expand(-1, -1, *x.shape[-2:])  # [N, noise_nc, H, W]
+        else:
+            noise = (z[:, :, None] * x[:, None]).flatten(1, 2)  # [N, noise_nc * C, H, W]
+        return self.net(torch.cat([x, noise], dim=1))  # [N, output_nc, H, W]
 
 
 # --------------------------------------------------------------------------------------
@@ -355,18 +375,21 @@ def init_weights(net: nn.Module, init: str = "normal", gain: float = 0.02) -> nn
 
 def build_generator(arch: str = "resnet_9blocks", input_nc: int = 3, output_nc: int = 3,
                     width: int = 64, norm: str = "instance", dropout: bool = False,
-                    init: str | None = "normal", init_gain: float = 0.02, noise_nc: int = 0) -> nn.Module:
+                    init: str | None = "normal", init_gain: float = 0.02, noise_nc: int = 0,
+                    noise_injection: str = "constant") -> nn.Module:
     """A CycleGAN/pix2pix generator, as the official ``define_G`` (``width`` = ngf).
 
     ``arch``: ``resnet_<n>blocks`` (any n >= 1; official resnet_9blocks, resnet_6blocks)
     or ``unet_<size>`` (size a power of two >= 32; official unet_128, unet_256).
     CycleGAN uses resnet_9blocks, instance norm, no dropout. ``init=None`` keeps PyTorch's
     default initialisation (for a network whose weights are loaded next). ``noise_nc`` > 0
-    wraps it in :class:`NoiseInput` (beyond the papers; 0 is the official generator).
+    wraps it in :class:`NoiseInput` with ``noise_injection`` (beyond the papers; 0 is the
+    official generator).
     """
     if noise_nc:
-        return NoiseInput(build_generator(arch, input_nc + noise_nc, output_nc, width, norm, dropout, init, init_gain),
-                          noise_nc)
+        extra = noise_nc if noise_injection == "constant" else noise_nc * input_nc
+        net = build_generator(arch, input_nc + extra, output_nc, width, norm, dropout, init, init_gain)
+        return NoiseInput(net, input_nc, noise_nc, noise_injection)
     return _initialised(lambda: _make_generator(arch, input_nc, output_nc, width, norm, dropout), init, init_gain)
 
 

@@ -362,7 +362,8 @@ class Trainer:
 # --------------------------------------------------------------------------------------
 
 # Options that shape the networks: a checkpoint only resumes into the same ones.
-NETWORK_OPTIONS = ("netG", "netD", "ngf", "ndf", "n_layers_D", "norm", "dropout", "input_nc", "output_nc", "noise_nc")
+NETWORK_OPTIONS = ("netG", "netD", "ngf", "ndf", "n_layers_D", "norm", "dropout", "input_nc", "output_nc", "noise_nc",
+                   "noise_injection")
 
 
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,

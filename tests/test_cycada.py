@@ -15,7 +15,7 @@ from cyclelib import CycleGAN, CyCADAConfig, cycada, export_safetensors, load_ch
 from cyclelib.cli import main
 from cyclelib.classifiers import build_task_network
 from cyclelib.metrics import dark_digits
-from cyclelib.networks import NoiseInput
+from cyclelib.networks import NoiseInput, build_generator
 from cyclelib.cycada import (STAGES, classifier_name, load_stage, parse_stages, semantic_consistency, stage_path,
                              train_feature, train_pixel, train_source)
 
@@ -308,6 +308,21 @@ def test_noise_input_and_the_dark_digit_counts_beyond_the_paper(tmp_path):
     found = metrics["dark_digits"]
     assert found["target"] == pytest.approx(dark.float().mean().item()) and 0.1 < found["target"] < 0.7
     assert 0 <= found["translated"] <= 1 and set(found["by_result"]) == {"source_only"}
+
+
+def test_instance_norm_erases_constant_noise_channels_but_not_modulated_image_copies():
+    """Why chapter 10's first attempt saw no effect of the noise: a constant channel shifts each
+    feature map of the first conv by a constant, which the instance norm behind it subtracts."""
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    low, high = torch.full((2, 4, 1, 1), -1.0), torch.full((2, 4, 1, 1), 1.0)
+    changes = {}
+    for injection in ("constant", "modulate"):
+        torch.manual_seed(0)
+        G = build_generator("resnet_2blocks", width=8, noise_nc=4, noise_injection=injection).eval()
+        assert G.input_nc == 3 and G.net.input_nc == (7 if injection == "constant" else 15)
+        with torch.no_grad():
+            changes[injection] = (G(x, low) - G(x, high)).abs().max().item()
+    assert changes["constant"] < 1e-4 < 0.1 < changes["modulate"]
 
 
 def test_dark_digits_compares_the_ink_with_the_paper():

@@ -28,6 +28,8 @@ def test_defaults_are_the_official_ones():
     (dict(gan_mode="wgan"), "valid values: lsgan"),
     (dict(crop_size=300), "crop_size"),
     (dict(amp="fp8"), "valid values: none, bf16"),
+    (dict(lambda_mode_seeking=1.0), "needs a generator that takes noise: set noise_nc > 0"),
+    (dict(noise_nc=2, noise_injection="add"), "unknown noise_injection 'add'; valid values: constant, modulate"),
 ])
 def test_bad_options_are_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):

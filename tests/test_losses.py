@@ -87,3 +87,11 @@ def test_feature_gan_loss_is_two_way_cross_entropy():
     assert losses.feature_gan_loss(logits, False).item() == pytest.approx(-(math.log(1 - p1) + math.log(p1)) / 2)
     assert losses.feature_gan_loss(torch.tensor([[0.0, 5.0]]), True) < losses.feature_gan_loss(
         torch.tensor([[0.0, 5.0]]), False)
+
+
+def test_mode_seeking_is_the_inverse_of_the_output_change_per_noise_change():
+    z_1, z_2 = torch.zeros(2, 3, 1, 1), torch.full((2, 3, 1, 1), 0.5)  # mean |z_1 - z_2| = 0.5
+    out_1, out_2 = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.25)  # mean |out_1 - out_2| = 0.25
+    assert losses.mode_seeking_loss(out_1, out_2, z_1, z_2, eps=0).item() == pytest.approx(2.0)
+    # outputs that ignore the noise cost 1 / eps: the term pushes them apart
+    assert losses.mode_seeking_loss(out_1, out_1, z_1, z_2).item() == pytest.approx(1e5)
