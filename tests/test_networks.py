@@ -53,11 +53,19 @@ def test_official_weights_give_official_outputs(official, name):
     torch.testing.assert_close(out, entry["output"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "DEFAULT",
+                    reason="needs the vectorized RNG path (see the docstring)")
 def test_same_seed_gives_official_initial_weights(official):
-    # The fixture was made by seeding 1234 once, then for each network in turn: the
-    # official define_G/define_D (default init, then N(0, 0.02)) and an input
-    # rand * 2 - 1. Modules created in the official order consume the random stream
-    # identically, so weights and inputs come out bit-equal.
+    """The fixture was made by seeding 1234 once, then for each network in turn: the
+    official define_G/define_D (default init, then N(0, 0.02)) and an input
+    rand * 2 - 1. Modules created in the official order consume the random stream
+    identically, so weights and inputs come out bit-equal.
+
+    Needs the vectorized RNG path that made the fixture: ATen's ``normal_`` turns the same
+    uniform draws into normal ones with vectorized log/cos (AVX2 and up), which round the last
+    bit of some values differently from the scalar functions that ``ATEN_CPU_CAPABILITY=default``
+    (or a CPU without AVX2) uses: measured there, 24 of resnet_9blocks' weight tensors differ
+    by one ulp in a few values (e.g. 0.013851730 against 0.013851725). Skipped there."""
     torch.manual_seed(1234)
     for name in FIXTURE_NAMES:
         entry = official[name]
