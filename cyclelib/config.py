@@ -210,6 +210,7 @@ class CyCADAConfig:
     image_size: int = 32                 # both domains are read as RGB image_size^2 in [-1, 1]
     max_samples: int | None = None       # at most this many training images per epoch, in every stage
     max_eval_samples: int | None = None  # at most this many test images per evaluation (None: all)
+    invert_source: float = 0.0           # beyond the paper: share of source images f_S sees negated (chapter 10)
     # stages source, oracle, pixel_only: the classifier loop (release: Adam 1e-4, batch 128, 100 epochs)
     task_lr: float = 1e-4
     task_batch_size: int = 128
@@ -274,6 +275,8 @@ class CyCADAConfig:
                                "max_eval_samples"))
         if not 0 <= self.pixel_beta1 < 1:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
+        if not 0 <= self.invert_source <= 1:
+            raise ValueError(f"invert_source must be in [0, 1] (a share of the images), got {self.invert_source}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (the generator downsamples twice), "
                              f"got {self.image_size}")

@@ -54,7 +54,7 @@ from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, f
 from .config import CyCADAConfig
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
-from .data import DigitDomain, Unpaired, digit_domain
+from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, per_class_accuracy, predict,
                       translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
@@ -73,12 +73,13 @@ RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": 
 
 # The options of CyCADAConfig that change each stage's result, its own and those of the stages it
 # builds on: a stage's checkpoint is reused (skipped, resumed, loaded, evaluated) only if they match.
+# every stage starts from f_S or is a classifier stage:
 _SHARED = ("source", "target", "classifier", "image_size", "max_samples", "seed", "amp", "task_lr",
-           "task_batch_size", "task_epochs")  # every stage starts from f_S or is a classifier stage
+           "task_batch_size", "task_epochs", "invert_source")
 # (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
-_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise_injection", "gan_mode", "lambda_gan_A", "lambda_gan_B",
-          "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A", "lambda_sem_B", "semantic_judge",
-          "lambda_mode_seeking",
+_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise_injection", "gan_mode",
+          "lambda_gan_A", "lambda_gan_B", "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A",
+          "lambda_sem_B", "semantic_judge", "lambda_mode_seeking",
           "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size", "pixel_epochs", "pixel_epochs_decay")
 _FEATURE = ("feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature")
 STAGE_OPTIONS = {"source": _SHARED, "oracle": _SHARED, "pixel": _SHARED + _PIXEL, "pixel_only": _SHARED + _PIXEL,
@@ -263,8 +264,15 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progres
 
 
 def train_source(config: CyCADAConfig, progress: bool = True, resume: bool = False) -> nn.Module:
-    r"""Stage 1: f_S on labelled source, :math:`\min_{f_S} \mathcal{L}_{task}(f_S, X_S, Y_S)`."""
-    return train_classifier(config, "source", load_domain(config, config.source, "train"), progress, resume)
+    r"""Stage 1: f_S on labelled source, :math:`\min_{f_S} \mathcal{L}_{task}(f_S, X_S, Y_S)`.
+
+    With ``invert_source`` > 0 (beyond the paper), that share of the source images is seen
+    negated (:class:`~cyclelib.data.RandomlyInverted`), so that f_S, the semantic loss's judge and
+    f_T's start, reads dark digits on a bright ground as well as light ones."""
+    source = load_domain(config, config.source, "train")
+    if config.invert_source:
+        source = RandomlyInverted(source, config.invert_source, config.seed)
+    return train_classifier(config, "source", source, progress, resume)
 
 
 def train_oracle(config: CyCADAConfig, progress: bool = True, resume: bool = False) -> nn.Module:

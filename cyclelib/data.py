@@ -202,6 +202,30 @@ class Unpaired(Dataset):
                 **_fetch_item("B", self.b, b_index, generator)}
 
 
+class RandomlyInverted(Dataset):
+    """The ``(image, label)`` items of ``dataset``, each image negated (x -> -x in [-1, 1]: dark
+    strokes on a bright ground for light ones) with probability ``p``.
+
+    A polarity augmentation: a classifier trained on it reads a digit the same whether it is
+    lighter or darker than its background, as MNIST-M's digits are (blended as |photo - digit|).
+    Each draw comes from a generator seeded from ``(seed, epoch, index)``, like :class:`Unpaired`'s.
+    """
+
+    def __init__(self, dataset: Dataset, p: float, seed: int = 0):
+        self.dataset, self.p, self.seed, self.epoch = dataset, p, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
+        return (-image if float(torch.rand(1, generator=generator)) < self.p else image), label
+
+
 class UnpairedImageFolder(Unpaired):
     """The official unaligned dataset: ``root/{phase}A`` against ``root/{phase}B``.
 

@@ -14,6 +14,7 @@ import cyclelib
 from cyclelib import CycleGAN, CyCADAConfig, cycada, export_safetensors, load_checkpoint, run_cycada
 from cyclelib.cli import main
 from cyclelib.classifiers import build_task_network
+from cyclelib.data import RandomlyInverted
 from cyclelib.metrics import dark_digits
 from cyclelib.networks import NoiseInput, build_generator
 from cyclelib.cycada import (STAGES, classifier_name, load_stage, parse_stages, semantic_consistency, stage_path,
@@ -354,3 +355,19 @@ def test_the_semantic_loss_can_be_judged_by_the_feature_only_classifier(tmp_path
         cycada.stage_finished(replace(config, feature_lr=0.5), "pixel")
     with pytest.raises(ValueError, match="unknown semantic_judge 'oracle'"):  # target labels are off limits
         CyCADAConfig(semantic_judge="oracle")
+
+
+def test_invert_source_shows_f_s_a_share_of_negated_digits(tmp_path):
+    """Chapter 10's third option: f_S learns both polarities from the labelled source alone."""
+    domain = cycada.load_domain(smoke_config(tmp_path), "mnist5k", "train")
+    flipped = RandomlyInverted(domain, 0.5, seed=0)
+    negated = [torch.equal(flipped[i][0], -domain[i][0]) for i in range(200)]
+    assert all(negated[i] or torch.equal(flipped[i][0], domain[i][0]) for i in range(200))
+    assert 70 < sum(negated) < 130 and all(flipped[i][1] == domain[i][1] for i in range(200))
+    again = [torch.equal(RandomlyInverted(domain, 0.5, seed=0)[i][0], -domain[i][0]) for i in range(200)]
+    assert again == negated  # a pure function of (seed, epoch, index): resumable
+    flipped.set_epoch(1)
+    assert [torch.equal(flipped[i][0], -domain[i][0]) for i in range(200)] != negated
+    assert "invert_source" in cycada.STAGE_OPTIONS["feature"]
+    with pytest.raises(ValueError, match=r"invert_source must be in \[0, 1\]"):
+        CyCADAConfig(invert_source=1.5)
