@@ -161,7 +161,30 @@ class FeatureDiscriminator(nn.Sequential):
 # --------------------------------------------------------------------------- training steps
 
 
-class TaskClassifier(nn.Module):
+class _Training(nn.Module):
+    """What :class:`~cyclelib.train.Trainer` needs of a classifier step besides ``train_step``:
+    the state of its optimisers (``optimizers``: name -> optimiser) and of its loss scale."""
+
+    precision: Precision
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def training_state(self) -> dict:
+        """Everything besides the weights that an exact resume needs."""
+        return {"optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
+                "scaler": self.precision.scaler.state_dict()}
+
+    def load_training_state(self, state: dict) -> None:
+        for name, opt in self.optimizers().items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.precision.scaler.load_state_dict(state["scaler"])
+
+    def end_epoch(self) -> None:
+        """The learning rates are constant."""
+
+
+class TaskClassifier(_Training):
     r"""A classifier ``net`` and its Adam optimiser, trained on labelled images.
 
     :meth:`train_step` takes one step on :math:`\mathcal{L}_{task}(f, X, Y)`. The same step
@@ -183,16 +206,8 @@ class TaskClassifier(nn.Module):
         self.precision.update()
         return {name: t.detach() for name, t in terms.items()}
 
-    def training_state(self) -> dict:
-        """Everything besides the weights that an exact resume needs."""
-        return {"optimizers": {"net": self.optimizer.state_dict()}, "scaler": self.precision.scaler.state_dict()}
-
-    def load_training_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizers"]["net"])
-        self.precision.scaler.load_state_dict(state["scaler"])
-
-    def end_epoch(self) -> None:
-        """The classifier's learning rate is constant."""
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"net": self.optimizer}
 
     def finish(self) -> nn.Module:
         """The trained classifier in eval mode, without stale gradients."""
@@ -200,7 +215,7 @@ class TaskClassifier(nn.Module):
         return self.net.eval()
 
 
-class FeatureAlignment(nn.Module):
+class FeatureAlignment(_Training):
     r"""CyCADA's feature-level adaptation: f_T, started as a copy of f_S, and :math:`D_{feat}`.
 
     Per :meth:`train_step`, first :math:`D_{feat}` learns the true domains (class 1: f_S on
@@ -247,18 +262,8 @@ class FeatureAlignment(nn.Module):
         self.precision.update()
         return {**{name: t.detach() for name, t in terms.items()}, "D_feat": loss_d.detach()}
 
-    def training_state(self) -> dict:
-        """Everything besides the weights that an exact resume needs."""
-        return {"optimizers": {"f_t": self.opt_f.state_dict(), "d_feat": self.opt_d.state_dict()},
-                "scaler": self.precision.scaler.state_dict()}
-
-    def load_training_state(self, state: dict) -> None:
-        self.opt_f.load_state_dict(state["optimizers"]["f_t"])
-        self.opt_d.load_state_dict(state["optimizers"]["d_feat"])
-        self.precision.scaler.load_state_dict(state["scaler"])
-
-    def end_epoch(self) -> None:
-        """The learning rates are constant."""
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"f_t": self.opt_f, "d_feat": self.opt_d}
 
     def finish(self) -> nn.Module:
         """The adapted classifier f_T in eval mode, without stale gradients."""
