@@ -55,8 +55,8 @@ from .config import CyCADAConfig
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
-from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, per_class_accuracy, predict,
-                      translate_dataset)
+from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
+                      predict, translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runtime import Precision, amp_dtype, pick_device, seed_everything
 from .train import Trainer, train_cyclegan
@@ -469,7 +469,8 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     images that no training stage consults, so it tells a translation that keeps the
     digit from one that only keeps f_S's reading of it (the semantic loss can be gamed).
     For mnist5k -> mnistm5k, ``dark_digits`` says how many target and translated test digits
-    are darker than their background, and each result's accuracy on light and dark ones.
+    are darker than their background, and each result's accuracy on light and dark ones. With a
+    noise input (beyond the paper), ``noise_effect`` says how much the translation moves with it.
     """
     c = config
     out = Path(c.out)
@@ -502,6 +503,8 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
                   if stage in classifiers}
         metrics.update(label_preservation(judges, translator, source_test))
         _save_translation_grid(translator, source_test, target_test, out / "samples.png", device)
+        if c.noise_nc:  # beyond the paper: does the translation depend on its noise at all?
+            metrics["noise_effect"] = noise_effect(translator, source_test)
     if (c.source, c.target) == ("mnist5k", "mnistm5k"):  # the same digits: mnistm5k is drawn from mnist5k
         metrics["dark_digits"] = _polarity(source_test, target_test, translator, predictions)
     metrics.update(per_class=per_class, confusion=confusion, wall_s=wall_times or {})

@@ -182,3 +182,23 @@ def colour_shift(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"inputs and outputs must be batches [N, C, H, W] with the same N and C, got shapes "
                          f"{tuple(inputs.shape)} and {tuple(outputs.shape)}")
     return (outputs.detach().float().mean(dim=(2, 3)) - inputs.detach().float().mean(dim=(2, 3))).cpu()
+
+
+@torch.no_grad()
+def noise_effect(generator: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
+    r"""How much a generator that takes noise (:class:`~cyclelib.networks.NoiseInput`) moves
+    its outputs with the noise: :math:`\mathbb{E}\,\lvert G(x, z_1) - G(x, z_2) \rvert` over the
+    images of ``dataset`` (items ``(image, label)``) and two independent noise draws per image,
+    in the units of the images ([-1, 1]). 0 means the noise is ignored (or erased).
+    """
+    device, was_training = _device_of(generator), generator.training
+    generator.eval()
+    total, count = 0.0, 0
+    try:
+        for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            x = x.to(device)
+            total += (generator(x) - generator(x)).abs().mean(dim=(1, 2, 3)).sum().item()
+            count += len(x)
+    finally:
+        generator.train(was_training)
+    return total / count

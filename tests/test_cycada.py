@@ -15,7 +15,7 @@ from cyclelib import CycleGAN, CyCADAConfig, cycada, export_safetensors, load_ch
 from cyclelib.cli import main
 from cyclelib.classifiers import build_task_network
 from cyclelib.data import RandomlyInverted
-from cyclelib.metrics import dark_digits
+from cyclelib.metrics import dark_digits, noise_effect
 from cyclelib.networks import NoiseInput, build_generator
 from cyclelib.cycada import (STAGES, classifier_name, load_stage, parse_stages, semantic_consistency, stage_path,
                              train_feature, train_pixel, train_source)
@@ -309,6 +309,10 @@ def test_noise_input_and_the_dark_digit_counts_beyond_the_paper(tmp_path):
     found = metrics["dark_digits"]
     assert found["target"] == pytest.approx(dark.float().mean().item()) and 0.1 < found["target"] < 0.7
     assert 0 <= found["translated"] <= 1 and set(found["by_result"]) == {"source_only"}
+    # the constant noise channels are erased by the first instance norm: the translation ignores them
+    assert metrics["noise_effect"] < 1e-4
+    modulated = build_generator("resnet_1blocks", width=4, noise_nc=2, noise_injection="modulate")
+    assert noise_effect(modulated, test) > 0.01
 
 
 def test_instance_norm_erases_constant_noise_channels_but_not_modulated_image_copies():
