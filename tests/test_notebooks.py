@@ -240,12 +240,6 @@ def structure_problems(path):
     return problems
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_chapter_has_goals_summary_and_exercises(path):
-    problems = structure_problems(path)
-    assert problems == [], f"{path.name}:\n" + "\n".join(problems)
-
-
 def widget_caption_problems(path):
     """Widget cells whose caption (the Markdown cell before them) does not say where the control runs."""
     cells_ = load(path)["cells"]
@@ -263,10 +257,15 @@ def widget_caption_problems(path):
     return problems
 
 
+# Goals, summary and exercises; and, since the static book shows no widget (they need a
+# kernel), a caption before each control that says where it runs.
+TEXTBOOK_CHECKS = {"goals-summary-exercises": structure_problems, "widget-captions": widget_caption_problems}
+
+
+@pytest.mark.parametrize("check", TEXTBOOK_CHECKS)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_widgets_have_a_caption_in_both_languages(path):
-    # The static book shows no widget (they need a kernel): the caption says where it runs.
-    problems = widget_caption_problems(path)
+def test_chapter_has_the_textbook_structure(path, check):
+    problems = TEXTBOOK_CHECKS[check](path)
     assert problems == [], f"{path.name}:\n" + "\n".join(problems)
 
 
