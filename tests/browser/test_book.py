@@ -8,7 +8,7 @@ For every page listed in ``_toc.yml`` it checks what a reader would notice first
   in the visible text);
 - every ``<img>`` loaded (``naturalWidth > 0``);
 - no raw Markdown table (a ``|---|`` row) in the visible text, and the tables that
-  chapter 9's code cells display as Markdown are real ``<table>`` elements
+  chapters 9 and 10's code cells display as Markdown are real ``<table>`` elements
   (``nb_render_markdown_format: myst`` in ``_config.yml``);
 - output areas that hold nothing but an ipywidgets control (which needs a kernel)
   are hidden, other outputs are shown;
@@ -47,7 +47,7 @@ STORAGE_KEY = "cyclelib-lang"  # as in book/_static/lang.js
 RAW_TABLE_ROW = re.compile(r"\|\s*:?(-{3,}|[—–]{1,3}):?\s*\|")
 # Pages whose code cells display Markdown tables (IPython.display.Markdown), and how
 # many <table> elements each must have at least once they are rendered.
-MARKDOWN_OUTPUT_TABLES = {"book/09_cycada_results": 3}
+MARKDOWN_OUTPUT_TABLES = {"book/09_cycada_results": 3, "book/10_beyond_the_paper": 2}
 
 pytestmark = pytest.mark.browser
 
