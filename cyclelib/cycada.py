@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, fields
@@ -513,6 +514,21 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     if any(histories.values()):
         plot_histories(histories, out / "curves.png")
     return metrics
+
+
+def load_seed_metrics(folder: str | os.PathLike) -> dict[int, dict]:
+    """``{seed: metrics}`` of the runs kept as ``folder/seed<K>/metrics.json`` (the files
+    :func:`evaluate_run` writes, e.g. the book's ``results/cycada/<pair>/``), in seed order.
+    A folder without any, or a file whose ``seed`` is not its folder's, is an error."""
+    runs = {}
+    for path in Path(folder).glob("seed*/metrics.json"):
+        seed, metrics = int(path.parent.name.removeprefix("seed")), json.loads(path.read_text())
+        if metrics.get("seed") != seed:
+            raise ValueError(f"{path} holds the metrics of seed {metrics.get('seed')}, not of seed {seed}")
+        runs[seed] = metrics
+    if not runs:
+        raise FileNotFoundError(f"no seed*/metrics.json in {folder}")
+    return dict(sorted(runs.items()))
 
 
 def _finished_stages(config: CyCADAConfig) -> dict[str, dict]:

@@ -154,6 +154,31 @@ def plot_confusion_matrix(matrix: torch.Tensor | Sequence[Sequence[int]], path: 
     return save_figure(confusion_matrix_figure(matrix, class_names, title), path)
 
 
+def polarity_figure(by_result: dict[str, dict[str, float]], names: dict[str, str],
+                    title: str | None = None) -> Figure:
+    """Each result's accuracy on light and on dark target digits, two bars per result.
+
+    ``by_result``: ``{result: {"light": accuracy, "dark": accuracy}}``, as in the
+    ``dark_digits`` entry of a CyCADA ``metrics.json``; ``names``: ``{result: label}``, the
+    results to show, top to bottom.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    y = torch.arange(len(names)).float()
+    for offset, side, label, color in ((-0.2, "light", bilingual("light digits", "浅色数字"), "#dd8452"),
+                                       (0.2, "dark", bilingual("dark digits", "深色数字"), "#4c72b0")):
+        bars = ax.barh(y + offset, [by_result[key][side] for key in names], height=0.4, label=label, color=color)
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=7)
+    ax.set_yticks(y, list(names.values()), fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel(bilingual("accuracy on target test", "目标域测试集上的准确率"))
+    ax.invert_yaxis()
+    if title:
+        ax.set_title(title, fontsize=9, pad=22)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def plot_histories(histories: dict[str, Sequence[dict]], path: str | Path, x: str = "step") -> Path:
     """Loss curves of several runs (e.g. the stages of CyCADA), one panel each, as a PNG."""
     histories = {name: h for name, h in histories.items() if h}

@@ -375,3 +375,25 @@ def test_invert_source_shows_f_s_a_share_of_negated_digits(tmp_path):
     assert "invert_source" in cycada.STAGE_OPTIONS["feature"]
     with pytest.raises(ValueError, match=r"invert_source must be in \[0, 1\]"):
         CyCADAConfig(invert_source=1.5)
+
+
+def test_seed_metrics_load_in_seed_order_and_a_mislabelled_file_is_named(tmp_path):
+    for seed in (2, 0, 1):
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "metrics.json").write_text(json.dumps({"seed": seed, "source_only": seed / 10}))
+    runs = cycada.load_seed_metrics(tmp_path)
+    assert list(runs) == [0, 1, 2] and [m["source_only"] for m in runs.values()] == [0.0, 0.1, 0.2]
+    (tmp_path / "seed1" / "metrics.json").write_text(json.dumps({"seed": 5}))
+    with pytest.raises(ValueError, match="seed1.*seed 5, not of seed 1"):
+        cycada.load_seed_metrics(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no seed"):
+        cycada.load_seed_metrics(tmp_path / "empty")
+
+
+def test_polarity_figure_draws_a_light_and_a_dark_bar_per_result():
+    from cyclelib.plots import polarity_figure
+    by_result = {"source_only": {"light": 0.8, "dark": 0.1}, "pixel_feature": {"light": 0.9, "dark": 0.3}}
+    fig = polarity_figure(by_result, {"source_only": "source only", "pixel_feature": "pixel + feature"}, title="t")
+    bars = fig.axes[0].patches
+    assert [round(b.get_width(), 2) for b in bars] == [0.8, 0.9, 0.1, 0.3]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["source only", "pixel + feature"]
