@@ -312,12 +312,38 @@ def check_resumable(ckpt: dict, path: Path, record: dict, keys: tuple[str, ...] 
 # --------------------------------------------------------------------------- CycleGAN models
 
 
-def cyclegan_from_checkpoint(state: dict, source: str = "checkpoint") -> CycleGAN:
-    """A :class:`CycleGAN` (eval mode, CPU) holding the weights of a loaded cyclelib checkpoint."""
+def check_cyclegan_shapes(state: dict, source: str = "checkpoint") -> CycleGANConfig:
+    """The :class:`CycleGANConfig` of a loaded CycleGAN checkpoint, once its four networks,
+    built from that config on the meta device (shapes only, no memory), are known to take the
+    stored tensors; else a ``ValueError`` naming ``source``. Call it before building the model:
+    a damaged or hostile config (``ngf=100000``) would otherwise allocate hundreds of GB."""
     known = {f.name for f in fields(CycleGANConfig)}
-    options = {k: v for k, v in state["config"].items() if k in known}
-    # compile off: for translating a few images, compiling would only delay the first one
-    model = CycleGAN(CycleGANConfig(**{**options, "compile": False}))
+    try:
+        # compile off: for translating a few images, compiling would only delay the first one
+        config = CycleGANConfig(**{**{k: v for k, v in state["config"].items() if k in known}, "compile": False})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source} holds an invalid CycleGAN config: {e}") from None
+    c = config
+    gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=None)
+    dis = dict(width=c.ndf, n_layers=c.n_layers_D, norm=c.norm, init=None)
+    with torch.device("meta"):
+        nets = {"G_A": build_generator(c.netG, c.input_nc, c.output_nc, noise_nc=c.noise_nc,
+                                       noise_injection=c.noise_injection, **gen),
+                "G_B": build_generator(c.netG, c.output_nc, c.input_nc, **gen),
+                "D_A": build_discriminator(c.netD, c.output_nc, **dis),
+                "D_B": build_discriminator(c.netD, c.input_nc, **dis)}
+    expected = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
+    problems = _mismatches(expected, state["nets"])
+    if problems:
+        raise ValueError(f"{source} does not fit the networks its config declares: {'; '.join(problems)}")
+    return config
+
+
+def cyclegan_from_checkpoint(state: dict, source: str = "checkpoint") -> CycleGAN:
+    """A :class:`CycleGAN` (eval mode, CPU) holding the weights of a loaded cyclelib checkpoint
+    (shapes checked first, see :func:`check_cyclegan_shapes`)."""
+    config = check_cyclegan_shapes(state, source)
+    model = CycleGAN(config)
     load_weights(model, state["nets"], source)
     return model.eval()
 
