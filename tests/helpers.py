@@ -1,0 +1,63 @@
+"""Helpers shared by the test files: the repository root, smoke-sized configs, the CLI run in
+this process or as a subprocess, and small random images."""
+import os
+import sys
+from contextlib import redirect_stderr
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cyclelib import CyCADAConfig, CycleGANConfig
+from cyclelib.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = "mnist5k:mnistm5k"
+
+
+def smoke(out, data=DIGITS, **options) -> CycleGANConfig:
+    """A smoke-scale CycleGAN config on the CPU in fp32, without sample grids in the loop."""
+    base = dict(data=str(data), out=str(out), device="cpu", sample_every=1000, amp="none")
+    return CycleGANConfig.for_scale("smoke", **{**base, **options})
+
+
+def cycada_smoke(out, **options) -> CyCADAConfig:
+    """A smoke-scale CyCADA config, mnist5k -> mnistm5k, on the CPU in fp32."""
+    base = dict(source="mnist5k", target="mnistm5k", out=str(out), device="cpu", amp="none")
+    return CyCADAConfig.for_scale("smoke", **{**base, **options})
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    """Run ``cyclelib ARGV`` in this process: (exit code, stderr) for a failure, (0, stderr) else."""
+    err = StringIO()
+    with redirect_stderr(err):
+        try:
+            main(list(argv))
+        except SystemExit as e:
+            return e.code, err.getvalue()
+    return 0, err.getvalue()
+
+
+def cli_env() -> dict:
+    """The environment of a ``python -m cyclelib`` subprocess: this checkout's package, no GPU,
+    and this process's thread count (kernels may sum in another order with others, and
+    kill-and-resume comparisons are bit for bit)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(torch.get_num_threads()))
+
+
+def cli_command(*argv: str) -> list[str]:
+    """``python -m cyclelib ARGV`` for a subprocess (with :func:`cli_env`)."""
+    return [sys.executable, "-m", "cyclelib", *argv]
+
+
+def rgb(width, height, seed=0) -> Image.Image:
+    """A random RGB image of ``width`` x ``height``."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def equal_states(a: dict, b: dict) -> bool:
+    """Whether two state_dicts hold the same keys and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
