@@ -8,6 +8,8 @@ see :func:`~cyclelib.runtime.resolve_scale`); options given explicitly win over 
 """
 from __future__ import annotations
 
+import shlex
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
 import torch
@@ -18,7 +20,7 @@ from .images import PREPROCESS_MODES
 from .losses import GAN_MODES
 from .networks import (DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NOISE_INJECTIONS, NORMS, build_discriminator,
                        build_generator, fits, smallest_side)
-from .runtime import AMP_MODES, resolve_scale
+from .runtime import AMP_MODES, SCALES, resolve_scale
 
 PATHS = ("fast", "reference")
 SEMANTIC_JUDGES = ("source", "feature_only")  # the CyCADA stages whose classifier may judge L_sem
@@ -324,3 +326,25 @@ CYCADA_PRESETS = {
     # the paper's setting
     "gpu": dict(num_workers=4),
 }
+
+
+def cycada_command(options: Mapping[str, object], stages: Iterable[str]) -> str:
+    """The ``cyclelib train cycada`` command that runs ``stages`` with the CyCADA options
+    ``options`` (``asdict`` of a :class:`CyCADAConfig`, or a stage checkpoint's record of one):
+    ``--source``, ``--target``, ``--out``, ``--scale`` and every option that differs from that
+    scale's preset, so that the command builds the same config (``scale`` aside). A config whose
+    scale the command line has not (``custom``), or with an option at None where its scale's
+    preset has a value, is rendered from the gpu scale: the paper's options."""
+    defaults = {f.name: f.default for f in fields(CyCADAConfig)}
+    options = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
+    scale = options["scale"] if options["scale"] in SCALES else "gpu"
+    preset = {**defaults, **CYCADA_PRESETS[scale]}
+    if any(options[k] is None and preset[k] is not None for k in options):  # None has no option
+        scale, preset = "gpu", {**defaults, **CYCADA_PRESETS["gpu"]}
+    words = ["cyclelib", "train", "cycada", "--source", options["source"], "--target", options["target"],
+             "--out", str(options["out"]), "--scale", scale]
+    for name, value in options.items():
+        if name not in ("source", "target", "out", "scale") and value != preset[name]:
+            flag = name.replace("_", "-")
+            words += [f"--{'' if value else 'no-'}{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+    return shlex.join([*words, "--stages", ",".join(stages)])

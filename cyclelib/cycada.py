@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 
 from . import distributed, io, losses
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
-from .config import CyCADAConfig
+from .config import CyCADAConfig, cycada_command
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
@@ -95,15 +95,17 @@ NEUTRAL_OPTIONS = ("out", "scale", "device", "num_workers", "log_every", "sample
 # Task networks and data
 # --------------------------------------------------------------------------------------
 
-def classifier_name(config: CyCADAConfig) -> str:
-    """The task network of a run: DTN (3x32x32) when either domain is in colour, else LeNet.
+def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
+    """The task network of a run (a config, or its options as a dict: a stage's record): DTN
+    (3x32x32) when either domain is in colour, else LeNet.
 
     This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
     grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
     """
-    if config.classifier != "auto":
-        return config.classifier
-    return "dtn" if {config.source, config.target} & set(COLOUR_DOMAINS) else "lenet"
+    c = config if isinstance(config, Mapping) else vars(config)
+    if c["classifier"] != "auto":
+        return c["classifier"]
+    return "dtn" if {c["source"], c["target"]} & set(COLOUR_DOMAINS) else "lenet"
 
 
 def load_domain(config: CyCADAConfig, name: str, split: str) -> DigitDomain:
@@ -141,14 +143,17 @@ def _complete(ckpt: dict) -> bool:
 def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
     """The checkpoint of ``stage`` in ``config.out``, None when there is none.
 
-    A checkpoint trained with other options for the stage (:data:`STAGE_OPTIONS`: another
-    pair of domains, network, seed, ...) is a ``ValueError`` that names each option that
-    differs: reusing it would give results that belong to another configuration.
+    It is the newest readable one, picked as for any run folder
+    (:func:`~cyclelib.io.load_run_checkpoint`: a corrupt ``checkpoint.pt`` falls back to the
+    step files, with a warning). One trained with other options for the stage
+    (:data:`STAGE_OPTIONS`: another pair of domains, network, seed, ...) is a ``ValueError``
+    that names each option that differs: reusing it would give results that belong to another
+    configuration.
     """
-    path = stage_path(config, stage)
-    if not path.is_file():
+    folder = stage_path(config, stage).parent
+    if io.run_in(folder) is None:
         return None
-    ckpt = io.load_checkpoint(path)
+    ckpt, path = io.load_run_checkpoint(folder)
     recorded = ckpt["meta"].get("cycada")
     redo = (f"retrain it (--stages {stage} --force, or force=True) or use another --out")
     if recorded is None:
@@ -157,9 +162,11 @@ def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
     now = _stage_meta(config, stage)
     # An option the checkpoint does not record did not exist when it was written: that code did what
     # the option's default does (every option added later defaults to the paper's behaviour).
-    recorded = {**_DEFAULTS, **recorded}
-    differ = [f"{name}={recorded[name]!r} there, {now['cycada'][name]!r} now"
-              for name in stage_options(config, stage) if name != "amp" and recorded[name] != now["cycada"][name]]
+    # The classifier is compared as the network it picked ("auto" is lenet or dtn by the domains).
+    there, here = ({**options, "classifier": classifier_name(options)}
+                   for options in ({**_DEFAULTS, **recorded}, now["cycada"]))
+    differ = [f"{name}={there[name]!r} there, {here[name]!r} now"
+              for name in stage_options(config, stage) if name != "amp" and there[name] != here[name]]
     if ckpt["meta"].get("precision", now["precision"]) != now["precision"]:  # "auto" is bf16 or fp32 by hardware
         differ.append(f"amp={recorded.get('amp')!r} ({ckpt['meta']['precision']}) there, {config.amp!r} "
                       f"({now['precision']}) now")
@@ -199,22 +206,29 @@ def stage_finished(config: CyCADAConfig, stage: str) -> bool:
 def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | None = None) -> nn.Module:
     """The network a finished stage saved: a classifier, or the CycleGAN for ``pixel`` (eval mode).
 
-    A missing or unfinished checkpoint is an error that names the file and the stage to run,
-    one trained with other options an error that names them (see :func:`stage_checkpoint`).
+    A missing or unfinished checkpoint is an error that names the file and the command that
+    runs the stage, one trained with other options an error that names them (see :func:`stage_checkpoint`).
     """
-    path = stage_path(config, stage)
-    device = pick_device(device or config.device)
-    run_it = (f"run that stage first: run_cycada(config, stages=({stage!r},)) or "
-              f"`cyclelib train cycada --source {config.source} --target {config.target} --out {config.out} "
-              f"--stages {stage}`")
     ckpt = stage_checkpoint(config, stage)
-    if ckpt is None:
-        raise FileNotFoundError(f"{path} is missing: the {stage!r} stage has not been run; {run_it}")
-    if not _complete(ckpt):
-        t = ckpt["training"]
-        raise FileNotFoundError(f"{path} holds an unfinished {stage!r} stage ({t['step']} of {t['total_steps']} "
-                                f"steps); run the {stage!r} stage again to resume it")
-    return _network(ckpt, path, device)
+    if ckpt is None or not _complete(ckpt):
+        raise _not_ready(config, {stage: ckpt})
+    return _network(ckpt, stage_path(config, stage), pick_device(device or config.device))
+
+
+def _not_ready(config: CyCADAConfig, found: dict[str, dict | None]) -> FileNotFoundError:
+    """The error for stages that must run before others can, each with its checkpoint (None:
+    missing, else unfinished); it names each file and the command that runs them."""
+    why = [f"{stage_path(config, s)} is missing (the {s!r} stage has not been run)" if ckpt is None else
+           f"{stage_path(config, s)} holds an unfinished {s!r} stage ({ckpt['training']['step']} of "
+           f"{ckpt['training']['total_steps']} steps)" for s, ckpt in found.items()]
+    return FileNotFoundError(f"{'; '.join(why)}; run {'it' if len(found) == 1 else 'them'} first: "
+                             f"{_run_hint(config, tuple(found))}")
+
+
+def _run_hint(config: CyCADAConfig, stages: tuple[str, ...]) -> str:
+    """How to run (or resume) ``stages`` with ``config``'s options, from Python and from the
+    command line (:func:`~cyclelib.config.cycada_command`)."""
+    return f"run_cycada(config, stages={stages!r}) or `{cycada_command(asdict(config), stages)}`"
 
 
 def _network(ckpt: dict, path: Path, device: torch.device) -> nn.Module:
@@ -237,7 +251,7 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
             batch_size=batch_size, epochs=epochs, seed=c.seed, limit=c.max_samples,
             drop_last=True,  # a last batch of one image would break BatchNorm in train mode (DTN)
             num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
-            score=score, resume_hint=f"run the {stage!r} stage again",
+            score=score, resume_hint=_run_hint(c, (stage,)),
             overwrite=not resume,  # the caller (run_cycada) decided: continue the stage or train it afresh
             progress=progress, name=stage).fit(resume)
 
@@ -332,7 +346,8 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
     f_s.to(distributed.setup(pick_device(config.device))[2])
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),
-                          meta=_stage_meta(config, "pixel"), overwrite=not resume)
+                          meta=_stage_meta(config, "pixel"), overwrite=not resume,
+                          resume_hint=_run_hint(config, ("pixel",)))
 
 
 def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | None = None,
@@ -385,7 +400,8 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
 
     A stage whose checkpoint is complete is skipped (``force=True`` retrains it); an
     unfinished one resumes. A stage needing an earlier one that was not asked
-    for loads that one's checkpoint, or fails with a message naming the file and stage.
+    for loads that one's checkpoint; before any stage runs, every such stage that is missing or
+    unfinished is named, with its file and the command that runs them.
     Before any stage runs, every checkpoint that would be reused is checked against the
     config (:func:`stage_checkpoint`): one trained with other options is an error naming
     them, unless ``force`` retrains that stage. ``out`` is locked for the run.
@@ -402,9 +418,16 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         raise RuntimeError(f"under torchrun (WORLD_SIZE={world_size}) only the 'pixel' stage runs "
                            f"distributed: pass stages=('pixel',) (--stages pixel) there and run the stages "
                            f"{', '.join(s for s in stages if s != 'pixel')} in a single process")
+    out = Path(config.out)
+    if (found := io.run_in(out)) is not None:  # run_folder would suggest train cyclegan's --resume, --overwrite
+        raise io.RunFolderError(f"{out} holds a CycleGAN run ({found.name}), not a CyCADA one (whose stages are "
+                                f"folders in it): choose another --out (out=...)")
     reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage)
               for stage in _with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
-    out = Path(config.out)
+    done = {stage for stage, ckpt in reused.items() if ckpt is not None and _complete(ckpt)}
+    missing = {need for stage in set(stages) - done for need in needs(config, stage)} - done - set(stages)
+    if missing:  # an earlier stage that was not asked for, and is not there to load
+        raise _not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with io.run_folder(out) if writer else contextlib.nullcontext():
         if writer:
             (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
@@ -454,7 +477,7 @@ def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str,
             times_path.write_text(json.dumps(wall_times, indent=1))
         # e.g. a SIGTERM stopped the pixel stage early (rank 0 writes the checkpoint: only it can tell)
         if writer and not stage_finished(config, stage):
-            raise RuntimeError(f"the {stage!r} stage stopped before its end; run it again to resume")
+            raise RuntimeError(f"the {stage!r} stage stopped before its end; resume it: {_run_hint(config, (stage,))}")
     return wall_times
 
 

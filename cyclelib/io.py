@@ -35,6 +35,7 @@ import pickle
 import re
 import secrets
 import shutil
+import stat
 import warnings
 import zipfile
 import zlib
@@ -54,7 +55,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .config import CycleGANConfig
+from .config import CycleGANConfig, cycada_command
 from .cyclegan import CycleGAN
 from .networks import build_discriminator, build_generator
 
@@ -296,7 +297,16 @@ def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], source: s
 
 def check_resumable(ckpt: dict, path: Path, record: dict, keys: tuple[str, ...] | None = None) -> None:
     """Refuse to resume ``ckpt`` into a run described by ``record`` (``kind``, ``config``)
-    unless both have the same kind, training state and ``keys`` of their configs (default: all)."""
+    unless both have the same kind, training state and ``keys`` of their configs (default: all),
+    and belong to the same CyCADA stage (``meta["stage"]``) or to none."""
+    stage, now = ckpt["meta"].get("stage"), record.get("meta", {}).get("stage")
+    if stage != now:  # e.g. the pixel stage would go on without its semantic loss and lose its record
+        runs = [f"the {s!r} stage of a CyCADA run" if s else "a plain CycleGAN run" for s in (stage, now)]
+        redo = ""
+        if stage and "cycada" in ckpt["meta"]:  # the stage's folder is out/<stage>/, a step file one deeper
+            out = (path.parent.parent if path.parent.name == HISTORY else path.parent).parent
+            redo = f"; resume it with `{cycada_command({**ckpt['meta']['cycada'], 'out': str(out)}, (stage,))}`"
+        raise ValueError(f"cannot resume from {path}: it holds {runs[0]}, and this run trains {runs[1]}{redo}")
     if ckpt["kind"] != record["kind"] or "training" not in ckpt:
         raise ValueError(f"cannot resume from {path}: it holds {ckpt['kind']!r} weights"
                          f"{'' if 'training' in ckpt else ' without a training state'}, and this run trains "
@@ -554,14 +564,21 @@ _RUN_OUTPUTS = ("history.json", "history.csv", "history.png", "samples/step_*.pn
 def run_folder(folder: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Iterator[Path]:
     """The run folder ``folder``, checked and locked for one training (before its first step).
 
+    - ``resume`` and ``overwrite`` together are refused before anything is touched: one
+      continues the run, the other deletes it.
     - It must be a folder this process can write in (created if missing).
     - A lock (``.lock``, an OS file lock that the OS releases when the process ends, however
       it ends) keeps a second training out: two writers would delete each other's files.
+      It is taken before anything is deleted; a ``.lock`` that is not a regular file (a
+      link, a FIFO, a folder) is refused, never followed.
     - A folder that holds another run's checkpoints is refused unless ``resume`` (continue
       it) or ``overwrite`` (delete its checkpoints, history and samples first): a new run
       would otherwise replace ``checkpoint.pt`` and ``checkpoint_best.pt`` without a word.
     """
     folder = Path(folder)
+    if resume and overwrite:
+        raise RunFolderError(f"--resume and --overwrite (resume=True, overwrite=True) contradict each other: "
+                             f"resuming continues the run in {folder}, overwriting deletes it; give one of them")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         os.close(os.open(probe := _new_temporary(folder / ".write-test"), os.O_RDONLY))
@@ -570,19 +587,41 @@ def run_folder(folder: str | os.PathLike, resume: bool = False, overwrite: bool 
         raise RunFolderError(f"cannot use {folder} as a run folder: it (or a folder above it) is a file") from None
     except PermissionError as e:
         raise RunFolderError(f"cannot write in the run folder {folder}: {e.strerror}; choose another folder") from None
-    with open(folder / ".lock", "a+") as lock:
+    with _open_lock(folder / ".lock") as lock:
         _lock(lock, folder)
-        steps = step_checkpoints(folder)
-        if (steps or (folder / LATEST).is_file()) and not (resume or overwrite):
-            found = steps[-1].name if steps else LATEST
-            raise RunFolderError(f"{folder} holds another run ({found}): continue it with --resume "
+        found = run_in(folder)
+        if found and not (resume or overwrite):
+            raise RunFolderError(f"{folder} holds another run ({found.name}): continue it with --resume "
                                  f"(resume=True), start over with --overwrite (overwrite=True), or choose "
                                  f"another folder")
         if overwrite:
-            for old in (*steps, folder / LATEST, folder / BEST, *(p for pattern in _RUN_OUTPUTS
-                                                                  for p in folder.glob(pattern))):
+            for old in (*step_checkpoints(folder), folder / LATEST, folder / BEST,
+                        *(p for pattern in _RUN_OUTPUTS for p in folder.glob(pattern))):
                 old.unlink(missing_ok=True)
         yield folder
+
+
+def run_in(folder: str | os.PathLike) -> Path | None:
+    """The file that shows ``folder`` holds a training run (its newest step file, else its
+    ``checkpoint.pt``), None when it holds none."""
+    steps, latest = step_checkpoints(folder), Path(folder, LATEST)
+    return steps[-1] if steps else latest if latest.is_file() else None
+
+
+def _open_lock(path: Path):
+    """``path`` opened for reading and writing (created with mode 0o666 less the umask), never
+    through a link; anything but a regular file there is a :class:`RunFolderError` naming it."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO: no wait
+    try:
+        fd = os.open(path, flags, 0o666)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return os.fdopen(fd, "r+")
+        os.close(fd)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR):  # ELOOP: a symbolic link, under O_NOFOLLOW
+            raise
+    raise RunFolderError(f"cannot lock the run folder {path.parent}: its lock {path} is not a regular file "
+                         f"(a link, a FIFO or a folder); remove it")
 
 
 def _lock(lock_file, folder: Path) -> None:

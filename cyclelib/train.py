@@ -51,10 +51,9 @@ from .runtime import cudnn_autotune, pick_device, seed_everything
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM stopped training at a step boundary, after a checkpoint to resume from."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path, hint: str = ""):
+    def __init__(self, signum: int, step: int, checkpoint: Path, hint: str = "resume=True"):
         name = signal.Signals(signum).name
-        super().__init__(f"{name} received: stopped at step {step} and saved {checkpoint}; continue with "
-                         f"resume=True{f' ({hint})' if hint else ''}")
+        super().__init__(f"{name} received: stopped at step {step} and saved {checkpoint}; continue with {hint}")
         self.exit_code = 128 + signum  # what a shell reports for a process ended by this signal
 
 
@@ -222,7 +221,7 @@ class Trainer:
     sample: Callable[[int], None] | None = None
     sample_every: int = 500
     resume_checks: tuple[str, ...] | None = None
-    resume_hint: str = ""
+    resume_hint: str = "resume=True"    # how to continue, for the message of a stop
     overwrite: bool = False             # start over in a folder that holds another run (see io.run_folder)
     progress: bool = True
     name: str = "train"
@@ -368,7 +367,7 @@ NETWORK_OPTIONS = ("netG", "netD", "ngf", "ndf", "n_layers_D", "norm", "dropout"
 
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
                    extra_generator_losses: GeneratorTerms | None = None, meta: dict | None = None,
-                   overwrite: bool = False) -> CycleGAN:
+                   overwrite: bool = False, resume_hint: str | None = None) -> CycleGAN:
     """Train a CycleGAN as the official code does and return it (eval mode).
 
     Writes to ``config.out``: ``checkpoints/step_XXXXXXX.pt`` (the last
@@ -384,8 +383,9 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     (``batch_size`` is per rank; only rank 0 writes files).
 
     Every image is decoded once before training (see ``skip_bad_images``).
-    ``extra_generator_losses`` and ``meta`` are for runs built on CycleGAN (CyCADA's pixel
-    stage adds its semantic loss, and records the stage in ``meta``).
+    ``extra_generator_losses``, ``meta`` and ``resume_hint`` are for runs built on CycleGAN
+    (CyCADA's pixel stage adds its semantic loss, records the stage in ``meta``, and a stop
+    message names the command that resumes the stage, not ``train cyclegan --resume``).
     """
     c = config
     if not c.data:
@@ -414,8 +414,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
         keep_checkpoints=c.keep_checkpoints, score=("cycle_A", "cycle_B"),
         sample=lambda step: _save_samples(model, samples, out / "samples" / f"step_{step:06d}.png"),
         sample_every=c.sample_every, resume_checks=NETWORK_OPTIONS,
-        resume_hint=f"cyclelib train cyclegan --resume {out}", overwrite=overwrite, progress=progress,
-        name="cyclegan")
+        resume_hint=resume_hint or f"resume=True or `cyclelib train cyclegan --resume {out}`",
+        overwrite=overwrite, progress=progress, name="cyclegan")
     trainer.fit(resume)
     return model.eval()
 
