@@ -68,7 +68,7 @@ def _train_cycada(args) -> None:
     options.pop("scale", None)  # --scale picks the preset below
     missing = [f"--{name}" for name in ("source", "target") if name not in options]
     if missing:
-        raise SystemExit(f"cyclelib train cycada: {' and '.join(missing)} required (digit domains such as "
+        raise ValueError(f"train cycada: {' and '.join(missing)} required (digit domains such as "
                          "mnist5k, uci-digits, mnistm5k, mnist, usps, svhn, mnistm)")
     config = CyCADAConfig.for_scale(args.scale, **options)
     print(f"CyCADA {config.source} -> {config.target} ({config.scale} scale) -> {config.out}")

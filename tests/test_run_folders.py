@@ -254,3 +254,9 @@ def test_a_stage_recorded_with_classifier_auto_is_the_network_auto_picked(tmp_pa
     assert stage_path(config, "source").stat().st_mtime_ns == written
     with pytest.raises(ValueError, match="classifier='lenet' there, 'dtn' now"):
         stage_checkpoint(dataclasses.replace(config, classifier="dtn"), "source")
+
+
+def test_train_cycada_without_its_domains_is_a_usage_error():
+    """It exited 1, without the "cyclelib: error:" of every other bad input."""
+    code, err = cli("train", "cycada", "--scale", "smoke", "--target", "mnist5k")
+    assert code == 2 and "cyclelib: error: train cycada: --source required" in err
