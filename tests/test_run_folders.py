@@ -117,9 +117,9 @@ def test_cycada_command_builds_the_same_config():
     are rendered from the gpu scale, the paper's options."""
     smoke_run = CyCADAConfig.for_scale("smoke", source="mnist5k", target="mnistm5k", out="my runs/c", device="cpu",
                                        amp="none", lambda_sem_B=0.5, classifier="dtn")
+    cpu_run = CyCADAConfig.for_scale("cpu", source="svhn", target="mnist", seed=3, feature_lr=1e-05)
     for config, scale in ((smoke_run, "smoke"), (dataclasses.replace(smoke_run, max_samples=None), "gpu"),
-                          (CyCADAConfig(), "gpu"),
-                          (CyCADAConfig.for_scale("cpu", source="svhn", target="mnist", seed=3, feature_lr=1e-05), "cpu")):
+                          (CyCADAConfig(), "gpu"), (cpu_run, "cpu")):
         command = cycada_command(dataclasses.asdict(config), ("source", "pixel"))
         assert command.startswith("cyclelib train cycada --source ")
         built, stages = parse_cycada_command(command)
