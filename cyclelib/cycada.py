@@ -420,8 +420,8 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
                            f"{', '.join(s for s in stages if s != 'pixel')} in a single process")
     out = Path(config.out)
     if (found := io.run_in(out)) is not None:  # run_folder would suggest train cyclegan's --resume, --overwrite
-        raise io.RunFolderError(f"{out} holds a CycleGAN run ({found.name}), not a CyCADA one (whose stages are "
-                                f"folders in it): choose another --out (out=...)")
+        raise io.RunFolderError(f"{out} holds a run of its own ({found.name}: a CycleGAN run, or a CyCADA stage), "
+                                f"not a CyCADA run, whose stages are folders in it: choose another --out (out=...)")
     reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage)
               for stage in _with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
     done = {stage for stage, ckpt in reused.items() if ckpt is not None and _complete(ckpt)}

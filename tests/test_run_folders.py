@@ -237,7 +237,7 @@ def test_train_cycada_into_a_cyclegan_run_names_options_it_has(run):
     before = files(run)
     code, err = cli("train", "cycada", "--source", "uci-digits", "--target", "mnist5k", "--scale", "smoke",
                     "--out", str(run), "--stages", "source")
-    assert code == 2 and "holds a CycleGAN run" in err and "another --out" in err
+    assert code == 2 and "not a CyCADA run" in err and "another --out" in err
     assert "--resume" not in err and "--overwrite" not in err
     assert files(run) == before
 
