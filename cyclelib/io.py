@@ -132,39 +132,77 @@ def load_checkpoint(path: str | os.PathLike, sha256: str | None = None) -> dict:
     """Read a checkpoint without running code; errors name the file and the cause.
 
     A cyclelib checkpoint comes back in the current schema (format-1 files are upgraded);
-    other files (an official state_dict) as they are. What is verified:
+    other files (an official state_dict) as they are. The format is read from the file's
+    first bytes, whatever its name: torch's zip format (torch >= 1.6, every cyclelib ``.pt``),
+    torch's legacy format (older official ``.pth`` files) or safetensors; anything else is
+    "not a checkpoint". What is verified:
 
     - ``sha256``, when given (e.g. published next to a download), must be the file's;
-    - ``.pt``/``.pth`` files in torch's zip format (torch >= 1.6, every cyclelib file): the
-      CRC32 of every record (torch does not check them, and would load flipped bits as wrong
-      weights); they are read with ``weights_only=True``;
-    - ``.safetensors`` files: the CRC32s that :func:`export_safetensors` writes;
-    - files without any checksum (torch's legacy pre-1.6 format, which older official models
-      use, and ``.safetensors`` files written by other tools) can only be checked for NaN and
-      Inf weights: a damaged file may still load as wrong weights. A warning says so unless
-      ``sha256`` verified the file.
+    - zip-format torch files: the CRC32 of every record (torch does not check them, and would
+      load flipped bits as wrong weights); every torch file is read with ``weights_only=True``;
+    - safetensors files: the CRC32s and the metadata checksum that :func:`export_safetensors`
+      writes (see :func:`load_safetensors`);
+    - every format: each floating-point tensor is finite (a NaN or Inf weight would load and
+      translate to black images);
+    - files without any checksum (the legacy format, and safetensors files written by other
+      tools) can still load as wrong weights if damaged: a warning says so unless ``sha256``
+      verified the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if sha256 is not None:
         _check_sha256(path, sha256)
-    if path.suffix == ".safetensors":
+    form = _file_format(path)
+    if form == "safetensors":
         return load_safetensors(path, verified=sha256 is not None)
-    legacy = not zipfile.is_zipfile(path)
-    _check_records(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"refusing to load {path}: it holds objects that only a full unpickler could "
-            f"build (and that could run code); cyclelib loads weights only. Details: {e}") from None
-    except Exception as e:  # noqa: BLE001 - garbage bytes raise all sorts (IndexError, RuntimeError, ...)
-        raise ValueError(f"cannot read checkpoint {path}: truncated or not a torch file "
-                         f"({type(e).__name__}: {e})") from None
-    if legacy:
-        _unverified(path, state, sha256 is not None, "torch's legacy format has no checksums")
+    if form is None:
+        raise ValueError(f"{path} is not a checkpoint (unknown format): cyclelib reads torch files (zip or legacy "
+                         "format) and safetensors files")
+    if form == "zip":
+        _check_records(path)
+    try:  # from a file object: given a name, torch.load itself picks a format by the suffix
+        with open(path, "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - damaged bytes raise all sorts (EOFError, IndexError, RuntimeError, ...)
+        raise _load_error(path, e) from None
+    _check_finite(path, state)
+    if form == "legacy":
+        _unverified(path, sha256 is not None, "torch's legacy format has no checksums")
     return _as_current(state, path)
+
+
+def _load_error(path: Path, error: Exception) -> ValueError:
+    """``torch.load``'s error as cyclelib's: code the weights-only unpickler refused to run, or damaged bytes.
+
+    torch's own message advises ``weights_only=False`` or allowlisting the object, either of
+    which would run whatever code the file holds: only the unpickler's finding is kept."""
+    finding = str(error).split("WeightsUnpickler error:")[-1].split("\n\nCheck the documentation")[0].strip()
+    if isinstance(error, pickle.UnpicklingError) and re.search(r"GLOBAL|allowlisted|unrecognized function", finding):
+        return ValueError(f"refusing to load {path}: it holds objects that only a full unpickler could build, and "
+                          f"that could run code ({finding.split('. ')[0]}); cyclelib loads weights only")
+    detail = finding.splitlines()[0] if finding else type(error).__name__
+    return ValueError(f"cannot read checkpoint {path}: truncated or damaged ({detail})")
+
+
+# How each format starts: a zip archive's first record; torch's legacy format pickles its magic number
+# first (a LONG1 after the protocol opcode, and after a FRAME header from protocol 4 on); safetensors
+# gives the length of its JSON header in 8 bytes, then the header.
+_ZIP_START = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x8a\x0a" + torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")
+
+
+def _file_format(path: Path) -> str | None:
+    """``"zip"``, ``"legacy"`` or ``"safetensors"`` from the first bytes of ``path``; None for other files."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if head.startswith(_ZIP_START):
+        return "zip"
+    if head.startswith(b"\x80") and _LEGACY_MAGIC in head:
+        return "legacy"
+    if head[8:9] == b"{":
+        return "safetensors"
+    return None
 
 
 def _check_sha256(path: Path, expected: str) -> None:
@@ -177,15 +215,26 @@ def _check_sha256(path: Path, expected: str) -> None:
                          "(a damaged or different download)")
 
 
-def _unverified(path: Path, state, verified: bool, why: str) -> None:
-    """Checks of a file without checksums: every float tensor must be finite, and a warning says
-    that a damaged file can still load (unless a SHA-256 verified it)."""
-    tensors = state.values() if isinstance(state, Mapping) else []
-    names = state.keys() if isinstance(state, Mapping) else []
-    bad = [name for name, t in zip(names, tensors)
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
+def _check_finite(path: Path, state: object) -> None:
+    """Every floating-point tensor in ``state`` (nested in dicts and lists, as in a checkpoint)
+    must be finite, else a ``ValueError`` naming ``path`` and the tensors: NaN or Inf weights
+    load without error and give black images."""
+    def tensors(obj, name: str):
+        if isinstance(obj, torch.Tensor):
+            yield name, obj
+        elif isinstance(obj, (Mapping, list, tuple)):
+            for key, value in (obj.items() if isinstance(obj, Mapping) else enumerate(obj)):
+                yield from tensors(value, f"{name}/{key}" if name else str(key))
+
+    bad = [name for name, t in tensors(state, "") if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise ValueError(f"{path} is damaged: tensor(s) {', '.join(bad[:5])} hold NaN or Inf values")
+        raise ValueError(f"{path} is damaged: tensor(s) {', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''} "
+                         "hold NaN or Inf values")
+
+
+def _unverified(path: Path, verified: bool, why: str) -> None:
+    """Warn that ``path`` has no checksum to tell a damaged file from a good one (for ``why``),
+    unless a SHA-256 verified it."""
     if not verified:
         warnings.warn(f"{path} cannot be verified ({why}): a damaged file could load as wrong weights; pass its "
                       "SHA-256 (sha256=..., --sha256) to verify it", stacklevel=3)
@@ -389,14 +438,23 @@ def export_safetensors(model_or_checkpoint: nn.Module | Mapping | str | os.PathL
     tensors = {name: t.detach().cpu().contiguous().clone() for name, t in obj.items()}
     # The format has no checksum of its own: a flipped bit would load as a wrong weight.
     metadata["crc32"] = json.dumps({name: _crc32(t) for name, t in tensors.items()})
+    # Nor has the metadata: a flipped bit in it could change the config.
+    metadata["metadata_crc32"] = _metadata_crc32(metadata)
     data = safetensors_bytes(tensors, metadata)
     return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_safetensors(path: str | os.PathLike, verified: bool = False) -> dict:
     """Read a ``.safetensors`` file: a cyclelib checkpoint dict (without ``training``) if
-    :func:`export_safetensors` wrote one, else the flat state_dict. ``verified``: the caller
-    checked the file's SHA-256 (no warning for a file without CRC32s)."""
+    :func:`export_safetensors` wrote one, else the flat state_dict.
+
+    A file of :func:`export_safetensors` is verified whole: its metadata (``kind``, ``config``,
+    ``meta``, the tensors' CRC32s) against the metadata CRC32, each tensor against its CRC32, and
+    the structure of each entry; files of older cyclelib versions, without the metadata CRC32,
+    load with a warning that their metadata is unverified. Files of other tools (no cyclelib
+    metadata) have no checksum at all: a warning says so. Every tensor must be finite.
+    ``verified``: the caller checked the file's SHA-256 (no warnings).
+    """
     path = Path(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -405,18 +463,62 @@ def load_safetensors(path: str | os.PathLike, verified: bool = False) -> dict:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every defect
         raise ValueError(f"cannot read {path}: truncated or not a safetensors file "
                          f"({type(e).__name__}: {e})") from None
-    damaged = [name for name, crc in json.loads(metadata.get("crc32", "{}")).items()
-               if name not in tensors or _crc32(tensors[name]) != crc]
+    # The metadata of other tools means nothing here (and cyclelib's always has crc32, or kind for the first exports).
+    entries = _safetensors_metadata(path, metadata, tensors, verified) if {"kind", "crc32"} & metadata.keys() else {}
+    if "crc32" not in entries:
+        _unverified(path, verified, "it was written without the CRC32s of export_safetensors")
+    damaged = [name for name, crc in entries.get("crc32", {}).items() if _crc32(tensors[name]) != crc]
     if damaged:
         raise ValueError(f"{path} is corrupted: tensor(s) {', '.join(damaged)} fail the CRC32 "
                          "check written by export_safetensors")
-    if "crc32" not in metadata:
-        _unverified(path, tensors, verified, "it was written without the CRC32s of export_safetensors")
-    if "kind" not in metadata:
+    _check_finite(path, tensors)
+    if "kind" not in entries:
         return tensors
-    # Format-1 exports held CycleGAN runs only, with the same metadata less "meta".
-    return make_checkpoint(metadata["kind"], json.loads(metadata["config"]), tensors,
-                           meta=json.loads(metadata.get("meta", "{}")))
+    return make_checkpoint(entries["kind"], entries["config"], tensors, meta=entries.get("meta", {}))
+
+
+# The metadata entries that export_safetensors writes: every one but the last is covered by the last.
+_METADATA = ("kind", "version", "config", "meta", "crc32", "metadata_crc32")
+
+
+def _metadata_crc32(metadata: Mapping[str, str]) -> str:
+    """The CRC32 of the canonical JSON of every metadata entry but ``metadata_crc32`` itself."""
+    entries = {key: value for key, value in metadata.items() if key != "metadata_crc32"}
+    return str(zlib.crc32(json.dumps(entries, sort_keys=True).encode()))
+
+
+def _safetensors_metadata(path: Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor],
+                          verified: bool) -> dict:
+    """The entries of cyclelib metadata, verified and parsed (``config``, ``meta`` and ``crc32``
+    as dicts), or a ``ValueError`` naming ``path`` and what is wrong."""
+    def damaged(why: str) -> ValueError:
+        return ValueError(f"{path} is corrupted: its cyclelib metadata {why}")
+
+    unknown = sorted(metadata.keys() - set(_METADATA))
+    if unknown:
+        raise damaged(f"holds unknown entries ({', '.join(unknown)}); valid values: {', '.join(_METADATA)}")
+    if "metadata_crc32" in metadata:
+        if metadata["metadata_crc32"] != _metadata_crc32(metadata):
+            raise damaged("(kind, config, meta, the tensors' CRC32s) fails its CRC32 check")
+    else:  # written by cyclelib before the metadata had a checksum
+        _unverified(path, verified, "its metadata was written without a checksum, by an older cyclelib; "
+                                    "its tensors are checked")
+    entries = dict(metadata)
+    for key in ("config", "meta", "crc32"):
+        if key in metadata:
+            try:
+                entries[key] = json.loads(metadata[key])
+            except json.JSONDecodeError:
+                entries[key] = None
+            if not isinstance(entries[key], dict):
+                raise damaged(f"entry {key} is not a JSON object: {metadata[key][:80]!r}")
+    crcs = entries.get("crc32", {})
+    if "crc32" in entries and (crcs.keys() != tensors.keys() or not all(type(v) is int for v in crcs.values())):
+        raise damaged("entry crc32 does not give an integer CRC32 for each of its tensors, and only those")
+    if "kind" in entries and (entries["kind"] not in KINDS or "config" not in entries):
+        raise damaged(f"gives the kind {entries['kind']!r} (valid values: {', '.join(KINDS)}) "
+                      f"{'with' if 'config' in entries else 'without'} a config")
+    return entries
 
 
 def _crc32(tensor: torch.Tensor) -> int:

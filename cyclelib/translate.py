@@ -32,6 +32,10 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
             raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
         model = cyclegan_from_checkpoint(state, str(checkpoint))
         return model.G_A if direction == "AtoB" else model.G_B
+    if is_checkpoint(state):  # a CyCADA classifier stage's
+        raise ValueError(f"{checkpoint} holds a CyCADA {state['kind']} network, "
+                         "not a generator: translate needs a CycleGAN checkpoint (a CycleGAN run's checkpoint.pt, "
+                         "a CyCADA run's pixel/checkpoint.pt) or an official generator file")
     return load_official(state, kind="G", arch=arch, input_nc=input_nc, output_nc=output_nc, width=width,
                          norm=norm).eval()
 
