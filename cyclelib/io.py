@@ -5,6 +5,7 @@ read without ever executing code. A checkpoint is a plain dict of tensors, numbe
 strings, lists and dicts, so ``torch.load(..., weights_only=True)`` can read it; anything
 that would need the full pickle machinery (and could run code) is refused. Weights can
 also be shared as ``.safetensors`` files, a format that holds tensors and strings only.
+What is checked in every file read (format, checksums, finite values) is in :mod:`cyclelib.integrity`.
 
 **One schema for every checkpoint** (format 2), whatever trained it::
 
@@ -28,16 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
-import pickle
 import re
 import secrets
 import shutil
 import warnings
-import zipfile
-import zlib
 from io import BytesIO
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, fields
@@ -54,6 +51,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from . import integrity
 from .config import CycleGANConfig
 from .cyclegan import CycleGAN
 from .networks import build_discriminator, build_generator
@@ -152,107 +150,24 @@ def load_checkpoint(path: str | os.PathLike, sha256: str | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if sha256 is not None:
-        _check_sha256(path, sha256)
-    form = _file_format(path)
+        integrity.check_sha256(path, sha256)
+    form = integrity.file_format(path)
     if form == "safetensors":
         return load_safetensors(path, verified=sha256 is not None)
     if form is None:
         raise ValueError(f"{path} is not a checkpoint (unknown format): cyclelib reads torch files (zip or legacy "
                          "format) and safetensors files")
     if form == "zip":
-        _check_records(path)
+        integrity.check_records(path)
     try:  # from a file object: given a name, torch.load itself picks a format by the suffix
         with open(path, "rb") as f:
             state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - damaged bytes raise all sorts (EOFError, IndexError, RuntimeError, ...)
-        raise _load_error(path, e) from None
-    _check_finite(path, state)
+        raise integrity.load_error(path, e) from None
+    integrity.check_finite(path, state)
     if form == "legacy":
-        _unverified(path, sha256 is not None, "torch's legacy format has no checksums")
+        integrity.warn_unverified(path, sha256 is not None, "torch's legacy format has no checksums")
     return _as_current(state, path)
-
-
-def _load_error(path: Path, error: Exception) -> ValueError:
-    """``torch.load``'s error as cyclelib's: code the weights-only unpickler refused to run, or damaged bytes.
-
-    torch's own message advises ``weights_only=False`` or allowlisting the object, either of
-    which would run whatever code the file holds: only the unpickler's finding is kept."""
-    finding = str(error).split("WeightsUnpickler error:")[-1].split("\n\nCheck the documentation")[0].strip()
-    if isinstance(error, pickle.UnpicklingError) and re.search(r"GLOBAL|allowlisted|unrecognized function", finding):
-        return ValueError(f"refusing to load {path}: it holds objects that only a full unpickler could build, and "
-                          f"that could run code ({finding.split('. ')[0]}); cyclelib loads weights only")
-    detail = finding.splitlines()[0] if finding else type(error).__name__
-    return ValueError(f"cannot read checkpoint {path}: truncated or damaged ({detail})")
-
-
-# How each format starts: a zip archive's first record; torch's legacy format pickles its magic number
-# first (a LONG1 after the protocol opcode, and after a FRAME header from protocol 4 on); safetensors
-# gives the length of its JSON header in 8 bytes, then the header.
-_ZIP_START = b"PK\x03\x04"
-_LEGACY_MAGIC = b"\x8a\x0a" + torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")
-
-
-def _file_format(path: Path) -> str | None:
-    """``"zip"``, ``"legacy"`` or ``"safetensors"`` from the first bytes of ``path``; None for other files."""
-    with open(path, "rb") as f:
-        head = f.read(32)
-    if head.startswith(_ZIP_START):
-        return "zip"
-    if head.startswith(b"\x80") and _LEGACY_MAGIC in head:
-        return "legacy"
-    if head[8:9] == b"{":
-        return "safetensors"
-    return None
-
-
-def _check_sha256(path: Path, expected: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected.strip().lower():
-        raise ValueError(f"{path} is not the expected file: its SHA-256 is {digest.hexdigest()}, expected {expected} "
-                         "(a damaged or different download)")
-
-
-def _check_finite(path: Path, state: object) -> None:
-    """Every floating-point tensor in ``state`` (nested in dicts and lists, as in a checkpoint)
-    must be finite, else a ``ValueError`` naming ``path`` and the tensors: NaN or Inf weights
-    load without error and give black images."""
-    def tensors(obj, name: str):
-        if isinstance(obj, torch.Tensor):
-            yield name, obj
-        elif isinstance(obj, (Mapping, list, tuple)):
-            for key, value in (obj.items() if isinstance(obj, Mapping) else enumerate(obj)):
-                yield from tensors(value, f"{name}/{key}" if name else str(key))
-
-    bad = [name for name, t in tensors(state, "") if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise ValueError(f"{path} is damaged: tensor(s) {', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''} "
-                         "hold NaN or Inf values")
-
-
-def _unverified(path: Path, verified: bool, why: str) -> None:
-    """Warn that ``path`` has no checksum to tell a damaged file from a good one (for ``why``),
-    unless a SHA-256 verified it."""
-    if not verified:
-        warnings.warn(f"{path} cannot be verified ({why}): a damaged file could load as wrong weights; pass its "
-                      "SHA-256 (sha256=..., --sha256) to verify it", stacklevel=3)
-
-
-def _check_records(path: Path) -> None:
-    """Verify the CRC32 of every record of a zip-format torch file (torch >= 1.6 writes
-    them); legacy files and truncated ones (no zip directory left) are left to torch.load."""
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # reads every record, compares its CRC32
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"cannot read checkpoint {path}: damaged zip structure ({e})") from None
-    if damaged is not None:
-        raise ValueError(f"checkpoint {path} is corrupted: record {damaged} fails its CRC32 check "
-                         "(or the file was written with torch.serialization.set_crc32_options(False))")
 
 
 # --------------------------------------------------------------------------- the schema
@@ -437,9 +352,9 @@ def export_safetensors(model_or_checkpoint: nn.Module | Mapping | str | os.PathL
     # safetensors stores dense, unshared CPU buffers.
     tensors = {name: t.detach().cpu().contiguous().clone() for name, t in obj.items()}
     # The format has no checksum of its own: a flipped bit would load as a wrong weight.
-    metadata["crc32"] = json.dumps({name: _crc32(t) for name, t in tensors.items()})
+    metadata["crc32"] = json.dumps({name: integrity.crc32(t) for name, t in tensors.items()})
     # Nor has the metadata: a flipped bit in it could change the config.
-    metadata["metadata_crc32"] = _metadata_crc32(metadata)
+    metadata["metadata_crc32"] = integrity.metadata_crc32(metadata)
     data = safetensors_bytes(tensors, metadata)
     return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
@@ -464,66 +379,18 @@ def load_safetensors(path: str | os.PathLike, verified: bool = False) -> dict:
         raise ValueError(f"cannot read {path}: truncated or not a safetensors file "
                          f"({type(e).__name__}: {e})") from None
     # The metadata of other tools means nothing here (and cyclelib's always has crc32, or kind for the first exports).
-    entries = _safetensors_metadata(path, metadata, tensors, verified) if {"kind", "crc32"} & metadata.keys() else {}
+    ours = {"kind", "crc32"} & metadata.keys()
+    entries = integrity.safetensors_metadata(path, metadata, tensors, KINDS, verified) if ours else {}
     if "crc32" not in entries:
-        _unverified(path, verified, "it was written without the CRC32s of export_safetensors")
-    damaged = [name for name, crc in entries.get("crc32", {}).items() if _crc32(tensors[name]) != crc]
+        integrity.warn_unverified(path, verified, "it was written without the CRC32s of export_safetensors")
+    damaged = [name for name, crc in entries.get("crc32", {}).items() if integrity.crc32(tensors[name]) != crc]
     if damaged:
         raise ValueError(f"{path} is corrupted: tensor(s) {', '.join(damaged)} fail the CRC32 "
                          "check written by export_safetensors")
-    _check_finite(path, tensors)
+    integrity.check_finite(path, tensors)
     if "kind" not in entries:
         return tensors
     return make_checkpoint(entries["kind"], entries["config"], tensors, meta=entries.get("meta", {}))
-
-
-# The metadata entries that export_safetensors writes: every one but the last is covered by the last.
-_METADATA = ("kind", "version", "config", "meta", "crc32", "metadata_crc32")
-
-
-def _metadata_crc32(metadata: Mapping[str, str]) -> str:
-    """The CRC32 of the canonical JSON of every metadata entry but ``metadata_crc32`` itself."""
-    entries = {key: value for key, value in metadata.items() if key != "metadata_crc32"}
-    return str(zlib.crc32(json.dumps(entries, sort_keys=True).encode()))
-
-
-def _safetensors_metadata(path: Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor],
-                          verified: bool) -> dict:
-    """The entries of cyclelib metadata, verified and parsed (``config``, ``meta`` and ``crc32``
-    as dicts), or a ``ValueError`` naming ``path`` and what is wrong."""
-    def damaged(why: str) -> ValueError:
-        return ValueError(f"{path} is corrupted: its cyclelib metadata {why}")
-
-    unknown = sorted(metadata.keys() - set(_METADATA))
-    if unknown:
-        raise damaged(f"holds unknown entries ({', '.join(unknown)}); valid values: {', '.join(_METADATA)}")
-    if "metadata_crc32" in metadata:
-        if metadata["metadata_crc32"] != _metadata_crc32(metadata):
-            raise damaged("(kind, config, meta, the tensors' CRC32s) fails its CRC32 check")
-    else:  # written by cyclelib before the metadata had a checksum
-        _unverified(path, verified, "its metadata was written without a checksum, by an older cyclelib; "
-                                    "its tensors are checked")
-    entries = dict(metadata)
-    for key in ("config", "meta", "crc32"):
-        if key in metadata:
-            try:
-                entries[key] = json.loads(metadata[key])
-            except json.JSONDecodeError:
-                entries[key] = None
-            if not isinstance(entries[key], dict):
-                raise damaged(f"entry {key} is not a JSON object: {metadata[key][:80]!r}")
-    crcs = entries.get("crc32", {})
-    if "crc32" in entries and (crcs.keys() != tensors.keys() or not all(type(v) is int for v in crcs.values())):
-        raise damaged("entry crc32 does not give an integer CRC32 for each of its tensors, and only those")
-    if "kind" in entries and (entries["kind"] not in KINDS or "config" not in entries):
-        raise damaged(f"gives the kind {entries['kind']!r} (valid values: {', '.join(KINDS)}) "
-                      f"{'with' if 'config' in entries else 'without'} a config")
-    return entries
-
-
-def _crc32(tensor: torch.Tensor) -> int:
-    """CRC32 of a contiguous CPU tensor's bytes."""
-    return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
 # --------------------------------------------------------------------------- official weights

@@ -5,10 +5,8 @@ file translate cannot use says what it holds and what translate needs.
 
 Every test runs on the CPU in a few seconds, on tiny networks or on files written here.
 """
-import json
 import os
 import pickle
-import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,8 +17,9 @@ from safetensors.torch import save_file
 
 from cyclelib import CycleGAN, build_generator, load_cyclegan, load_generator, load_official, save_official
 from cyclelib.classifiers import build_task_network
+from cyclelib.integrity import metadata_crc32
 from cyclelib.io import export_safetensors, load_checkpoint, make_checkpoint, save_checkpoint
-from helpers import cli, equal_states, rgb, smoke
+from helpers import Payload, cli, equal_states, rgb, smoke
 
 
 def cyclegan_checkpoint(tmp_path: Path, **config) -> dict:
@@ -180,8 +179,7 @@ def test_malformed_metadata_under_a_valid_metadata_checksum_is_refused_too(tmp_p
     without_metadata_checksum(path, **entries)
     with safe_open(path, framework="pt") as f:
         metadata, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
-    # the checksum as export_safetensors computes it
-    metadata["metadata_crc32"] = str(zlib.crc32(json.dumps(metadata, sort_keys=True).encode()))
+    metadata["metadata_crc32"] = metadata_crc32(metadata)
     save_file(tensors, path, metadata)
     with pytest.raises(ValueError, match=rf"{path.name} is corrupted: its cyclelib metadata .*"
                                          rf"{next(iter(entries))}"):
@@ -203,16 +201,6 @@ def test_the_format_is_read_from_the_first_bytes_whatever_the_name(tmp_path, for
         torch.save(state, path, _use_new_zipfile_serialization=form == "zip")
     assert equal_states(load_checkpoint(path), state)
     assert equal_states(load_official(path, kind="G", arch="resnet_1blocks", width=4).state_dict(), state)
-
-
-class Payload:
-    """Pickles as a call to exec: unpickling it with the full unpickler runs the code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
 
 
 @pytest.mark.parametrize("content", ["random", "zeros", "text", "empty", "plain pickle"])
