@@ -280,27 +280,47 @@ def check_cyclegan_shapes(state: dict, source: str = "checkpoint") -> CycleGANCo
     """The :class:`CycleGANConfig` of a loaded CycleGAN checkpoint, once its four networks,
     built from that config on the meta device (shapes only, no memory), are known to take the
     stored tensors; else a ``ValueError`` naming ``source``. Call it before building the model:
-    a damaged or hostile config (``ngf=100000``) would otherwise allocate hundreds of GB."""
+    a damaged or hostile config (``ngf=100000``) would otherwise allocate hundreds of GB, and
+    one declaring more blocks or layers than the file holds tensors (``resnet_100000blocks``)
+    is refused before building even on the meta device would take minutes."""
+    raw, stored = state["config"], state["nets"]
+    if not (isinstance(raw, Mapping) and isinstance(stored, Mapping)
+            and all(isinstance(t, torch.Tensor) for t in stored.values())):
+        raise ValueError(f"{source} is not a CycleGAN checkpoint: its config or nets is not a mapping (of tensors)")
+    depth = _declared_depth(raw)
+    if depth > len(stored):
+        raise ValueError(f"{source} does not fit the networks its config declares: {depth} blocks or layers in "
+                         f"one network, {len(stored)} tensors in the file")
     known = {f.name for f in fields(CycleGANConfig)}
     try:
         # compile off: for translating a few images, compiling would only delay the first one
-        config = CycleGANConfig(**{**{k: v for k, v in state["config"].items() if k in known}, "compile": False})
-    except (TypeError, ValueError) as e:
+        c = CycleGANConfig(**{**{k: v for k, v in raw.items() if k in known}, "compile": False})
+        gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=None)
+        dis = dict(width=c.ndf, n_layers=c.n_layers_D, norm=c.norm, init=None)
+        with torch.device("meta"):
+            nets = {"G_A": build_generator(c.netG, c.input_nc, c.output_nc, noise_nc=c.noise_nc,
+                                           noise_injection=c.noise_injection, **gen),
+                    "G_B": build_generator(c.netG, c.output_nc, c.input_nc, **gen),
+                    "D_A": build_discriminator(c.netD, c.output_nc, **dis),
+                    "D_B": build_discriminator(c.netD, c.input_nc, **dis)}
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. ngf=8.5, or ngf=10**12 (a size overflow)
         raise ValueError(f"{source} holds an invalid CycleGAN config: {e}") from None
-    c = config
-    gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=None)
-    dis = dict(width=c.ndf, n_layers=c.n_layers_D, norm=c.norm, init=None)
-    with torch.device("meta"):
-        nets = {"G_A": build_generator(c.netG, c.input_nc, c.output_nc, noise_nc=c.noise_nc,
-                                       noise_injection=c.noise_injection, **gen),
-                "G_B": build_generator(c.netG, c.output_nc, c.input_nc, **gen),
-                "D_A": build_discriminator(c.netD, c.output_nc, **dis),
-                "D_B": build_discriminator(c.netD, c.input_nc, **dis)}
     expected = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
-    problems = _mismatches(expected, state["nets"])
+    problems = _mismatches(expected, stored)
     if problems:
         raise ValueError(f"{source} does not fit the networks its config declares: {'; '.join(problems)}")
-    return config
+    return c
+
+
+def _declared_depth(config: Mapping) -> int:
+    """The blocks of a ``resnet_<n>blocks`` netG, the levels of a ``unet_<2^n>`` one, or the
+    ``n_layers_D`` of an ``n_layers`` netD that ``config`` declares, whichever is most; each of them
+    holds at least one tensor, and the time to build them grows with their number."""
+    netG = str(config.get("netG", ""))
+    digits = re.sub(r"\D", "", netG)[:30]  # more digits would be no valid name either
+    size = int(digits) if digits else 0
+    layers = config.get("n_layers_D") if config.get("netD") == "n_layers" else 0
+    return max(size if netG.startswith("resnet") else size.bit_length(), layers if isinstance(layers, int) else 0)
 
 
 def cyclegan_from_checkpoint(state: dict, source: str = "checkpoint") -> CycleGAN:

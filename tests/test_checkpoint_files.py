@@ -5,6 +5,7 @@ file translate cannot use says what it holds and what translate needs.
 
 Every test runs on the CPU in a few seconds, on tiny networks or on files written here.
 """
+import inspect
 import os
 import pickle
 from dataclasses import asdict
@@ -15,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cyclelib import CycleGAN, build_generator, load_cyclegan, load_generator, load_official, save_official
+from cyclelib import CycleGAN, networks, build_generator, load_cyclegan, load_generator, load_official, save_official
 from cyclelib.classifiers import build_task_network
 from cyclelib.integrity import metadata_crc32
 from cyclelib.io import export_safetensors, load_checkpoint, make_checkpoint, save_checkpoint
@@ -39,22 +40,56 @@ def translate(tmp_path: Path, checkpoint: Path, *options: str) -> tuple[int, str
 # --------------------------------------------------------------------------- memory bounds
 
 
-def test_a_config_declaring_a_huge_network_is_refused_before_any_network_is_built(tmp_path):
-    """ngf=100000 with the smoke tensors (ngf=8): building those networks would take ~720 GB."""
+def shallow_only(cls: type, depth: str):
+    """``cls.__init__`` that fails the test when its argument ``depth`` is over 1000."""
+    original, signature = cls.__init__, inspect.signature(cls.__init__)
+
+    def init(self, *args, **kwargs):
+        value = signature.bind(self, *args, **kwargs).arguments.get(depth, 0)
+        assert value <= 1000, f"a {cls.__name__} of {value} {depth} was built"
+        original(self, *args, **kwargs)
+    return init
+
+
+@pytest.fixture
+def no_deep_network(monkeypatch):
+    """Building a network of over 1000 blocks or layers, even on the meta device, fails the test:
+    such a build takes minutes, and the depth is known from the config before building."""
+    for cls, depth in ((networks.ResnetGenerator, "n_blocks"), (networks.UnetGenerator, "num_downs"),
+                       (networks.NLayerDiscriminator, "n_layers")):
+        monkeypatch.setattr(cls, "__init__", shallow_only(cls, depth))
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(ngf=100000), "does not fit the networks its config declares: .*shape mismatches"),  # ~720 GB
+    (dict(ngf=10 ** 12), "holds an invalid CycleGAN config: Storage size calculation overflowed"),
+    (dict(ngf=8.5), "holds an invalid CycleGAN config"),
+    (dict(netG="resnet_100000blocks"), "does not fit .*: 100000 blocks or layers in one network, 60 tensors"),
+    (dict(netD="n_layers", n_layers_D=10 ** 6), "does not fit .*: 1000000 blocks or layers"),
+], ids=str)
+def test_a_config_declaring_a_huge_network_is_refused_before_building_it(tmp_path, no_deep_network, config, message):
+    """The smoke tensors (ngf=8, 2 resnet blocks) under a config that declares a network too large
+    to build: refused naming the file, by every way of loading a CycleGAN from a file."""
     path = tmp_path / "huge.pt"
-    save_checkpoint(cyclegan_checkpoint(tmp_path, ngf=100000), path)
-    message = r"huge\.pt does not fit the networks its config declares: .*shape mismatches"
-    with pytest.raises(ValueError, match=message):
+    save_checkpoint(cyclegan_checkpoint(tmp_path, **config), path)
+    with pytest.raises(ValueError, match=rf"huge\.pt {message}"):
         load_cyclegan(path)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=rf"huge\.pt {message}"):
         load_generator(path)
     code, err = translate(tmp_path, path)
-    assert code == 2 and "huge.pt does not fit the networks its config declares" in err, err
+    assert code == 2 and "huge.pt" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
     # The same config in a safetensors export (exporting builds no network).
     exported = export_safetensors(path, tmp_path / "huge.safetensors")
-    with pytest.raises(ValueError, match=r"huge\.safetensors does not fit the networks its config declares"):
+    with pytest.raises(ValueError, match=rf"huge\.safetensors {message}"):
         load_cyclegan(exported)
+
+
+def test_a_checkpoint_whose_config_or_nets_is_no_mapping_is_refused(tmp_path):
+    for broken in ({"config": [1]}, {"nets": {"G_A.model.1.weight": "x"}}):
+        path = save_checkpoint({**cyclegan_checkpoint(tmp_path), **broken}, tmp_path / "broken.pt")
+        with pytest.raises(ValueError, match=r"broken\.pt is not a CycleGAN checkpoint"):
+            load_cyclegan(path)
 
 
 # --------------------------------------------------------------------------- NaN and Inf
