@@ -24,7 +24,8 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
     An official file (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) holds one
     generator: ``direction`` is then ignored and ``arch``/``norm``/channels/``width`` describe it
     (the defaults are those of the published models). ``sha256``: verify the file first (see
-    :func:`~cyclelib.io.load_checkpoint`). Returned in eval mode.
+    :func:`~cyclelib.io.load_checkpoint`). Returned in eval mode. A CyCADA classifier's checkpoint
+    is a ``ValueError`` saying what it holds and which files translate takes.
     """
     state = load_checkpoint(checkpoint, sha256)
     if is_checkpoint(state, "cyclegan"):
