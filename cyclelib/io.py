@@ -5,6 +5,7 @@ read without ever executing code. A checkpoint is a plain dict of tensors, numbe
 strings, lists and dicts, so ``torch.load(..., weights_only=True)`` can read it; anything
 that would need the full pickle machinery (and could run code) is refused. Weights can
 also be shared as ``.safetensors`` files, a format that holds tensors and strings only.
+What is checked in every file read (format, checksums, finite values) is in :mod:`cyclelib.integrity`.
 
 **One schema for every checkpoint** (format 2), whatever trained it::
 
@@ -28,17 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
-import pickle
 import re
 import secrets
 import shutil
 import stat
 import warnings
-import zipfile
-import zlib
 from io import BytesIO
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, fields
@@ -55,6 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from . import integrity
 from .config import CycleGANConfig, cycada_command
 from .cyclegan import CycleGAN
 from .networks import build_discriminator, build_generator
@@ -133,78 +131,44 @@ def load_checkpoint(path: str | os.PathLike, sha256: str | None = None) -> dict:
     """Read a checkpoint without running code; errors name the file and the cause.
 
     A cyclelib checkpoint comes back in the current schema (format-1 files are upgraded);
-    other files (an official state_dict) as they are. What is verified:
+    other files (an official state_dict) as they are. The format is read from the file's
+    first bytes, whatever its name: torch's zip format (torch >= 1.6, every cyclelib ``.pt``),
+    torch's legacy format (older official ``.pth`` files) or safetensors; anything else is
+    "not a checkpoint". What is verified:
 
     - ``sha256``, when given (e.g. published next to a download), must be the file's;
-    - ``.pt``/``.pth`` files in torch's zip format (torch >= 1.6, every cyclelib file): the
-      CRC32 of every record (torch does not check them, and would load flipped bits as wrong
-      weights); they are read with ``weights_only=True``;
-    - ``.safetensors`` files: the CRC32s that :func:`export_safetensors` writes;
-    - files without any checksum (torch's legacy pre-1.6 format, which older official models
-      use, and ``.safetensors`` files written by other tools) can only be checked for NaN and
-      Inf weights: a damaged file may still load as wrong weights. A warning says so unless
-      ``sha256`` verified the file.
+    - zip-format torch files: the CRC32 of every record (torch does not check them, and would
+      load flipped bits as wrong weights); every torch file is read with ``weights_only=True``;
+    - safetensors files: the CRC32s and the metadata checksum that :func:`export_safetensors`
+      writes (see :func:`load_safetensors`);
+    - every format: each floating-point tensor is finite (a NaN or Inf weight would load and
+      translate to black images);
+    - files without any checksum (the legacy format, and safetensors files written by other
+      tools) can still load as wrong weights if damaged: a warning says so unless ``sha256``
+      verified the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if sha256 is not None:
-        _check_sha256(path, sha256)
-    if path.suffix == ".safetensors":
+        integrity.check_sha256(path, sha256)
+    form = integrity.file_format(path)
+    if form == "safetensors":
         return load_safetensors(path, verified=sha256 is not None)
-    legacy = not zipfile.is_zipfile(path)
-    _check_records(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"refusing to load {path}: it holds objects that only a full unpickler could "
-            f"build (and that could run code); cyclelib loads weights only. Details: {e}") from None
-    except Exception as e:  # noqa: BLE001 - garbage bytes raise all sorts (IndexError, RuntimeError, ...)
-        raise ValueError(f"cannot read checkpoint {path}: truncated or not a torch file "
-                         f"({type(e).__name__}: {e})") from None
-    if legacy:
-        _unverified(path, state, sha256 is not None, "torch's legacy format has no checksums")
+    if form is None:
+        raise ValueError(f"{path} is not a checkpoint (unknown format): cyclelib reads torch files (zip or legacy "
+                         "format) and safetensors files")
+    if form == "zip":
+        integrity.check_records(path)
+    try:  # from a file object: given a name, torch.load itself picks a format by the suffix
+        with open(path, "rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - damaged bytes raise all sorts (EOFError, IndexError, RuntimeError, ...)
+        raise integrity.load_error(path, e) from None
+    integrity.check_finite(path, state)
+    if form == "legacy":
+        integrity.warn_unverified(path, sha256 is not None, "torch's legacy format has no checksums")
     return _as_current(state, path)
-
-
-def _check_sha256(path: Path, expected: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected.strip().lower():
-        raise ValueError(f"{path} is not the expected file: its SHA-256 is {digest.hexdigest()}, expected {expected} "
-                         "(a damaged or different download)")
-
-
-def _unverified(path: Path, state, verified: bool, why: str) -> None:
-    """Checks of a file without checksums: every float tensor must be finite, and a warning says
-    that a damaged file can still load (unless a SHA-256 verified it)."""
-    tensors = state.values() if isinstance(state, Mapping) else []
-    names = state.keys() if isinstance(state, Mapping) else []
-    bad = [name for name, t in zip(names, tensors)
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise ValueError(f"{path} is damaged: tensor(s) {', '.join(bad[:5])} hold NaN or Inf values")
-    if not verified:
-        warnings.warn(f"{path} cannot be verified ({why}): a damaged file could load as wrong weights; pass its "
-                      "SHA-256 (sha256=..., --sha256) to verify it", stacklevel=3)
-
-
-def _check_records(path: Path) -> None:
-    """Verify the CRC32 of every record of a zip-format torch file (torch >= 1.6 writes
-    them); legacy files and truncated ones (no zip directory left) are left to torch.load."""
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # reads every record, compares its CRC32
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"cannot read checkpoint {path}: damaged zip structure ({e})") from None
-    if damaged is not None:
-        raise ValueError(f"checkpoint {path} is corrupted: record {damaged} fails its CRC32 check "
-                         "(or the file was written with torch.serialization.set_crc32_options(False))")
 
 
 # --------------------------------------------------------------------------- the schema
@@ -326,27 +290,47 @@ def check_cyclegan_shapes(state: dict, source: str = "checkpoint") -> CycleGANCo
     """The :class:`CycleGANConfig` of a loaded CycleGAN checkpoint, once its four networks,
     built from that config on the meta device (shapes only, no memory), are known to take the
     stored tensors; else a ``ValueError`` naming ``source``. Call it before building the model:
-    a damaged or hostile config (``ngf=100000``) would otherwise allocate hundreds of GB."""
+    a damaged or hostile config (``ngf=100000``) would otherwise allocate hundreds of GB, and
+    one declaring more blocks or layers than the file holds tensors (``resnet_100000blocks``)
+    is refused before building even on the meta device would take minutes."""
+    raw, stored = state["config"], state["nets"]
+    if not (isinstance(raw, Mapping) and isinstance(stored, Mapping)
+            and all(isinstance(t, torch.Tensor) for t in stored.values())):
+        raise ValueError(f"{source} is not a CycleGAN checkpoint: its config or nets is not a mapping (of tensors)")
+    depth = _declared_depth(raw)
+    if depth > len(stored):
+        raise ValueError(f"{source} does not fit the networks its config declares: {depth} blocks or layers in "
+                         f"one network, {len(stored)} tensors in the file")
     known = {f.name for f in fields(CycleGANConfig)}
     try:
         # compile off: for translating a few images, compiling would only delay the first one
-        config = CycleGANConfig(**{**{k: v for k, v in state["config"].items() if k in known}, "compile": False})
-    except (TypeError, ValueError) as e:
+        c = CycleGANConfig(**{**{k: v for k, v in raw.items() if k in known}, "compile": False})
+        gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=None)
+        dis = dict(width=c.ndf, n_layers=c.n_layers_D, norm=c.norm, init=None)
+        with torch.device("meta"):
+            nets = {"G_A": build_generator(c.netG, c.input_nc, c.output_nc, noise_nc=c.noise_nc,
+                                           noise_injection=c.noise_injection, **gen),
+                    "G_B": build_generator(c.netG, c.output_nc, c.input_nc, **gen),
+                    "D_A": build_discriminator(c.netD, c.output_nc, **dis),
+                    "D_B": build_discriminator(c.netD, c.input_nc, **dis)}
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. ngf=8.5, or ngf=10**12 (a size overflow)
         raise ValueError(f"{source} holds an invalid CycleGAN config: {e}") from None
-    c = config
-    gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=None)
-    dis = dict(width=c.ndf, n_layers=c.n_layers_D, norm=c.norm, init=None)
-    with torch.device("meta"):
-        nets = {"G_A": build_generator(c.netG, c.input_nc, c.output_nc, noise_nc=c.noise_nc,
-                                       noise_injection=c.noise_injection, **gen),
-                "G_B": build_generator(c.netG, c.output_nc, c.input_nc, **gen),
-                "D_A": build_discriminator(c.netD, c.output_nc, **dis),
-                "D_B": build_discriminator(c.netD, c.input_nc, **dis)}
     expected = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
-    problems = _mismatches(expected, state["nets"])
+    problems = _mismatches(expected, stored)
     if problems:
         raise ValueError(f"{source} does not fit the networks its config declares: {'; '.join(problems)}")
-    return config
+    return c
+
+
+def _declared_depth(config: Mapping) -> int:
+    """The blocks of a ``resnet_<n>blocks`` netG, the levels of a ``unet_<2^n>`` one, or the
+    ``n_layers_D`` of an ``n_layers`` netD that ``config`` declares, whichever is most; each of them
+    holds at least one tensor, and the time to build them grows with their number."""
+    netG = str(config.get("netG", ""))
+    digits = re.sub(r"\D", "", netG)[:30]  # more digits would be no valid name either
+    size = int(digits) if digits else 0
+    layers = config.get("n_layers_D") if config.get("netD") == "n_layers" else 0
+    return max(size if netG.startswith("resnet") else size.bit_length(), layers if isinstance(layers, int) else 0)
 
 
 def cyclegan_from_checkpoint(state: dict, source: str = "checkpoint") -> CycleGAN:
@@ -398,15 +382,24 @@ def export_safetensors(model_or_checkpoint: nn.Module | Mapping | str | os.PathL
     # safetensors stores dense, unshared CPU buffers.
     tensors = {name: t.detach().cpu().contiguous().clone() for name, t in obj.items()}
     # The format has no checksum of its own: a flipped bit would load as a wrong weight.
-    metadata["crc32"] = json.dumps({name: _crc32(t) for name, t in tensors.items()})
+    metadata["crc32"] = json.dumps({name: integrity.crc32(t) for name, t in tensors.items()})
+    # Nor has the metadata: a flipped bit in it could change the config.
+    metadata["metadata_crc32"] = integrity.metadata_crc32(metadata)
     data = safetensors_bytes(tensors, metadata)
     return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_safetensors(path: str | os.PathLike, verified: bool = False) -> dict:
     """Read a ``.safetensors`` file: a cyclelib checkpoint dict (without ``training``) if
-    :func:`export_safetensors` wrote one, else the flat state_dict. ``verified``: the caller
-    checked the file's SHA-256 (no warning for a file without CRC32s)."""
+    :func:`export_safetensors` wrote one, else the flat state_dict.
+
+    A file of :func:`export_safetensors` is verified whole: its metadata (``kind``, ``config``,
+    ``meta``, the tensors' CRC32s) against the metadata CRC32, each tensor against its CRC32, and
+    the structure of each entry; files of older cyclelib versions, without the metadata CRC32,
+    load with a warning that their metadata is unverified. Files of other tools (no cyclelib
+    metadata) have no checksum at all: a warning says so. Every tensor must be finite.
+    ``verified``: the caller checked the file's SHA-256 (no warnings).
+    """
     path = Path(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -415,23 +408,19 @@ def load_safetensors(path: str | os.PathLike, verified: bool = False) -> dict:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every defect
         raise ValueError(f"cannot read {path}: truncated or not a safetensors file "
                          f"({type(e).__name__}: {e})") from None
-    damaged = [name for name, crc in json.loads(metadata.get("crc32", "{}")).items()
-               if name not in tensors or _crc32(tensors[name]) != crc]
+    # The metadata of other tools means nothing here (and cyclelib's always has crc32, or kind for the first exports).
+    ours = {"kind", "crc32"} & metadata.keys()
+    entries = integrity.safetensors_metadata(path, metadata, tensors, KINDS, verified) if ours else {}
+    if "crc32" not in entries:
+        integrity.warn_unverified(path, verified, "it was written without the CRC32s of export_safetensors")
+    damaged = [name for name, crc in entries.get("crc32", {}).items() if integrity.crc32(tensors[name]) != crc]
     if damaged:
         raise ValueError(f"{path} is corrupted: tensor(s) {', '.join(damaged)} fail the CRC32 "
                          "check written by export_safetensors")
-    if "crc32" not in metadata:
-        _unverified(path, tensors, verified, "it was written without the CRC32s of export_safetensors")
-    if "kind" not in metadata:
+    integrity.check_finite(path, tensors)
+    if "kind" not in entries:
         return tensors
-    # Format-1 exports held CycleGAN runs only, with the same metadata less "meta".
-    return make_checkpoint(metadata["kind"], json.loads(metadata["config"]), tensors,
-                           meta=json.loads(metadata.get("meta", "{}")))
-
-
-def _crc32(tensor: torch.Tensor) -> int:
-    """CRC32 of a contiguous CPU tensor's bytes."""
-    return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy())
+    return make_checkpoint(entries["kind"], entries["config"], tensors, meta=entries.get("meta", {}))
 
 
 # --------------------------------------------------------------------------- official weights

@@ -24,7 +24,8 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
     An official file (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) holds one
     generator: ``direction`` is then ignored and ``arch``/``norm``/channels/``width`` describe it
     (the defaults are those of the published models). ``sha256``: verify the file first (see
-    :func:`~cyclelib.io.load_checkpoint`). Returned in eval mode.
+    :func:`~cyclelib.io.load_checkpoint`). Returned in eval mode. A CyCADA classifier's checkpoint
+    is a ``ValueError`` saying what it holds and which files translate takes.
     """
     state = load_checkpoint(checkpoint, sha256)
     if is_checkpoint(state, "cyclegan"):
@@ -32,6 +33,10 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
             raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
         model = cyclegan_from_checkpoint(state, str(checkpoint))
         return model.G_A if direction == "AtoB" else model.G_B
+    if is_checkpoint(state):  # a CyCADA classifier stage's
+        raise ValueError(f"{checkpoint} holds a CyCADA {state['kind']} network, "
+                         "not a generator: translate needs a CycleGAN checkpoint (a CycleGAN run's checkpoint.pt, "
+                         "a CyCADA run's pixel/checkpoint.pt) or an official generator file")
     return load_official(state, kind="G", arch=arch, input_nc=input_nc, output_nc=output_nc, width=width,
                          norm=norm).eval()
 

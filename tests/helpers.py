@@ -1,5 +1,5 @@
 """Helpers shared by the test files: the repository root, smoke-sized configs, the CLI run in
-this process or as a subprocess, and small random images."""
+this process or as a subprocess, small random images, and a pickle that would run code."""
 import os
 import sys
 from contextlib import redirect_stderr
@@ -61,3 +61,13 @@ def rgb(width, height, seed=0) -> Image.Image:
 def equal_states(a: dict, b: dict) -> bool:
     """Whether two state_dicts hold the same keys and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Payload:
+    """Pickles as a call to exec that creates ``marker``: unpickling it with the full unpickler runs the code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
