@@ -22,6 +22,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from . import files  # noqa: E402
+
 CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei", "SimHei")
 
 
@@ -49,12 +51,12 @@ def bilingual(en: str, zh: str) -> str:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (folders created) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    """Write ``fig`` at ``path`` (folders created) atomically, as :func:`cyclelib.files.save_figure`
+    does (a PNG for ``.png``), and close it."""
+    try:
+        return files.save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def to_image(t: torch.Tensor) -> torch.Tensor:
