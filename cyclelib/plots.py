@@ -1,4 +1,5 @@
-"""Figures a run writes: sample grids, loss curves, confusion matrices.
+"""Figures a run writes: sample grids, loss curves, confusion matrices (each file written
+atomically, see :mod:`cyclelib.files`).
 
 Axis labels are bilingual ("step / 步数"), like the book. Chinese needs a CJK font: the first
 one installed (Noto Sans CJK, from Debian's fonts-noto-cjk, or the system's own on macOS and
