@@ -168,6 +168,18 @@ def test_resuming_a_hard_linked_copy_leaves_the_original_run_unchanged(tmp_path)
     assert {k: v for k, v in snapshot(original).items() if k != ".lock"} == before
 
 
+def test_the_next_checkpoint_deletes_temporary_files_that_a_kill_left(tmp_path):
+    out = tmp_path / "run"
+    dead = [out / ".history.json.0badc0de.tmp", out / "samples" / ".step_000001.png.0badc0de.tmp",
+            out / "checkpoints" / ".step_0000001.pt.0badc0de.tmp"]
+    for path in dead:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"cut short")
+    train_cyclegan(smoke(out, max_steps=1), progress=False)
+    assert [path for path in dead if path.exists()] == []
+    assert not list(out.rglob("*.tmp"))
+
+
 def test_translate_replaces_a_symlink_at_an_output_image(tmp_path):
     generator = tmp_path / "g.pth"
     save_official(build_generator("resnet_1blocks", width=4), generator)
