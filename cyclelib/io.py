@@ -585,9 +585,10 @@ def save_run_checkpoint(state: dict, folder: str | os.PathLike, step: int, keep:
         _link_or_copy(step_file, folder / BEST)
     for old in step_checkpoints(folder)[:-keep]:
         old.unlink()
-    # One writer per run folder, so every other temporary file there (of a checkpoint, the
-    # history, a sample grid) is a dead write's.
-    for stale in (*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")):
+    # One writer per run folder, so every other temporary file of a checkpoint, the history
+    # or a sample grid there is a dead write's.
+    for stale in (*folder.glob(".*.pt.*.tmp"), *folder.glob(f"{HISTORY}/.step_*.pt.*.tmp"),
+                  *folder.glob(".history.*.tmp"), *folder.glob("samples/.step_*.png.*.tmp")):
         stale.unlink(missing_ok=True)
     return step_file
 
