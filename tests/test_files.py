@@ -2,9 +2,11 @@
 and keeps the previous one, a link or FIFO at the path is replaced instead of written through,
 a hard-linked copy of a run never writes into the original, and a damaged JSON file of a run
 is named (or, for the wall times, started afresh with a warning)."""
+import contextlib
 import errno
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -47,6 +49,21 @@ def assert_failed_write(error, path: Path, previous: bytes) -> None:
         assert "the disk is full" in message and "MiB free" in message, message
     assert path.read_bytes() == previous
     assert not list(path.parent.glob(f".{path.name}.*")), "a temporary file was left"
+
+
+@contextlib.contextmanager
+def within(seconds: int):
+    """Fail with TimeoutError instead of hanging (opening a FIFO waits for the other end)."""
+    def hung(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s: a FIFO was opened")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------- failed writes
@@ -117,7 +134,8 @@ def test_writes_replace_a_symlink_or_fifo_at_the_path_instead_of_writing_through
     os.symlink(victim, tmp_path / "link.json")
     os.mkfifo(tmp_path / "fifo.json")  # opening it for writing would wait for a reader forever
     for name in ("link.json", "fifo.json"):
-        files.write_json(tmp_path / name, {"name": name})
+        with within(30):
+            files.write_json(tmp_path / name, {"name": name})
         assert (tmp_path / name).is_file() and not (tmp_path / name).is_symlink()
         assert files.read_json(tmp_path / name, "unused") == {"name": name}
     assert victim.read_text() == "keep me"
@@ -212,7 +230,7 @@ def test_read_json_names_a_damaged_file_and_what_to_do(tmp_path, content, proble
 
 def test_read_json_refuses_a_fifo_without_opening_it(tmp_path):
     os.mkfifo(tmp_path / "fifo.json")  # opening it would wait for a writer forever
-    with pytest.raises(ValueError, match=r"fifo\.json: it is not a regular file"):
+    with within(30), pytest.raises(ValueError, match=r"fifo\.json: it is not a regular file"):
         files.read_json(tmp_path / "fifo.json", "delete it")
 
 
