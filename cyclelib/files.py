@@ -112,7 +112,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     as the write's ``OSError`` (naming the file) and never leaves a cut image."""
     path = Path(path)
     buffer = BytesIO()
-    # savefig takes the format from the file name, and the temporary file's ends in .tmp.
+    # A buffer has no name to take the format from (nor has the temporary file: it ends in .tmp).
     fig.savefig(buffer, format=path.suffix[1:].lower() or "png", dpi=dpi)
     return write_bytes(path, buffer.getbuffer())
 
