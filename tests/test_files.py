@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -224,7 +225,7 @@ def test_translate_replaces_a_symlink_at_an_output_image(tmp_path):
 def test_read_json_names_a_damaged_file_and_what_to_do(tmp_path, content, problem):
     path = tmp_path / "some.json"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=rf"cannot read {path}: {problem}.*; delete it"):
+    with pytest.raises(ValueError, match=rf"cannot read {re.escape(str(path))}: {problem}.*; delete it"):
         files.read_json(path, "delete it", expect=dict)
 
 
@@ -238,7 +239,7 @@ def test_an_empty_wall_times_file_is_started_afresh_with_a_warning_naming_it(cyc
     """wall_times.json only records times (see cycada._read_wall_times): the run goes on."""
     times = Path(cycada_run.out) / "wall_times.json"
     times.write_bytes(b"")  # left by an in-place write on a full disk
-    with pytest.warns(UserWarning, match=rf"cannot read {times}: it is empty; .*started afresh"):
+    with pytest.warns(UserWarning, match=rf"cannot read {re.escape(str(times))}: it is empty; .*started afresh"):
         metrics = run_cycada(cycada_run, stages="source", force=True, progress=False)
     recorded = json.loads(times.read_text())
     assert set(recorded) == {"source"} and metrics["wall_s"] == recorded
