@@ -2,14 +2,15 @@
 
 Modules, one idea each, leaves first:
 
-- ``losses`` (every loss with its equation), ``pool`` (image history), ``metrics``,
-  ``plots``, ``runtime`` (scale, device, precision, seeds), ``distributed`` (torchrun);
+- ``files`` (every file written whole or not at all, damaged JSON named), ``losses`` (every
+  loss with its equation), ``pool`` (image history), ``metrics``, ``plots``, ``runtime``
+  (scale, device, precision, seeds), ``distributed`` (torchrun);
 - ``images`` (image files and tensors), ``download``, ``data`` (unpaired folders, digit
   domains, the order of an epoch);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
   networks and their two training steps), ``cyclegan`` (the CycleGAN model and its step);
-- ``config`` (every option, scale presets), ``io`` (every file: checkpoints, safetensors,
-  official weights, run folders);
+- ``config`` (every option, scale presets), ``io`` (checkpoints, safetensors, official
+  weights, run folders);
 - ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
   evaluation), ``translate``, ``bench``, ``cli``.
 """

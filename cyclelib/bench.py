@@ -23,7 +23,6 @@ Compile time (``--compile``) is spent in the warm-up steps and never counted.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -31,10 +30,10 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from . import files
 from .config import PATHS, CycleGANConfig
 from .cyclegan import CycleGAN
 from .runtime import AMP_MODES, cudnn_autotune, native_bf16, pick_device
@@ -277,7 +276,7 @@ def run_and_report(args: argparse.Namespace) -> dict:
     results = run(args)
     print(format_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        files.write_json(args.json, results)
         print(f"results written to {args.json}")
     sys.stdout.flush()
     return results

@@ -37,11 +37,11 @@ BatchNorm drift), and the stages pass networks to each other instead of PNG file
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import distributed, io, losses
+from . import distributed, files, io, losses
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
 from .config import CyCADAConfig, cycada_command
 from .cyclegan import CycleGAN
@@ -430,7 +430,7 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         raise _not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with io.run_folder(out) if writer else contextlib.nullcontext():
         if writer:
-            (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+            files.write_json(out / "config.json", asdict(config))
         wall_times = _run_stages(config, stages, reused, progress, out / "wall_times.json", writer)
         return evaluate_run(config, wall_times) if writer else {}
 
@@ -465,7 +465,7 @@ def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str,
         "feature": lambda resume: train_feature(config, need("source"), need("pixel").G_A, progress, resume),
         "oracle": lambda resume: train_oracle(config, progress, resume),
     }
-    wall_times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    wall_times = _read_wall_times(times_path)
     for stage in stages:
         if reused[stage] is not None and _complete(reused[stage]):
             print(f"cycada: skipping {stage}: {stage_path(config, stage)} is complete (force=True retrains it)")
@@ -474,11 +474,30 @@ def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str,
         nets[stage] = runners[stage](reused[stage] is not None)
         wall_times[stage] = round(time.perf_counter() - start, 1)
         if writer:
-            times_path.write_text(json.dumps(wall_times, indent=1))
+            files.write_json(times_path, wall_times)
         # e.g. a SIGTERM stopped the pixel stage early (rank 0 writes the checkpoint: only it can tell)
         if writer and not stage_finished(config, stage):
             raise RuntimeError(f"the {stage!r} stage stopped before its end; resume it: {_run_hint(config, (stage,))}")
     return wall_times
+
+
+def _read_wall_times(path: Path) -> dict:
+    """The wall times recorded in ``path`` by earlier stage runs ({} without the file).
+
+    An unreadable file (empty, cut, not JSON: written in place by earlier versions of
+    cyclelib on a full disk, or edited by hand) is started afresh with a warning naming it,
+    not refused: it only records how long earlier stage runs took, no stage and no result
+    depends on it, and no rerun could recover those times, so refusing would only make the
+    user delete it by hand.
+    """
+    if not path.exists():  # a dangling link too: the first write replaces it
+        return {}
+    try:
+        return files.read_json(path, "it only records how long each stage ran: started afresh, the times "
+                                     "of earlier stage runs are lost", expect=dict)
+    except ValueError as e:
+        warnings.warn(str(e))
+        return {}
 
 
 def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
@@ -532,7 +551,7 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     if (c.source, c.target) == ("mnist5k", "mnistm5k"):  # the same digits: mnistm5k is drawn from mnist5k
         metrics["dark_digits"] = _polarity(source_test, target_test, translator, predictions)
     metrics.update(per_class=per_class, confusion=confusion, wall_s=wall_times or {})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    files.write_json(out / "metrics.json", metrics)
     histories = {stage: ckpt["history"] for stage, ckpt in finished.items()}
     if any(histories.values()):
         plot_histories(histories, out / "curves.png")
@@ -542,10 +561,12 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
 def load_seed_metrics(folder: str | os.PathLike) -> dict[int, dict]:
     """``{seed: metrics}`` of the runs kept as ``folder/seed<K>/metrics.json`` (the files
     :func:`evaluate_run` writes, e.g. the book's ``results/cycada/<pair>/``), in seed order.
-    A folder without any, or a file whose ``seed`` is not its folder's, is an error."""
+    A folder without any, an unreadable file, or a file whose ``seed`` is not its folder's
+    is an error naming the file."""
     runs = {}
     for path in Path(folder).glob("seed*/metrics.json"):
-        seed, metrics = int(path.parent.name.removeprefix("seed")), json.loads(path.read_text())
+        seed = int(path.parent.name.removeprefix("seed"))
+        metrics = files.read_json(path, "restore it, or run that seed again", expect=dict)
         if metrics.get("seed") != seed:
             raise ValueError(f"{path} holds the metrics of seed {metrics.get('seed')}, not of seed {seed}")
         runs[seed] = metrics

@@ -32,7 +32,6 @@ import errno
 import json
 import os
 import re
-import secrets
 import shutil
 import stat
 import warnings
@@ -40,7 +39,6 @@ from io import BytesIO
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Callable
 
 try:
     import fcntl
@@ -55,66 +53,13 @@ from torch import nn
 from . import integrity
 from .config import CycleGANConfig, cycada_command
 from .cyclegan import CycleGAN
+from .files import atomic_write as _atomic_write, new_temporary as _new_temporary
 from .networks import build_discriminator, build_generator
 
 FORMAT_VERSION = 2
 KINDS = ("cyclegan", "classifier", "feature")
 LATEST, BEST, HISTORY = "checkpoint.pt", "checkpoint_best.pt", "checkpoints"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt")
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
-
-    A crash or kill at any moment leaves either the previous file or the new one at
-    ``path``, never a half-written one. The file gets the permissions the umask gives any
-    new file. A write that fails for want of space (or a size limit) raises ``OSError``
-    naming the file, its folder and the free space, with the previous file in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temporary(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise _write_failed(path, e) from None
-        raise
-    # The rename itself is durable only once the directory entry is flushed.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
-
-
-def _new_temporary(path: Path) -> Path:
-    """A new empty file ``.<name>.<random>.tmp`` next to ``path``, created with mode 0666 less
-    the umask (as ``open`` creates files; ``tempfile.mkstemp`` would make it 0600)."""
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
-
-
-def _write_failed(path: Path, error: OSError) -> OSError:
-    free = shutil.disk_usage(path.parent).free / 2 ** 20
-    cause = ("the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT)
-             else "the file size limit of this process was reached")
-    return OSError(error.errno, f"cannot write {path}: {cause} ({error.strerror}; {free:.0f} MiB free in "
-                                f"{path.parent}). The previous file there, if any, is kept; free some space "
-                                f"or choose another folder, then resume")
 
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> Path:
@@ -669,8 +614,10 @@ def save_run_checkpoint(state: dict, folder: str | os.PathLike, step: int, keep:
         _link_or_copy(step_file, folder / BEST)
     for old in step_checkpoints(folder)[:-keep]:
         old.unlink()
-    # One writer per run folder, so every other temporary file there is a dead write's.
-    for stale in (*folder.glob(".*.pt.*.tmp"), *folder.glob(f"{HISTORY}/.step_*.pt.*.tmp")):
+    # One writer per run folder, so every other temporary file of a checkpoint, the history
+    # or a sample grid there is a dead write's.
+    for stale in (*folder.glob(".*.pt.*.tmp"), *folder.glob(f"{HISTORY}/.step_*.pt.*.tmp"),
+                  *folder.glob(".history.*.tmp"), *folder.glob("samples/.step_*.png.*.tmp")):
         stale.unlink(missing_ok=True)
     return step_file
 

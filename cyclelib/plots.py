@@ -1,4 +1,5 @@
-"""Figures a run writes: sample grids, loss curves, confusion matrices.
+"""Figures a run writes: sample grids, loss curves, confusion matrices (each file written
+atomically, see :mod:`cyclelib.files`).
 
 Axis labels are bilingual ("step / 步数"), like the book. Chinese needs a CJK font: the first
 one installed (Noto Sans CJK, from Debian's fonts-noto-cjk, or the system's own on macOS and
@@ -21,6 +22,8 @@ from matplotlib import font_manager  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
+
+from . import files  # noqa: E402
 
 CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei", "SimHei")
 
@@ -49,12 +52,12 @@ def bilingual(en: str, zh: str) -> str:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (folders created) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    """Write ``fig`` at ``path`` (folders created) atomically, as :func:`cyclelib.files.save_figure`
+    does (a PNG for ``.png``), and close it."""
+    try:
+        return files.save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def to_image(t: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import random
 import signal
@@ -33,6 +32,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from io import StringIO
 from pathlib import Path
 
 import torch
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed, io
+from . import distributed, files, io
 from .config import CycleGANConfig
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
@@ -97,15 +97,17 @@ class History:
         self.sums = {k: v.to(device) for k, v in state["sums"].items()}
 
     def write(self, out: Path) -> None:
-        """``history.json``, ``history.csv`` and ``history.png`` in ``out``."""
+        """``history.json``, ``history.csv`` and ``history.png`` in ``out``, each replaced atomically
+        (see :mod:`cyclelib.files`)."""
         if not self.rows:
             return
-        (out / "history.json").write_text(json.dumps(self.rows, indent=1))
+        files.write_json(out / "history.json", self.rows)
         keys = list(dict.fromkeys(k for row in self.rows for k in row))
-        with open(out / "history.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        table = StringIO()
+        writer = csv.DictWriter(table, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        files.write_text(out / "history.csv", table.getvalue())
         plot_history(self.rows, out / "history.png", keys=[k for k in keys if k not in ("step", "epoch")])
 
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from io import BytesIO
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torchvision.utils import save_image
 
+from . import files
 from .images import IMAGE_EXTENSIONS, list_images, read_image, round_side
 from .io import cyclegan_from_checkpoint, is_checkpoint, load_checkpoint, load_official
 from .networks import fits, smallest_side
@@ -54,8 +57,9 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
     be, contain or lie inside ``input_dir`` (the results would overwrite or mix with the
     originals) unless ``overwrite``. ``amp`` as in training (``none``: fp32, ``bf16``, or ``auto``
     for bf16 where the device computes it natively); fp32 is the default because bf16 changes
-    the saved 8-bit pixels by more than one level (measured in the README). Returns the
-    written paths.
+    the saved 8-bit pixels by more than one level (measured in the README). Each image is
+    written atomically (:func:`cyclelib.files.atomic_write`), replacing a link at its path
+    rather than writing through it. Returns the written paths.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if batch_size < 1:
@@ -93,9 +97,10 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
                 out = generator(torch.stack([im for _, im in chunk]).to(dev)).float()  # [B, C_out, H, W]
             for (path, _), result in zip(chunk, out):
                 target = output_dir / path.relative_to(input_dir)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                save_image((result.float().cpu() + 1) / 2, target)
-                written.append(target)
+                # Encoded in memory in the input's format (a temporary file's name would not say which).
+                encoded, image_format = BytesIO(), Image.registered_extensions()[target.suffix.lower()]
+                save_image((result.float().cpu() + 1) / 2, encoded, format=image_format)
+                written.append(files.write_bytes(target, encoded.getbuffer()))
     return written
 
 
