@@ -548,7 +548,15 @@ def _open_lock(path: Path):
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO: no wait
     try:
         fd = os.open(path, flags, 0o666)
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+            # A hard-linked copy of a run folder (cp -al) shares its lock with the original: locking it
+            # would block (or be blocked by) the original's training. This folder gets a lock of its own.
+            os.close(fd)
+            os.replace(_new_temporary(path), path)
+            fd = os.open(path, flags, 0o666)
+            info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
             return os.fdopen(fd, "r+")
         os.close(fd)
     except OSError as e:
