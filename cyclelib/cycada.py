@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 
 from . import distributed, io, losses
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
-from .config import CyCADAConfig
+from .config import CyCADAConfig, classifier_name
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
@@ -61,9 +61,6 @@ from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservatio
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runtime import Precision, amp_dtype, pick_device, seed_everything
 from .train import Trainer, train_cyclegan
-
-# Digit domains whose colour carries information; every other one is grey digits.
-COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
 
 # Stages in the order they run, what each needs first, and the result it stands for.
 STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
@@ -94,17 +91,6 @@ NEUTRAL_OPTIONS = ("out", "scale", "device", "num_workers", "log_every", "sample
 # --------------------------------------------------------------------------------------
 # Task networks and data
 # --------------------------------------------------------------------------------------
-
-def classifier_name(config: CyCADAConfig) -> str:
-    """The task network of a run: DTN (3x32x32) when either domain is in colour, else LeNet.
-
-    This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
-    grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
-    """
-    if config.classifier != "auto":
-        return config.classifier
-    return "dtn" if {config.source, config.target} & set(COLOUR_DOMAINS) else "lenet"
-
 
 def load_domain(config: CyCADAConfig, name: str, split: str) -> DigitDomain:
     """Digit domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label)`` pairs."""
