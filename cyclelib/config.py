@@ -110,7 +110,8 @@ def _check_image_side(option: str, side: int | None, batch: int, channels: int, 
         # A larger image never fails a layer a smaller one passes, and LARGEST_SIDE is a multiple of
         # every generator's: if this fails, smallest_side would search up to the limit in vain.
         if not fits(net, (batch, channels, LARGEST_SIDE, LARGEST_SIDE)):
-            hint = ": each of its layers halves the image, use a smaller n_layers_D" if "n_layers_D" in name else ""
+            hint = (": each of its layers halves the image, use a smaller n_layers_D"
+                    if name.startswith("netD") and c.netD == "n_layers" else "")
             raise ValueError(f"{name} takes no image with sides up to {LARGEST_SIDE} pixels{hint}")
     for name, net in nets.items():
         if side is None or fits(net, (batch, channels, side, side)):
