@@ -34,7 +34,7 @@ import time
 import torch
 
 from . import files
-from .config import PATHS, CycleGANConfig
+from .config import PATHS, CycleGANConfig, positive_int
 from .cyclegan import CycleGAN
 from .runtime import AMP_MODES, cudnn_autotune, native_bf16, pick_device
 
@@ -56,14 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ndf", type=int, default=64)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels, default: 128")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes, default: 1 4")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per path and batch size")
+    parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per path and batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocation, compilation)")
     parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
     parser.add_argument("--amp", default="auto", choices=AMP_MODES, help="the fast path's amp (the reference "
                         "is fp32), default: auto (bf16 where the device computes it natively: CUDA, "
                         "AVX512-BF16/AMX CPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
 
 

@@ -14,10 +14,10 @@ import typing
 from pathlib import Path
 
 from .bench import add_arguments as add_bench_arguments, run_and_report
-from .config import CyCADAConfig, CycleGANConfig
+from .config import CyCADAConfig, CycleGANConfig, positive_int
 from .cycada import RESULTS, STAGES, run_cycada
 from .data import DIGIT_DOMAINS
-from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
+from .download import CYCLEGAN_DATASETS, DownloadError, download_dataset, download_digits
 from .io import RunFolderError, load_run_checkpoint
 from .runtime import AMP_MODES, SCALES
 from .train import TrainingDiverged, TrainingInterrupted, train_cyclegan
@@ -146,9 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     official = translate.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
     official.add_argument("--arch", default="resnet_9blocks")
     official.add_argument("--norm", default="instance")
-    official.add_argument("--input-nc", type=int, default=3)
-    official.add_argument("--output-nc", type=int, default=3)
-    official.add_argument("--width", type=int, default=64)
+    official.add_argument("--input-nc", type=positive_int, default=3)
+    official.add_argument("--output-nc", type=positive_int, default=3)
+    official.add_argument("--width", type=positive_int, default=64)
     translate.set_defaults(run=_translate)
 
     download = commands.add_parser("download", help="download a dataset (official CycleGAN zips, digits)")
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         # The run stopped with its checkpoints in order: the message says what to do next.
         print(f"cyclelib: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
-    except OSError as e:  # the machine's to fix (a full disk): the message names the file and folder
+    except (OSError, DownloadError) as e:  # the machine's or network's to fix (a full disk, no connection):
+        # the message names the file and folder, or the URL and the reason
         print(f"cyclelib: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 

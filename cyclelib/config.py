@@ -8,11 +8,14 @@ see :func:`~cyclelib.runtime.resolve_scale`); options given explicitly win over 
 """
 from __future__ import annotations
 
+import argparse
+import math
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
 import torch
+from torch import nn
 
 from .classifiers import CLASSIFIERS
 from .data import DIGIT_DOMAINS, is_digit_pair
@@ -24,11 +27,42 @@ from .runtime import AMP_MODES, SCALES, resolve_scale
 
 PATHS = ("fast", "reference")
 SEMANTIC_JUDGES = ("source", "feature_only")  # the CyCADA stages whose classifier may judge L_sem
+# Digit domains whose colour carries information; every other one is grey digits.
+COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
+# Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
+# must stay below 2**64 (torch's largest seed).
+SEED_LIMIT = 2**32
+# Networks must take some image with sides up to this many pixels (networks.smallest_side's search).
+LARGEST_SIDE = 4096
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (the message names the option, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 def _check_choice(name: str, value, valid) -> None:
     if value not in valid:
         raise ValueError(f"unknown {name} {value!r}; valid values: {', '.join(valid)}")
+
+
+def _check_finite(config) -> None:
+    """Every number of ``config`` must be finite: NaN passes any comparison, and inf is no weight or rate."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be an integer in [0, {SEED_LIMIT}), got {seed}")
 
 
 def _check_signs(config, non_negative=(), positive=()) -> None:
@@ -54,24 +88,56 @@ def _check_generator(netG: str, channels: int) -> None:
         raise ValueError(f"netG: {e}") from None
 
 
-def _check_image_side(option: str, side: int, batch: int, channels: int, c) -> None:
-    """Images ``[batch, channels, side, side]`` (``side`` is the option ``option``) must be large
-    enough for every layer of config ``c``'s G and D (checked on shapes, without weights)."""
+def shape_networks(c: CycleGANConfig, channels: int, discriminator: bool = True) -> dict[str, nn.Module]:
+    """Config ``c``'s G (and D with ``discriminator``) on the meta device, to ask which image
+    sizes they take (:func:`~cyclelib.networks.fits`): no weights, no random numbers. Keys name
+    the networks and their options, for messages."""
     with torch.device("meta"):
-        nets = {f"netG {c.netG}": build_generator(c.netG, channels, channels, width=1, norm=c.norm, init=None),
-                f"netD {c.netD}": build_discriminator(c.netD, channels, width=1, n_layers=c.n_layers_D, norm=c.norm,
-                                                      init=None)}
+        nets = {f"netG {c.netG} (norm {c.norm})": build_generator(c.netG, channels, channels, width=1, norm=c.norm,
+                                                                 init=None)}
+        if discriminator:
+            layers = f" with n_layers_D {c.n_layers_D}" if c.netD == "n_layers" else ""
+            nets[f"netD {c.netD}{layers} (norm {c.norm})"] = build_discriminator(
+                c.netD, channels, width=1, n_layers=c.n_layers_D, norm=c.norm, init=None)
+    return nets
+
+
+def _check_image_side(option: str, side: int | None, batch: int, channels: int, c) -> None:
+    """Images ``[batch, channels, side, side]`` (``side`` is the option ``option``) must be large
+    enough for every layer of config ``c``'s G and D (checked on shapes, without weights); and,
+    even with ``side`` None (image sizes not known yet), each must take some image up to
+    :data:`LARGEST_SIDE`."""
+    nets = shape_networks(c, channels)
     for name, net in nets.items():
-        if fits(net, (batch, channels, side, side)):
+        # A larger image never fails a layer a smaller one passes, and LARGEST_SIDE is a multiple of
+        # every generator's: if this fails, smallest_side would search up to the limit in vain.
+        if not fits(net, (batch, channels, LARGEST_SIDE, LARGEST_SIDE)):
+            hint = (": each of its layers halves the image, use a smaller n_layers_D"
+                    if name.startswith("netD") and c.netD == "n_layers" else "")
+            raise ValueError(f"{name} takes no image with sides up to {LARGEST_SIDE} pixels{hint}")
+    for name, net in nets.items():
+        if side is None or fits(net, (batch, channels, side, side)):
             continue
-        smallest = smallest_side(net, channels, batch)
-        if smallest is None or smallest > side:
-            raise ValueError(f"{option} {side} is too small for {name} (norm {c.norm}): the smallest image side it "
-                             f"takes is {smallest}")
+        smallest = smallest_side(net, channels, batch, limit=LARGEST_SIDE)
+        if smallest > side:
+            raise ValueError(f"{option} {side} is too small for {name}: the smallest image side it takes is {smallest}")
         below = max(s for s in range(smallest, side, 4) if fits(net, (batch, channels, s, s)))
         raise ValueError(f"{option} {side} does not fit {name}: its down- and upsamplings would give back images "
                          f"of another size; {below} is the nearest side below that fits (resnet generators take "
                          f"multiples of 4, unet_<size> multiples of <size>)")
+
+
+def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
+    """The task network of a run (a config, or its options as a dict: a stage's record): DTN
+    (3x32x32) when either domain is in colour, else LeNet.
+
+    This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
+    grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
+    """
+    c = config if isinstance(config, Mapping) else vars(config)
+    if c["classifier"] != "auto":
+        return c["classifier"]
+    return "dtn" if {c["source"], c["target"]} & set(COLOUR_DOMAINS) else "lenet"
 
 
 @dataclass
@@ -135,6 +201,8 @@ class CycleGANConfig:
     keep_checkpoints: int = 3          # step checkpoints kept in out/checkpoints (besides latest and best)
 
     def __post_init__(self):
+        _check_finite(self)
+        _check_seed(self.seed)
         _check_signs(self, non_negative=("lambda_A", "lambda_B", "lambda_identity", "lambda_gan_A",
                                          "lambda_gan_B", "lambda_gp", "pool_size", "n_epochs_decay",
                                          "init_gain", "num_workers", "clip_grad_norm", "noise_nc",
@@ -161,9 +229,9 @@ class CycleGANConfig:
             raise ValueError("the identity loss needs input_nc == output_nc; set lambda_identity=0")
         if self.lambda_mode_seeking > 0 and not self.noise_nc:
             raise ValueError("lambda_mode_seeking needs a generator that takes noise: set noise_nc > 0")
-        if self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") or is_digit_pair(self.data):
-            # the training images are crop_size x crop_size
-            _check_image_side("crop_size", self.crop_size, self.batch_size, self.input_nc, self)
+        # Cropped training images are crop_size x crop_size; other sizes are checked per file (data.Unpaired.check).
+        cropped = self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") or is_digit_pair(self.data)
+        _check_image_side("crop_size", self.crop_size if cropped else None, self.batch_size, self.input_nc, self)
 
     @classmethod
     def for_scale(cls, scale: str | None = None, **options) -> "CycleGANConfig":
@@ -260,6 +328,8 @@ class CyCADAConfig:
     checkpoint_every: int = 1000         # steps between checkpoints
 
     def __post_init__(self):
+        _check_finite(self)
+        _check_seed(self.seed)
         for name in ("source", "target"):
             if getattr(self, name) not in DIGIT_DOMAINS:
                 raise ValueError(f"unknown {name} dataset {getattr(self, name)!r}; valid names: "
@@ -279,6 +349,13 @@ class CyCADAConfig:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
         if not 0 <= self.invert_source <= 1:
             raise ValueError(f"invert_source must be in [0, 1] (a share of the images), got {self.invert_source}")
+        if classifier_name(self) == "dtn":
+            for name in ("task_batch_size", "max_samples"):
+                if getattr(self, name) == 1:
+                    resolved = " (auto: a domain is in colour)" if self.classifier == "auto" else ""
+                    raise ValueError(f"{name} 1 gives batches of one image, on which the dtn classifier{resolved} "
+                                     f"cannot train (BatchNorm needs two or more); use {name} 2 or more, or "
+                                     f"classifier lenet")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 (the generator downsamples twice), "
                              f"got {self.image_size}")

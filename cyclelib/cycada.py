@@ -44,7 +44,7 @@ import time
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 
 from . import distributed, files, io, losses
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
-from .config import CyCADAConfig, cycada_command
+from .config import CyCADAConfig, classifier_name, cycada_command
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
@@ -61,9 +61,6 @@ from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservatio
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runtime import Precision, amp_dtype, pick_device, seed_everything
 from .train import Trainer, train_cyclegan
-
-# Digit domains whose colour carries information; every other one is grey digits.
-COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
 
 # Stages in the order they run, what each needs first, and the result it stands for.
 STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
@@ -94,19 +91,6 @@ NEUTRAL_OPTIONS = ("out", "scale", "device", "num_workers", "log_every", "sample
 # --------------------------------------------------------------------------------------
 # Task networks and data
 # --------------------------------------------------------------------------------------
-
-def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
-    """The task network of a run (a config, or its options as a dict: a stage's record): DTN
-    (3x32x32) when either domain is in colour, else LeNet.
-
-    This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
-    grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
-    """
-    c = config if isinstance(config, Mapping) else vars(config)
-    if c["classifier"] != "auto":
-        return c["classifier"]
-    return "dtn" if {c["source"], c["target"]} & set(COLOUR_DOMAINS) else "lenet"
-
 
 def load_domain(config: CyCADAConfig, name: str, split: str) -> DigitDomain:
     """Digit domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label)`` pairs."""

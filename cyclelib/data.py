@@ -36,11 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
+from torch import nn
 from torch.utils.data import Dataset
 
 from .download import CYCLEGAN_DATASETS, DIGIT_FILES, DIGIT_SPLITS, data_root, download_digits
 from .images import (IMAGE_EXTENSIONS, PREPROCESS_MODES, list_images, load_image, luma, scale_levels, to_tensor,
                      transform_image)
+from .networks import fits, smallest_side
 
 DIGIT_DOMAINS = ("mnist5k", "uci-digits", "mnistm5k", "mnist", "usps", "svhn", "mnistm")
 
@@ -130,6 +132,26 @@ class ImageFolderDomain:
                              f"{self.preprocess!r} {p1} is {w1}x{h1} and {p2} is {w2}x{h2}; use batch_size 1, or a "
                              "preprocess that crops (resize_and_crop, crop, scale_width_and_crop)")
 
+    def check_networks(self, networks: dict[str, nn.Module], batch_size: int) -> None:
+        """Every image, at its size after the preprocessing (call :meth:`check` first), must go
+        through each of ``networks`` (name: network) in batches of ``batch_size``; checked on
+        shapes only (:func:`~cyclelib.networks.fits`), once per size. Raises ``ValueError``
+        naming the first file that does not."""
+        first_of_size: dict[tuple[int, int], Path] = {}
+        for path, size in self.sizes.items():
+            first_of_size.setdefault(size, path)
+        for (width, height), path in first_of_size.items():
+            for name, net in networks.items():
+                if fits(net, (batch_size, self.channels, height, width)):
+                    continue
+                smallest = smallest_side(net, self.channels, batch_size)
+                problem = (f"too small for {name}, whose smallest image side is {smallest}"
+                           if smallest is None or min(width, height) < smallest else
+                           f"not a size {name} gives back (unet_<size> generators take multiples of <size>)")
+                raise ValueError(f"{path} is {width}x{height} after preprocess {self.preprocess!r}, {problem}; use a "
+                                 f"preprocess that crops to a crop_size that fits (resize_and_crop, "
+                                 f"scale_width_and_crop), or leave the file out")
+
     def __repr__(self) -> str:
         return f"ImageFolderDomain({str(self.folder)!r}, {len(self)} images, preprocess={self.preprocess!r})"
 
@@ -182,14 +204,17 @@ class Unpaired(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def check(self, skip_bad: bool = False, batch_size: int = 1) -> list[str]:
-        """Check every image of the domains that hold files (see :meth:`ImageFolderDomain.check`
-        and :meth:`~ImageFolderDomain.check_batchable`); returns the problems of the skipped files."""
+    def check(self, skip_bad: bool = False, batch_size: int = 1, networks: dict[str, nn.Module] | None = None
+              ) -> list[str]:
+        """Check every image of the domains that hold files (see :meth:`ImageFolderDomain.check`,
+        :meth:`~ImageFolderDomain.check_batchable` and, with ``networks``,
+        :meth:`~ImageFolderDomain.check_networks`); returns the problems of the skipped files."""
         skipped = []
         for domain in (self.a, self.b):
             if hasattr(domain, "check"):
                 skipped += domain.check(skip_bad)
                 domain.check_batchable(batch_size)
+                domain.check_networks(networks or {}, batch_size)
         return skipped
 
     def __getitem__(self, index: int) -> dict:

@@ -2,10 +2,13 @@
 
 Every download streams into a temporary file that is renamed once complete (and its MD5
 checked where one is known), and archives are unpacked into a temporary folder renamed
-into place, so an interrupted download never leaves something that looks finished.
+into place, so an interrupted download never leaves something that looks finished; a failed
+one leaves no folder it created behind. A download that fails (no connection, HTTP error,
+corrupt or incomplete file) raises :class:`DownloadError` naming the URL and the reason.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -16,6 +19,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from urllib.error import URLError
 
 try:
     from tqdm import tqdm
@@ -37,6 +41,10 @@ MNISTM_URL = "https://cornell.box.com/shared/static/jado7quprg6hzzdubvwzh9umr75d
 MNISTM_MD5 = "859df31c91afe82e80e5012ba928f279"
 
 
+class DownloadError(RuntimeError):
+    """A download failed: no connection, an HTTP error, or a corrupt or incomplete file."""
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """Where digit benchmarks live: `root`, else ``$CYCLELIB_DATA``, else ``~/.cache/cyclelib``."""
     return Path(root or os.environ.get("CYCLELIB_DATA") or "~/.cache/cyclelib").expanduser()
@@ -56,7 +64,8 @@ DIGIT_FILES = {
 
 def download_digits(name: str, root: str | os.PathLike | None = None) -> Path:
     """Download a digit benchmark (``mnist``, ``usps``, ``svhn``, ``mnistm``) into
-    :func:`data_root`, both splits; files already there are kept. Returns the root."""
+    :func:`data_root`, both splits; files already there are kept. Returns the root. A failure
+    raises :class:`DownloadError` naming the URL and the reason."""
     if name not in DIGIT_FILES:
         raise ValueError(f"{name!r} is not a downloadable digit domain; choose one of {', '.join(DIGIT_FILES)}")
     root = data_root(root)
@@ -64,9 +73,15 @@ def download_digits(name: str, root: str | os.PathLike | None = None) -> Path:
         if not (root / "mnist_m").is_dir():
             _download_and_unpack(MNISTM_URL, root / "mnist_m", md5=MNISTM_MD5)
         return root
+    files = _torchvision_files(name, root)
+    with _removed_if_left_empty({path.parent for _, path, _ in files}):
+        _download_torchvision(name, root, files)
+    return root
+
+
+def _download_torchvision(name: str, root: Path, files: list[tuple[str, Path, str]]) -> None:
     from torchvision import datasets  # their download code knows the mirrors and checksums
 
-    files = _torchvision_files(name, root)
     if name == "usps":
         _discard_corrupt(files)  # torchvision's USPS keeps any file already there, even a truncated one
     try:
@@ -86,9 +101,31 @@ def download_digits(name: str, root: str | os.PathLike | None = None) -> Path:
             raise  # KeyboardInterrupt and the like, after the cleanup
         reason = "; ".join(f"{path.name} from {url} failed its MD5 check (corrupt or incomplete download, or the "
                            f"file changed on the server); it was deleted, download again to retry"
-                           for url, path in corrupt) or str(err).strip()
-        raise RuntimeError(f"could not download digit domain {name!r} into {root}: {reason}") from err
-    return root
+                           for url, path in corrupt)
+        if not reason:  # files come in torchvision's order: the first one missing is the one that failed
+            url = next((url for url, path, _ in files if not path.is_file()), None)
+            reason = f"{url}: {_reason(err)}" if url else _reason(err)
+        raise DownloadError(f"could not download digit domain {name!r} into {root}: {reason}") from err
+
+
+def _reason(err: BaseException) -> str:
+    """An error's text on one line, without URLError's "<urlopen error ...>" wrapping (HTTPError's
+    "HTTP Error 404: Not Found" is kept whole)."""
+    return " ".join(str(err.reason if type(err) is URLError else err).split())
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(folders):
+    """On an error in the block, remove each of ``folders`` (and their parents) that did not exist
+    before and is empty after: a failed download leaves no empty folder behind."""
+    new = {p for folder in folders for p in (folder, *folder.parents) if not p.exists()}
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(new, key=lambda p: len(p.parts), reverse=True):  # children first
+            with contextlib.suppress(OSError):  # not empty (another file landed there), or gone
+                folder.rmdir()
+        raise
 
 
 def _torchvision_files(name: str, root: Path) -> list[tuple[str, Path, str]]:
@@ -138,13 +175,13 @@ def _fetch(url: str, dest: Path, md5: str | None = None) -> Path:
                 if bar is not None:
                     bar.update(len(chunk))
         if expected and received != expected:
-            raise RuntimeError(f"download of {url} stopped after {received} of {expected} bytes")
+            raise DownloadError(f"download of {url} stopped after {received} of {expected} bytes")
         if md5 is not None and digest.hexdigest() != md5:
-            raise RuntimeError(f"{url} gave a file with MD5 {digest.hexdigest()}, expected {md5} "
+            raise DownloadError(f"{url} gave a file with MD5 {digest.hexdigest()}, expected {md5} "
                                f"(corrupt download, or the file changed)")
         os.replace(partial, dest)
     except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
-        raise RuntimeError(f"could not download {url}: {err}") from err
+        raise DownloadError(f"could not download {url}: {_reason(err)}") from err
     finally:
         if bar is not None:
             bar.close()
@@ -168,35 +205,43 @@ def _unpack(archive: Path, dest: Path, source: str) -> None:
     horse2zebra/trainA/...); an archive without it is taken as the content itself.
     """
     work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    unpacked = work / "unpacked"  # not mkdtemp's private 0700 folder: one with the umask's permissions
     try:
+        unpacked.mkdir()
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zipped:
                 try:
                     broken = zipped.testzip()  # reads every member and checks its CRC
                 except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
-                    raise RuntimeError(f"corrupt zip from {source} ({err}); download it again") from err
+                    raise DownloadError(f"corrupt zip from {source} ({err}); download it again") from err
                 if broken is not None:
-                    raise RuntimeError(f"corrupt zip from {source}: member {broken} is damaged; download it again")
+                    raise DownloadError(f"corrupt zip from {source}: member {broken} is damaged; download it again")
                 _check_member_names(zipped.namelist(), source)
-                zipped.extractall(work)
+                zipped.extractall(unpacked)
         elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tar:
-                _check_member_names(tar.getnames(), source)
-                tar.extractall(work, filter="data")  # also refuses links and devices escaping `work`
+            try:
+                with tarfile.open(archive) as tar:
+                    _check_member_names(tar.getnames(), source)
+                    tar.extractall(unpacked, filter="data")  # also refuses links and devices escaping it
+            except tarfile.FilterError as err:
+                raise ValueError(f"refusing to extract {source}: member {err.tarinfo.name!r}: {err}") from err
+            except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error) as err:
+                raise DownloadError(f"corrupt tar archive from {source} ({err}); download it again") from err
         else:
-            raise RuntimeError(f"{source} did not give a zip or tar archive (corrupt or incomplete download)")
-        content = work / dest.name if (work / dest.name).is_dir() else work
+            raise DownloadError(f"{source} did not give a zip or tar archive (corrupt or incomplete download)")
+        content = unpacked / dest.name if (unpacked / dest.name).is_dir() else unpacked
         os.replace(content, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _download_and_unpack(url: str, dest: Path, md5: str | None = None) -> Path:
-    archive = _fetch(url, dest.parent / f"{dest.name}.archive", md5=md5)
-    try:
-        _unpack(archive, dest, url)
-    finally:
-        archive.unlink(missing_ok=True)  # the extracted folder is what is kept
+    with _removed_if_left_empty([dest.parent]):
+        archive = _fetch(url, dest.parent / f"{dest.name}.archive", md5=md5)
+        try:
+            _unpack(archive, dest, url)
+        finally:
+            archive.unlink(missing_ok=True)  # the extracted folder is what is kept
     return dest
 
 
@@ -205,7 +250,8 @@ def download_dataset(name: str, root: str | os.PathLike, url: str | None = None)
 
     ``url`` overrides the official location (a mirror, or a ``file://`` URL). A dataset
     already extracted is not downloaded again. Network failures and corrupt archives
-    raise RuntimeError naming the URL; unsafe archive members raise ValueError.
+    raise :class:`DownloadError` (a RuntimeError) naming the URL; unsafe archive members raise
+    ValueError naming the member.
     """
     if name not in CYCLEGAN_DATASETS:
         raise ValueError(f"unknown CycleGAN dataset {name!r}; choose one of {', '.join(CYCLEGAN_DATASETS)}")

@@ -10,27 +10,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+# The most pixels cyclelib reads from one image file (8192 x 8192): a larger image is refused by
+# name before it is decoded, where it would otherwise end in an allocator error deep inside a
+# resize or a network. Raise it (cyclelib.images.MAX_PIXELS = ...) for larger images.
+MAX_PIXELS = 8192 * 8192
 # ITU-R 601 luma weights, as PIL's "L" mode: the one RGB -> grey conversion of cyclelib.
 LUMA = (0.299, 0.587, 0.114)
 
 
 def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
-    """Read an image file as 8-bit RGB (``channels=3``) or 8-bit grayscale (``channels=1``).
+    """Read an image file as 8-bit RGB (``channels=3``) or 8-bit grayscale (``channels=1``),
+    turned upright by its EXIF orientation (as image viewers show it).
 
-    Palette, RGBA, grayscale, CMYK and 16-bit images are all accepted. A file PIL cannot
-    decode (corrupt, truncated, not an image) raises ``ValueError`` naming the file.
+    Palette, RGBA, grayscale, CMYK, LAB, 16-bit and floating-point images are accepted (float
+    pixels in [0, 1] are scaled to 0..255, those in [0, 255] taken as levels). A file PIL
+    cannot decode (corrupt, truncated, not an image), one with more than :data:`MAX_PIXELS`
+    pixels, and float pixels outside [0, 255] raise ``ValueError`` naming the file.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:  # known from the header, before decoding
+                raise ValueError(f"it is {img.width}x{img.height}, more than the {MAX_PIXELS} pixels cyclelib "
+                                 f"reads from one image (cyclelib.images.MAX_PIXELS); shrink it or raise the limit")
             img.load()  # PIL decodes lazily: force it so a truncated file fails here, by name
+            ImageOps.exif_transpose(img, in_place=True)
             return _convert_mode(img, "L" if channels == 1 else "RGB")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
@@ -40,9 +51,20 @@ def _convert_mode(img: Image.Image, mode: str) -> Image.Image:
         # them to 0..255, which turns almost every pixel white. Scale the 16-bit range instead.
         levels = np.asarray(img, dtype=np.float64) * (255 / 65535)
         img = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        # 32-bit float grayscale: PIL's convert clips, so an image in [0, 1] would come out black.
+        values = np.asarray(img, dtype=np.float64)
+        low, high = values.min(), values.max()  # NaN if a pixel is
+        if not 0 <= low <= high <= 255:
+            raise ValueError(f"its floating-point pixels range from {low:g} to {high:g}; cyclelib reads float images "
+                             f"with values in [0, 1] (scaled to 0..255) or [0, 255]")
+        img = Image.fromarray(np.rint(values * (255 if high <= 1 else 1)).astype(np.uint8))
     elif img.mode in ("P", "PA"):
         img = img.convert("RGBA")  # resolve palette transparency before dropping alpha
-    return img.convert(mode)
+    try:
+        return img.convert(mode)
+    except ValueError:  # PIL converts some modes only to RGB (LAB -> L is missing)
+        return img.convert("RGB").convert(mode)
 
 
 def read_image(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:

@@ -41,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed, files, io
-from .config import CycleGANConfig
+from .config import CycleGANConfig, shape_networks
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
 from .plots import plot_history, save_image_grid
@@ -425,7 +425,9 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
 def _open_checked(c: CycleGANConfig, phase: str, data_options: dict) -> Unpaired:
     """The dataset of ``phase``, every image decoded once (see :meth:`Unpaired.check`)."""
     dataset = open_unpaired(c.data, phase=phase, **data_options)
-    skipped = dataset.check(skip_bad=c.skip_bad_images, batch_size=c.batch_size if phase == "train" else 1)
+    networks = shape_networks(c, c.input_nc, discriminator=phase == "train")  # test images go through G only
+    skipped = dataset.check(skip_bad=c.skip_bad_images, batch_size=c.batch_size if phase == "train" else 1,
+                            networks=networks)
     if skipped:
         print(f"skipped {len(skipped)} unreadable {phase} image(s) (skip_bad_images=True); first: {skipped[0]}",
               file=sys.stderr)
