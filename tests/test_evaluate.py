@@ -58,12 +58,13 @@ def test_fid_of_full_covariances_matches_scipy_sqrtm():
 
 
 def test_fid_of_a_set_with_itself_is_zero_even_with_fewer_samples_than_dimensions():
-    # 120 images and more features than images, as Inception's 2048 of a test set: singular covariances,
-    # whose ~400 zero eigenvalues come out as +-1e-14 and leave sqrt(1e-14) each in the trace: FID = 0 up
-    # to ~1e-7 of Tr(S1 + S2) (= 512 here).
-    x = np.random.default_rng(2).normal(size=(120, 256))
-    assert abs(fid(x, x)) < 1e-7 * 512
-    assert fid(x, x + 1.0) == pytest.approx(256, rel=1e-6)  # a pure shift: ||mu1 - mu2||^2
+    # 120 images and 2048 features, as Inception's of a test set: singular covariances, where a square root
+    # of eigenvalues would turn their round-off (1e-14) into 1e-7 each; singular values do not.
+    x = np.random.default_rng(2).normal(size=(120, 2048))
+    assert abs(fid(x, x)) < 1e-9
+    assert fid(x, x + 1.0) == pytest.approx(2048, rel=1e-9)  # a pure shift: ||mu1 - mu2||^2
+    y = np.random.default_rng(3).normal(size=(130, 2048))
+    assert fid(x, y) == pytest.approx(fid(x[:, ::-1], y[:, ::-1]), rel=1e-9)  # feature order does not matter
 
 
 def test_fid_refuses_bad_features():
@@ -255,6 +256,21 @@ def test_cli_evaluate_a_run_on_an_image_folder(digit_run, tmp_path, stand_in_inc
 
 
 # --------------------------------------------------------------------------- the real Inception-v3
+
+@pytest.mark.slow
+def test_the_inception_network_runs_through_evaluate_folders_with_random_weights(tmp_path, monkeypatch):
+    # The network torch-fidelity builds, without its weights (offline): checks the wiring (uint8 images of
+    # any size in, 2048 features out, the protocol), not the numbers.
+    inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    monkeypatch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: None)
+    monkeypatch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+    torch.manual_seed(0)
+    result = evaluate_folders(write_images(tmp_path / "a", 3, size=(40, 30)), write_images(tmp_path / "b", 3, 7),
+                              inception_features("cpu"), kid_subsets=2)
+    assert result["feature_dimension"] == 2048 and result["fid"] >= 0
+    assert result["package"].startswith("torch-fidelity ") and "299x299" in result["resize"]
+    assert result["extractor"].startswith("Inception-v3 pool3")
+
 
 def test_inception_features_are_2048_per_image():
     pytest.importorskip("torch_fidelity")
