@@ -89,10 +89,13 @@ def _translate(args) -> None:
 
 
 def _evaluate(args) -> None:
-    runs, folders = args.checkpoint or args.data, args.fake or args.real
-    if bool(runs) == bool(folders) or not all((args.checkpoint, args.data) if runs else (args.fake, args.real)):
+    given = {name for name in ("checkpoint", "data", "fake", "real") if getattr(args, name)}
+    if given not in ({"checkpoint", "data"}, {"fake", "real"}):
         raise ValueError("give either --checkpoint and --data (a run's translations) or --fake and --real (two "
                          "folders of images)")
+    runs = "checkpoint" in given
+    if not runs and (args.oracle or args.translations):
+        raise ValueError("--oracle and --translations apply to a run (--checkpoint and --data), not to --fake/--real")
     options = dict(batch_size=args.batch_size, device=args.device, kid_subsets=args.kid_subsets,
                    kid_subset_size=args.kid_subset_size)
     try:
@@ -105,8 +108,9 @@ def _evaluate(args) -> None:
         else:
             out = args.json or "evaluate.json"
             result = evaluate.evaluate_folders(args.fake, args.real, out=out, **options)
-    except ImportError as e:  # torch-fidelity is an optional extra
-        raise SystemExit(f"cyclelib: error: {e}") from None
+    except ImportError as e:  # torch-fidelity is an optional extra: the machine's to fix, as an OSError
+        print(f"cyclelib: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ± {result['kid_std']:.5f} ({result['fake_images']} "
           f"translated/fake images against {result['real_images']} real ones)")
     for key in ("oracle_accuracy", "label_preservation"):
@@ -180,22 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     translate.set_defaults(run=_translate)
 
     evaluation = commands.add_parser("evaluate", help="FID and KID of a run's translations, or between two folders")
-    evaluation.add_argument("--checkpoint", help="a run folder or checkpoint.pt whose generator translates --data")
-    evaluation.add_argument("--data", help="the dataset folder (testA/testB) or digit pair (mnist5k:mnistm5k)")
+    evaluation.add_argument("--checkpoint", metavar="RUN_OR_CKPT",
+                            help="a run folder or checkpoint.pt whose generator translates --data")
+    evaluation.add_argument("--data", metavar="DATASET",
+                            help="the dataset folder (testA/testB) or digit pair (mnist5k:mnistm5k)")
     evaluation.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
                             help="AtoB translates <phase>A and compares with <phase>B (default: AtoB)")
     evaluation.add_argument("--phase", choices=("train", "test"), default="test")
-    evaluation.add_argument("--oracle", help="digits only: a CyCADA oracle stage checkpoint "
-                                             "(<out>/oracle/checkpoint.pt) for oracle accuracy and label preservation")
-    evaluation.add_argument("--translations", help="keep the translated images in this folder (default: a "
-                                                   "temporary one)")
-    evaluation.add_argument("--fake", help="a folder of generated images (instead of --checkpoint and --data)")
-    evaluation.add_argument("--real", help="a folder of reference images")
-    evaluation.add_argument("--json", help="where to write the result and its protocol (default: "
-                                           "evaluate_<direction>_<phase>.json beside the checkpoint, or "
-                                           "./evaluate.json for --fake/--real)")
-    evaluation.add_argument("--batch-size", type=int, default=50)
-    evaluation.add_argument("--device", default=None)
+    evaluation.add_argument("--oracle", metavar="CKPT", help="digits only: a CyCADA oracle stage checkpoint "
+                            "(<out>/oracle/checkpoint.pt) for oracle accuracy and label preservation")
+    evaluation.add_argument("--translations", metavar="DIR",
+                            help="keep the translated images in this folder (default: a temporary one)")
+    evaluation.add_argument("--fake", metavar="DIR",
+                            help="a folder of generated images (instead of --checkpoint and --data)")
+    evaluation.add_argument("--real", metavar="DIR", help="a folder of reference images")
+    evaluation.add_argument("--json", metavar="FILE", help="where to write the result and its protocol (default: "
+                            "evaluate_<direction>_<phase>.json beside the checkpoint, or ./evaluate.json for "
+                            "--fake/--real)")
+    evaluation.add_argument("--batch-size", type=int, default=50,
+                            help="images per batch through the generator and Inception (default: 50)")
+    evaluation.add_argument("--device", default=None, help="default: CUDA when present, else the CPU")
     evaluation.add_argument("--kid-subsets", type=int, default=evaluate.KID_SUBSETS)
     evaluation.add_argument("--kid-subset-size", type=int, default=None,
                             help="default: min(1000, number of images in the smaller set)")

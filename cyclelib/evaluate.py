@@ -8,8 +8,9 @@ torch-fidelity, because
 
 - its Inception-v3 is the TensorFlow FID reference network, ported with weights converted
   from the original graph and a bilinear resize written to match TensorFlow 1.x, so its
-  numbers match those of the papers' code (pytorch-fid and torchvision's Inception do not
-  resize alike; torchmetrics' FID itself uses this torch-fidelity network);
+  numbers match those of the papers' code (torchvision's Inception-v3 has other weights, and
+  pytorch-fid resizes with torch's bilinear interpolation, not TensorFlow's; torchmetrics'
+  FID itself runs this torch-fidelity network);
 - it needs nothing beyond cyclelib's own dependencies (torch, torchvision, numpy, pillow,
   tqdm), while clean-fid brings requests and its own resize protocol.
 

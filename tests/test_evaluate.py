@@ -2,6 +2,7 @@
 the folder handling and its protocol, and `cyclelib evaluate`, all offline with stand-in
 feature extractors; the real Inception-v3 only where its weights can be had."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -213,6 +214,15 @@ def test_cli_evaluate_refuses_half_given_inputs(tmp_path, stand_in_inception):
                     str(tmp_path / "e.json"))
     assert code == 2 and "the fake folder" in err and "holds 0 image files" in err
     assert not (tmp_path / "e.json").exists() and stand_in_inception == []
+    code, err = cli("evaluate", "--fake", str(tmp_path), "--real", str(tmp_path), "--oracle", "oracle.pt")
+    assert code == 2 and "--oracle and --translations apply to a run" in err
+
+
+def test_cli_evaluate_without_torch_fidelity_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)  # import fails
+    fake, real = write_images(tmp_path / "fake", 2), write_images(tmp_path / "real", 2, seed=5)
+    code, err = cli("evaluate", "--fake", str(fake), "--real", str(real), "--json", str(tmp_path / "e.json"))
+    assert code == 1 and "pip install 'cyclelib[eval]'" in err
 
 
 @pytest.fixture(scope="module")
