@@ -344,10 +344,11 @@ def evaluate_run(checkpoint: str | os.PathLike, data: str, direction: str = "Ato
         raise ValueError("--oracle applies to digit domains (a pair such as mnist5k:mnistm5k), not to image folders")
     real_dir = Path(data) / f"{phase}{target}"
     folder_images(real_dir, "real")  # checked before the translation, not after it
+    source_dir = Path(data) / f"{phase}{source}"
     with tempfile.TemporaryDirectory() as tmp:
         fake_dir = Path(translations or tmp)
-        translate_folder(generator, Path(data) / f"{phase}{source}", fake_dir, batch_size=batch_size, device=device)
-        protocol["translations"] = str(translations) if translations else "a temporary folder, deleted"
+        translate_folder(generator, source_dir, fake_dir, batch_size=batch_size, device=device)
+        protocol["fake"] = str(translations or f"{source_dir} translated {direction}, in a deleted temporary folder")
         return evaluate_folders(fake_dir, real_dir, extractor, batch_size, device, out=out, protocol=protocol,
                                 **kid_options)
 

@@ -261,6 +261,11 @@ def test_cli_evaluate_a_run_on_an_image_folder(digit_run, tmp_path, stand_in_inc
     result = json.loads((tmp_path / "e.json").read_text())
     assert len(list((tmp_path / "fakes").glob("*.png"))) == 5  # testB translated, compared with testA
     assert (result["fake_images"], result["real_images"], result["real"]) == (5, 4, str(data / "testA"))
+    assert result["fake"] == str(tmp_path / "fakes") and result["direction"] == "BtoA"
+    code, err = cli("evaluate", "--checkpoint", str(run), "--data", str(data), "--json", str(tmp_path / "t.json"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "t.json").read_text())["fake"] == f"{data / 'testA'} translated AtoB, in a deleted " \
+                                                                     "temporary folder"
     code, err = cli("evaluate", "--checkpoint", str(run), "--data", str(data), "--oracle", str(run))
     assert code == 2 and "--oracle applies to digit domains" in err
 
