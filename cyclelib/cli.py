@@ -1,4 +1,4 @@
-"""The ``cyclelib`` command line: train, translate, download, bench.
+"""The ``cyclelib`` command line: train, translate, evaluate, download, bench.
 
 Every field of a config dataclass is an option (``--lambda-A 5``, ``--no-flip``);
 options given on the command line win over the scale's preset, which wins over
@@ -17,6 +17,7 @@ from .bench import add_arguments as add_bench_arguments, run_and_report
 from .config import CyCADAConfig, CycleGANConfig, positive_int
 from .cycada import RESULTS, STAGES, run_cycada
 from .data import DIGIT_DOMAINS
+from . import evaluate
 from .download import CYCLEGAN_DATASETS, DownloadError, download_dataset, download_digits
 from .io import RunFolderError, load_run_checkpoint
 from .runtime import AMP_MODES, SCALES
@@ -87,6 +88,37 @@ def _translate(args) -> None:
     print(f"translated {len(written)} images into {args.output}")
 
 
+def _evaluate(args) -> None:
+    given = {name for name in ("checkpoint", "data", "fake", "real") if getattr(args, name)}
+    if given not in ({"checkpoint", "data"}, {"fake", "real"}):
+        raise ValueError("give either --checkpoint and --data (a run's translations) or --fake and --real (two "
+                         "folders of images)")
+    runs = "checkpoint" in given
+    if not runs and (args.oracle or args.translations):
+        raise ValueError("--oracle and --translations apply to a run (--checkpoint and --data), not to --fake/--real")
+    options = dict(batch_size=args.batch_size, device=args.device, kid_subsets=args.kid_subsets,
+                   kid_subset_size=args.kid_subset_size)
+    try:
+        if runs:
+            checkpoint = Path(args.checkpoint)
+            folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+            out = args.json or folder / f"evaluate_{args.direction}_{args.phase}.json"
+            result = evaluate.evaluate_run(checkpoint, args.data, args.direction, args.phase, oracle=args.oracle,
+                                           translations=args.translations, out=out, **options)
+        else:
+            out = args.json or "evaluate.json"
+            result = evaluate.evaluate_folders(args.fake, args.real, out=out, **options)
+    except ImportError as e:  # torch-fidelity is an optional extra: the machine's to fix, as an OSError
+        print(f"cyclelib: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ± {result['kid_std']:.5f} ({result['fake_images']} "
+          f"translated/fake images against {result['real_images']} real ones)")
+    for key in ("oracle_accuracy", "label_preservation"):
+        if key in result:
+            print(f"{key}: {result[key]:.4f}")
+    print(f"written with its protocol to {out}")
+
+
 def _download(args) -> None:
     if args.name in CYCLEGAN_DATASETS:
         print(f"downloaded to {download_dataset(args.name, args.root or 'datasets')}")
@@ -150,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--output-nc", type=positive_int, default=3)
     official.add_argument("--width", type=positive_int, default=64)
     translate.set_defaults(run=_translate)
+
+    evaluation = commands.add_parser("evaluate", help="FID and KID of a run's translations, or between two folders")
+    evaluation.add_argument("--checkpoint", metavar="RUN_OR_CKPT",
+                            help="a run folder or checkpoint.pt whose generator translates --data")
+    evaluation.add_argument("--data", metavar="DATASET",
+                            help="the dataset folder (testA/testB) or digit pair (mnist5k:mnistm5k)")
+    evaluation.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+                            help="AtoB translates <phase>A and compares with <phase>B (default: AtoB)")
+    evaluation.add_argument("--phase", choices=("train", "test"), default="test")
+    evaluation.add_argument("--oracle", metavar="CKPT", help="digits only: a CyCADA oracle stage checkpoint "
+                            "(<out>/oracle/checkpoint.pt) for oracle accuracy and label preservation")
+    evaluation.add_argument("--translations", metavar="DIR",
+                            help="keep the translated images in this folder (default: a temporary one)")
+    evaluation.add_argument("--fake", metavar="DIR",
+                            help="a folder of generated images (instead of --checkpoint and --data)")
+    evaluation.add_argument("--real", metavar="DIR", help="a folder of reference images")
+    evaluation.add_argument("--json", metavar="FILE", help="where to write the result and its protocol (default: "
+                            "evaluate_<direction>_<phase>.json beside the checkpoint, or ./evaluate.json for "
+                            "--fake/--real)")
+    evaluation.add_argument("--batch-size", type=int, default=50,
+                            help="images per batch through the generator and Inception (default: 50)")
+    evaluation.add_argument("--device", default=None, help="default: CUDA when present, else the CPU")
+    evaluation.add_argument("--kid-subsets", type=int, default=evaluate.KID_SUBSETS)
+    evaluation.add_argument("--kid-subset-size", type=int, default=None,
+                            help="default: min(1000, number of images in the smaller set)")
+    evaluation.set_defaults(run=_evaluate)
 
     download = commands.add_parser("download", help="download a dataset (official CycleGAN zips, digits)")
     download.add_argument("name")

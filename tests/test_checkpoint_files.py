@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cyclelib import CycleGAN, networks, build_generator, load_cyclegan, load_generator, load_official, save_official
+from cyclelib import CycleGAN, networks, build_generator, load_cyclegan, load_generator, load_official
 from cyclelib.classifiers import build_task_network
 from cyclelib.integrity import metadata_crc32
 from cyclelib.io import export_safetensors, load_checkpoint, make_checkpoint, save_checkpoint
