@@ -11,7 +11,8 @@ Modules, one idea each, leaves first:
 - ``config`` (every option, scale presets), ``io`` (every file: checkpoints, safetensors,
   official weights, run folders);
 - ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
-  evaluation), ``translate``, ``bench``, ``cli``.
+  evaluation), ``translate``, ``export`` (a generator as ONNX, TorchScript, safetensors), ``bench``,
+  ``cli``.
 """
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
@@ -20,6 +21,7 @@ from .cyclegan import CycleGAN
 from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired,
                    poster_paint, write_photo_pair)
 from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
+from .export import export_generator
 from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
                  save_checkpoint, save_official)
 from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
@@ -36,7 +38,8 @@ __all__ = [
     "CYCLEGAN_DATASETS", "DIGIT_DOMAINS", "DTN", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "FeatureDiscriminator",
     "ImageFolderDomain", "ImagePool", "LeNet", "Trainer", "TrainingDiverged", "TrainingInterrupted", "Unpaired",
     "UnpairedImageFolder", "build_classifier", "build_discriminator", "build_generator", "cycle_loss",
-    "digit_domain", "discriminator_loss", "download_dataset", "download_digits", "export_safetensors",
+    "digit_domain", "discriminator_loss", "download_dataset", "download_digits", "export_generator",
+    "export_safetensors",
     "feature_gan_loss", "gan_loss", "gradient_penalty", "identity_loss", "init_weights", "load_checkpoint",
     "load_cyclegan", "load_generator", "load_official", "load_safetensors", "mode_seeking_loss", "open_unpaired",
     "pick_device",

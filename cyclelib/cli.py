@@ -1,4 +1,4 @@
-"""The ``cyclelib`` command line: train, translate, download, bench.
+"""The ``cyclelib`` command line: train, translate, export, download, bench.
 
 Every field of a config dataclass is an option (``--lambda-A 5``, ``--no-flip``);
 options given on the command line win over the scale's preset, which wins over
@@ -18,6 +18,7 @@ from .config import CyCADAConfig, CycleGANConfig
 from .cycada import RESULTS, STAGES, run_cycada
 from .data import DIGIT_DOMAINS
 from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
+from .export import DIRECTIONS, FORMATS, export_generator
 from .io import RunFolderError, load_run_checkpoint
 from .runtime import AMP_MODES, SCALES
 from .train import TrainingDiverged, TrainingInterrupted, train_cyclegan
@@ -87,6 +88,16 @@ def _translate(args) -> None:
     print(f"translated {len(written)} images into {args.output}")
 
 
+def _export(args) -> None:
+    try:
+        path = export_generator(args.checkpoint, args.output, args.format, args.direction, arch=args.arch,
+                                norm=args.norm, input_nc=args.input_nc, output_nc=args.output_nc,
+                                width=args.width, sha256=args.sha256)
+    except ImportError as e:  # an optional package is missing: the machine's to fix
+        raise SystemExit(f"cyclelib: error: {e}") from None
+    print(f"exported the generator of {args.checkpoint} as {args.format} to {path}")
+
+
 def _download(args) -> None:
     if args.name in CYCLEGAN_DATASETS:
         print(f"downloaded to {download_dataset(args.name, args.root or 'datasets')}")
@@ -150,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     official.add_argument("--output-nc", type=int, default=3)
     official.add_argument("--width", type=int, default=64)
     translate.set_defaults(run=_translate)
+
+    export = commands.add_parser("export", help="write a generator as ONNX, TorchScript or safetensors, for use "
+                                                "without cyclelib")
+    export.add_argument("--checkpoint", required=True,
+                        help="a cyclelib checkpoint.pt or run folder, or an official generator .pth")
+    export.add_argument("--format", choices=FORMATS, default="onnx",
+                        help="onnx (default; dynamic batch, height and width), torchscript (torch.jit.load; "
+                             "deprecated by PyTorch), safetensors (the weights only)")
+    export.add_argument("--direction", choices=DIRECTIONS, default="AtoB")
+    export.add_argument("--output", required=True, help="the file to write")
+    export.add_argument("--sha256", default=None, help="the checkpoint's expected SHA-256 (as for translate)")
+    official = export.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
+    official.add_argument("--arch", default="resnet_9blocks")
+    official.add_argument("--norm", default="instance")
+    official.add_argument("--input-nc", type=int, default=3)
+    official.add_argument("--output-nc", type=int, default=3)
+    official.add_argument("--width", type=int, default=64)
+    export.set_defaults(run=_export)
 
     download = commands.add_parser("download", help="download a dataset (official CycleGAN zips, digits)")
     download.add_argument("name")
