@@ -19,7 +19,8 @@ from helpers import ROOT, cli, equal_states, smoke
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-# Largest |ONNX - PyTorch| measured on these inputs in fp32: 1.6e-6 (ResNet), 3.2e-7 (U-Net);
+# Largest |ONNX - PyTorch| measured on these inputs in fp32: 2.4e-6 (ResNet), 4.9e-7 (U-Net),
+# 1.6e-6 against the official code's stored output (resnet_6blocks);
 # onnxruntime sums the convolutions in another order than PyTorch's kernels.
 ONNX_BOUND = 1e-5
 # TorchScript runs PyTorch's own kernels: measured 0.0.
@@ -104,7 +105,7 @@ def test_exports_say_what_goes_in_and_out(exported):
     assert ("noise" in metadata) == (generator.__class__.__name__ == "NoiseInput")
     session = ort.InferenceSession(str(files["onnx"]))
     assert session.get_modelmeta().custom_metadata_map == metadata
-    assert onnx.load(str(files["onnx"])).opset_import[0].version == 18
+    assert {o.domain: o.version for o in onnx.load(str(files["onnx"])).opset_import}[""] == 18
 
 
 def test_safetensors_round_trip(tmp_path):
@@ -125,6 +126,7 @@ def run_folder(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["AtoB", "BtoA"])
 def test_cli_exports_either_direction_of_a_run(run_folder, tmp_path, direction):
     target = tmp_path / "g.onnx"
@@ -144,6 +146,7 @@ def test_cli_exports_either_direction_of_a_run(run_folder, tmp_path, direction):
         assert np.abs(out - other(images).numpy()).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_cli_exports_torchscript_and_safetensors_of_a_checkpoint(run_folder, tmp_path):
     checkpoint = run_folder / "checkpoint.pt"
     generator = load_cyclegan(checkpoint).G_B
@@ -207,6 +210,18 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     code, err = cli("export", "--checkpoint", str(tmp_path / "no-run"), "--output", str(tmp_path / "g.onnx"))
     assert (code, err) == (2, f"cyclelib: error: checkpoint not found: {tmp_path / 'no-run'}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net_G.pth", "source.pt"]  # nothing half-written
+
+
+def test_onnx_without_its_packages_says_what_to_install(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    official = tmp_path / "net_G.pth"
+    torch.save(build_generator("resnet_2blocks", 3, 3, 8).state_dict(), official)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    code, err = cli("export", "--checkpoint", str(official), "--arch", "resnet_2blocks", "--width", "8",
+                    "--output", str(tmp_path / "g.onnx"))
+    assert code == "cyclelib: error: ONNX export needs the onnx and onnxscript packages (import of onnxscript " \
+                   "halted; None in sys.modules): pip install 'cyclelib[export]'"
+    assert not (tmp_path / "g.onnx").exists()
 
 
 def test_a_cyclegan_module_exports_the_chosen_direction(tmp_path):
