@@ -74,7 +74,8 @@ def export_generator(checkpoint_or_module: nn.Module | str | os.PathLike, path: 
         raise ValueError(f"unknown direction {direction!r}; valid values: {', '.join(DIRECTIONS)}")
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"the output {path} is a folder; give the file to write, e.g. {path / ('generator.' + format)}")
+        raise ValueError(f"the output {path} is a folder; give the file to write, e.g. "
+                         f"{path / ('generator.' + format)}")
     generator, recorded_direction = _generator(checkpoint_or_module, direction, sha256, dict(
         arch=arch, norm=norm, input_nc=input_nc, output_nc=output_nc, width=width))
     if format == "safetensors":
@@ -141,8 +142,8 @@ def _generator(source: nn.Module | str | os.PathLike, direction: str, sha256: st
 
 
 def _example(generator: nn.Module) -> tuple[torch.Tensor, ...]:
-    """Example inputs for export: 2 images of twice the size multiple (torch.export takes sizes
-    of 0 or 1 for constants), and their noise."""
+    """Example inputs for export: 2 images of twice the size multiple (torch.export would fix a
+    size of 1 as a constant), and their noise."""
     side = 2 * _size_multiple(generator)
     x = torch.zeros(2, generator.input_nc, side, side)
     return (x, torch.zeros(2, generator.noise_nc, 1, 1)) if isinstance(generator, NoiseInput) else (x,)
