@@ -12,7 +12,8 @@ Modules, one idea each, leaves first:
 - ``config`` (every option, scale presets), ``io`` (checkpoints, safetensors, official
   weights, run folders);
 - ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
-  evaluation), ``translate``, ``evaluate`` (FID and KID), ``bench``, ``cli``.
+  evaluation), ``translate``, ``evaluate`` (FID and KID), ``export`` (a generator as ONNX,
+  TorchScript, safetensors), ``bench``, ``cli``.
 """
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
@@ -22,6 +23,7 @@ from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFold
                    poster_paint, write_photo_pair)
 from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
 from .evaluate import evaluate_folders, evaluate_run, fid, kid
+from .export import export_generator
 from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
                  save_checkpoint, save_official)
 from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
@@ -39,7 +41,7 @@ __all__ = [
     "FeatureDiscriminator", "ImageFolderDomain", "ImagePool", "LeNet", "Trainer", "TrainingDiverged",
     "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "build_classifier", "build_discriminator",
     "build_generator", "cycle_loss", "digit_domain", "discriminator_loss", "download_dataset", "download_digits",
-    "evaluate_folders", "evaluate_run", "export_safetensors", "feature_gan_loss", "fid", "gan_loss",
+    "evaluate_folders", "evaluate_run", "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss",
     "gradient_penalty", "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan",
     "load_generator", "load_official", "load_safetensors", "mode_seeking_loss", "open_unpaired", "pick_device",
     "poster_paint", "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything",

@@ -1,4 +1,4 @@
-"""The ``cyclelib`` command line: train, translate, evaluate, download, bench.
+"""The ``cyclelib`` command line: train, translate, evaluate, export, download, bench.
 
 Every field of a config dataclass is an option (``--lambda-A 5``, ``--no-flip``);
 options given on the command line win over the scale's preset, which wins over
@@ -19,6 +19,7 @@ from .cycada import RESULTS, STAGES, run_cycada
 from .data import DIGIT_DOMAINS
 from . import evaluate
 from .download import CYCLEGAN_DATASETS, DownloadError, download_dataset, download_digits
+from .export import DIRECTIONS, FORMATS, export_generator
 from .io import RunFolderError, load_run_checkpoint
 from .runtime import AMP_MODES, SCALES
 from .train import TrainingDiverged, TrainingInterrupted, train_cyclegan
@@ -117,6 +118,14 @@ def _evaluate(args) -> None:
         if key in result:
             print(f"{key}: {result[key]:.4f}")
     print(f"written with its protocol to {out}")
+def _export(args) -> None:
+    try:
+        path = export_generator(args.checkpoint, args.output, args.format, args.direction, arch=args.arch,
+                                norm=args.norm, input_nc=args.input_nc, output_nc=args.output_nc,
+                                width=args.width, sha256=args.sha256)
+    except ImportError as e:  # an optional package is missing: the machine's to fix
+        raise SystemExit(f"cyclelib: error: {e}") from None
+    print(f"exported the generator of {args.checkpoint} as {args.format} to {path}")
 
 
 def _download(args) -> None:
@@ -130,7 +139,18 @@ def _download(args) -> None:
 
 
 # One parser tree for every command, in the order `--help` prints it; split up, a reader would
-# have to jump between pieces to see one command's options, so it stays one function (62 lines).
+# have to jump between pieces to see one command's options, so it stays one function.
+def _add_official_options(command: argparse.ArgumentParser) -> None:
+    """How to build the generator of an official checkpoint (translate, export): the defaults are
+    those of the published pretrained models."""
+    official = command.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
+    official.add_argument("--arch", default="resnet_9blocks")
+    official.add_argument("--norm", default="instance")
+    official.add_argument("--input-nc", type=positive_int, default=3)
+    official.add_argument("--output-nc", type=positive_int, default=3)
+    official.add_argument("--width", type=positive_int, default=64)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cyclelib", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,12 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--sha256", default=None,
                            help="the checkpoint's expected SHA-256: verify the file before loading it (files in "
                                 "torch's legacy format have no checksum of their own)")
-    official = translate.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
-    official.add_argument("--arch", default="resnet_9blocks")
-    official.add_argument("--norm", default="instance")
-    official.add_argument("--input-nc", type=positive_int, default=3)
-    official.add_argument("--output-nc", type=positive_int, default=3)
-    official.add_argument("--width", type=positive_int, default=64)
+    _add_official_options(translate)
     translate.set_defaults(run=_translate)
 
     evaluation = commands.add_parser("evaluate", help="FID and KID of a run's translations, or between two folders")
@@ -208,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--kid-subset-size", type=int, default=None,
                             help="default: min(1000, number of images in the smaller set)")
     evaluation.set_defaults(run=_evaluate)
+    export = commands.add_parser("export", help="write a generator as ONNX, TorchScript or safetensors, for use "
+                                                "without cyclelib")
+    export.add_argument("--checkpoint", required=True,
+                        help="a cyclelib checkpoint.pt or run folder, or an official generator .pth")
+    export.add_argument("--format", choices=FORMATS, default="onnx",
+                        help="onnx (default; dynamic batch, height and width), torchscript (torch.jit.load; "
+                             "deprecated by PyTorch), safetensors (the weights only)")
+    export.add_argument("--direction", choices=DIRECTIONS, default="AtoB")
+    export.add_argument("--output", required=True, help="the file to write")
+    export.add_argument("--sha256", default=None, help="the checkpoint's expected SHA-256 (as for translate)")
+    _add_official_options(export)
+    export.set_defaults(run=_export)
 
     download = commands.add_parser("download", help="download a dataset (official CycleGAN zips, digits)")
     download.add_argument("name")
