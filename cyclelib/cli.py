@@ -138,8 +138,6 @@ def _download(args) -> None:
                          f"{', '.join(CYCLEGAN_DATASETS)}, {', '.join(DIGIT_DOMAINS)}")
 
 
-# One parser tree for every command, in the order `--help` prints it; split up, a reader would
-# have to jump between pieces to see one command's options, so it stays one function.
 def _add_official_options(command: argparse.ArgumentParser) -> None:
     """How to build the generator of an official checkpoint (translate, export): the defaults are
     those of the published pretrained models."""
@@ -151,6 +149,8 @@ def _add_official_options(command: argparse.ArgumentParser) -> None:
     official.add_argument("--width", type=positive_int, default=64)
 
 
+# One parser tree for every command, in the order `--help` prints it; split up, a reader would
+# have to jump between pieces to see one command's options, so it stays one function.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cyclelib", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
