@@ -20,7 +20,7 @@ from .cycada import run_cycada
 from .cyclegan import CycleGAN
 from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired,
                    poster_paint, write_photo_pair)
-from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
+from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
 from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
                  save_checkpoint, save_official)
 from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
@@ -35,9 +35,9 @@ __version__ = "0.2.0"
 
 __all__ = [
     "CYCLEGAN_DATASETS", "DIGIT_DOMAINS", "DTN", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "FeatureDiscriminator",
-    "ImageFolderDomain", "ImagePool", "LeNet", "Trainer", "TrainingDiverged", "TrainingInterrupted", "Unpaired",
+    "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS", "Trainer", "TrainingDiverged", "TrainingInterrupted", "Unpaired",
     "UnpairedImageFolder", "build_classifier", "build_discriminator", "build_generator", "cycle_loss",
-    "digit_domain", "discriminator_loss", "download_dataset", "download_digits", "export_safetensors",
+    "digit_domain", "discriminator_loss", "download_dataset", "download_digits", "download_pretrained", "export_safetensors",
     "feature_gan_loss", "gan_loss", "gradient_penalty", "identity_loss", "init_weights", "load_checkpoint",
     "load_cyclegan", "load_generator", "load_official", "load_safetensors", "mode_seeking_loss", "open_unpaired",
     "pick_device",
