@@ -1,18 +1,21 @@
-"""Downloads: the official CycleGAN data sets and the digit benchmarks, and where they live.
+"""Downloads: the official CycleGAN data sets and pretrained generators, the digit benchmarks, and where they live.
 
-Every download streams into a temporary file that is renamed once complete (and its MD5
-checked where one is known), and archives are unpacked into a temporary folder renamed
+Every download of ours streams into ``<file>.part``, renamed once complete (and its MD5 or
+SHA-256 checked where one is known); an interrupted one keeps its bytes there and the next
+call resumes with an HTTP Range request. Archives are unpacked into a temporary folder renamed
 into place, so an interrupted download never leaves something that looks finished; a failed
-one leaves no folder it created behind. A download that fails (no connection, HTTP error,
+one leaves no folder it created empty. A download that fails (no connection, HTTP error,
 corrupt or incomplete file) raises :class:`DownloadError` naming the URL and the reason.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
@@ -186,7 +189,7 @@ def _fetch(url: str, dest: Path, algorithm: str = "md5", expected: str | None = 
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     try:
-        with open(partial, "a+b") as out:  # append: opening never truncates what another process writes
+        with _open_part(partial) as out:
             if fcntl is not None:
                 try:
                     fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -204,9 +207,25 @@ def _fetch(url: str, dest: Path, algorithm: str = "md5", expected: str | None = 
                 if not os.fstat(out.fileno()).st_size:
                     partial.unlink(missing_ok=True)  # nothing to resume from
     except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
-        resume = f"; run it again to resume from {partial}" if partial.is_file() else ""
+        resume = f"; run it again to resume from {partial}" if partial.is_file() and not partial.is_symlink() else ""
         raise DownloadError(f"could not download {url}: {_reason(err)}{resume}") from err
     return digest
+
+
+def _open_part(partial: Path):
+    """``partial`` opened to append and read, never through a link at its path, with the umask's
+    permissions; opening never truncates what another process may be writing."""
+    try:
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:  # ELOOP: a symbolic link, under O_NOFOLLOW
+            raise
+        fd = None
+    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd is not None:
+            os.close(fd)
+        raise OSError(f"{partial} is not a regular file (a link, a FIFO or a folder); remove it")
+    return os.fdopen(fd, "a+b")
 
 
 def _transfer(url: str, out, algorithm: str, label: str) -> str:

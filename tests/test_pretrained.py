@@ -142,6 +142,17 @@ def test_a_second_download_of_the_same_file_meanwhile_is_refused(tmp_path, offic
     assert part.read_bytes() == b"half" and official.ranges == []  # untouched, and nothing requested
 
 
+def test_a_link_at_the_part_file_is_refused_not_written_through(tmp_path, official):
+    target = tmp_path / "elsewhere.bin"
+    target.write_bytes(b"keep")
+    part = tmp_path / "horse2zebra_pretrained" / "latest_net_G.pth.part"
+    part.parent.mkdir()
+    part.symlink_to(target)
+    with pytest.raises(DownloadError, match=r"latest_net_G\.pth\.part is not a regular file \(a link"):
+        download_pretrained("horse2zebra", tmp_path)
+    assert target.read_bytes() == b"keep" and official.ranges == []
+
+
 def test_a_wrong_checksum_is_an_error_and_the_file_is_deleted(tmp_path, official, monkeypatch):
     monkeypatch.setitem(download.PRETRAINED_SHA256, "horse2zebra", "0" * 64)
     code, err = cli("download", "--pretrained", "horse2zebra", "--root", str(tmp_path / "cache"))
@@ -189,6 +200,8 @@ def test_every_listed_name_is_accepted_and_the_errors_list_the_same_names(tmp_pa
     assert list(groups) == ["CycleGAN datasets", "digit domains", "pretrained CycleGAN generators, with --pretrained"]
     models = groups.pop("pretrained CycleGAN generators, with --pretrained")
     assert models == list(PRETRAINED_MODELS) and len(models) == 18
+    monkeypatch.setitem(download.PRETRAINED_SIZES, "zebra2horse", 45_527_315)  # once recorded, the size is shown
+    assert "\n  zebra2horse  (45.5 MB)\n" in download_listing() and "\n  horse2zebra\n" in download_listing()
     names = groups["CycleGAN datasets"] + groups["digit domains"]
 
     for name in names:
