@@ -35,12 +35,12 @@ __version__ = "0.2.0"
 
 __all__ = [
     "CYCLEGAN_DATASETS", "DIGIT_DOMAINS", "DTN", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "FeatureDiscriminator",
-    "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS", "Trainer", "TrainingDiverged", "TrainingInterrupted", "Unpaired",
-    "UnpairedImageFolder", "build_classifier", "build_discriminator", "build_generator", "cycle_loss",
-    "digit_domain", "discriminator_loss", "download_dataset", "download_digits", "download_pretrained", "export_safetensors",
-    "feature_gan_loss", "gan_loss", "gradient_penalty", "identity_loss", "init_weights", "load_checkpoint",
-    "load_cyclegan", "load_generator", "load_official", "load_safetensors", "mode_seeking_loss", "open_unpaired",
-    "pick_device",
-    "poster_paint", "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything",
-    "semantic_loss", "task_loss", "train_cyclegan", "translate_folder", "write_photo_pair",
+    "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS", "Trainer", "TrainingDiverged",
+    "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "build_classifier", "build_discriminator",
+    "build_generator", "cycle_loss", "digit_domain", "discriminator_loss", "download_dataset", "download_digits",
+    "download_pretrained", "export_safetensors", "feature_gan_loss", "gan_loss", "gradient_penalty", "identity_loss",
+    "init_weights", "load_checkpoint", "load_cyclegan", "load_generator", "load_official", "load_safetensors",
+    "mode_seeking_loss", "open_unpaired", "pick_device", "poster_paint", "resolve_scale", "run_cycada",
+    "save_checkpoint", "save_official", "seed_everything", "semantic_loss", "task_loss", "train_cyclegan",
+    "translate_folder", "write_photo_pair",
 ]

@@ -23,6 +23,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 from urllib.error import HTTPError, URLError
 
 try:
@@ -228,7 +229,7 @@ def _open_part(partial: Path):
     return os.fdopen(fd, "a+b")
 
 
-def _transfer(url: str, out, algorithm: str, label: str) -> str:
+def _transfer(url: str, out: BinaryIO, algorithm: str, label: str) -> str:
     """Append the rest of `url` to the open file `out` (from its end: a Range request), or all of it
     where the server sends the whole file; returns the digest of the whole file."""
     offset = out.seek(0, os.SEEK_END)
@@ -345,11 +346,9 @@ def download_dataset(name: str, root: str | os.PathLike, url: str | None = None)
 
 # --------------------------------------------------------------------------- pretrained CycleGAN generators
 
-# The official scripts/download_cyclegan_model.sh of junyanz/pytorch-CycleGAN-and-pix2pix: line 3
-# lists these names (in this order; the official README links that line as "all the available
-# CycleGAN models"), line 9 is the URL, line 8 saves the file as
-# ./checkpoints/{name}_pretrained/latest_net_G.pth. Each is the generator of one direction (ResNet-9,
-# instance norm, no dropout: the README's test command passes --no_dropout).
+# The names of line 3 of the official scripts/download_cyclegan_model.sh, in its order, and the URL of
+# its line 9 (see download_pretrained). Each is the generator of one direction: ResNet-9, instance
+# norm, no dropout (the official README's test command passes --no_dropout).
 PRETRAINED_MODELS = (
     "apple2orange", "orange2apple", "summer2winter_yosemite", "winter2summer_yosemite", "horse2zebra",
     "zebra2horse", "monet2photo", "style_monet", "style_cezanne", "style_ukiyoe", "style_vangogh", "sat2map",
@@ -373,6 +372,12 @@ def download_pretrained(name: str, root: str | os.PathLike | None = None) -> Pat
     """Download an official pretrained CycleGAN generator; returns its path,
     ``<root>/<name>_pretrained/latest_net_G.pth`` (the official layout, so the official ``test.py
     --checkpoints_dir <root> --name <name>_pretrained`` finds it too), root as :func:`models_root`.
+
+    Names, URL and file name are those of the official ``scripts/download_cyclegan_model.sh`` of
+    junyanz/pytorch-CycleGAN-and-pix2pix: line 3 lists the 18 names (the official README links
+    that line as "all the available CycleGAN models"), line 8 saves
+    ``./checkpoints/${FILE}_pretrained/latest_net_G.pth`` from line 9's
+    ``http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/$FILE.pth``.
 
     A file already there is returned as it is. A download resumes where an interrupted one
     stopped and appears at its path only once complete. With a SHA-256 recorded in
