@@ -3,18 +3,15 @@ on 127.0.0.1 (with Range requests, and a transfer it cuts short on request) stan
 official server."""
 import hashlib
 import http.server
-import io
 import re
 import threading
-from pathlib import Path
 
 import pytest
-import torch
 
 from cyclelib import build_generator, download, download_pretrained, load_generator, save_official
 from cyclelib.cli import download_listing
 from cyclelib.download import PRETRAINED_MODELS, DownloadError
-from helpers import cli, rgb
+from helpers import cli, equal_states, rgb
 from test_inputs import offline  # noqa: F401 (a fixture: the base URL of a closed port)
 
 WIDTH = 4  # a small official-format generator: ResNet-9 with ngf 4 (the published ones have 64)
@@ -58,8 +55,9 @@ class _Server:
 
 
 @pytest.fixture
-def official(monkeypatch):
-    """The local server as the official pretrained-model server, serving a small horse2zebra.pth."""
+def official(tmp_path, monkeypatch):
+    """The local server as the official pretrained-model server, serving horse2zebra.pth: a small
+    generator (``.generator``) in the published files' format, written by save_official."""
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     server = _Server()
@@ -67,19 +65,14 @@ def official(monkeypatch):
     thread.start()
     monkeypatch.setattr(download, "PRETRAINED_URL", server.base + "/{name}.pth")
     monkeypatch.setattr(download, "tqdm", None)  # stderr holds only the messages these tests read
-    torch.manual_seed(0)
-    buffer = io.BytesIO()
-    torch.save({k: v for k, v in build_generator(width=WIDTH).state_dict().items()}, buffer)
-    server.files["/horse2zebra.pth"] = buffer.getvalue()
+    server.generator = build_generator(width=WIDTH)
+    server.files["/horse2zebra.pth"] = save_official(server.generator, tmp_path / "served.pth").read_bytes()
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
 
 
 def test_a_pretrained_model_lands_in_the_official_layout_and_translates(tmp_path, official, monkeypatch, capsys):
-    generator = build_generator(width=WIDTH)
-    save_official(generator, tmp_path / "G.pth")  # the format of the published files
-    official.files["/horse2zebra.pth"] = (tmp_path / "G.pth").read_bytes()
     monkeypatch.setenv("CYCLELIB_CACHE", str(tmp_path / "cache"))
 
     code, err = cli("download", "--pretrained", "horse2zebra")
@@ -93,7 +86,7 @@ def test_a_pretrained_model_lands_in_the_official_layout_and_translates(tmp_path
     assert sorted(p.name for p in path.parent.iterdir()) == ["latest_net_G.pth"]  # no .part left
 
     loaded = load_generator(path, width=WIDTH)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), generator.state_dict().values()))
+    assert equal_states(loaded.state_dict(), official.generator.state_dict())
     (tmp_path / "in").mkdir()
     rgb(36, 28).save(tmp_path / "in" / "a.png")
     code, err = cli("translate", "--checkpoint", str(path), "--input", str(tmp_path / "in"),
