@@ -198,7 +198,7 @@ def _fetch(url: str, dest: Path, algorithm: str = "md5", expected: str | None = 
                     raise DownloadError(f"could not download {url}: another process is downloading it into "
                                         f"{partial}; wait for it to finish") from None
             try:
-                digest = _transfer(url, out, algorithm, dest.name)
+                digest = _transfer(url, out, algorithm, partial)
                 if expected is not None and digest != expected:
                     out.truncate(0)  # removed below
                     raise DownloadError(f"{url} gave a file with {algorithm.upper()} {digest}, expected {expected} "
@@ -229,9 +229,9 @@ def _open_part(partial: Path):
     return os.fdopen(fd, "a+b")
 
 
-def _transfer(url: str, out: BinaryIO, algorithm: str, label: str) -> str:
-    """Append the rest of `url` to the open file `out` (from its end: a Range request), or all of it
-    where the server sends the whole file; returns the digest of the whole file."""
+def _transfer(url: str, out: BinaryIO, algorithm: str, partial: Path) -> str:
+    """Append the rest of `url` to `out`, the open file `partial` (from its end: a Range request), or
+    all of it where the server sends the whole file; returns the digest of the whole file."""
     offset = out.seek(0, os.SEEK_END)
     try:
         response = urllib.request.urlopen(
@@ -240,7 +240,7 @@ def _transfer(url: str, out: BinaryIO, algorithm: str, label: str) -> str:
         if err.code != 416 or not offset:
             raise
         out.truncate(0)  # 416: the part is no prefix of the file (it changed on the server): start over
-        return _transfer(url, out, algorithm, label)
+        return _transfer(url, out, algorithm, partial)
     digest, bar = hashlib.new(algorithm, usedforsecurity=False), None
     with response:
         if getattr(response, "status", None) != 206:  # the whole file came back
@@ -252,7 +252,7 @@ def _transfer(url: str, out: BinaryIO, algorithm: str, label: str) -> str:
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length else None
         if tqdm is not None:
-            bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=label, leave=False)
+            bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=partial.stem, leave=False)
         try:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
@@ -265,7 +265,7 @@ def _transfer(url: str, out: BinaryIO, algorithm: str, label: str) -> str:
     out.flush()
     if total is not None and out.tell() != total:
         raise DownloadError(f"download of {url} stopped after {out.tell()} of {total} bytes; "
-                            f"run it again to resume from {out.name}")
+                            f"run it again to resume from {partial}")
     return digest.hexdigest()
 
 
