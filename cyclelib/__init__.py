@@ -21,7 +21,7 @@ from .cycada import run_cycada
 from .cyclegan import CycleGAN
 from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired,
                    poster_paint, write_photo_pair)
-from .download import CYCLEGAN_DATASETS, download_dataset, download_digits
+from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
 from .evaluate import evaluate_folders, evaluate_run, fid, kid
 from .export import export_generator
 from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
@@ -37,13 +37,14 @@ from .translate import load_generator, translate_folder
 __version__ = "0.2.0"
 
 __all__ = [
-    "CYCLEGAN_DATASETS", "DIGIT_DOMAINS", "DTN", "CyCADAConfig", "CycleGAN", "CycleGANConfig",
-    "FeatureDiscriminator", "ImageFolderDomain", "ImagePool", "LeNet", "Trainer", "TrainingDiverged",
-    "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "build_classifier", "build_discriminator",
-    "build_generator", "cycle_loss", "digit_domain", "discriminator_loss", "download_dataset", "download_digits",
-    "evaluate_folders", "evaluate_run", "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss",
-    "gradient_penalty", "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan",
-    "load_generator", "load_official", "load_safetensors", "mode_seeking_loss", "open_unpaired", "pick_device",
-    "poster_paint", "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything",
-    "semantic_loss", "task_loss", "train_cyclegan", "translate_folder", "write_photo_pair",
+    "CYCLEGAN_DATASETS", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "DIGIT_DOMAINS", "DTN",
+    "FeatureDiscriminator", "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS", "Trainer",
+    "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "build_classifier",
+    "build_discriminator", "build_generator", "cycle_loss", "digit_domain", "discriminator_loss",
+    "download_dataset", "download_digits", "download_pretrained", "evaluate_folders", "evaluate_run",
+    "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss", "gradient_penalty",
+    "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan", "load_generator", "load_official",
+    "load_safetensors", "mode_seeking_loss", "open_unpaired", "pick_device", "poster_paint", "resolve_scale",
+    "run_cycada", "save_checkpoint", "save_official", "seed_everything", "semantic_loss", "task_loss",
+    "train_cyclegan", "translate_folder", "write_photo_pair",
 ]

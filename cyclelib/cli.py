@@ -18,7 +18,8 @@ from .config import CyCADAConfig, CycleGANConfig, positive_int
 from .cycada import RESULTS, STAGES, run_cycada
 from .data import DIGIT_DOMAINS
 from . import evaluate
-from .download import CYCLEGAN_DATASETS, DownloadError, download_dataset, download_digits
+from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
+                       download_dataset, download_digits, download_pretrained)
 from .export import DIRECTIONS, FORMATS, export_generator
 from .io import RunFolderError, load_run_checkpoint
 from .runtime import AMP_MODES, SCALES
@@ -129,13 +130,43 @@ def _export(args) -> None:
 
 
 def _download(args) -> None:
-    if args.name in CYCLEGAN_DATASETS:
+    if args.list:
+        print(download_listing())
+    elif args.name is None:
+        raise ValueError("download: give a NAME, or --list for the names")
+    elif args.pretrained:
+        path = download_pretrained(args.name, args.root)
+        print(f"downloaded to {path}\ntranslate with: cyclelib translate --checkpoint {path} "
+              f"--input FOLDER --output FOLDER")
+    elif args.name in (*CYCLEGAN_DATASETS, "cityscapes"):
         print(f"downloaded to {download_dataset(args.name, args.root or 'datasets')}")
-    elif args.name in DIGIT_DOMAINS:
+    elif args.name in DIGIT_FILES:
         print(f"downloaded to {download_digits(args.name, args.root)}")
+    elif args.name in DIGIT_DOMAINS:
+        print(f"{args.name} ships with cyclelib: nothing to download (train with --data {args.name}:...)")
     else:
-        raise SystemExit(f"cyclelib download: unknown dataset {args.name!r}; valid names: "
-                         f"{', '.join(CYCLEGAN_DATASETS)}, {', '.join(DIGIT_DOMAINS)}")
+        hint = "; it is a pretrained model: add --pretrained" if args.name in PRETRAINED_MODELS else ""
+        raise ValueError(f"download: unknown dataset {args.name!r}{hint}; valid values: "
+                         f"{', '.join((*CYCLEGAN_DATASETS, 'cityscapes', *DIGIT_DOMAINS))} "
+                         f"(pretrained models with --pretrained: {', '.join(PRETRAINED_MODELS)})")
+
+
+def download_listing() -> str:
+    """What ``cyclelib download`` accepts, in groups, one name a line (what ``--list`` prints)."""
+    def group(title, lines):
+        return "\n".join([title, *(f"  {line}" for line in lines)])
+
+    return "\n\n".join([
+        group("CycleGAN datasets (into ./datasets or --root; sizes not stated by the official pages):",
+              [*CYCLEGAN_DATASETS, "cityscapes  (manual download: its licence allows no redistribution)"]),
+        group("digit domains (into $CYCLELIB_DATA or ~/.cache/cyclelib, or --root):",
+              [*DIGIT_FILES, *(f"{name}  (ships with cyclelib: nothing to download)"
+                               for name in DIGIT_DOMAINS if name not in DIGIT_FILES)]),
+        group("pretrained CycleGAN generators, with --pretrained (into $CYCLELIB_CACHE or ~/.cache/cyclelib/models, "
+              "or --root; sizes where recorded, else unknown until first download):",
+              [f"{name}  ({PRETRAINED_SIZES[name] / 1e6:.1f} MB)" if name in PRETRAINED_SIZES else name
+               for name in PRETRAINED_MODELS]),
+    ])
 
 
 def _add_official_options(command: argparse.ArgumentParser) -> None:
@@ -236,10 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_official_options(export)
     export.set_defaults(run=_export)
 
-    download = commands.add_parser("download", help="download a dataset (official CycleGAN zips, digits)")
-    download.add_argument("name")
-    download.add_argument("--root", default=None, help="where to put it (default: ./datasets for CycleGAN "
-                                                       "zips, $CYCLELIB_DATA or ~/.cache/cyclelib for digits)")
+    download = commands.add_parser("download", help="download a dataset or a pretrained model (needs the network)",
+                                    epilog=download_listing(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    download.add_argument("name", nargs="?", help="a name listed below")
+    download.add_argument("--pretrained", action="store_true",
+                          help="NAME is an official pretrained CycleGAN generator (horse2zebra, style_monet, ...)")
+    download.add_argument("--list", action="store_true", help="list the names, in groups, and exit")
+    download.add_argument("--root", default=None, help="where to put it (default: ./datasets for CycleGAN zips, "
+                                                       "$CYCLELIB_DATA or ~/.cache/cyclelib for digits, "
+                                                       "$CYCLELIB_CACHE or ~/.cache/cyclelib/models for models)")
     download.set_defaults(run=_download)
 
     bench = commands.add_parser("bench", help="time the fast and the reference training step, and translation")

@@ -1,25 +1,35 @@
-"""Downloads: the official CycleGAN data sets and the digit benchmarks, and where they live.
+"""Downloads: the official CycleGAN data sets and pretrained generators, the digit benchmarks, and where they live.
 
-Every download streams into a temporary file that is renamed once complete (and its MD5
-checked where one is known), and archives are unpacked into a temporary folder renamed
+Every download of ours streams into ``<file>.part``, renamed once complete (and its MD5 or
+SHA-256 checked where one is known); an interrupted one keeps its bytes there and the next
+call resumes with an HTTP Range request. Archives are unpacked into a temporary folder renamed
 into place, so an interrupted download never leaves something that looks finished; a failed
-one leaves no folder it created behind. A download that fails (no connection, HTTP error,
+one leaves no folder it created empty. A download that fails (no connection, HTTP error,
 corrupt or incomplete file) raises :class:`DownloadError` naming the URL and the reason.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
 import shutil
+import stat
+import sys
 import tarfile
 import tempfile
 import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from urllib.error import URLError
+from typing import BinaryIO
+from urllib.error import HTTPError, URLError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so concurrent downloads of one file are not refused there
+    fcntl = None
 
 try:
     from tqdm import tqdm
@@ -31,6 +41,15 @@ CYCLEGAN_DATASETS = (
     "ukiyoe2photo", "vangogh2photo", "maps", "facades", "iphone2dslr_flower", "ae_photos", "mini",
 )
 CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
+# Cityscapes is in the official list but not on the server: its licence allows no redistribution.
+# The official datasets/download_pix2pix_dataset.sh (lines 8-12; download_cyclegan_dataset.sh has the
+# same lines) prints these manual steps and exits 1; the official datasets/prepare_cityscapes_dataset.py
+# writes trainA (photos), trainB (label colour maps) and testA/testB (the val split) at 256x256.
+CITYSCAPES_STEPS = (
+    "cityscapes is not downloaded automatically: its licence does not allow redistribution. Register at "
+    "https://www.cityscapes-dataset.com, download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip, unzip "
+    "them, and run the official CycleGAN repository's datasets/prepare_cityscapes_dataset.py --gtFine_dir gtFine "
+    "--leftImg8bit_dir leftImg8bit --output_dir datasets/cityscapes (it writes trainA, trainB, testA, testB)")
 DIGIT_SPLITS = ("train", "test")
 
 # Ganin's "unpacked version of MNIST-M" (mnist_m.tar.gz: mnist_m/mnist_m_{train,test}/*.png
@@ -158,36 +177,96 @@ def _md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch(url: str, dest: Path, md5: str | None = None) -> Path:
-    """Stream `url` to `dest` through a temporary file, so `dest` is complete or absent."""
+def _fetch(url: str, dest: Path, algorithm: str = "md5", expected: str | None = None) -> str:
+    """Stream `url` to `dest` through ``dest.part``, renamed once complete: `dest` is whole or absent.
+
+    Resumable: the bytes an interrupted transfer left in ``dest.part`` are kept, and the next call
+    asks for the rest with an HTTP Range request; a server that answers with the whole file instead
+    (no Range support, or a ``file://`` URL) starts it over. The file's digest under `algorithm` is
+    checked against `expected` when given (a mismatch deletes the file) and returned. A second
+    process fetching the same `dest` meanwhile is refused (where the OS has ``flock``), as its bytes
+    would interleave with these.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    digest, received, bar = hashlib.md5(usedforsecurity=False), 0, None
+    partial = dest.with_name(dest.name + ".part")
     try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            expected = int(response.headers.get("Content-Length") or 0)
-            if tqdm is not None:
-                bar = tqdm(total=expected or None, unit="B", unit_scale=True, desc=dest.name, leave=False)
+        with _open_part(partial) as out:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise DownloadError(f"could not download {url}: another process is downloading it into "
+                                        f"{partial}; wait for it to finish") from None
+            try:
+                digest = _transfer(url, out, algorithm, partial)
+                if expected is not None and digest != expected:
+                    out.truncate(0)  # removed below
+                    raise DownloadError(f"{url} gave a file with {algorithm.upper()} {digest}, expected {expected} "
+                                        f"(corrupt download, or the file changed); it was deleted")
+                os.replace(partial, dest)
+            finally:
+                if not os.fstat(out.fileno()).st_size:
+                    partial.unlink(missing_ok=True)  # nothing to resume from
+    except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
+        resume = f"; run it again to resume from {partial}" if partial.is_file() and not partial.is_symlink() else ""
+        raise DownloadError(f"could not download {url}: {_reason(err)}{resume}") from err
+    return digest
+
+
+def _open_part(partial: Path):
+    """``partial`` opened to append and read, never through a link at its path, with the umask's
+    permissions; opening never truncates what another process may be writing."""
+    try:
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:  # ELOOP: a symbolic link, under O_NOFOLLOW
+            raise
+        fd = None
+    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd is not None:
+            os.close(fd)
+        raise OSError(f"{partial} is not a regular file (a link, a FIFO or a folder); remove it")
+    return os.fdopen(fd, "a+b")
+
+
+def _transfer(url: str, out: BinaryIO, algorithm: str, partial: Path) -> str:
+    """Append the rest of `url` to `out`, the open file `partial` (from its end: a Range request), or
+    all of it where the server sends the whole file; returns the digest of the whole file."""
+    offset = out.seek(0, os.SEEK_END)
+    try:
+        response = urllib.request.urlopen(
+            urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {}), timeout=60)
+    except HTTPError as err:
+        if err.code != 416 or not offset:
+            raise
+        out.truncate(0)  # 416: the part is no prefix of the file (it changed on the server): start over
+        return _transfer(url, out, algorithm, partial)
+    digest, bar = hashlib.new(algorithm, usedforsecurity=False), None
+    with response:
+        if getattr(response, "status", None) != 206:  # the whole file came back
+            out.truncate(0)
+            offset = 0
+        out.seek(0)
+        while offset and (chunk := out.read(1 << 20)):  # the part already there, then the rest
+            digest.update(chunk)
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length else None
+        if tqdm is not None:
+            bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=partial.stem, leave=False)
+        try:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
-                received += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
-        if expected and received != expected:
-            raise DownloadError(f"download of {url} stopped after {received} of {expected} bytes")
-        if md5 is not None and digest.hexdigest() != md5:
-            raise DownloadError(f"{url} gave a file with MD5 {digest.hexdigest()}, expected {md5} "
-                               f"(corrupt download, or the file changed)")
-        os.replace(partial, dest)
-    except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
-        raise DownloadError(f"could not download {url}: {_reason(err)}") from err
-    finally:
-        if bar is not None:
-            bar.close()
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return dest
+        finally:
+            if bar is not None:
+                bar.close()
+    out.flush()
+    if total is not None and out.tell() != total:
+        raise DownloadError(f"download of {url} stopped after {out.tell()} of {total} bytes; "
+                            f"run it again to resume from {partial}")
+    return digest.hexdigest()
 
 
 def _check_member_names(names, source: str) -> None:
@@ -237,7 +316,8 @@ def _unpack(archive: Path, dest: Path, source: str) -> None:
 
 def _download_and_unpack(url: str, dest: Path, md5: str | None = None) -> Path:
     with _removed_if_left_empty([dest.parent]):
-        archive = _fetch(url, dest.parent / f"{dest.name}.archive", md5=md5)
+        archive = dest.parent / f"{dest.name}.archive"
+        _fetch(url, archive, "md5", md5)
         try:
             _unpack(archive, dest, url)
         finally:
@@ -251,11 +331,70 @@ def download_dataset(name: str, root: str | os.PathLike, url: str | None = None)
     ``url`` overrides the official location (a mirror, or a ``file://`` URL). A dataset
     already extracted is not downloaded again. Network failures and corrupt archives
     raise :class:`DownloadError` (a RuntimeError) naming the URL; unsafe archive members raise
-    ValueError naming the member.
+    ValueError naming the member. ``cityscapes`` raises :class:`DownloadError` with the manual
+    steps its licence requires (:data:`CITYSCAPES_STEPS`), without touching the network.
     """
-    if name not in CYCLEGAN_DATASETS:
-        raise ValueError(f"unknown CycleGAN dataset {name!r}; choose one of {', '.join(CYCLEGAN_DATASETS)}")
+    if name not in (*CYCLEGAN_DATASETS, "cityscapes"):
+        raise ValueError(f"unknown CycleGAN dataset {name!r}; valid values: {', '.join(CYCLEGAN_DATASETS)}, cityscapes")
     dest = Path(root).expanduser() / name
     if dest.is_dir():
         return dest
+    if name == "cityscapes":
+        raise DownloadError(CITYSCAPES_STEPS)
     return _download_and_unpack(url or CYCLEGAN_URL.format(name=name), dest)
+
+
+# --------------------------------------------------------------------------- pretrained CycleGAN generators
+
+# The names of line 3 of the official scripts/download_cyclegan_model.sh, in its order, and the URL of
+# its line 9 (see download_pretrained). Each is the generator of one direction: ResNet-9, instance
+# norm, no dropout (the official README's test command passes --no_dropout).
+PRETRAINED_MODELS = (
+    "apple2orange", "orange2apple", "summer2winter_yosemite", "winter2summer_yosemite", "horse2zebra",
+    "zebra2horse", "monet2photo", "style_monet", "style_cezanne", "style_ukiyoe", "style_vangogh", "sat2map",
+    "map2sat", "cityscapes_photo2label", "cityscapes_label2photo", "facades_photo2label", "facades_label2photo",
+    "iphone2dslr_flower",
+)
+PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/{name}.pth"
+# SHA-256 and size in bytes of each file, recorded from a first download (download_pretrained prints
+# both for a model not yet here). The official pages state neither; until a model is recorded, its
+# download is unverified and its size unknown.
+PRETRAINED_SHA256: dict[str, str] = {}
+PRETRAINED_SIZES: dict[str, int] = {}
+
+
+def models_root(root: str | os.PathLike | None = None) -> Path:
+    """Where pretrained models live: `root`, else ``$CYCLELIB_CACHE``, else ``~/.cache/cyclelib/models``."""
+    return Path(root or os.environ.get("CYCLELIB_CACHE") or "~/.cache/cyclelib/models").expanduser()
+
+
+def download_pretrained(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Download an official pretrained CycleGAN generator; returns its path,
+    ``<root>/<name>_pretrained/latest_net_G.pth`` (the official layout, so the official ``test.py
+    --checkpoints_dir <root> --name <name>_pretrained`` finds it too), root as :func:`models_root`.
+
+    Names, URL and file name are those of the official ``scripts/download_cyclegan_model.sh`` of
+    junyanz/pytorch-CycleGAN-and-pix2pix: line 3 lists the 18 names (the official README links
+    that line as "all the available CycleGAN models"), line 8 saves
+    ``./checkpoints/${FILE}_pretrained/latest_net_G.pth`` from line 9's
+    ``http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/$FILE.pth``.
+
+    A file already there is returned as it is. A download resumes where an interrupted one
+    stopped and appears at its path only once complete. With a SHA-256 recorded in
+    :data:`PRETRAINED_SHA256`, a file that does not match is deleted and a :class:`DownloadError`
+    raised; without one, a note on stderr says the file is unverified and gives its SHA-256 and
+    size to record. Failures raise :class:`DownloadError` naming the URL and the reason, and leave
+    no folder behind that they created empty (a partial ``.part`` file is kept to resume from).
+    """
+    if name not in PRETRAINED_MODELS:
+        raise ValueError(f"unknown pretrained model {name!r}; valid values: {', '.join(PRETRAINED_MODELS)}")
+    path = models_root(root) / f"{name}_pretrained" / "latest_net_G.pth"
+    if path.is_file():
+        return path
+    url = PRETRAINED_URL.format(name=name)
+    with _removed_if_left_empty([path.parent]):
+        sha256 = _fetch(url, path, "sha256", PRETRAINED_SHA256.get(name))
+    if name not in PRETRAINED_SHA256:
+        print(f"note: {name} is unverified (no SHA-256 recorded in cyclelib); it has SHA-256 {sha256} and "
+              f"{path.stat().st_size} bytes", file=sys.stderr)
+    return path
