@@ -53,6 +53,9 @@ def _train_cyclegan(args) -> None:
         if args.overwrite:
             raise ValueError(f"--resume continues the run in {args.resume}, --overwrite would delete it: give one "
                              "of them")
+        if args.scale:
+            raise ValueError(f"--scale picks the preset of a new run; the run in {args.resume} goes on with its own "
+                             "options: give the ones to change instead")
         if "out" in options and Path(options["out"]).resolve() != Path(args.resume).resolve():
             raise ValueError(f"--out {options['out']} with --resume {args.resume}: a run goes on in its own folder; "
                              f"copy it to {options['out']} and resume the copy to continue it there")

@@ -10,7 +10,8 @@ this one place, the trainer does everything a long run needs:
 
 - the order of the samples: each epoch a pure function of ``(seed, epoch)``
   (:class:`~cyclelib.data.EpochSampler`), split across ranks under torchrun;
-- the loss history: means over ``log_every`` steps, written as ``history.json/csv/png``;
+- the loss history: a row every ``log_every`` steps, the means since the last row, written as
+  ``history.json/csv/png``;
 - checkpoints every ``checkpoint_every`` steps and at the end (the last few, the latest and
   the best, see :func:`~cyclelib.io.save_run_checkpoint`), holding everything an exact
   resume needs: weights, optimisers, RNG states, position in the epoch, the loss sums since

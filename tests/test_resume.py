@@ -75,7 +75,7 @@ def step_file(folder: Path, step: int) -> dict:
 # Per option applied at a resume: (new value, check of the resumed run). The learning rate of the
 # second epoch is lr * (1 - 1 / (n_epochs_decay + 1)) with n_epochs 1; the run's lr is 2e-4.
 APPLIED = {
-    "out": (None, lambda ckpt, folder, unchanged: ckpt["config"]["out"] == str(folder)),  # another folder
+    "out": (None, lambda ckpt, folder, unchanged: ckpt["training"]["step"] == 8),  # the value: another folder
     "lr": (1e-3, lambda ckpt, folder, unchanged: (group(ckpt)["lr"], group(ckpt, "D")["initial_lr"])
            == (1e-3 * 0.5, 1e-3)),
     "beta1": (0.9, lambda ckpt, folder, unchanged: group(ckpt)["betas"] == group(ckpt, "D")["betas"] == (0.9, 0.999)),
@@ -129,12 +129,12 @@ def test_every_option_is_declared_applied_or_refused_and_tested_so():
 def test_an_option_given_at_a_resume_is_applied_and_recorded(stopped, unchanged, tmp_path, monkeypatch, name):
     value, applied = APPLIED[name]
     folder = tmp_path / "run"
-    if name == "out":
+    if name == "out":  # the stopped run's folder copied to another: resumed there
         value = str(folder)
     if name == "compile":  # torch.compile on a CPU takes minutes: the same call, uncompiled
         compiled = []
         monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: compiled.append(fn) or fn)
-    ckpt = resumed(stopped, folder, **{name: value})
+    ckpt = resumed(stopped, folder, **{} if name == "out" else {name: value})
     assert ckpt["config"][name] == value
     assert applied(ckpt, folder, unchanged), name
     if name == "compile":
@@ -172,7 +172,7 @@ def test_the_cli_refuses_an_option_a_run_keeps_naming_it(stopped, tmp_path):
     assert load_checkpoint(folder / LATEST)["training"]["step"] == STOP
 
 
-def test_resume_with_another_out_or_with_overwrite_is_refused_before_anything_is_touched(stopped, tmp_path):
+def test_resume_with_another_out_overwrite_or_scale_is_refused_before_anything_is_touched(stopped, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(stopped, folder)
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
@@ -180,21 +180,31 @@ def test_resume_with_another_out_or_with_overwrite_is_refused_before_anything_is
     assert code == 2 and "--out" in err and not (tmp_path / "elsewhere").exists()
     code, err = cli("train", "cyclegan", "--resume", str(folder), "--overwrite")
     assert code == 2 and "--overwrite" in err and "--resume" in err
+    code, err = cli("train", "cyclegan", "--resume", str(folder), "--scale", "cpu")  # a preset: not the run's
+    assert code == 2 and "--scale" in err
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
     # --out naming the folder itself is no other folder
     assert cli("train", "cyclegan", "--resume", str(folder), "--out", str(folder) + "/")[0] == 0
 
 
+def assert_means_of_their_steps(rows: list[dict], per_step: list[dict]) -> None:
+    """Each row of ``rows`` is the mean of the rows of ``per_step`` (one per step) since its previous row."""
+    by_step, previous = {row["step"]: row for row in per_step}, 0
+    for row in rows:
+        steps = range(previous + 1, row["step"] + 1)
+        for term in row.keys() - {"step", "epoch"}:
+            mean = sum(by_step[s][term] for s in steps) / len(steps)
+            assert row[term] == pytest.approx(mean, rel=1e-5), (row["step"], term)
+        previous = row["step"]
+
+
 def test_a_history_resumed_with_another_log_every_has_the_means_of_its_steps(stopped, tmp_path):
-    """Every row is the mean over the steps since the previous row, across a change of log_every;
-    the run with log_every 1 says what each step's terms were."""
+    """log_every 2 until step 5, then 3: rows at 2, 4 and 6 (steps 5 and 6); the run with log_every 1
+    says what each step's terms were."""
     ckpt = resumed(stopped, tmp_path / "run", log_every=3)
     train_cyclegan(smoke(tmp_path / "each", **{**BASE, "log_every": 1}), progress=False)
-    per_step = {row["step"]: row for row in load_checkpoint(tmp_path / "each" / LATEST)["history"]}
     assert [row["step"] for row in ckpt["history"]] == [2, 4, 6]
-    for row, steps in zip(ckpt["history"], ([1, 2], [3, 4], [5, 6])):
-        for term in ("G", "cycle_A", "D_A"):
-            assert row[term] == pytest.approx(sum(per_step[s][term] for s in steps) / len(steps), rel=1e-5)
+    assert_means_of_their_steps(ckpt["history"], load_checkpoint(tmp_path / "each" / LATEST)["history"])
 
 
 # --------------------------------------------------------------------------- folders that hold no CycleGAN run
@@ -244,19 +254,19 @@ def test_a_checkpoint_declaring_a_huge_network_is_refused_before_any_network_is_
 
 @pytest.mark.slow
 def test_the_neutral_cycada_options_change_no_weight_and_no_metric_across_a_resume(tmp_path, monkeypatch):
-    """Stages stopped and resumed with every neutral option that can change on a resume changed
-    (out cannot: it is where the stage is) end with the weights, history means and metrics of a
-    run never stopped. The noise input draws random numbers in every sample grid of the pixel
+    """Stages stopped and resumed with every neutral option changed (but out: it is where the stage
+    is) end with the weights and metrics of a run never stopped, and with history rows that are the
+    means of their steps. The noise input draws random numbers in every sample grid of the pixel
     stage: those must not come from the training's."""
-    options = dict(noise_nc=2, task_epochs=2, pixel_epochs=2, checkpoint_every=2, sample_every=3, log_every=2)
-    changed = dict(options, log_every=3, checkpoint_every=3, sample_every=1, num_workers=1, device="cpu:0",
+    options = dict(noise_nc=2, task_epochs=2, pixel_epochs=3, checkpoint_every=2, sample_every=4, log_every=1)
+    changed = dict(options, log_every=2, checkpoint_every=3, sample_every=1, num_workers=1, device="cpu:0",
                    max_eval_samples=40, scale="cpu")
-    assert set(changed) - set(options) | {k for k in options if options[k] != changed[k]} == set(NEUTRAL_OPTIONS) - {"out"}
+    assert {k for k in changed if changed[k] != options.get(k)} == set(NEUTRAL_OPTIONS) - {"out"}
     stages = ("source", "pixel")
     straight = cycada_smoke(tmp_path / "straight", **options)
     run_cycada(straight, stages=stages, progress=False)
     stopped = cycada_smoke(tmp_path / "stopped", **options)
-    for stage in stages:  # each stopped at its step 5 (of 6), then resumed with the neutral options changed
+    for stage in stages:  # each stopped at its step 5 (of 6 and 9), then resumed with the neutral options changed
         with monkeypatch.context() as m:
             stop_at(m, STOP)
             with pytest.raises(TrainingInterrupted):
@@ -265,10 +275,11 @@ def test_the_neutral_cycada_options_change_no_weight_and_no_metric_across_a_resu
 
     for stage in stages:
         a, b = (load_checkpoint(stage_path(run, stage)) for run in (straight, stopped))
-        assert a["training"]["step"] == b["training"]["step"] == 6
+        assert a["training"]["step"] == b["training"]["step"] == (6 if stage == "source" else 9)
         assert equal_states(a["nets"], b["nets"]), stage
-        # rows at 2, 4 and 6; log_every 3 from step 5 on writes the row at 6 over steps 5 and 6, as 2 does
-        assert b["history"] == a["history"], stage
+        assert b["history"][:STOP] == a["history"][:STOP]
+        assert [row["step"] for row in b["history"][STOP:]] == ([6] if stage == "source" else [6, 8])
+        assert_means_of_their_steps(b["history"], a["history"])
     metrics = []
     for run in (straight, stopped):
         torch.manual_seed(0)  # the evaluation translates with noise from the global RNG
