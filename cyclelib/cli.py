@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     cyclegan.add_argument("--scale", choices=SCALES, default=None,
                           help="smoke (seconds), cpu (minutes), gpu (paper); default: $CYCLELIB_SCALE, "
                                "else gpu when CUDA is present, else cpu")
-    cyclegan.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped; options given with it apply from "
-                               "there (e.g. --lr, --n-epochs, --log-every), except those a run keeps for its life "
-                               "(networks, data, loss), which are refused")
+    cyclegan.add_argument("--resume", metavar="DIR",
+                          help="continue the run in DIR exactly where it stopped; options given with it apply from "
+                               "there (e.g. --lr, --n-epochs, --log-every), but those a run keeps for its life "
+                               "(networks, data, loss) are refused")
     cyclegan.add_argument("--overwrite", action="store_true",
                           help="start over in an --out that holds another run (its checkpoints, history and "
                                "samples are deleted)")

@@ -258,11 +258,11 @@ class Trainer:
         """Train to the end (``total_steps``), from the latest checkpoint in ``out`` with ``resume``
         (``checkpoint``: that checkpoint and its path, when the caller has read and checked it).
 
-        ``out`` is checked and locked first (:func:`~cyclelib.io.run_folder`, by rank 0). What the
-        trainer's own options change when they differ from the resumed run's: ``log_every`` (the
-        next row is written at the first multiple of the new one, over every step since the last
-        row), ``sample_every``, ``checkpoint_every``, ``keep_checkpoints``, ``max_steps`` and
-        ``epochs`` (``total_steps``) apply from the resumed step on."""
+        ``out`` is checked and locked first (:func:`~cyclelib.io.run_folder`, by rank 0). The
+        trainer's own options may differ from the resumed run's and apply from the resumed step on:
+        ``max_steps`` and ``epochs`` (``total_steps``), ``sample_every``, ``checkpoint_every``,
+        ``keep_checkpoints`` and ``log_every`` (the next row comes at the first multiple of the
+        new one and averages every step since the last row)."""
         with io.run_folder(self.out, resume, self.overwrite) if self.rank == 0 else contextlib.nullcontext():
             self._fit(resume, checkpoint)
 
@@ -403,8 +403,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     (:data:`FIXED_OPTIONS`: networks, data and their order, loss) must be the run's, or
     nothing runs; the others (learning rate, betas, epochs, steps, intervals, precision,
     device, ...) apply from the resumed step on and are recorded. A folder that holds another
-    run is refused unless ``resume`` or ``overwrite`` (start over). See :class:`Trainer` for signals, NaN stops and torchrun
-    (``batch_size`` is per rank; only rank 0 writes files).
+    run is refused unless ``resume`` or ``overwrite`` (start over). See :class:`Trainer` for
+    signals, NaN stops and torchrun (``batch_size`` is per rank; only rank 0 writes files).
 
     Every image is decoded once before training (see ``skip_bad_images``).
     ``extra_generator_losses`` and ``meta`` are for runs built on CycleGAN (CyCADA's pixel
