@@ -26,7 +26,7 @@ from torch import nn
 
 from . import losses
 from .images import luma
-from .runtime import Precision
+from .runtime import Precision, load_optimizer_state
 
 
 class _DigitClassifier(nn.Module):
@@ -177,8 +177,8 @@ class _Training(nn.Module):
 
     def load_training_state(self, state: dict) -> None:
         for name, opt in self.optimizers().items():
-            opt.load_state_dict(state["optimizers"][name])
-        self.precision.scaler.load_state_dict(state["scaler"])
+            load_optimizer_state(opt, state["optimizers"][name])
+        self.precision.load_state_dict(state["scaler"])
 
     def end_epoch(self) -> None:
         """The learning rates are constant."""

@@ -21,9 +21,9 @@ from . import evaluate
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
 from .export import DIRECTIONS, FORMATS, export_generator
-from .io import RunFolderError, load_run_checkpoint
+from .io import RunFolderError
 from .runtime import AMP_MODES, SCALES
-from .train import TrainingDiverged, TrainingInterrupted, train_cyclegan
+from .train import TrainingDiverged, TrainingInterrupted, read_resumable, train_cyclegan
 from .translate import load_generator, translate_folder
 
 
@@ -53,9 +53,21 @@ def given_options(args: argparse.Namespace, cls) -> dict:
 def _train_cyclegan(args) -> None:
     options = given_options(args, CycleGANConfig)
     if args.resume:
-        # The run's own config, with any option given now (e.g. more epochs) on top.
-        saved = load_run_checkpoint(args.resume)[0]["config"]
-        config = CycleGANConfig(**{**saved, **options, "out": str(args.resume)})
+        if args.overwrite:
+            raise ValueError(f"--resume continues the run in {args.resume}, --overwrite would delete it: give one "
+                             "of them")
+        if args.scale:
+            raise ValueError(f"--scale picks the preset of a new run; the run in {args.resume} goes on with its own "
+                             "options: give the ones to change instead")
+        if "out" in options and Path(options["out"]).resolve() != Path(args.resume).resolve():
+            raise ValueError(f"--out {options['out']} with --resume {args.resume}: a run goes on in its own folder; "
+                             f"copy it to {options['out']} and resume the copy to continue it there")
+        # The run's own config, with any option given now on top: those a run keeps for its life
+        # must be the run's (train_cyclegan refuses others, naming them), the rest apply from here.
+        saved = read_resumable(args.resume)[0]["config"]
+        known = {f.name for f in dataclasses.fields(CycleGANConfig)}
+        config = CycleGANConfig(**{**{k: v for k, v in saved.items() if k in known}, **options,
+                                   "out": str(args.resume)})
     else:
         if "data" not in options:
             raise ValueError("--data is required (a folder with trainA/trainB, "
@@ -191,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     cyclegan.add_argument("--scale", choices=SCALES, default=None,
                           help="smoke (seconds), cpu (minutes), gpu (paper); default: $CYCLELIB_SCALE, "
                                "else gpu when CUDA is present, else cpu")
-    cyclegan.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    cyclegan.add_argument("--resume", metavar="DIR",
+                          help="continue the run in DIR exactly where it stopped; options given with it apply from "
+                               "there (e.g. --lr, --n-epochs, --log-every), but those a run keeps for its life "
+                               "(networks, data, loss) are refused")
     cyclegan.add_argument("--overwrite", action="store_true",
                           help="start over in an --out that holds another run (its checkpoints, history and "
                                "samples are deleted)")

@@ -12,7 +12,7 @@ import argparse
 import math
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -140,65 +140,86 @@ def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
     return "dtn" if {c["source"], c["target"]} & set(COLOUR_DOMAINS) else "lenet"
 
 
+# What a resumed run does with an option given another value than the run's: one declaration per
+# option, as field metadata "on_resume" (read by train_cyclegan and the CLI). "apply": the run goes on
+# with the new value from the step it resumes at, and its checkpoints record it. "refuse": the option
+# is fixed for the run's life, and "why" says why; resuming with another value is an error naming it.
+_NETWORK = "it shapes the networks, whose trained weights the run holds"
+_INIT = "it chose the initial weights, which the run has trained past"
+_DATA = "it decides the training images and their order (the run's position in its epoch)"
+_OBJECTIVE = "it changes the loss, which the history and the best checkpoint compare over the whole run"
+_POOL = "it sizes the image pools, which hold the run's last fakes"
+
+
+def _applied(default):
+    return field(default=default, metadata={"on_resume": "apply"})
+
+
+def _fixed(default, why: str):
+    return field(default=default, metadata={"on_resume": "refuse", "why": why})
+
+
 @dataclass
 class CycleGANConfig:
     """Every option of a CycleGAN run; the defaults are the official ones (the paper's setting)."""
 
-    data: str = ""                     # folder with trainA/trainB, or a digit pair "mnist5k:mnistm5k"
-    out: str = "runs/cyclegan"         # run folder: checkpoints, samples, history
+    data: str = _fixed("", _DATA)         # folder with trainA/trainB, or a digit pair "mnist5k:mnistm5k"
+    out: str = _applied("runs/cyclegan")  # run folder: checkpoints, samples, history
     # networks
-    netG: str = "resnet_9blocks"
-    netD: str = "basic"
-    ngf: int = 64
-    ndf: int = 64
-    n_layers_D: int = 3
-    norm: str = "instance"
-    dropout: bool = False
-    init: str = "normal"
-    init_gain: float = 0.02
-    input_nc: int = 3
-    output_nc: int = 3
-    noise_nc: int = 0                  # beyond the paper: noise for G_A (networks.NoiseInput); 0: off
-    noise_injection: str = "constant"  # how the noise enters G_A: constant channels or modulated image copies
+    netG: str = _fixed("resnet_9blocks", _NETWORK)
+    netD: str = _fixed("basic", _NETWORK)
+    ngf: int = _fixed(64, _NETWORK)
+    ndf: int = _fixed(64, _NETWORK)
+    n_layers_D: int = _fixed(3, _NETWORK)
+    norm: str = _fixed("instance", _NETWORK)
+    dropout: bool = _fixed(False, _NETWORK)
+    init: str = _fixed("normal", _INIT)
+    init_gain: float = _fixed(0.02, _INIT)
+    input_nc: int = _fixed(3, _NETWORK)
+    output_nc: int = _fixed(3, _NETWORK)
+    noise_nc: int = _fixed(0, _NETWORK)   # beyond the paper: noise for G_A (networks.NoiseInput); 0: off
+    # how the noise enters G_A: constant channels or modulated image copies
+    noise_injection: str = _fixed("constant", _NETWORK)
     # losses
-    gan_mode: str = "lsgan"
-    lambda_A: float = 10.0             # cycle A -> B -> A
-    lambda_B: float = 10.0             # cycle B -> A -> B
-    lambda_identity: float = 0.5       # multiplies lambda_A / lambda_B (effective weight 5)
-    lambda_gan_A: float = 1.0          # weight of G_A's adversarial term (CyCADA uses 2)
-    lambda_gan_B: float = 1.0          # weight of G_B's adversarial term
-    lambda_gp: float = 10.0            # gradient penalty, gan_mode "wgangp" only
-    lambda_mode_seeking: float = 0.0   # beyond the paper: losses.mode_seeking_loss on G_A's noise (noise_nc > 0)
+    gan_mode: str = _fixed("lsgan", _OBJECTIVE)
+    lambda_A: float = _fixed(10.0, _OBJECTIVE)         # cycle A -> B -> A
+    lambda_B: float = _fixed(10.0, _OBJECTIVE)         # cycle B -> A -> B
+    lambda_identity: float = _fixed(0.5, _OBJECTIVE)   # multiplies lambda_A / lambda_B (effective weight 5)
+    lambda_gan_A: float = _fixed(1.0, _OBJECTIVE)      # weight of G_A's adversarial term (CyCADA uses 2)
+    lambda_gan_B: float = _fixed(1.0, _OBJECTIVE)      # weight of G_B's adversarial term
+    lambda_gp: float = _fixed(10.0, _OBJECTIVE)        # gradient penalty, gan_mode "wgangp" only
+    # beyond the paper: losses.mode_seeking_loss on G_A's noise (noise_nc > 0)
+    lambda_mode_seeking: float = _fixed(0.0, _OBJECTIVE)
     # optimisation
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 1
-    n_epochs: int = 100                # epochs at the initial learning rate
-    n_epochs_decay: int = 100          # epochs of linear decay to zero
-    pool_size: int = 50
-    max_steps: int | None = None       # stop after this many steps in total (for tests and sweeps)
-    clip_grad_norm: float | None = None  # clip each optimizer's gradient norm to this (None or 0: off)
+    lr: float = _applied(2e-4)
+    beta1: float = _applied(0.5)
+    beta2: float = _applied(0.999)
+    batch_size: int = _fixed(1, _DATA)
+    n_epochs: int = _applied(100)          # epochs at the initial learning rate
+    n_epochs_decay: int = _applied(100)    # epochs of linear decay to zero
+    pool_size: int = _fixed(50, _POOL)
+    max_steps: int | None = _applied(None)  # stop after this many steps in total (for tests and sweeps)
+    clip_grad_norm: float | None = _applied(None)  # clip each optimizer's gradient norm to this (None or 0: off)
     # data
-    preprocess: str = "resize_and_crop"
-    load_size: int = 286
-    crop_size: int = 256
-    flip: bool = True
-    max_dataset_size: int | None = None  # at most this many samples per epoch
-    num_workers: int = 2
-    skip_bad_images: bool = False      # unreadable images: skip them (True) or stop naming the first (False)
+    preprocess: str = _fixed("resize_and_crop", _DATA)
+    load_size: int = _fixed(286, _DATA)
+    crop_size: int = _fixed(256, _DATA)
+    flip: bool = _fixed(True, _DATA)
+    max_dataset_size: int | None = _fixed(None, _DATA)  # at most this many samples per epoch
+    num_workers: int = _applied(2)
+    skip_bad_images: bool = _applied(False)  # unreadable images: skip them (True) or stop naming the first (False)
     # run
-    seed: int = 0
-    device: str | None = None
-    path: str = "fast"                 # "fast": same losses, batched network calls, fused Adam, and on CUDA
-                                       # bf16 + channels_last; "reference": the official fp32 eager step
-    amp: str = "auto"                  # "auto": bf16 in the fast path where native (CUDA, AVX512-BF16/AMX
-                                       # CPUs), else fp32; "none", "bf16", "fp16" (with loss scaling)
-    compile: bool = False              # torch.compile the four networks (fast path; the first steps compile)
-    log_every: int = 50                # steps between loss-history rows
-    sample_every: int = 500            # steps between sample grids
-    checkpoint_every: int = 1000       # steps between checkpoints (one is always written at the end)
-    keep_checkpoints: int = 3          # step checkpoints kept in out/checkpoints (besides latest and best)
+    seed: int = _fixed(0, _DATA)
+    device: str | None = _applied(None)
+    path: str = _applied("fast")        # "fast": same losses, batched network calls, fused Adam, and on CUDA
+                                        # bf16 + channels_last; "reference": the official fp32 eager step
+    amp: str = _applied("auto")         # "auto": bf16 in the fast path where native (CUDA, AVX512-BF16/AMX
+                                        # CPUs), else fp32; "none", "bf16", "fp16" (with loss scaling)
+    compile: bool = _applied(False)     # torch.compile the four networks (fast path; the first steps compile)
+    log_every: int = _applied(50)       # steps between loss-history rows
+    sample_every: int = _applied(500)   # steps between sample grids
+    checkpoint_every: int = _applied(1000)  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = _applied(3)     # step checkpoints kept in out/checkpoints (besides latest and best)
 
     def __post_init__(self):
         _check_finite(self)

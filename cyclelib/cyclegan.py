@@ -17,7 +17,7 @@ from . import distributed, losses
 from .config import CycleGANConfig
 from .networks import build_discriminator, build_generator
 from .pool import ImagePool
-from .runtime import Precision, pick_device
+from .runtime import Precision, load_optimizer_state, pick_device
 
 # Extra named generator terms: (real_A, real_B, the images of cycle_images) -> {name: weighted loss}
 GeneratorTerms = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -215,15 +215,22 @@ class CycleGAN(nn.Module):
         }
 
     def load_training_state(self, state: dict, device: torch.device | None = None) -> None:
-        """Restore :meth:`training_state`; the pools' images go to ``device`` (default: the model's)."""
+        """Restore :meth:`training_state`; the pools' images go to ``device`` (default: the model's).
+
+        What the config sets stays this model's: the optimisers' hyperparameters (lr, betas), the
+        learning-rate schedule (lr, n_epochs, n_epochs_decay, at the saved epoch) and the precision,
+        so that options changed for a resume apply from here on."""
         device = device or next(self.parameters()).device
-        self.opt_G.load_state_dict(state["optimizers"]["G"])
-        self.opt_D.load_state_dict(state["optimizers"]["D"])
-        self.sched_G.load_state_dict(state["schedulers"]["G"])
-        self.sched_D.load_state_dict(state["schedulers"]["D"])
+        for name, optimizer, schedule in (("G", self.opt_G, self.sched_G), ("D", self.opt_D, self.sched_D)):
+            load_optimizer_state(optimizer, state["optimizers"][name])
+            schedule.load_state_dict({**state["schedulers"][name], "base_lrs": schedule.base_lrs})
+            # the rate of the saved epoch, as LambdaLR.step computes it
+            for group, base, rule in zip(optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
+                group["lr"] = base * rule(schedule.last_epoch)
+            schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
         self.pool_A.load_state_dict(state["pools"]["A"], device)
         self.pool_B.load_state_dict(state["pools"]["B"], device)
-        self.precision.scaler.load_state_dict(state["scaler"])
+        self.precision.load_state_dict(state["scaler"])
 
     def end_epoch(self) -> None:
         """One step of both learning-rate schedules (constant, then linear decay)."""

@@ -112,6 +112,21 @@ class Precision:
     def update(self) -> None:
         self.scaler.update()
 
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the fp16 loss scale of ``scaler.state_dict()``. A run resumed in another
+        precision than it was saved in starts fp16's scale afresh, or has none to restore."""
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore an optimiser's moments and step counts from ``state`` (its ``state_dict()``), keeping
+    its own hyperparameters (lr, betas, fused, ...): those of a run's options now, which may have
+    been changed for a resume. A schedule then sets the learning rate of its epoch."""
+    groups = [{**mine, "params": saved["params"]}
+              for mine, saved in zip(optimizer.state_dict()["param_groups"], state["param_groups"], strict=True)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
 
 def _params(optimizer: torch.optim.Optimizer) -> Iterable[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]

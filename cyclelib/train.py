@@ -10,7 +10,8 @@ this one place, the trainer does everything a long run needs:
 
 - the order of the samples: each epoch a pure function of ``(seed, epoch)``
   (:class:`~cyclelib.data.EpochSampler`), split across ranks under torchrun;
-- the loss history: means over ``log_every`` steps, written as ``history.json/csv/png``;
+- the loss history: a row every ``log_every`` steps, the means since the last row, written as
+  ``history.json/csv/png``;
 - checkpoints every ``checkpoint_every`` steps and at the end (the last few, the latest and
   the best, see :func:`~cyclelib.io.save_run_checkpoint`), holding everything an exact
   resume needs: weights, optimisers, RNG states, position in the epoch, the loss sums since
@@ -31,7 +32,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from io import StringIO
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed, files, io
-from .config import CycleGANConfig, shape_networks
+from .config import CycleGANConfig, cycada_command, shape_networks
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
 from .plots import plot_history, save_image_grid
@@ -64,24 +65,29 @@ class TrainingDiverged(FloatingPointError):
 
 
 class History:
-    """Loss terms averaged over every ``every`` steps, as rows ``{"step", "epoch", term: mean}``.
+    """Loss terms as rows ``{"step", "epoch", term: mean}``, one at every multiple of ``every``,
+    each the mean over the steps since the previous row.
 
     The sums since the last row are part of :meth:`state_dict`, so a run resumed between two
-    rows writes the same next row as a run that was never stopped.
+    rows writes the same next row as a run that was never stopped; one resumed with another
+    ``every`` writes its next row at the first multiple of the new one, over every step since the last row.
     """
 
     def __init__(self, every: int):
         self.every, self.rows = every, []
         self.sums: dict[str, torch.Tensor] = {}  # on the device: no host sync until a row is due
+        self.count = 0  # the steps in the sums
 
     def add(self, step: int, epoch: int, terms: dict[str, torch.Tensor]) -> dict | None:
         """Add one step's terms; returns the new row when ``step`` completes one."""
         for name, value in terms.items():
             self.sums[name] = self.sums.get(name, 0) + value
+        self.count += 1
         if step % self.every:
             return None
-        self.rows.append({"step": step, "epoch": epoch, **{k: (v / self.every).item() for k, v in self.sums.items()}})
+        self.rows.append({"step": step, "epoch": epoch, **{k: (v / self.count).item() for k, v in self.sums.items()}})
         self.sums.clear()
+        self.count = 0
         return self.rows[-1]
 
     def score(self, terms: tuple[str, ...], since: int) -> float | None:
@@ -92,9 +98,11 @@ class History:
     def state_dict(self) -> dict:
         return {"rows": self.rows, "sums": {k: v.cpu() for k, v in self.sums.items()}}
 
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
+    def load_state_dict(self, state: dict, device: torch.device, step: int) -> None:
+        """Restore :meth:`state_dict`, saved at ``step``."""
         self.rows = list(state["rows"])
         self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.count = step - (self.rows[-1]["step"] if self.rows else 0) if self.sums else 0
 
     def write(self, out: Path) -> None:
         """``history.json``, ``history.csv`` and ``history.png`` in ``out``, each replaced atomically
@@ -246,20 +254,25 @@ class Trainer:
         self.steps_per_epoch = share // self.batch_size if self.drop_last else math.ceil(share / self.batch_size)
         self.total_steps = self.max_steps or self.epochs * self.steps_per_epoch
 
-    def fit(self, resume: bool = False) -> None:
-        """Train to the end (``total_steps``), from the latest checkpoint in ``out`` with ``resume``.
+    def fit(self, resume: bool = False, checkpoint: tuple[dict, Path] | None = None) -> None:
+        """Train to the end (``total_steps``), from the latest checkpoint in ``out`` with ``resume``
+        (``checkpoint``: that checkpoint and its path, when the caller has read and checked it).
 
-        ``out`` is checked and locked first (:func:`~cyclelib.io.run_folder`, by rank 0)."""
+        ``out`` is checked and locked first (:func:`~cyclelib.io.run_folder`, by rank 0). The
+        trainer's own options may differ from the resumed run's and apply from the resumed step on:
+        ``max_steps`` and ``epochs`` (``total_steps``), ``sample_every``, ``checkpoint_every``,
+        ``keep_checkpoints`` and ``log_every`` (the next row comes at the first multiple of the
+        new one and averages every step since the last row)."""
         with io.run_folder(self.out, resume, self.overwrite) if self.rank == 0 else contextlib.nullcontext():
-            self._fit(resume)
+            self._fit(resume, checkpoint)
 
-    def _fit(self, resume: bool) -> None:
+    def _fit(self, resume: bool, checkpoint: tuple[dict, Path] | None) -> None:
         if self.world > 1:
             if not hasattr(self.model, "distribute"):
                 raise RuntimeError(f"{self.name} cannot train distributed: run it in a single process")
             self.model.distribute(self.device)  # before a resume, which then loads the saved pools
         if resume:
-            self._resume()
+            self._resume(checkpoint or io.load_run_checkpoint(self.out))
         watch = _NonFiniteWatch()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress or self.rank != 0,
                    desc=self.name, unit="step")
@@ -286,7 +299,7 @@ class Trainer:
                 bar.close()
         self._save(watch, scheduled=not stop)
         if self.sample is not None and self.rank == 0:
-            self.sample(self.step)
+            self._sample()
         if stop:
             raise TrainingInterrupted(stop["signal"], self.step, self.out / io.LATEST, self.resume_hint)
 
@@ -298,9 +311,15 @@ class Trainer:
             shown = [(k, v) for k, v in row.items() if k not in ("step", "epoch")][-3:]  # CycleGAN: G, D_A, D_B
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown})
         if self.sample is not None and self.step % self.sample_every == 0 and self.rank == 0:
-            self.sample(self.step)
+            self._sample()
         if self.step % self.checkpoint_every == 0:
             self._save(watch, scheduled=True)
+
+    def _sample(self) -> None:
+        # Not from the run's random numbers (a noise input draws its z for each grid), or
+        # sample_every would change the training that follows.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self.sample(self.step)
 
     def _loader(self) -> torch.utils.data.DataLoader:
         """The rest of the current epoch (from ``start``), in the epoch's fixed order."""
@@ -343,8 +362,8 @@ class Trainer:
         return io.make_checkpoint(**self.record, nets=self.model.state_dict(), history=self.history.rows,
                                   training=training)
 
-    def _resume(self) -> None:
-        ckpt, path = io.load_run_checkpoint(self.out)
+    def _resume(self, checkpoint: tuple[dict, Path]) -> None:
+        ckpt, path = checkpoint
         io.check_resumable(ckpt, path, self.record, self.resume_checks)
         t = ckpt["training"]
         if t["world_size"] != self.world:  # "start" counts steps of world_size x batch_size samples
@@ -354,7 +373,7 @@ class Trainer:
         self.model.load_training_state(t)
         set_rng_state(t["rng"])
         self.epoch, self.start, self.step, self.loader_seed = t["epoch"], t["start"], t["step"], t["loader_seed"]
-        self.history.load_state_dict({"rows": ckpt["history"], "sums": t["history_sums"]}, self.device)
+        self.history.load_state_dict({"rows": ckpt["history"], "sums": t["history_sums"]}, self.device, self.step)
         self.best, self.best_since, self.saved_at = t["best"], t["best_since"], self.step
 
 
@@ -362,9 +381,9 @@ class Trainer:
 # The CycleGAN run
 # --------------------------------------------------------------------------------------
 
-# Options that shape the networks: a checkpoint only resumes into the same ones.
-NETWORK_OPTIONS = ("netG", "netD", "ngf", "ndf", "n_layers_D", "norm", "dropout", "input_nc", "output_nc", "noise_nc",
-                   "noise_injection")
+# The options a CycleGAN run keeps for its life, and why (field metadata of CycleGANConfig, see config.py);
+# every other option given at a resume applies from the resumed step on.
+FIXED_OPTIONS = {f.name: f.metadata["why"] for f in fields(CycleGANConfig) if f.metadata["on_resume"] == "refuse"}
 
 
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
@@ -380,9 +399,12 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     (loss terms every ``log_every`` steps), ``samples/step_XXXXXX.png`` (rows: real A,
     G_A(A), G_B(G_A(A)), real B, G_B(B), G_A(G_B(B))) and ``history.png``. With
     ``resume=True`` it continues from the latest readable checkpoint in ``out`` exactly
-    where that run stopped; a folder that holds another run is refused unless ``resume`` or
-    ``overwrite`` (start over). See :class:`Trainer` for signals, NaN stops and torchrun
-    (``batch_size`` is per rank; only rank 0 writes files).
+    where that run stopped, with the options of ``config``: those the run keeps for its life
+    (:data:`FIXED_OPTIONS`: networks, data and their order, loss) must be the run's, or
+    nothing runs; the others (learning rate, betas, epochs, steps, intervals, precision,
+    device, ...) apply from the resumed step on and are recorded. A folder that holds another
+    run is refused unless ``resume`` or ``overwrite`` (start over). See :class:`Trainer` for
+    signals, NaN stops and torchrun (``batch_size`` is per rank; only rank 0 writes files).
 
     Every image is decoded once before training (see ``skip_bad_images``).
     ``extra_generator_losses``, ``meta`` and ``resume_hint`` are for runs built on CycleGAN
@@ -396,6 +418,9 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
         raise ValueError("cyclelib reads both domains with the same channel count: set input_nc == output_nc")
     if c.input_nc not in (1, 3):
         raise ValueError(f"input_nc must be 1 (images read as grayscale) or 3 (RGB), got {c.input_nc}")
+    checkpoint = read_resumable(c.out, meta) if resume else None  # checked before any network is built
+    if checkpoint is not None:
+        _check_fixed_options(c, *checkpoint)
     # Under torchrun: this process's rank, the number of ranks and this rank's GPU.
     device = distributed.setup(pick_device(c.device))[2]
     seed_everything(c.seed)
@@ -415,11 +440,47 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
         num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
         keep_checkpoints=c.keep_checkpoints, score=("cycle_A", "cycle_B"),
         sample=lambda step: _save_samples(model, samples, out / "samples" / f"step_{step:06d}.png"),
-        sample_every=c.sample_every, resume_checks=NETWORK_OPTIONS,
+        sample_every=c.sample_every, resume_checks=(),  # read_resumable and _check_fixed_options did
         resume_hint=resume_hint or f"resume=True or `cyclelib train cyclegan --resume {out}`",
         overwrite=overwrite, progress=progress, name="cyclegan")
-    trainer.fit(resume)
+    trainer.fit(resume, checkpoint)
     return model.eval()
+
+
+def read_resumable(folder: str | Path, meta: dict | None = None) -> tuple[dict, Path]:
+    """The latest checkpoint of the CycleGAN run in ``folder`` and its path, read without building
+    any network. A ``ValueError`` says what the folder holds when it is no such run: an official
+    state_dict, weights without a training state, a classifier, or a stage of a CyCADA run whose
+    ``meta`` is not this run's (with the command that continues that stage); and names the
+    tensors when the checkpoint's config declares other networks than they are (a config with
+    ``ngf=100000`` would allocate hundreds of GB: see :func:`~cyclelib.io.check_cyclegan_shapes`)."""
+    ckpt, path = io.load_run_checkpoint(folder)
+    if not io.is_checkpoint(ckpt):
+        raise ValueError(f"cannot resume from {path}: it is not a cyclelib checkpoint but weights alone (an "
+                         "official state_dict?); translate with it, or start a new run in another folder")
+    stage = ckpt["meta"].get("stage")
+    if stage is not None and stage != (meta or {}).get("stage"):
+        command = cycada_command({**ckpt["meta"].get("cycada", {}), "out": str(Path(folder).parent)}, (stage,))
+        raise ValueError(f"cannot resume {folder} as a CycleGAN run: it holds the {stage!r} stage of a CyCADA run "
+                         f"(resuming it here would train it without its own losses and erase its record); continue "
+                         f"it with `{command}`")
+    if ckpt["kind"] != "cyclegan" or "training" not in ckpt:
+        raise ValueError(f"cannot resume from {path}: it holds {ckpt['kind']!r} weights"
+                         f"{'' if 'training' in ckpt else ' without a training state'}, not a CycleGAN run to go on "
+                         "with")
+    io.check_cyclegan_shapes(ckpt, str(path))
+    return ckpt, path
+
+
+def _check_fixed_options(config: CycleGANConfig, ckpt: dict, path: Path) -> None:
+    """Refuse to resume ``ckpt`` with ``config`` when an option of :data:`FIXED_OPTIONS` differs,
+    naming each and why (options a checkpoint does not record count at their defaults)."""
+    saved = {**{f.name: f.default for f in fields(CycleGANConfig)}, **ckpt["config"]}
+    changed = [f"{name}={saved[name]!r} there, {getattr(config, name)!r} now: {why}"
+               for name, why in FIXED_OPTIONS.items() if saved[name] != getattr(config, name)]
+    if changed:
+        raise ValueError(f"cannot resume {path} with other values of options a run keeps ({'; '.join(changed)}); "
+                         "resume with the run's values, or start a new run in another folder")
 
 
 def _open_checked(c: CycleGANConfig, phase: str, data_options: dict) -> Unpaired:

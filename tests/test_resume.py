@@ -1,0 +1,324 @@
+"""Resume with options: each option given at a resume is applied from the resumed step on or
+refused before anything runs, naming it (never recorded and ignored); what is not a CycleGAN run
+is refused with a message; and a resume is bit-exact even where the training draws random numbers.
+
+Every run is a smoke run on the CPU. The runs resumed here were stopped by a signal at step 5
+(of 8: 4 steps per epoch, two epochs, the second one decaying the learning rate to half).
+"""
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cyclelib import CyCADAConfig, CycleGAN, CycleGANConfig, TrainingInterrupted, train_cyclegan
+from cyclelib import train as train_module
+from cyclelib.cycada import NEUTRAL_OPTIONS, run_cycada, stage_path
+from cyclelib.io import LATEST, load_checkpoint, save_checkpoint, save_official, step_checkpoints
+from cyclelib.train import FIXED_OPTIONS, Trainer
+
+from helpers import cli, cycada_smoke, equal_states, rgb, smoke
+
+STOP = 5
+BASE = dict(n_epochs=1, n_epochs_decay=1, log_every=2, checkpoint_every=4)
+
+
+def stop_at(monkeypatch, step: int) -> None:
+    """Training stops after ``step`` as after a Ctrl-C: the trainer's own handler runs."""
+    after_step = Trainer._after_step
+
+    def raise_sigint_at_step(self, *args):
+        if self.step == step:
+            signal.raise_signal(signal.SIGINT)
+        after_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_after_step", raise_sigint_at_step)
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory) -> Path:
+    """A run stopped at step 5, in the second epoch, between two history rows."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        stop_at(monkeypatch, STOP)
+        with pytest.raises(TrainingInterrupted):
+            train_cyclegan(smoke(out, **BASE), progress=False)
+    return out
+
+
+def resumed(stopped: Path, folder: Path, **changes) -> dict:
+    """``stopped`` copied to ``folder``, resumed with ``changes``; its latest checkpoint."""
+    shutil.copytree(stopped, folder)
+    train_cyclegan(smoke(folder, **{**BASE, **changes}), resume=True, progress=False)
+    return load_checkpoint(folder / LATEST)
+
+
+@pytest.fixture(scope="module")
+def unchanged(stopped, tmp_path_factory) -> dict:
+    return resumed(stopped, tmp_path_factory.mktemp("unchanged") / "run")
+
+
+def group(ckpt: dict, name: str = "G") -> dict:
+    return ckpt["training"]["optimizers"][name]["param_groups"][0]
+
+
+def moments(ckpt: dict) -> dict:
+    return {f"{name}.{i}.{k}": v for name in "GD" for i, s in ckpt["training"]["optimizers"][name]["state"].items()
+            for k, v in s.items()}
+
+
+def step_file(folder: Path, step: int) -> dict:
+    return load_checkpoint(folder / "checkpoints" / f"step_{step:07d}.pt")
+
+
+# Per option applied at a resume: (new value, check of the resumed run). The learning rate of the
+# second epoch is lr * (1 - 1 / (n_epochs_decay + 1)) with n_epochs 1; the run's lr is 2e-4.
+APPLIED = {
+    "out": (None, lambda ckpt, folder, unchanged: ckpt["training"]["step"] == 8),  # the value: another folder
+    "lr": (1e-3, lambda ckpt, folder, unchanged: (group(ckpt)["lr"], group(ckpt, "D")["initial_lr"])
+           == (1e-3 * 0.5, 1e-3)),
+    "beta1": (0.9, lambda ckpt, folder, unchanged: group(ckpt)["betas"] == group(ckpt, "D")["betas"] == (0.9, 0.999)),
+    "beta2": (0.99, lambda ckpt, folder, unchanged: group(ckpt)["betas"] == (0.5, 0.99)),
+    # three epochs (12 steps), the second at the full rate
+    "n_epochs": (2, lambda ckpt, folder, unchanged: ckpt["training"]["step"] == 12
+                 and group(step_file(folder, 8))["lr"] == 2e-4),
+    # four epochs (16 steps), the second at 1 - 1/4 of the rate
+    "n_epochs_decay": (3, lambda ckpt, folder, unchanged: ckpt["training"]["step"] == 16
+                       and group(step_file(folder, 8))["lr"] == 2e-4 * 0.75),
+    "max_steps": (6, lambda ckpt, folder, unchanged: ckpt["training"]["step"] == 6),
+    "clip_grad_norm": (1e-6, lambda ckpt, folder, unchanged: not equal_states(moments(ckpt), moments(unchanged))),
+    # options that must change nothing of the training
+    "num_workers": (1, lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),
+    "skip_bad_images": (True, lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),
+    "device": ("cpu:0", lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),
+    "compile": (True, lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),  # see below
+    # the reference path steps PyTorch's default Adam, not the fused one
+    "path": ("reference", lambda ckpt, folder, unchanged: not group(ckpt)["fused"] and group(unchanged)["fused"]),
+    "amp": ("fp16", lambda ckpt, folder, unchanged: ckpt["training"]["scaler"]["scale"] > 0),  # loss scaling
+    # rows at 2, 4, then 6: the mean of steps 5 and 6, as the run never changed would write it
+    "log_every": (3, lambda ckpt, folder, unchanged: ckpt["history"] == unchanged["history"][:3]),
+    "sample_every": (3, lambda ckpt, folder, unchanged: (folder / "samples" / "step_000006.png").is_file()),
+    "checkpoint_every": (3, lambda ckpt, folder, unchanged: (folder / "checkpoints" / "step_0000006.pt").is_file()),
+    "keep_checkpoints": (1, lambda ckpt, folder, unchanged: len(step_checkpoints(folder)) == 1),
+}
+# Per option a run keeps for its life: another valid value (and what it needs with it).
+REFUSED = {
+    "data": dict(data="uci-digits:mnist5k"), "netG": dict(netG="resnet_1blocks"), "netD": dict(netD="pixel"),
+    "ngf": dict(ngf=4), "ndf": dict(ndf=4), "n_layers_D": dict(n_layers_D=2), "norm": dict(norm="batch"),
+    "dropout": dict(dropout=True), "init": dict(init="xavier"), "init_gain": dict(init_gain=0.05),
+    "input_nc": dict(input_nc=1, output_nc=1), "output_nc": dict(input_nc=1, output_nc=1),
+    "noise_nc": dict(noise_nc=1), "noise_injection": dict(noise_injection="modulate"),
+    "gan_mode": dict(gan_mode="vanilla"), "lambda_A": dict(lambda_A=5.0), "lambda_B": dict(lambda_B=5.0),
+    "lambda_identity": dict(lambda_identity=0.0), "lambda_gan_A": dict(lambda_gan_A=2.0),
+    "lambda_gan_B": dict(lambda_gan_B=2.0), "lambda_gp": dict(lambda_gp=5.0),
+    "lambda_mode_seeking": dict(lambda_mode_seeking=0.5, noise_nc=1), "batch_size": dict(batch_size=2),
+    "pool_size": dict(pool_size=4), "preprocess": dict(preprocess="crop"), "load_size": dict(load_size=40),
+    "crop_size": dict(crop_size=28), "flip": dict(flip=True), "max_dataset_size": dict(max_dataset_size=8),
+    "seed": dict(seed=1),
+}
+
+
+def test_every_option_is_declared_applied_or_refused_and_tested_so():
+    declared = {f.name: f.metadata["on_resume"] for f in CycleGANConfig.__dataclass_fields__.values()}
+    assert set(APPLIED) | set(REFUSED) == set(declared) and not set(APPLIED) & set(REFUSED)
+    assert {name for name, rule in declared.items() if rule == "refuse"} == set(REFUSED) == set(FIXED_OPTIONS)
+
+
+@pytest.mark.parametrize("name", APPLIED)
+def test_an_option_given_at_a_resume_is_applied_and_recorded(stopped, unchanged, tmp_path, monkeypatch, name):
+    value, applied = APPLIED[name]
+    folder = tmp_path / "run"
+    if name == "out":  # the stopped run's folder copied to another: resumed there
+        value = str(folder)
+    if name == "compile":  # torch.compile on a CPU takes minutes: the same call, uncompiled
+        compiled = []
+        monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: compiled.append(fn) or fn)
+    ckpt = resumed(stopped, folder, **{} if name == "out" else {name: value})
+    assert ckpt["config"][name] == value
+    assert applied(ckpt, folder, unchanged), name
+    if name == "compile":
+        assert len(compiled) == 4  # the four networks
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_an_option_a_run_keeps_is_refused_at_a_resume_before_anything_runs(stopped, tmp_path, monkeypatch, name):
+    folder = tmp_path / "run"
+    shutil.copytree(stopped, folder)
+    built = []
+    monkeypatch.setattr(CycleGAN, "__init__", lambda *args, **kwargs: built.append(1))
+    with pytest.raises(ValueError, match=f"{name}=.* there, .* now: it "):
+        train_cyclegan(smoke(folder, **{**BASE, **REFUSED[name]}), resume=True, progress=False)
+    assert not built and load_checkpoint(folder / LATEST)["training"]["step"] == STOP
+
+
+def test_the_cli_applies_lr_and_betas_given_at_a_resume(stopped, tmp_path):
+    """The issue's case: the checkpoint said lr 0.05 and beta1 0.9 while training on with 2e-4, 0.5."""
+    folder = tmp_path / "run"
+    shutil.copytree(stopped, folder)
+    assert cli("train", "cyclegan", "--resume", str(folder), "--lr", "0.05", "--beta1", "0.9")[0] == 0
+    ckpt = load_checkpoint(folder / LATEST)
+    assert ckpt["training"]["step"] == 8 and (ckpt["config"]["lr"], ckpt["config"]["beta1"]) == (0.05, 0.9)
+    for name in "GD":
+        assert group(ckpt, name)["lr"] == 0.05 * 0.5 and group(ckpt, name)["betas"] == (0.9, 0.999)
+        assert ckpt["training"]["schedulers"][name]["base_lrs"] == [0.05]
+
+
+def test_the_cli_refuses_an_option_a_run_keeps_naming_it(stopped, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(stopped, folder)
+    code, err = cli("train", "cyclegan", "--resume", str(folder), "--batch-size", "2", "--seed", "3")
+    assert code == 2 and "batch_size=4 there, 2 now" in err and "seed=0 there, 3 now" in err
+    assert load_checkpoint(folder / LATEST)["training"]["step"] == STOP
+
+
+def test_resume_with_another_out_overwrite_or_scale_is_refused_before_anything_is_touched(stopped, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(stopped, folder)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    code, err = cli("train", "cyclegan", "--resume", str(folder), "--out", str(tmp_path / "elsewhere"))
+    assert code == 2 and "--out" in err and not (tmp_path / "elsewhere").exists()
+    code, err = cli("train", "cyclegan", "--resume", str(folder), "--overwrite")
+    assert code == 2 and "--overwrite" in err and "--resume" in err
+    code, err = cli("train", "cyclegan", "--resume", str(folder), "--scale", "cpu")  # a preset: not the run's
+    assert code == 2 and "--scale" in err
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    # --out naming the folder itself is no other folder
+    assert cli("train", "cyclegan", "--resume", str(folder), "--out", str(folder) + "/")[0] == 0
+
+
+def assert_means_of_their_steps(rows: list[dict], per_step: list[dict]) -> None:
+    """Each row of ``rows`` is the mean of the rows of ``per_step`` (one per step) since its previous row."""
+    by_step, previous = {row["step"]: row for row in per_step}, 0
+    for row in rows:
+        steps = range(previous + 1, row["step"] + 1)
+        for term in row.keys() - {"step", "epoch"}:
+            mean = sum(by_step[s][term] for s in steps) / len(steps)
+            assert row[term] == pytest.approx(mean, rel=1e-5), (row["step"], term)
+        previous = row["step"]
+
+
+def test_a_history_resumed_with_another_log_every_has_the_means_of_its_steps(stopped, tmp_path):
+    """log_every 2 until step 5, then 3: rows at 2, 4 and 6 (steps 5 and 6); the run with log_every 1
+    says what each step's terms were."""
+    ckpt = resumed(stopped, tmp_path / "run", log_every=3)
+    train_cyclegan(smoke(tmp_path / "each", **{**BASE, "log_every": 1}), progress=False)
+    assert [row["step"] for row in ckpt["history"]] == [2, 4, 6]
+    assert_means_of_their_steps(ckpt["history"], load_checkpoint(tmp_path / "each" / LATEST)["history"])
+
+
+# --------------------------------------------------------------------------- folders that hold no CycleGAN run
+
+
+def test_a_cycada_stage_a_classifier_and_an_official_state_dict_are_not_resumed_as_cyclegan_runs(tmp_path):
+    config = cycada_smoke(tmp_path / "cycada", noise_nc=2)
+    run_cycada(config, stages=("source", "pixel"), progress=False)
+    for stage in ("pixel", "source"):
+        folder = stage_path(config, stage).parent
+        before = load_checkpoint(folder / LATEST)
+        code, err = cli("train", "cyclegan", "--resume", str(folder))
+        assert code == 2 and f"holds the {stage!r} stage of a CyCADA run" in err, err
+        assert (f"`cyclelib train cycada --scale smoke --out {tmp_path / 'cycada'} --stages {stage} --source mnist5k "
+                "--target mnistm5k") in err and "--noise-nc 2" in err and "--amp none" in err
+        assert "Traceback" not in err and equal_states(load_checkpoint(folder / LATEST)["nets"], before["nets"])
+    # the classifier without its CyCADA record
+    ckpt = load_checkpoint(stage_path(config, "source"))
+    ckpt["meta"] = {}
+    save_checkpoint(ckpt, tmp_path / "classifier" / LATEST)
+    code, err = cli("train", "cyclegan", "--resume", str(tmp_path / "classifier"))
+    assert code == 2 and "'classifier' weights" in err and "not a CycleGAN run" in err
+    # an official generator state_dict
+    torch.manual_seed(0)
+    save_official(CycleGAN(smoke("unused")).G_A, tmp_path / "official" / LATEST)
+    code, err = cli("train", "cyclegan", "--resume", str(tmp_path / "official"))
+    assert code == 2 and "not a cyclelib checkpoint" in err and "KeyError" not in err
+
+
+def test_a_checkpoint_declaring_a_huge_network_is_refused_before_any_network_is_built(stopped, tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    shutil.copytree(stopped, folder)
+    ckpt = load_checkpoint(folder / LATEST)
+    ckpt["config"]["ngf"] = 100_000  # about 720 GB of weights at resnet_9blocks' size
+    save_checkpoint(ckpt, folder / LATEST)
+    built = []
+    monkeypatch.setattr(CycleGAN, "__init__", lambda *args, **kwargs: built.append(1))
+    code, err = cli("train", "cyclegan", "--resume", str(folder))
+    assert code == 2 and "does not fit the networks its config declares" in err and not built
+    with pytest.raises(ValueError, match="does not fit the networks its config declares"):
+        train_cyclegan(smoke(folder, **{**BASE, "ngf": 100_000}), resume=True, progress=False)
+    assert not built
+
+
+# --------------------------------------------------------------------------- CyCADA's neutral options
+
+
+@pytest.mark.slow
+def test_the_neutral_cycada_options_change_no_weight_and_no_metric_across_a_resume(tmp_path, monkeypatch):
+    """Stages stopped and resumed with every neutral option changed (but out: it is where the stage
+    is) end with the weights and metrics of a run never stopped, and with history rows that are the
+    means of their steps. The noise input draws random numbers in every sample grid of the pixel
+    stage: those must not come from the training's."""
+    options = dict(noise_nc=2, task_epochs=2, pixel_epochs=3, checkpoint_every=2, sample_every=4, log_every=1)
+    changed = dict(options, log_every=2, checkpoint_every=3, sample_every=1, num_workers=1, device="cpu:0",
+                   max_eval_samples=40, scale="cpu")
+    assert {k for k in changed if changed[k] != options.get(k)} == set(NEUTRAL_OPTIONS) - {"out"}
+    stages = ("source", "pixel")
+    straight = cycada_smoke(tmp_path / "straight", **options)
+    run_cycada(straight, stages=stages, progress=False)
+    stopped = cycada_smoke(tmp_path / "stopped", **options)
+    for stage in stages:  # each stopped at its step 5 (of 6 and 9), then resumed with the neutral options changed
+        with monkeypatch.context() as m:
+            stop_at(m, STOP)
+            with pytest.raises(TrainingInterrupted):
+                run_cycada(stopped, stages=(stage,), progress=False)
+        run_cycada(CyCADAConfig(**{**vars(stopped), **changed}), stages=(stage,), progress=False)
+
+    for stage in stages:
+        a, b = (load_checkpoint(stage_path(run, stage)) for run in (straight, stopped))
+        assert a["training"]["step"] == b["training"]["step"] == (6 if stage == "source" else 9)
+        assert equal_states(a["nets"], b["nets"]), stage
+        assert b["history"][:STOP] == a["history"][:STOP]
+        assert [row["step"] for row in b["history"][STOP:]] == ([6] if stage == "source" else [6, 8])
+        assert_means_of_their_steps(b["history"], a["history"])
+    metrics = []
+    for run in (straight, stopped):
+        torch.manual_seed(0)  # the evaluation translates with noise from the global RNG
+        metrics.append({k: v for k, v in run_cycada(run, stages=stages, progress=False).items() if k != "wall_s"})
+    assert metrics[0] == metrics[1]
+
+
+# --------------------------------------------------------------------------- bit-exact where random numbers are drawn
+
+
+def random_image_folder(root: Path) -> Path:
+    """Six RGB images per domain of another size than the crop: random crops and flips each step."""
+    for side, offset in (("A", 0), ("B", 100)):
+        (root / f"train{side}").mkdir(parents=True)
+        for i in range(6):
+            rgb(44, 40, seed=offset + i).save(root / f"train{side}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("rng_restored", [True, False], ids=["restored", "not-restored"])
+def test_a_resume_is_bit_exact_where_the_training_draws_random_numbers(tmp_path, monkeypatch, rng_restored):
+    """Dropout and a noise input draw from the global RNG at every step, the image folder's crops
+    and flips from each sample's own generator: the resumed run equals the straight one bit for
+    bit; without the restore of the saved RNG states it does not (the test can tell)."""
+    data = random_image_folder(tmp_path / "images")
+    options = dict(data=data, dropout=True, noise_nc=2, preprocess="resize_and_crop", load_size=36, crop_size=32,
+                   flip=True, max_dataset_size=6, n_epochs=2, n_epochs_decay=1, checkpoint_every=2, log_every=1)
+    straight = train_cyclegan(smoke(tmp_path / "straight", **options), progress=False)
+
+    with monkeypatch.context() as m:
+        stop_at(m, STOP)
+        with pytest.raises(TrainingInterrupted):
+            train_cyclegan(smoke(tmp_path / "stopped", **options), progress=False)
+    if not rng_restored:
+        monkeypatch.setattr(train_module, "set_rng_state", lambda state: None)
+    resumed_model = train_cyclegan(smoke(tmp_path / "stopped", **options), resume=True, progress=False)
+
+    a, b = (load_checkpoint(tmp_path / name / LATEST) for name in ("straight", "stopped"))
+    assert a["training"]["step"] == b["training"]["step"] == 9
+    same = (equal_states(straight.state_dict(), resumed_model.state_dict()) and equal_states(moments(a), moments(b))
+            and a["history"] == b["history"])
+    assert same == rng_restored
