@@ -1,25 +1,32 @@
 """Tiled translation of images too large to go through a generator at once.
 
 A ResNet generator at ngf 64 holds about 1 KB of activations per pixel while it translates
-(measured: peak RSS of a CPU forward pass of resnet_9blocks, ngf 64, fp32: 235 MB more for
-512x512, 0.94 KB/pixel; the 64-channel full-resolution maps of the first and last layers
-dominate), so a 1024x1024 image needs about 1 GB and a 4000x3000 photo about 11 GB. Cut into
-overlapping tiles, only a few tiles are on the device at a time and the output is assembled on
-the CPU, so the peak is the input and output images plus a few tiles' activations.
+(measured: peak RSS of a CPU forward pass of resnet_9blocks, ngf 64, fp32: +235 MB at 512x512,
++2.5 GB at 2000x1500, 0.85-0.94 KB/pixel; the 64-channel full-resolution maps of the first and
+last layers dominate), so a 1024x1024 image needs about 1 GB and a 4000x3000 photo about 11 GB.
+Cut into overlapping tiles, only a few tiles are on the device at a time and the output is
+assembled on the CPU: benchmarks/tile_memory.py measured a 4000x3000 image in tiles of 512
+(overlap 64, 4 at a time) at 2.0 GB peak RSS, against 3.4 GB for a whole 2000x1500 one.
 
-Instance normalisation makes a tile's translation differ from the whole image's: each tile
-is normalised by the mean and variance of its own content, not the image's, and near its edges
-a tile sees reflection padding instead of its neighbours. The overlap hides both where the
-tiles meet: neighbouring tiles are blended with raised-cosine weights that fall to nearly zero
-at each tile's edge, so no tile's border reaches the output as a step (tests/test_tiles.py
-bounds the gradient across tile borders). What the overlap cannot undo is the difference in
-colour statistics between tiles far apart: measured on scikit-learn's 427x640 photo with a
-random resnet_2blocks (width 8), tile 128, overlap 32, the tiled output differs from the whole
-image's by a mean of 0.05 (max 0.8) on the [-1, 1] scale; a larger tile brings it closer.
+Instance normalisation makes a tile's translation differ from the whole image's: each tile is
+normalised by the mean and variance of its own content, not the image's, and near its edges a
+tile sees reflection padding instead of its neighbours. The overlap hides the edges: neighbouring
+tiles are blended with raised-cosine weights that fall to nearly zero at each tile's edge, so no
+tile's border reaches the output as a step (tests/test_tiles.py bounds the gradient across tile
+borders). What the overlap cannot undo is the tiles' different statistics, a colour drift
+from tile to tile; so by default every tile is normalised with the statistics of the whole
+image, computed on a copy downscaled to one tile's pixels. Measured on scikit-learn's 427x640
+photo with a resnet_2blocks (width 8) fitted briefly to a colour change, tile 128, overlap 32:
+the tiled output differs from the whole image's by a mean of 0.19 (max 1.17) on the [-1, 1]
+scale with each tile's own statistics, 0.027 (max 0.62) with the image's; with tile 512 (two
+tiles) 0.017 and 0.004. (An untrained generator is no guide: its random filters make it so
+sensitive that tiled and whole differ by 0.15-0.2 with either statistics.)
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +62,8 @@ def side_multiple(generator: nn.Module) -> int:
 
 @torch.no_grad()
 def translate_tiled(generator: nn.Module, image: torch.Tensor, tile: int = 512, overlap: int = 64,
-                    batch_size: int = 4, device: str | torch.device | None = None) -> torch.Tensor:
+                    batch_size: int = 4, device: str | torch.device | None = None,
+                    image_statistics: bool = True) -> torch.Tensor:
     """``image`` ``[1, C, H, W]`` translated by ``generator`` in overlapping ``tile`` x ``tile``
     tiles, blended where they overlap; returns ``[1, C_out, H, W]`` float32 on the CPU.
 
@@ -65,11 +73,14 @@ def translate_tiled(generator: nn.Module, image: torch.Tensor, tile: int = 512, 
     one tile comes back as the generator's direct translation. In each overlap the two tiles are
     weighted by raised-cosine ramps summing to 1, and the sum of all weights is divided out
     everywhere, so the output is a convex blend of the tiles' outputs. Up to ``batch_size``
-    tiles at a time go to ``device`` (default: the generator's weights'); the output is accumulated on the
-    CPU in float32. A noise generator (:class:`~cyclelib.networks.NoiseInput`) draws its noise
-    once for the whole image. ``tile`` must be positive, a multiple of the generator's multiple
-    and large enough for it, and ``0 <= overlap < tile``; otherwise ``ValueError`` naming the
-    option. Differences to the whole image's translation: see the module docstring.
+    tiles at a time go to ``device`` (default: where the generator's weights are); the output is
+    accumulated on the CPU in float32. A noise generator (:class:`~cyclelib.networks.NoiseInput`) draws its noise
+    once for the whole image. ``image_statistics`` (when there is more than one tile): every
+    instance-norm layer normalises every tile with the mean and variance it computes on the
+    whole image downscaled to one tile's pixels, instead of the tile's own (see the module
+    docstring for what each choice costs). ``tile`` must be positive, a multiple of the
+    generator's multiple and large enough for it, and ``0 <= overlap < tile``; otherwise
+    ``ValueError`` naming the option.
     """
     multiple = side_multiple(generator)
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != generator.input_nc:
@@ -91,23 +102,72 @@ def translate_tiled(generator: nn.Module, image: torch.Tensor, tile: int = 512, 
                          f"raise tile, or resize the image")
     weight = next(generator.parameters(), None)
     dev = torch.device(device if device is not None else weight.device if weight is not None else "cpu")
-    image = _pad(image, rows.padded - height, cols.padded - width)
-    noise = generator.sample_noise(image) if isinstance(generator, NoiseInput) else None
+    noise = generator.sample_noise(image).to(dev) if isinstance(generator, NoiseInput) else None
+
+    def run(batch: torch.Tensor) -> torch.Tensor:  # a noise generator's noise is drawn once per image
+        batch = batch.to(dev)
+        return generator(batch) if noise is None else generator(batch, noise.expand(len(batch), -1, -1, -1))
+
+    shared = image_statistics and len(rows.starts) * len(cols.starts) > 1
+    with _image_statistics(generator, run, _shrunk(generator, image, tile_h * tile_w)) if shared else nullcontext():
+        out = _blend(run, _pad(image, rows.padded - height, cols.padded - width), rows, cols, batch_size)
+    return out[None, :, :height, :width]
+
+
+def _blend(run: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, rows: _Spans, cols: _Spans,
+           batch_size: int) -> torch.Tensor:
+    """The tiles' translations by ``run``, weighted and summed on the CPU, divided by the sum of the weights."""
+    tile_h, tile_w = rows.size, cols.size
     out = None  # [C_out, H', W'] float32 on the CPU, made when the first tile tells C_out
     grid = [(top, wy, left, wx) for top, wy in zip(rows.starts, rows.weights)
             for left, wx in zip(cols.starts, cols.weights)]
     for i in range(0, len(grid), batch_size):
         chunk = grid[i:i + batch_size]
-        batch = torch.cat([image[:, :, top:top + tile_h, left:left + tile_w] for top, _, left, _ in chunk]).to(dev)
-        extra = () if noise is None else (noise.to(dev).expand(len(chunk), -1, -1, -1),)
-        results = generator(batch, *extra).float().cpu()  # [B, C_out, tile_h, tile_w]
+        batch = torch.cat([image[:, :, top:top + tile_h, left:left + tile_w] for top, _, left, _ in chunk])
+        results = run(batch).float().cpu()  # [B, C_out, tile_h, tile_w]
         if out is None:
             out = torch.zeros(results.shape[1], rows.padded, cols.padded)
         for (top, wy, left, wx), result in zip(chunk, results):
             out[:, top:top + tile_h, left:left + tile_w] += result * (wy[:, None] * wx[None, :])
     # The tiles form a grid and each weight is a product, so their sum is the product of the sums.
-    out /= rows.weight_sum[:, None] * cols.weight_sum[None, :]
-    return out[None, :, :height, :width]
+    return out / (rows.weight_sum[:, None] * cols.weight_sum[None, :])
+
+
+def _shrunk(generator: nn.Module, image: torch.Tensor, pixels: int) -> torch.Tensor:
+    """``image`` downscaled (area averages) to about ``pixels`` pixels, its sides multiples of the
+    generator's and no smaller than it takes."""
+    multiple, scale = side_multiple(generator), math.sqrt(pixels / (image.shape[-2] * image.shape[-1]))
+    least = smallest_side(generator, image.shape[1]) or multiple
+    height, width = (max(least, round(side * scale / multiple) * multiple) for side in image.shape[-2:])
+    return F.interpolate(image, size=(height, width), mode="area")
+
+
+@contextmanager
+def _image_statistics(generator: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
+                      small: torch.Tensor) -> Iterator[None]:
+    """Within it, ``generator``'s instance-norm layers normalise with the statistics they computed
+    on ``small`` (one pass of ``run``), whatever they are given."""
+    norms = [m for m in generator.modules() if isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats]
+    stats = {}
+
+    def record(norm, inputs):
+        stats[norm] = (inputs[0].mean((2, 3), keepdim=True), inputs[0].var((2, 3), keepdim=True, unbiased=False))
+
+    def normalise(norm, inputs, output):  # the layer's output recomputed with the recorded statistics
+        mean, var = stats[norm]
+        x = (inputs[0] - mean) * torch.rsqrt(var + norm.eps)
+        return x * norm.weight[:, None, None] + norm.bias[:, None, None] if norm.affine else x
+
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
+    try:
+        run(small)
+        for hook in hooks:
+            hook.remove()
+        hooks = [m.register_forward_hook(normalise) for m in norms]
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 class _Spans:
