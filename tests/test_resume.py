@@ -14,7 +14,7 @@ import torch
 
 from cyclelib import CyCADAConfig, CycleGAN, CycleGANConfig, TrainingInterrupted, train_cyclegan
 from cyclelib import train as train_module
-from cyclelib.cycada import NEUTRAL_OPTIONS, run_cycada, stage_path
+from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, STAGES, run_cycada, stage_checkpoint, stage_options, stage_path
 from cyclelib.io import LATEST, load_checkpoint, save_checkpoint, save_official, step_checkpoints
 from cyclelib.train import FIXED_OPTIONS, Trainer
 
@@ -322,3 +322,44 @@ def test_a_resume_is_bit_exact_where_the_training_draws_random_numbers(tmp_path,
     same = (equal_states(straight.state_dict(), resumed_model.state_dict()) and equal_states(moments(a), moments(b))
             and a["history"] == b["history"])
     assert same == rng_restored
+
+
+# Another valid value of every CyCADA option that shapes a stage, from the smoke preset's
+# (with the options it needs to be valid): the next test reruns the stages with each.
+CYCADA_CHANGES = {
+    "source": dict(source="uci-digits"), "target": dict(target="mnist5k"), "classifier": dict(classifier="lenet"),
+    "image_size": dict(image_size=32), "max_samples": dict(max_samples=25), "seed": dict(seed=1),
+    "amp": dict(amp="bf16"), "task_lr": dict(task_lr=2e-4), "task_batch_size": dict(task_batch_size=9),
+    "task_epochs": dict(task_epochs=2), "invert_source": dict(invert_source=0.5), "netG": dict(netG="resnet_2blocks"),
+    "ngf": dict(ngf=5), "netD": dict(netD="pixel"), "ndf": dict(ndf=5), "n_layers_D": dict(n_layers_D=1),
+    "norm": dict(norm="batch"), "noise_nc": dict(noise_nc=1), "noise_injection": dict(noise_injection="modulate"),
+    "gan_mode": dict(gan_mode="vanilla"), "lambda_gan_A": dict(lambda_gan_A=1.0), "lambda_gan_B": dict(lambda_gan_B=2.0),
+    "lambda_cycle_A": dict(lambda_cycle_A=2.0), "lambda_cycle_B": dict(lambda_cycle_B=2.0),
+    "lambda_identity": dict(lambda_identity=0.5), "lambda_sem_A": dict(lambda_sem_A=0.5),
+    "lambda_sem_B": dict(lambda_sem_B=0.5), "lambda_mode_seeking": dict(lambda_mode_seeking=1.0, noise_nc=1),
+    "semantic_judge": dict(semantic_judge="feature_only"), "pixel_lr": dict(pixel_lr=1e-4),
+    "pixel_beta1": dict(pixel_beta1=0.6), "pixel_batch_size": dict(pixel_batch_size=9), "pool_size": dict(pool_size=9),
+    "pixel_epochs": dict(pixel_epochs=2), "pixel_epochs_decay": dict(pixel_epochs_decay=1),
+    "feature_lr": dict(feature_lr=2e-5), "feature_batch_size": dict(feature_batch_size=9),
+    "feature_epochs": dict(feature_epochs=2), "lambda_task": dict(lambda_task=0.5), "lambda_feature": dict(lambda_feature=0.5),
+}
+
+
+@pytest.mark.slow
+def test_every_cycada_option_that_shapes_a_stage_is_refused_when_it_differs(tmp_path):
+    """CyCADA has no --resume: running it again reuses (skips, resumes, loads) each stage found in
+    --out. Every option of a stage's STAGE_OPTIONS, given another value, must be refused for every
+    finished stage that option shapes, naming it: never reused as if it had been trained so. The
+    neutral options are tested to change nothing above."""
+    assert set(CYCADA_CHANGES) == {name for options in STAGE_OPTIONS.values() for name in options}
+    config = cycada_smoke(tmp_path / "run")
+    run_cycada(config, progress=False)
+    for name, change in CYCADA_CHANGES.items():
+        changed = CyCADAConfig(**{**vars(config), **change})
+        shaped = [stage for stage in STAGES if name in stage_options(changed, stage)]
+        assert shaped, name
+        for stage in shaped:
+            with pytest.raises(ValueError, match=rf"\b{name}="):
+                stage_checkpoint(changed, stage)
+    for stage in STAGES:  # and the run's own options reuse every stage
+        assert stage_checkpoint(config, stage) is not None
