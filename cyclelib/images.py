@@ -51,8 +51,10 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             _check_pixels(img)
-            # EXIF orientations 5 to 8 turn the image by 90 degrees (exif_transpose swaps the sides)
-            turned = img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            # EXIF orientations 5 to 8 turn the image by 90 degrees (exif_transpose swaps the sides).
+            # Image.getexif, not img.getexif: a PNG's own decodes the whole file to look for EXIF
+            # after the pixels (which the PNG specification puts before them).
+            turned = Image.Image.getexif(img).get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
             return (img.height, img.width) if turned else img.size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from . import files
 from .io import is_checkpoint
 from .runtime import Precision, pick_device
-from .translate import (check_output_folder, cyclegan_in, input_images, load_generator, load_state, plan_batches,
+from .translate import (cyclegan_in, folder_relation, input_images, load_generator, load_state, plan_batches,
                         read_batch, translate_image, write_image)
 
 KINDS = ("real", "fake", "rec")  # the image folders of a direction, in the page's column order
@@ -73,7 +73,9 @@ def write_test_page(G_A: nn.Module, G_B: nn.Module, dataroot: str | os.PathLike,
     for direction, (there, back), side in (("AtoB", (G_A, G_B), "A"), ("BtoA", (G_B, G_A), "B")):
         folder = dataroot / f"{phase}{side}"
         paths = input_images(folder)[:num_test]
-        check_output_folder(folder, results, overwrite=False)
+        if relation := folder_relation(results, folder):
+            raise ValueError(f"the results folder {results} {relation} the input folder {folder}: the results would "
+                             "mix with the test images; choose another results folder")
         names = [path.relative_to(folder).with_suffix(".png").as_posix() for path in paths]
         seen = {}
         for name, path in zip(names, paths):

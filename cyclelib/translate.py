@@ -189,7 +189,12 @@ def plan_batches(paths: list[Path], generators: Iterable[nn.Module], size: int |
 def read_batch(paths: list[Path], channels: int, size: int | None) -> torch.Tensor:
     """The images at ``paths`` (of one size) as a batch [N, channels, H, W] in [-1, 1], resized
     (bicubic) to ``size`` x ``size`` when given."""
-    batch = torch.stack([read_image(path, channels) for path in paths])
+    images = [read_image(path, channels) for path in paths]
+    for path, image in zip(paths, images):
+        if image.shape != images[0].shape:  # an EXIF orientation after a PNG's pixels, which its header missed
+            raise ValueError(f"{path} decodes to {image.shape[2]}x{image.shape[1]} pixels, not the size its header "
+                             f"gives ({images[0].shape[2]}x{images[0].shape[1]} as {paths[0].name})")
+    batch = torch.stack(images)
     if size and tuple(batch.shape[-2:]) != (size, size):
         batch = F.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
     return batch
@@ -246,10 +251,15 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
 
 def check_output_folder(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
     """Refuse an ``output_dir`` that is, contains or lies inside ``input_dir`` unless ``overwrite``."""
-    source, target = input_dir.resolve(), output_dir.resolve()
-    relation = ("is" if target == source else "lies inside" if source in target.parents
-                else "contains" if target in source.parents else None)
+    relation = folder_relation(output_dir, input_dir)
     if relation and not overwrite:
         raise ValueError(f"the output folder {output_dir} {relation} the input folder {input_dir}: the translated "
                          f"images would overwrite or mix with the originals; choose another output folder, or "
                          f"pass --overwrite (overwrite=True)")
+
+
+def folder_relation(folder: Path, other: Path) -> str | None:
+    """How ``folder`` relates to ``other``: "is", "lies inside", "contains", or None (apart)."""
+    source, target = other.resolve(), folder.resolve()
+    return ("is" if target == source else "lies inside" if source in target.parents
+            else "contains" if target in source.parents else None)
