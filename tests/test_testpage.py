@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclelib import build_generator, load_pair, save_official, train_cyclegan, write_test_page
+from cyclelib import build_generator, load_pair, save_official, write_test_page
 from cyclelib.images import read_image
 from cyclelib.translate import translate_image
-from helpers import cli, rgb, smoke
+from helpers import cli, rgb, two_step_run
 
 
 class Page(HTMLParser):
@@ -88,9 +88,7 @@ def test_an_official_pair_gives_real_fake_and_reconstruction_at_each_inputs_size
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    train_cyclegan(smoke(out, max_steps=2, checkpoint_every=1), progress=False)
-    return out
+    return two_step_run(tmp_path_factory.mktemp("run") / "run")
 
 
 def test_a_run_folder_at_any_step_and_num_test(run, tmp_path):

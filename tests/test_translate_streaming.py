@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cyclelib import build_generator, files, load_checkpoint, save_official, train_cyclegan
+from cyclelib import build_generator, files, load_checkpoint, save_official
 from cyclelib import translate as translate_module
 from cyclelib.images import image_size, read_image, to_tensor
 from cyclelib.io import LATEST, step_checkpoints
 from cyclelib.translate import load_generator, translate_folder, translate_image
-from helpers import cli, equal_states, rgb, smoke
+from helpers import cli, equal_states, rgb, two_step_run
 
 
 def official(tmp_path: Path, arch: str = "resnet_1blocks", **options) -> tuple[Path, torch.nn.Module]:
@@ -139,9 +139,7 @@ def test_translate_dropout_loads_an_official_dropout_generator(tmp_path):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    train_cyclegan(smoke(out, max_steps=2, checkpoint_every=1), progress=False)
-    return out
+    return two_step_run(tmp_path_factory.mktemp("run") / "run")
 
 
 def test_a_run_folder_and_one_of_its_steps_are_checkpoints(run, tmp_path):
