@@ -168,16 +168,16 @@ def plan_batches(paths: list[Path], generators: Iterable[nn.Module], size: int |
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if size is not None and size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    generators, checked, batches, last = list(generators), set(), [], None
+    generators, fitting, batches, last = list(generators), set(), [], None
     for path in paths:
         w, h = image_size(path)
         shape = (size, size) if size else (h, w)
-        if shape not in checked:
-            for generator in generators:
-                padded = _padded(shape, generator)
+        for i, generator in enumerate(generators):
+            padded = _padded(shape, generator)
+            if (i, padded) not in fitting:  # asked once per padded size: photos of a folder differ by a few pixels
                 if not fits(generator, (1, generator.input_nc, *padded)):
                     raise ValueError(_too_small(str(path), shape, padded, generator))
-            checked.add(shape)
+                fitting.add((i, padded))
         if shape == last and len(batches[-1]) < batch_size:
             batches[-1].append(path)
         else:
