@@ -59,9 +59,10 @@ test: $(STAMP) $(if $(BROWSER_TESTS),browser-deps)
 	$(JUPYTER_BOOK) build . $(BOOK_FLAGS) --all
 	$(if $(BROWSER_TESTS),$(PY) -m pytest tests/browser,@echo "No tests/browser: browser test skipped")
 
-# One command that checks a GPU, offline, in under 8 minutes (benchmarks/gpu_check.py): the
+# One command that checks a GPU in under 8 minutes (benchmarks/gpu_check.py): the
 # device tests on CUDA, the benchmark at 256x256, a smoke CyCADA run and a one-process
-# torchrun through NCCL; a table, and every step's result in gpu-check.json. Without CUDA,
+# torchrun through NCCL, FID/KID with the real Inception-v3 (skipped where its weights cannot
+# be downloaded); a table, and every step's result in gpu-check.json. Without CUDA,
 # a CPU dry run of the same steps. No venv step here (it would need the network):
 # `make gpu-check PY=python3` uses another Python; GPU_CHECK_ARGS="--smoke" passes options.
 gpu-check:

@@ -3,7 +3,7 @@
     make gpu-check                                   # = python benchmarks/gpu_check.py
     python benchmarks/gpu_check.py --json out.json --only bench,torchrun
 
-Offline, in under 8 minutes on one GPU, it runs four steps, each in a process of its own
+In under 8 minutes on one GPU, it runs five steps, each in a process of its own
 with its own time box (a step that overruns is killed and fails):
 
   device-tests  tests/test_device.py with CYCLELIB_TEST_DEVICE=cuda: fast path = reference in
@@ -15,6 +15,9 @@ with its own time box (a step that overruns is killed and fails):
   torchrun      torchrun --standalone --nproc_per_node 1 -m cyclelib train cyclegan --scale smoke:
                 one rank joins a process group (NCCL on the GPU), all-reduces its losses every
                 step and writes the checkpoint; NCCL_DEBUG=INFO shows that NCCL initialised
+  fid           cyclelib.evaluate_folders with torch-fidelity's real Inception-v3 on 24 photos
+                against their poster-painted versions: FID and KID (the weights are downloaded
+                once and cached; where they cannot be, the step passes as skipped with the reason)
 
 It prints a table and writes every step's result, seconds and key numbers to one JSON file
 (default gpu-check.json); the exit code is 0 only when every step passed. Without CUDA it
@@ -23,7 +26,7 @@ that checks the check, not a GPU.
 
 Time on an H200 (estimate; nothing here has met a GPU yet): device tests ~30 s, bench
 ~45 s (1.9 TFLOP per reference step at batch 1, 15 at batch 8, plus cuDNN autotuning),
-CyCADA ~40 s, torchrun ~25 s: about 2.5 minutes. The boxes (150 + 150 + 90 + 60 s) and a
+CyCADA ~40 s, torchrun ~25 s, FID ~20 s: about 3 minutes. The boxes (150 + 150 + 90 + 60 + 90 s) and a
 budget of 450 s for the whole run bound it below 8 minutes whatever happens.
 """
 from __future__ import annotations
@@ -221,6 +224,48 @@ def _cycada_summary(numbers: dict) -> str:
     return f"{acc}; stages {sum(wall.values()):.0f} s" if wall else acc
 
 
+# --------------------------------------------------------------------------- FID and KID
+
+# The real Inception-v3 path of cyclelib.evaluate: two folders of scikit-learn's photos and their
+# poster-painted versions. The weights are downloaded once and cached; on a machine that cannot
+# fetch them the step passes as skipped, saying why (the arithmetic is tested offline).
+_FID_SCRIPT = """
+import json, sys
+from pathlib import Path
+from cyclelib import evaluate_folders, write_photo_pair
+work, device = Path(sys.argv[1]), sys.argv[2]
+write_photo_pair(work / "photos", size=64, train=4, test=24)
+try:
+    evaluate_folders(work / "photos" / "testA", work / "photos" / "testB", device=device, out=work / "fid.json")
+except OSError as e:
+    print(f"SKIPPED: {e}")
+"""
+
+
+def _fid_command(ctx: Context) -> list[str]:
+    return [ctx.python, "-c", _FID_SCRIPT, str(ctx.work / "fid"), ctx.device]
+
+
+def _read_fid(ctx: Context, log: str) -> tuple[dict, list[str]]:
+    skipped = next((line for line in log.splitlines() if line.startswith("SKIPPED: ")), None)
+    if skipped is not None:
+        return {"skipped": skipped.removeprefix("SKIPPED: ")}, []
+    path = ctx.work / "fid" / "fid.json"
+    if not path.is_file():
+        return {}, ["no fid.json (see the log)"]
+    result = json.loads(path.read_text())
+    numbers = {key: result.get(key) for key in ("fid", "kid_mean", "kid_std", "fake_images", "real_images")}
+    problems = [f"{key}: {numbers[key]!r} is not a finite number >= 0" for key in ("fid", "kid_std")
+                if not (isinstance(numbers[key], (int, float)) and math.isfinite(numbers[key]) and numbers[key] >= 0)]
+    return numbers, problems
+
+
+def _fid_summary(numbers: dict) -> str:
+    if "skipped" in numbers:
+        return f"skipped: {numbers['skipped'][:120]}"
+    return f"FID {numbers['fid']:.1f}, KID {numbers['kid_mean']:.4f} (photos vs poster paint, 24 each)"
+
+
 # --------------------------------------------------------------------------- torchrun
 
 def _torchrun_command(ctx: Context) -> list[str]:
@@ -278,6 +323,8 @@ def default_steps() -> list[Step]:
              summary=_cycada_summary),
         Step("torchrun", "one-process torchrun, CycleGAN smoke", 60, _torchrun_command, _read_torchrun,
              _torchrun_env, _torchrun_summary),
+        Step("fid", "FID and KID with the real Inception-v3 (skipped where it cannot be downloaded)", 90,
+             _fid_command, _read_fid, summary=_fid_summary),
     ]
 
 

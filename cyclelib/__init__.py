@@ -12,8 +12,9 @@ Modules, one idea each, leaves first:
 - ``config`` (every option, scale presets), ``io`` (checkpoints, safetensors, official
   weights, run folders);
 - ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
-  evaluation), ``translate``, ``evaluate`` (FID and KID), ``export`` (a generator as ONNX,
-  TorchScript, safetensors), ``bench``, ``cli``.
+  evaluation), ``translate`` (any image size, streamed), ``testpage`` (the official test page),
+  ``evaluate`` (FID and KID), ``export`` (a generator as ONNX, TorchScript, safetensors), ``bench``,
+  ``cli``.
 """
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
@@ -32,7 +33,8 @@ from .networks import build_discriminator, build_generator, init_weights
 from .pool import ImagePool
 from .runtime import pick_device, resolve_scale, seed_everything
 from .train import Trainer, TrainingDiverged, TrainingInterrupted, train_cyclegan
-from .translate import load_generator, translate_folder
+from .testpage import load_pair, write_test_page
+from .translate import load_generator, translate_folder, translate_image
 
 __version__ = "0.2.0"
 
@@ -44,7 +46,7 @@ __all__ = [
     "download_dataset", "download_digits", "download_pretrained", "evaluate_folders", "evaluate_run",
     "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss", "gradient_penalty",
     "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan", "load_generator", "load_official",
-    "load_safetensors", "mode_seeking_loss", "open_unpaired", "pick_device", "poster_paint", "resolve_scale",
-    "run_cycada", "save_checkpoint", "save_official", "seed_everything", "semantic_loss", "task_loss",
-    "train_cyclegan", "translate_folder", "write_photo_pair",
+    "load_pair", "load_safetensors", "mode_seeking_loss", "open_unpaired", "pick_device", "poster_paint",
+    "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything", "semantic_loss",
+    "task_loss", "train_cyclegan", "translate_folder", "translate_image", "write_photo_pair", "write_test_page",
 ]

@@ -1,4 +1,4 @@
-"""The ``cyclelib`` command line: train, translate, evaluate, export, download, bench.
+"""The ``cyclelib`` command line: train, translate, test, evaluate, export, download, bench.
 
 Every field of a config dataclass is an option (``--lambda-A 5``, ``--no-flip``);
 options given on the command line win over the scale's preset, which wins over
@@ -24,6 +24,7 @@ from .export import DIRECTIONS, FORMATS, export_generator
 from .io import RunFolderError
 from .runtime import AMP_MODES, SCALES
 from .train import TrainingDiverged, TrainingInterrupted, read_resumable, train_cyclegan
+from .testpage import load_pair, write_test_page
 from .translate import load_generator, translate_folder
 
 
@@ -94,9 +95,14 @@ def _train_cycada(args) -> None:
     print(f"done: {Path(config.out) / 'metrics.json'}")
 
 
+def _official(args) -> dict:
+    """The options that describe an official generator file."""
+    return dict(arch=args.arch, norm=args.norm, input_nc=args.input_nc, output_nc=args.output_nc,
+                width=args.width, dropout=args.dropout)
+
+
 def _translate(args) -> None:
-    generator = load_generator(args.checkpoint, args.direction, arch=args.arch, norm=args.norm,
-                               input_nc=args.input_nc, output_nc=args.output_nc, width=args.width, sha256=args.sha256)
+    generator = load_generator(args.checkpoint, args.direction, sha256=args.sha256, step=args.step, **_official(args))
     written = translate_folder(generator, args.input, args.output, batch_size=args.batch_size,
                                size=args.size, device=args.device, overwrite=args.overwrite, amp=args.amp)
     print(f"translated {len(written)} images into {args.output}")
@@ -133,12 +139,34 @@ def _evaluate(args) -> None:
     print(f"written with its protocol to {out}")
 def _export(args) -> None:
     try:
-        path = export_generator(args.checkpoint, args.output, args.format, args.direction, arch=args.arch,
-                                norm=args.norm, input_nc=args.input_nc, output_nc=args.output_nc,
-                                width=args.width, sha256=args.sha256)
+        path = export_generator(args.checkpoint, args.output, args.format, args.direction, sha256=args.sha256,
+                                **_official(args))
     except ImportError as e:  # an optional package is missing: the machine's to fix
         raise SystemExit(f"cyclelib: error: {e}") from None
     print(f"exported the generator of {args.checkpoint} as {args.format} to {path}")
+
+
+def _test(args) -> None:
+    G_A, G_B, source = load_pair(args.checkpoint, args.checkpoint_A, args.checkpoint_B, step=args.step,
+                                 **_official(args))
+    page = write_test_page(G_A, G_B, args.dataroot, args.results, phase=args.phase, num_test=args.num_test,
+                           batch_size=args.batch_size, size=args.size, device=args.device, amp=args.amp,
+                           title=source)
+    print(f"test page: {page}")
+
+
+def _add_translation_options(parser: argparse.ArgumentParser) -> None:
+    """How images are translated: the options translate and test share."""
+    parser.add_argument("--step", type=positive_int, default=None,
+                        help="with a run folder: its checkpoint of step STEP (checkpoints/step_XXXXXXX.pt) instead "
+                             "of the latest")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=None,
+                        help="resize to SIZE x SIZE first (default: keep each image's size)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--amp", choices=AMP_MODES, default="none",
+                        help="precision (default: none, fp32; bf16 changes some 8-bit pixels by a few levels)")
+    _add_official_options(parser)
 
 
 def _download(args) -> None:
@@ -182,18 +210,21 @@ def download_listing() -> str:
 
 
 def _add_official_options(command: argparse.ArgumentParser) -> None:
-    """How to build the generator of an official checkpoint (translate, export): the defaults are
-    those of the published pretrained models."""
+    """How to build the generator of an official checkpoint (translate, test, export): the defaults
+    are those of the published pretrained models."""
     official = command.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
     official.add_argument("--arch", default="resnet_9blocks")
     official.add_argument("--norm", default="instance")
     official.add_argument("--input-nc", type=positive_int, default=3)
     official.add_argument("--output-nc", type=positive_int, default=3)
     official.add_argument("--width", type=positive_int, default=64)
+    official.add_argument("--dropout", action="store_true", help="the generator has dropout layers "
+                                                                 "(trained with the official --no_dropout off)")
 
 
 # One parser tree for every command, in the order `--help` prints it; split up, a reader would
-# have to jump between pieces to see one command's options, so it stays one function.
+# have to jump between pieces to see one command's options, so it stays one function (only the
+# options translate and test share are added by _add_translation_options).
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cyclelib", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -226,23 +257,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     translate = commands.add_parser("translate", help="translate a folder of images with a trained generator")
     translate.add_argument("--checkpoint", required=True,
-                           help="a cyclelib checkpoint.pt, or an official generator .pth (e.g. horse2zebra.pth)")
+                           help="a run folder (its latest readable checkpoint), a cyclelib checkpoint.pt, or an "
+                                "official generator .pth (e.g. horse2zebra.pth)")
     translate.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB")
     translate.add_argument("--input", required=True, help="folder of images (searched recursively)")
     translate.add_argument("--output", required=True, help="folder for the results (same relative names)")
-    translate.add_argument("--batch-size", type=int, default=8)
-    translate.add_argument("--size", type=int, default=None,
-                           help="resize to SIZE x SIZE first (default: keep the size, rounded to a multiple of 4)")
-    translate.add_argument("--device", default=None)
-    translate.add_argument("--amp", choices=AMP_MODES, default="none",
-                           help="precision (default: none, fp32; bf16 changes some 8-bit pixels by a few levels)")
     translate.add_argument("--overwrite", action="store_true",
                            help="allow an --output that is, contains or lies inside --input")
     translate.add_argument("--sha256", default=None,
                            help="the checkpoint's expected SHA-256: verify the file before loading it (files in "
                                 "torch's legacy format have no checksum of their own)")
-    _add_official_options(translate)
+    _add_translation_options(translate)
     translate.set_defaults(run=_translate)
+
+    test = commands.add_parser("test", help="translate a dataset's test images both ways and write an index.html "
+                                            "of real, fake and reconstructed images")
+    test.add_argument("--checkpoint", help="a run folder (its latest readable checkpoint) or a cyclelib checkpoint")
+    test.add_argument("--checkpoint-A", help="an official pair instead: the A -> B generator (latest_net_G_A.pth)")
+    test.add_argument("--checkpoint-B", help="and the B -> A generator (latest_net_G_B.pth)")
+    test.add_argument("--dataroot", required=True, help="the dataset folder, holding testA and testB")
+    test.add_argument("--phase", default="test", help="the split: PHASEA and PHASEB are read (default: test)")
+    test.add_argument("--results", required=True, help="folder for index.html and its images")
+    test.add_argument("--num-test", type=positive_int, default=None,
+                      help="the first NUM_TEST images of each split (default: all)")
+    _add_translation_options(test)
+    test.set_defaults(run=_test)
 
     evaluation = commands.add_parser("evaluate", help="FID and KID of a run's translations, or between two folders")
     evaluation.add_argument("--checkpoint", metavar="RUN_OR_CKPT",

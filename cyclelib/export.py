@@ -39,12 +39,12 @@ ONNX_OPSET = 18
 def export_generator(checkpoint_or_module: nn.Module | str | os.PathLike, path: str | os.PathLike,
                      format: str = "onnx", direction: str = "AtoB", *, arch: str = "resnet_9blocks",
                      norm: str = "instance", input_nc: int = 3, output_nc: int = 3, width: int = 64,
-                     sha256: str | None = None) -> Path:
+                     dropout: bool = False, sha256: str | None = None) -> Path:
     """Write the generator of ``direction`` to ``path`` (atomically) as ``format``; returns ``path``.
 
     ``checkpoint_or_module``: a cyclelib ``checkpoint.pt`` or run folder (its ``checkpoint.pt``),
     an official generator file (read as :func:`~cyclelib.translate.load_generator` reads it, with
-    ``arch``, ``norm``, ``input_nc``, ``output_nc``, ``width`` and ``sha256`` as there), a
+    ``arch``, ``norm``, ``input_nc``, ``output_nc``, ``width``, ``dropout`` and ``sha256`` as there), a
     :class:`~cyclelib.cyclegan.CycleGAN` or a generator module (left as it is: a copy is
     exported). ``direction`` picks the generator of a CycleGAN; an official file or a
     generator module holds one, and ``direction`` is then not recorded.
@@ -77,7 +77,7 @@ def export_generator(checkpoint_or_module: nn.Module | str | os.PathLike, path: 
         raise ValueError(f"the output {path} is a folder; give the file to write, e.g. "
                          f"{path / ('generator.' + format)}")
     generator, recorded_direction = _generator(checkpoint_or_module, direction, sha256, dict(
-        arch=arch, norm=norm, input_nc=input_nc, output_nc=output_nc, width=width))
+        arch=arch, norm=norm, input_nc=input_nc, output_nc=output_nc, width=width, dropout=dropout))
     if format == "safetensors":
         return export_safetensors(generator, path)
     generator = copy.deepcopy(generator).cpu().eval()

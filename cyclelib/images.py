@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
@@ -35,14 +35,35 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     try:
         with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:  # known from the header, before decoding
-                raise ValueError(f"it is {img.width}x{img.height}, more than the {MAX_PIXELS} pixels cyclelib "
-                                 f"reads from one image (cyclelib.images.MAX_PIXELS); shrink it or raise the limit")
+            _check_pixels(img)
             img.load()  # PIL decodes lazily: force it so a truncated file fails here, by name
             ImageOps.exif_transpose(img, in_place=True)
             return _convert_mode(img, "L" if channels == 1 else "RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of the image :func:`load_image` reads from ``path`` (upright by its EXIF
+    orientation), from the file's header: nothing is decoded. A file PIL cannot open and one with
+    more than :data:`MAX_PIXELS` pixels raise ``ValueError`` naming the file, as in :func:`load_image`;
+    damage further into the file shows only when it is decoded."""
+    try:
+        with Image.open(path) as img:
+            _check_pixels(img)
+            # EXIF orientations 5 to 8 turn the image by 90 degrees (exif_transpose swaps the sides).
+            # Image.getexif, not img.getexif: a PNG's own decodes the whole file to look for EXIF
+            # after the pixels (which the PNG specification puts before them).
+            turned = Image.Image.getexif(img).get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            return (img.height, img.width) if turned else img.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _check_pixels(img: Image.Image) -> None:
+    if img.width * img.height > MAX_PIXELS:  # known from the header, before decoding
+        raise ValueError(f"it is {img.width}x{img.height}, more than the {MAX_PIXELS} pixels cyclelib "
+                         f"reads from one image (cyclelib.images.MAX_PIXELS); shrink it or raise the limit")
 
 
 def _convert_mode(img: Image.Image, mode: str) -> Image.Image:

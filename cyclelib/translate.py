@@ -1,8 +1,9 @@
-"""Translate folders of images with a trained generator (cyclelib or official checkpoints)."""
+"""Translate images with a trained generator (cyclelib or official checkpoints): one batch at a
+time, at the input's own size."""
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
 
@@ -11,104 +12,254 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchvision.utils import save_image
+from tqdm.auto import tqdm
 
 from . import files
-from .images import IMAGE_EXTENSIONS, list_images, read_image, round_side
-from .io import cyclegan_from_checkpoint, is_checkpoint, load_checkpoint, load_official
-from .networks import fits, smallest_side
+from .cyclegan import CycleGAN
+from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image
+from .io import (HISTORY, LATEST, cyclegan_from_checkpoint, is_checkpoint, load_checkpoint, load_official,
+                 load_run_checkpoint, run_in, step_checkpoints)
+from .networks import NoiseInput, ResnetGenerator, UnetGenerator, fits, smallest_side
 from .runtime import Precision, pick_device
+
+
+def load_state(checkpoint: str | os.PathLike, step: int | None = None,
+               sha256: str | None = None) -> tuple[dict, Path]:
+    """The checkpoint a user names, loaded, and the file it came from.
+
+    ``checkpoint`` is a file (cyclelib or official), or a run folder: then its newest readable
+    checkpoint, as a resume takes it (:func:`~cyclelib.io.load_run_checkpoint`), or with ``step``
+    its ``checkpoints/step_XXXXXXX.pt`` (a missing step is a ``FileNotFoundError`` listing the
+    steps the run kept). ``sha256`` verifies a file (not a run folder's newest, which may be any).
+    """
+    path = Path(checkpoint)
+    if not path.is_dir():
+        if step is not None:
+            raise ValueError(f"--step (step={step}) picks a checkpoint of a run folder, and {path} is not a folder")
+        return load_checkpoint(path, sha256), path
+    if step is not None:
+        file = path / HISTORY / f"step_{step:07d}.pt"
+        if not file.is_file():
+            kept = [str(int(p.stem.split("_")[1])) for p in step_checkpoints(path)]
+            raise FileNotFoundError(f"the run folder {path} has no checkpoint of step {step} ({file}); the steps it "
+                                    f"kept: {', '.join(kept) or 'none'}")
+        return load_checkpoint(file, sha256), file
+    if run_in(path) is None:
+        cycada = f"; a CyCADA run keeps its generators in {path / 'pixel'}" if (path / "pixel").is_dir() else ""
+        raise FileNotFoundError(f"{path} is a folder without a checkpoint: a run folder holds {LATEST} or "
+                                f"{HISTORY}/step_*.pt{cycada}")
+    if sha256 is not None:
+        raise ValueError(f"--sha256 verifies one file, and {path} is a run folder: give the checkpoint file")
+    return load_run_checkpoint(path)
+
+
+def cyclegan_in(state: dict, path: Path) -> CycleGAN:
+    """The CycleGAN (eval mode, CPU) of a loaded cyclelib checkpoint; a CyCADA classifier's checkpoint
+    is a ``ValueError`` saying what it holds and which files hold generators."""
+    if not is_checkpoint(state, "cyclegan"):
+        raise ValueError(f"{path} holds a CyCADA {state['kind']} network, not a generator: translating needs a "
+                         "CycleGAN checkpoint (a CycleGAN run's checkpoint.pt, a CyCADA run's pixel/checkpoint.pt) "
+                         "or an official generator file")
+    return cyclegan_from_checkpoint(state, str(path))
 
 
 def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch: str = "resnet_9blocks",
                    norm: str = "instance", input_nc: int = 3, output_nc: int = 3, width: int = 64,
-                   sha256: str | None = None) -> nn.Module:
-    """The generator of ``direction`` from a cyclelib ``checkpoint.pt``, or an official generator file.
+                   dropout: bool = False, sha256: str | None = None, step: int | None = None) -> nn.Module:
+    """The generator of ``direction`` from a cyclelib checkpoint or run folder, or an official generator file.
 
-    An official file (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) holds one
-    generator: ``direction`` is then ignored and ``arch``/``norm``/channels/``width`` describe it
+    ``checkpoint`` and ``step``: as :func:`load_state` takes them. An official file
+    (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) holds one generator:
+    ``direction`` is then ignored and ``arch``/``norm``/channels/``width``/``dropout`` describe it
     (the defaults are those of the published models). ``sha256``: verify the file first (see
-    :func:`~cyclelib.io.load_checkpoint`). Returned in eval mode. A CyCADA classifier's checkpoint
-    is a ``ValueError`` saying what it holds and which files translate takes.
+    :func:`~cyclelib.io.load_checkpoint`). Returned in eval mode (dropout off).
     """
-    state = load_checkpoint(checkpoint, sha256)
-    if is_checkpoint(state, "cyclegan"):
-        if direction not in ("AtoB", "BtoA"):
-            raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
-        model = cyclegan_from_checkpoint(state, str(checkpoint))
+    if direction not in ("AtoB", "BtoA"):
+        raise ValueError(f"unknown direction {direction!r}; valid values: AtoB, BtoA")
+    state, path = load_state(checkpoint, step, sha256)
+    if is_checkpoint(state):
+        model = cyclegan_in(state, path)
         return model.G_A if direction == "AtoB" else model.G_B
-    if is_checkpoint(state):  # a CyCADA classifier stage's
-        raise ValueError(f"{checkpoint} holds a CyCADA {state['kind']} network, "
-                         "not a generator: translate needs a CycleGAN checkpoint (a CycleGAN run's checkpoint.pt, "
-                         "a CyCADA run's pixel/checkpoint.pt) or an official generator file")
     return load_official(state, kind="G", arch=arch, input_nc=input_nc, output_nc=output_nc, width=width,
-                         norm=norm).eval()
+                         norm=norm, dropout=dropout).eval()
+
+
+# --------------------------------------------------------------------------- one batch
+
+
+def side_multiple(generator: nn.Module) -> int:
+    """What ``generator``'s input height and width must be multiples of to come back at their size:
+    4 for a ResNet (two stride-2 steps), 2 ** num_downs for a U-Net (256 for unet_256), 1 for
+    other modules."""
+    net = generator.net if isinstance(generator, NoiseInput) else generator
+    if isinstance(net, UnetGenerator):
+        return 2 ** net.num_downs
+    return 4 if isinstance(net, ResnetGenerator) else 1
+
+
+def _mirror(side: int, total: int, before: int) -> torch.Tensor:
+    """Indices into a side of ``side`` pixels that extend it to ``total``, ``before`` of them in
+    front: mirrored without repeating the edge, as ``ReflectionPad2d`` pads (and mirrored again
+    where the padding is wider than the side, which ReflectionPad2d refuses)."""
+    index = torch.arange(total) - before
+    if side == 1:
+        return torch.zeros(total, dtype=torch.long)
+    period = 2 * (side - 1)
+    index = index % period
+    return torch.where(index < side, index, period - index)
+
+
+def _too_small(name: str, size: tuple[int, int], padded: tuple[int, int], generator: nn.Module) -> str:
+    (h, w), (ph, pw), smallest = size, padded, smallest_side(generator, generator.input_nc)
+    return (f"{name} is {w}x{h} pixels ({pw}x{ph} padded to a multiple of {side_multiple(generator)}), too small "
+            f"for this generator, whose smallest side is {smallest}: resize with --size {smallest} "
+            f"(size={smallest}) or leave the image out")
+
+
+def _padded(size: tuple[int, int], generator: nn.Module) -> tuple[int, int]:
+    m = side_multiple(generator)
+    return tuple(-(-side // m) * m for side in size)
+
+
+@torch.no_grad()
+def translate_image(generator: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """``generator`` applied to ``image`` [N, C, H, W] in [-1, 1]: [N, C_out, H, W], at the input's size.
+
+    The image is padded by reflection (as the ResNet generators pad inside) equally on all sides
+    to the generator's multiple (:func:`side_multiple`), translated, and the padding cropped off:
+    any size and aspect ratio comes back as it went in, not rounded. An image too small for
+    the generator even padded is a ``ValueError`` naming its size and the smallest side it takes.
+    """
+    size = tuple(image.shape[-2:])
+    (h, w), (ph, pw) = size, _padded(size, generator)
+    top, left = (ph - h) // 2, (pw - w) // 2
+    padded = image
+    if (ph, pw) != (h, w):
+        rows, cols = _mirror(h, ph, top).to(image.device), _mirror(w, pw, left).to(image.device)
+        padded = image.index_select(-2, rows).index_select(-1, cols)
+    try:
+        out = generator(padded)
+    except (RuntimeError, ValueError):
+        if fits(generator, tuple(padded.shape)):
+            raise  # something else went wrong (out of memory, wrong channels): its own message says what
+        raise ValueError(_too_small("the image", size, (ph, pw), generator)) from None
+    return out[..., top:top + h, left:left + w]
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def input_images(folder: Path) -> list[Path]:
+    """The images below ``folder``; a missing folder or one without images is a ``FileNotFoundError``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder {folder} does not exist or is not a folder")
+    paths = list_images(folder)
+    if not paths:
+        raise FileNotFoundError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in the input folder {folder}")
+    return paths
+
+
+def plan_batches(paths: list[Path], generators: Iterable[nn.Module], size: int | None,
+                 batch_size: int) -> list[list[Path]]:
+    """``paths`` cut into batches of consecutive images of one size, at most ``batch_size`` each,
+    once every image has been checked from its header (nothing is decoded): a readable image file,
+    large enough for each generator (at ``size`` x ``size`` when given)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    generators, fitting, batches, last = list(generators), set(), [], None
+    for path in paths:
+        w, h = image_size(path)
+        shape = (size, size) if size else (h, w)
+        for i, generator in enumerate(generators):
+            padded = _padded(shape, generator)
+            if (i, padded) not in fitting:  # asked once per padded size: photos of a folder differ by a few pixels
+                if not fits(generator, (1, generator.input_nc, *padded)):
+                    raise ValueError(_too_small(str(path), shape, padded, generator))
+                fitting.add((i, padded))
+        if shape == last and len(batches[-1]) < batch_size:
+            batches[-1].append(path)
+        else:
+            batches.append([path])
+        last = shape
+    return batches
+
+
+def read_batch(paths: list[Path], channels: int, size: int | None) -> torch.Tensor:
+    """The images at ``paths`` (of one size) as a batch [N, channels, H, W] in [-1, 1], resized
+    (bicubic) to ``size`` x ``size`` when given."""
+    images = [read_image(path, channels) for path in paths]
+    for path, image in zip(paths, images):
+        if image.shape != images[0].shape:  # an EXIF orientation after a PNG's pixels, which its header missed
+            raise ValueError(f"{path} decodes to {image.shape[2]}x{image.shape[1]} pixels, not the size its header "
+                             f"gives ({images[0].shape[2]}x{images[0].shape[1]} as {paths[0].name})")
+    batch = torch.stack(images)
+    if size and tuple(batch.shape[-2:]) != (size, size):
+        batch = F.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return batch
+
+
+def write_image(image: torch.Tensor, path: Path) -> Path:
+    """``image`` [C, H, W] in [-1, 1] written atomically to ``path`` in the format its suffix names
+    (encoded in memory: a temporary file's name would not say which)."""
+    encoded, image_format = BytesIO(), Image.registered_extensions()[path.suffix.lower()]
+    save_image((image.float().cpu() + 1) / 2, encoded, format=image_format)
+    return files.write_bytes(path, encoded.getbuffer())
 
 
 @torch.no_grad()
 def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                      batch_size: int = 8, size: int | None = None, device: str | None = None,
-                     overwrite: bool = False, amp: str = "none") -> list[Path]:
+                     overwrite: bool = False, amp: str = "none", progress: bool = True) -> list[Path]:
     """Translate every image below ``input_dir`` into ``output_dir`` under the same relative name.
 
-    Images are resized to ``size`` x ``size`` when given, else kept at their size rounded to
-    a multiple of 4 (what the generators' two downsamplings need). Images of equal size are
-    batched together. Everything is checked before the first image is written: the input
-    folder must hold images, each large enough for the generator, and ``output_dir`` may not
-    be, contain or lie inside ``input_dir`` (the results would overwrite or mix with the
-    originals) unless ``overwrite``. ``amp`` as in training (``none``: fp32, ``bf16``, or ``auto``
-    for bf16 where the device computes it natively); fp32 is the default because bf16 changes
-    the saved 8-bit pixels by more than one level (measured in the README). Each image is
-    written atomically (:func:`cyclelib.files.atomic_write`), replacing a link at its path
-    rather than writing through it. Returns the written paths.
+    Each result has its input's size (:func:`translate_image`), or ``size`` x ``size`` when given
+    (resized first). Images stream: read, translated in batches of up to ``batch_size`` consecutive
+    images of one size, and written batch by batch, so memory does not grow with the folder.
+    Checked before the first image is written: the input folder holds images, each (from its
+    header) large enough for the generator, and ``output_dir`` is not, does not contain and does
+    not lie inside ``input_dir`` (the results would overwrite or mix with the originals) unless
+    ``overwrite``. A file whose pixels cannot be decoded stops the translation there, with an error
+    naming it and how many images were written before it. ``amp`` as in training (``none``: fp32,
+    ``bf16``, or ``auto`` for bf16 where the device computes it natively); fp32 is the default because
+    bf16 changes the saved 8-bit pixels by more than one level (measured in the README). Each image is
+    written atomically (:func:`cyclelib.files.atomic_write`), replacing a link at its path rather than
+    writing through it. ``progress``: a progress bar on stderr. Returns the written paths.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if size is not None and size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist or is not a folder")
-    paths = list_images(input_dir)
-    if not paths:
-        raise FileNotFoundError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) in the input folder {input_dir}")
-    _check_output_folder(input_dir, output_dir, overwrite)
+    paths = input_images(input_dir)
+    check_output_folder(input_dir, output_dir, overwrite)
+    batches = plan_batches(paths, [generator], size, batch_size)
     dev = pick_device(device)
     precision = Precision(amp, dev)
     generator = generator.to(dev).eval()
-    channels = generator.input_nc
-    by_shape: dict[tuple, list[tuple[Path, torch.Tensor]]] = defaultdict(list)
-    for path in paths:
-        image = read_image(path, channels)  # [C, H, W] in [-1, 1]
-        h, w = (size, size) if size else (round_side(image.shape[1]), round_side(image.shape[2]))
-        if (h, w) != tuple(image.shape[1:]):
-            image = F.interpolate(image[None], size=(h, w), mode="bicubic", align_corners=False)[0].clamp(-1, 1)
-        by_shape[(h, w)].append((path, image))
-    for (h, w), items in by_shape.items():
-        if not fits(generator, (1, channels, h, w)):
-            smallest = smallest_side(generator, channels)
-            raise ValueError(f"{items[0][0]} is {w}x{h} pixels (after rounding to multiples of 4), too small for "
-                             f"this generator, whose smallest side is {smallest}: resize with --size {smallest} "
-                             f"(size={smallest}) or leave the image out")
     written = []
-    for items in by_shape.values():
-        for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
+    with tqdm(total=len(paths), unit="image", desc="translate", disable=not progress) as bar:
+        for batch in batches:
+            try:
+                images = read_batch(batch, generator.input_nc, size).to(dev)
+            except ValueError as e:
+                raise ValueError(f"{e} ({len(written)} of {len(paths)} images were translated before it)") from None
             with precision.autocast():
-                out = generator(torch.stack([im for _, im in chunk]).to(dev)).float()  # [B, C_out, H, W]
-            for (path, _), result in zip(chunk, out):
-                target = output_dir / path.relative_to(input_dir)
-                # Encoded in memory in the input's format (a temporary file's name would not say which).
-                encoded, image_format = BytesIO(), Image.registered_extensions()[target.suffix.lower()]
-                save_image((result.float().cpu() + 1) / 2, encoded, format=image_format)
-                written.append(files.write_bytes(target, encoded.getbuffer()))
+                out = translate_image(generator, images).float()  # [B, C_out, H, W]
+            for path, result in zip(batch, out):
+                written.append(write_image(result, output_dir / path.relative_to(input_dir)))
+            bar.update(len(batch))
     return written
 
 
-def _check_output_folder(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
-    source, target = input_dir.resolve(), output_dir.resolve()
-    relation = ("is" if target == source else "lies inside" if source in target.parents
-                else "contains" if target in source.parents else None)
+def check_output_folder(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``output_dir`` that is, contains or lies inside ``input_dir`` unless ``overwrite``."""
+    relation = folder_relation(output_dir, input_dir)
     if relation and not overwrite:
         raise ValueError(f"the output folder {output_dir} {relation} the input folder {input_dir}: the translated "
                          f"images would overwrite or mix with the originals; choose another output folder, or "
                          f"pass --overwrite (overwrite=True)")
+
+
+def folder_relation(folder: Path, other: Path) -> str | None:
+    """How ``folder`` relates to ``other``: "is", "lies inside", "contains", or None (apart)."""
+    source, target = other.resolve(), folder.resolve()
+    return ("is" if target == source else "lies inside" if source in target.parents
+            else "contains" if target in source.parents else None)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cyclelib import CyCADAConfig, CycleGANConfig
+from cyclelib import CyCADAConfig, CycleGANConfig, train_cyclegan
 from cyclelib.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,13 @@ def smoke(out, data=DIGITS, **options) -> CycleGANConfig:
     """A smoke-scale CycleGAN config on the CPU in fp32, without sample grids in the loop."""
     base = dict(data=str(data), out=str(out), device="cpu", sample_every=1000, amp="none")
     return CycleGANConfig.for_scale("smoke", **{**base, **options})
+
+
+def two_step_run(out) -> Path:
+    """``out`` made a smoke run of two steps with a checkpoint after each (``checkpoints/step_0000001.pt``,
+    ``step_0000002.pt``, ``checkpoint.pt`` the second)."""
+    train_cyclegan(smoke(out, max_steps=2, checkpoint_every=1), progress=False)
+    return out
 
 
 def cycada_smoke(out, **options) -> CyCADAConfig:

@@ -94,7 +94,7 @@ def test_a_one_process_torchrun_joins_a_process_group(tmp_path):
     assert json.loads(line[len("PROBE "):]) == {"backend": "gloo", "rank": 0, "world": 1, "sum": [1.0, 2.0]}
 
 
-@pytest.mark.slow  # the four steps at smoke size: about a minute on 2 cores
+@pytest.mark.slow  # the five steps at smoke size: about a minute on 2 cores
 def test_the_cpu_dry_run_passes_every_step_and_writes_the_summary(tmp_path):
     out = tmp_path / "gpu-check.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--json", str(out)], cwd=tmp_path,
@@ -106,7 +106,7 @@ def test_the_cpu_dry_run_passes_every_step_and_writes_the_summary(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["passed"] is True and summary["dry_run"] is True and summary["device"] == "cpu"
     steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps) == ["device-tests", "bench", "cycada", "torchrun"]
+    assert list(steps) == ["device-tests", "bench", "cycada", "torchrun", "fid"]
     for step in steps.values():
         assert step["status"] == "passed" and step["problems"] == [] and 0 < step["seconds"] <= step["box_s"]
     tests = steps["device-tests"]["numbers"]
@@ -115,4 +115,6 @@ def test_the_cpu_dry_run_passes_every_step_and_writes_the_summary(tmp_path):
     assert 0 <= steps["cycada"]["numbers"]["pixel_feature"] <= 1
     assert steps["torchrun"]["numbers"] | {"last_losses": None} == {"expected_backend": "gloo", "steps": 4,
                                                                    "last_losses": None}
+    fid = steps["fid"]["numbers"]  # the real Inception-v3 where its weights can be had, else a reason
+    assert ("Inception-v3 weights" in fid["skipped"]) if "skipped" in fid else fid["fid"] >= 0
     assert summary["seconds"] < summary["budget_s"]
