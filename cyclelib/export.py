@@ -27,7 +27,7 @@ from torch import nn
 from .cyclegan import CycleGAN
 from .io import (LATEST, _atomic_write, cyclegan_from_checkpoint, export_safetensors, is_checkpoint, load_checkpoint,
                  load_official)
-from .networks import NoiseInput, ResnetBlock, ResnetGenerator, UnetGenerator
+from .networks import NoiseInput, ResnetBlock, ResnetGenerator, UnetGenerator, side_multiple
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 DIRECTIONS = ("AtoB", "BtoA")
@@ -98,19 +98,13 @@ def _metadata(generator: nn.Module, direction: str | None = None) -> dict[str, s
                 "input_channels": str(generator.input_nc), "output_channels": str(generator.output_nc),
                 "input_range": "[-1, 1]: x = pixel / 127.5 - 1",
                 "output_range": "[-1, 1] (tanh): pixel = (y + 1) * 127.5",
-                "size_multiple": str(_size_multiple(generator))}
+                "size_multiple": str(side_multiple(generator))}
     if direction is not None:
         metadata["direction"] = direction
     if isinstance(generator, NoiseInput):
         metadata["noise"] = (f"input 'noise' [N, {generator.noise_nc}, 1, 1] drawn from U(-1, 1), "
                              f"injection {generator.injection}")
     return metadata
-
-
-def _size_multiple(generator: nn.Module) -> int:
-    """What height and width must be multiples of for ``generator`` to give them back."""
-    inner = generator.net if isinstance(generator, NoiseInput) else generator
-    return 2 ** inner.num_downs if isinstance(inner, UnetGenerator) else 4
 
 
 def _generator(source: nn.Module | str | os.PathLike, direction: str, sha256: str | None,
@@ -144,7 +138,7 @@ def _generator(source: nn.Module | str | os.PathLike, direction: str, sha256: st
 def _example(generator: nn.Module) -> tuple[torch.Tensor, ...]:
     """Example inputs for export: 2 images of twice the size multiple (torch.export would fix a
     size of 1 as a constant), and their noise."""
-    side = 2 * _size_multiple(generator)
+    side = 2 * side_multiple(generator)
     x = torch.zeros(2, generator.input_nc, side, side)
     return (x, torch.zeros(2, generator.noise_nc, 1, 1)) if isinstance(generator, NoiseInput) else (x,)
 
@@ -156,7 +150,7 @@ def _onnx_bytes(generator: nn.Module, metadata: dict[str, str]) -> bytes:
     except ImportError as e:
         raise ImportError(f"ONNX export needs the onnx and onnxscript packages ({e}): pip install "
                           "'cyclelib[export]'") from None
-    multiple = _size_multiple(generator)
+    multiple = side_multiple(generator)
     batch = torch.export.Dim("batch")
     # Height and width as multiples, so that the graph holds for every size the network takes.
     height, width = (torch.export.Dim(f"{side}_div{multiple}") * multiple for side in ("height", "width"))

@@ -415,6 +415,16 @@ def _initialised(make: Callable[[], nn.Module], init: str | None, gain: float) -
 # Which image sizes a network takes
 # --------------------------------------------------------------------------------------
 
+def side_multiple(generator: nn.Module) -> int:
+    """What ``generator``'s input height and width must be multiples of to come back at their size:
+    4 for a ResNet (two stride-2 steps), 2 ** num_downs for a U-Net (256 for unet_256), 1 for
+    other modules."""
+    net = generator.net if isinstance(generator, NoiseInput) else generator
+    if isinstance(net, UnetGenerator):
+        return 2 ** net.num_downs
+    return 4 if isinstance(net, ResnetGenerator) else 1
+
+
 def fits(net: nn.Module, shape: tuple[int, ...]) -> bool:
     """Whether ``net`` takes a batch of ``shape`` [N, C, H, W] and, if it outputs images of
     the input's channels count or another (a generator), gives them back at size H x W.

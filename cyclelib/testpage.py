@@ -50,7 +50,7 @@ def load_pair(checkpoint: str | os.PathLike | None = None, checkpoint_A: str | o
 
 @torch.no_grad()
 def write_test_page(G_A: nn.Module, G_B: nn.Module, dataroot: str | os.PathLike, results: str | os.PathLike,
-                    phase: str = "test", num_test: int | None = None, batch_size: int = 8, size: int | None = None,
+                    phase: str = "test", num_test: int | None = None, batch_size: int = 4, size: int | None = None,
                     device: str | None = None, amp: str = "none", progress: bool = True, title: str = "") -> Path:
     """Translate ``<dataroot>/<phase>A`` with G_A and back with G_B, and ``<phase>B`` the other way;
     write the real, fake and reconstructed image of each, and ``results/index.html``; returns its path.

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import NoiseInput, UnetGenerator, fits, smallest_side
+from .networks import NoiseInput, fits, side_multiple, smallest_side
 
 # needs_tiling's default budget: 1024 x 1024 pixels, about 1 GB of activations through a
 # resnet_9blocks at ngf 64 in fp32 (the module docstring's measurement).
@@ -51,13 +51,6 @@ def needs_tiling(shape: tuple[int, ...], budget: int = DEFAULT_BUDGET) -> bool:
     if budget < 1:
         raise ValueError(f"the tiling budget must be >= 1 pixel, got {budget}")
     return shape[-2] * shape[-1] > budget
-
-
-def side_multiple(generator: nn.Module) -> int:
-    """The multiple of which a generator's input sides must be to come back at their size:
-    4 for a ResNet generator (two stride-2 down- and upsamplings), 2**num_downs for a U-Net."""
-    net = generator.net if isinstance(generator, NoiseInput) else generator
-    return 2 ** net.num_downs if isinstance(net, UnetGenerator) else 4
 
 
 @torch.no_grad()

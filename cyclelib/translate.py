@@ -19,8 +19,9 @@ from .cyclegan import CycleGAN
 from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image
 from .io import (HISTORY, LATEST, cyclegan_from_checkpoint, is_checkpoint, load_checkpoint, load_official,
                  load_run_checkpoint, run_in, step_checkpoints)
-from .networks import NoiseInput, ResnetGenerator, UnetGenerator, fits, smallest_side
+from .networks import fits, side_multiple, smallest_side
 from .runtime import Precision, pick_device
+from .tiles import translate_tiled
 
 
 def load_state(checkpoint: str | os.PathLike, step: int | None = None,
@@ -85,16 +86,6 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
 
 
 # --------------------------------------------------------------------------- one batch
-
-
-def side_multiple(generator: nn.Module) -> int:
-    """What ``generator``'s input height and width must be multiples of to come back at their size:
-    4 for a ResNet (two stride-2 steps), 2 ** num_downs for a U-Net (256 for unet_256), 1 for
-    other modules."""
-    net = generator.net if isinstance(generator, NoiseInput) else generator
-    if isinstance(net, UnetGenerator):
-        return 2 ** net.num_downs
-    return 4 if isinstance(net, ResnetGenerator) else 1
 
 
 def _mirror(side: int, total: int, before: int) -> torch.Tensor:
@@ -210,8 +201,9 @@ def write_image(image: torch.Tensor, path: Path) -> Path:
 
 @torch.no_grad()
 def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                     batch_size: int = 8, size: int | None = None, device: str | None = None,
-                     overwrite: bool = False, amp: str = "none", progress: bool = True) -> list[Path]:
+                     batch_size: int = 4, size: int | None = None, device: str | None = None,
+                     overwrite: bool = False, amp: str = "none", progress: bool = True,
+                     tile: int | None = None, overlap: int = 64) -> list[Path]:
     """Translate every image below ``input_dir`` into ``output_dir`` under the same relative name.
 
     Each result has its input's size (:func:`translate_image`), or ``size`` x ``size`` when given
@@ -225,7 +217,10 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
     ``bf16``, or ``auto`` for bf16 where the device computes it natively); fp32 is the default because
     bf16 changes the saved 8-bit pixels by more than one level (measured in the README). Each image is
     written atomically (:func:`cyclelib.files.atomic_write`), replacing a link at its path rather than
-    writing through it. ``progress``: a progress bar on stderr. Returns the written paths.
+    writing through it. ``progress``: a progress bar on stderr. ``tile``: translate each image in
+    overlapping ``tile`` x ``tile`` tiles blended across ``overlap`` pixels
+    (:func:`~cyclelib.tiles.translate_tiled`), so that large photos fit in memory. Returns the
+    written paths.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     paths = input_images(input_dir)
@@ -242,7 +237,10 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
             except ValueError as e:
                 raise ValueError(f"{e} ({len(written)} of {len(paths)} images were translated before it)") from None
             with precision.autocast():
-                out = translate_image(generator, images).float()  # [B, C_out, H, W]
+                if tile:  # one image at a time, a few tiles at a time on the device
+                    out = torch.cat([translate_tiled(generator, image[None], tile, overlap) for image in images])
+                else:
+                    out = translate_image(generator, images).float()  # [B, C_out, H, W]
             for path, result in zip(batch, out):
                 written.append(write_image(result, output_dir / path.relative_to(input_dir)))
             bar.update(len(batch))

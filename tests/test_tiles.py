@@ -153,3 +153,30 @@ def test_noise_generator_draws_once_per_image():
     torch.manual_seed(1)
     with torch.no_grad():
         assert torch.allclose(tiled, generator(image), atol=1e-5)
+
+
+def test_translate_tile_translates_each_image_in_tiles(tmp_path, photo, trained):
+    """``cyclelib translate --tile``: each image goes through translate_tiled (a photo larger than a
+    tile comes back at its size, as the tiles blend it), and a bad overlap is refused by name."""
+    import numpy as np
+    from PIL import Image
+
+    from cyclelib import save_official
+    from cyclelib.images import read_image
+    from cyclelib.translate import write_image
+    from helpers import cli
+
+    save_official(trained, tmp_path / "G.pth")
+    (tmp_path / "in").mkdir()
+    crop = photo[:, :, :150, :230]
+    write_image(crop[0], tmp_path / "in" / "photo.png")
+    arguments = ["translate", "--checkpoint", str(tmp_path / "G.pth"), "--arch", "resnet_2blocks", "--width", "8",
+                 "--input", str(tmp_path / "in"), "--tile", "64"]
+    assert cli(*arguments, "--overlap", "16", "--output", str(tmp_path / "out"))[0] == 0
+    expected = translate_tiled(trained, read_image(tmp_path / "in" / "photo.png")[None], 64, 16)
+    write_image(expected[0], tmp_path / "expected.png")
+    result = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    assert result.shape == (150, 230, 3)
+    assert np.array_equal(result, np.asarray(Image.open(tmp_path / "expected.png")))
+    code, err = cli(*arguments, "--overlap", "64", "--output", str(tmp_path / "bad"))
+    assert code == 2 and "overlap" in err
