@@ -361,7 +361,7 @@ def test_translate_errors_are_messages(tmp_path):
     (tmp_path / "empty").mkdir()
     for argv, message in (
             (["--input", str(tiny), "--output", str(tmp_path / "o")], "0.png is 1x1 pixels (4x4 padded to a multiple of 4)"),
-            (["--input", str(tiny), "--output", str(tmp_path / "o"), "--batch-size", "0"], "batch_size must be >= 1"),
+            (["--input", str(tiny), "--output", str(tmp_path / "o"), "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
             (["--input", str(tmp_path / "nosuch"), "--output", str(tmp_path / "o")], "nosuch does not exist"),
             (["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")], "no image files")):
         code, err = cli(*base, *argv)
