@@ -54,9 +54,9 @@ def given_options(args: argparse.Namespace, cls) -> dict:
 def _train_cyclegan(args) -> None:
     options = given_options(args, CycleGANConfig)
     if args.resume:
-        if args.overwrite:
-            raise ValueError(f"--resume continues the run in {args.resume}, --overwrite would delete it: give one "
-                             "of them")
+        if args.overwrite:  # before the checkpoint is read (run_folder refuses the pair the same way)
+            raise RunFolderError(f"--resume and --overwrite contradict each other: resuming continues the run in "
+                                 f"{args.resume}, overwriting deletes it; give one of them")
         if args.scale:
             raise ValueError(f"--scale picks the preset of a new run; the run in {args.resume} goes on with its own "
                              "options: give the ones to change instead")

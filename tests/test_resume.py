@@ -218,8 +218,8 @@ def test_a_cycada_stage_a_classifier_and_an_official_state_dict_are_not_resumed_
         before = load_checkpoint(folder / LATEST)
         code, err = cli("train", "cyclegan", "--resume", str(folder))
         assert code == 2 and f"holds the {stage!r} stage of a CyCADA run" in err, err
-        assert (f"`cyclelib train cycada --scale smoke --out {tmp_path / 'cycada'} --stages {stage} --source mnist5k "
-                "--target mnistm5k") in err and "--noise-nc 2" in err and "--amp none" in err
+        assert (f"`cyclelib train cycada --source mnist5k --target mnistm5k --out {tmp_path / 'cycada'} --scale smoke"
+                in err and f"--stages {stage}`" in err and "--noise-nc 2" in err and "--amp none" in err)
         assert "Traceback" not in err and equal_states(load_checkpoint(folder / LATEST)["nets"], before["nets"])
     # the classifier without its CyCADA record
     ckpt = load_checkpoint(stage_path(config, "source"))
