@@ -16,51 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from cyclelib import (CyCADAConfig, CycleGAN, CycleGANConfig, TrainingDiverged, TrainingInterrupted, build_generator,
+from cyclelib import (CyCADAConfig, CycleGAN, TrainingDiverged, TrainingInterrupted, build_generator,
                       export_safetensors, load_checkpoint, load_cyclegan, load_official, run_cycada, save_official,
                       train_cyclegan)
-from cyclelib.cli import main
 from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, stage_checkpoint, stage_path
 from cyclelib.io import BEST, LATEST, run_folder, save_checkpoint, step_checkpoints
-
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS = "mnist5k:mnistm5k"
-
-
-def smoke(out, **options) -> CycleGANConfig:
-    base = dict(data=DIGITS, out=str(out), device="cpu", sample_every=1000, amp="none")
-    return CycleGANConfig.for_scale("smoke", **{**base, **options})
-
-
-def cli(*argv: str) -> tuple[int, str]:
-    """Run ``cyclelib ARGV`` in this process: (exit code, stderr) for a failure, (0, "") else."""
-    from io import StringIO
-    from contextlib import redirect_stderr
-
-    err = StringIO()
-    with redirect_stderr(err):
-        try:
-            main(list(argv))
-        except SystemExit as e:
-            return e.code, err.getvalue()
-    return 0, err.getvalue()
-
-
-def env() -> dict:
-    # This process's thread count: kernels may sum in another order with others, and the
-    # kill-and-resume comparison is bit for bit.
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(torch.get_num_threads()))
-
-
-def rgb(width, height, seed=0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
-
+from helpers import DIGITS, cli, rgb, smoke
+from helpers import cli_env as env
 
 # --------------------------------------------------------------------------- silent wrong results
 
