@@ -38,7 +38,7 @@ def describe_options(config, origin: Mapping[str, str] | None = None, previous: 
         elif value != f.default:
             groups.setdefault(origin.get(f.name, default_origin), []).append(f"{f.name} {value!r}")
     listed = "; ".join(f"{where}: {', '.join(items)}" for where, items in groups.items())
-    return f"options (the paper's defaults but for) {listed or 'none'}"
+    return f"options besides the paper's defaults - {listed or 'none'}"
 
 
 def _require(package: str, option: str) -> None:
