@@ -100,6 +100,7 @@ class Watch:
         if self.tensorboard is not None:
             for tag, value in scalars.items():
                 self.tensorboard.add_scalar(tag, value, step)
+            self.tensorboard.flush()  # on disk before the next checkpoint: a killed run's rows up to it survive
         if self.wandb is not None:
             self.wandb.log({"step": step, **scalars})
 
