@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 from .bench import add_arguments as add_bench_arguments, run_and_report
-from .config import CyCADAConfig, CycleGANConfig, positive_int
+from .config import CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
 from .cycada import RESULTS, STAGES, run_cycada
 from .data import DIGIT_DOMAINS
 from . import evaluate
@@ -22,7 +22,7 @@ from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRA
                        download_dataset, download_digits, download_pretrained)
 from .export import DIRECTIONS, FORMATS, export_generator
 from .io import RunFolderError
-from .runtime import AMP_MODES, SCALES
+from .runtime import AMP_MODES, SCALES, resolve_scale
 from .train import TrainingDiverged, TrainingInterrupted, read_resumable, train_cyclegan
 from .testpage import load_pair, write_test_page
 from .translate import load_generator, translate_folder
@@ -69,13 +69,20 @@ def _train_cyclegan(args) -> None:
         known = {f.name for f in dataclasses.fields(CycleGANConfig)}
         config = CycleGANConfig(**{**{k: v for k, v in saved.items() if k in known}, **options,
                                    "out": str(args.resume)})
+        origin = dict.fromkeys(options, "command line")
     else:
         if "data" not in options:
             raise ValueError("--data is required (a folder with trainA/trainB, "
                              "or a digit pair such as mnist5k:mnistm5k)")
         config = CycleGANConfig.for_scale(args.scale, **options)
+        scale = resolve_scale(args.scale)
+        origin = {**dict.fromkeys(cyclegan_preset(scale, config.data), f"scale {scale} preset"),
+                  **dict.fromkeys(options, "command line")}
     print(f"training CycleGAN on {config.data} -> {config.out}")
-    train_cyclegan(config, resume=bool(args.resume), overwrite=args.overwrite)
+    try:
+        train_cyclegan(config, resume=bool(args.resume), overwrite=args.overwrite, origin=origin)
+    except ImportError as e:  # an optional package (--tensorboard, --wandb) is missing: the machine's to fix
+        raise SystemExit(f"cyclelib: error: {e}") from None
     print(f"done: checkpoint {Path(config.out) / 'checkpoint.pt'}, samples in {Path(config.out) / 'samples'}")
 
 

@@ -220,6 +220,10 @@ class CycleGANConfig:
     sample_every: int = _applied(500)   # steps between sample grids
     checkpoint_every: int = _applied(1000)  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = _applied(3)     # step checkpoints kept in out/checkpoints (besides latest and best)
+    # watching (cyclelib.watch; the packages: pip install 'cyclelib[log]')
+    tensorboard: bool = _applied(False)     # loss terms, learning rates and sample grids into out/tensorboard
+    wandb: bool = _applied(False)           # the same, and the options, to Weights & Biases
+    wandb_project: str = _applied("cyclelib")  # the W&B project (the official code's: "CycleGAN-and-pix2pix")
 
     def __post_init__(self):
         _check_finite(self)
@@ -257,9 +261,12 @@ class CycleGANConfig:
     @classmethod
     def for_scale(cls, scale: str | None = None, **options) -> "CycleGANConfig":
         """The config of a scale (smoke / cpu / gpu, see :func:`resolve_scale`); ``options`` win."""
-        scale = resolve_scale(scale)
-        preset = CYCLEGAN_PRESETS[scale]["digits" if is_digit_pair(options.get("data", "")) else "images"]
-        return cls(**{**preset, **options})
+        return cls(**{**cyclegan_preset(scale, options.get("data", "")), **options})
+
+
+def cyclegan_preset(scale: str | None, data: str) -> dict:
+    """The options that scale ``scale`` (see :func:`resolve_scale`) sets for a CycleGAN on ``data``."""
+    return CYCLEGAN_PRESETS[resolve_scale(scale)]["digits" if is_digit_pair(data) else "images"]
 
 
 # Per scale and kind of data, the options that differ from the paper's defaults.

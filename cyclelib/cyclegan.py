@@ -205,10 +205,13 @@ class CycleGAN(nn.Module):
         with self.precision.autocast():
             return net(images).float()
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"G": self.opt_G, "D": self.opt_D}
+
     def training_state(self) -> dict:
         """Everything besides the weights that an exact resume needs."""
         return {
-            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
             "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
             "pools": {"A": self.pool_A.state_dict(), "B": self.pool_B.state_dict()},
             "scaler": self.precision.scaler.state_dict(),  # fp16 loss scale ({} when off)

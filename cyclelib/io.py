@@ -491,7 +491,8 @@ class RunFolderError(RuntimeError):
 
 
 # What a run writes into its folder besides the checkpoints (deleted by an overwrite).
-_RUN_OUTPUTS = ("history.json", "history.csv", "history.png", "samples/step_*.png")
+_RUN_OUTPUTS = ("history.json", "history.csv", "history.png", "samples/step_*.png",
+                "tensorboard/events.out.tfevents.*")
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """Training: one loop for every model of cyclelib, and the CycleGAN training run.
 
 :class:`Trainer` runs a model's ``train_step`` over the epochs of a dataset. A model is a
-module with ``train_step(*tensors) -> {term: loss}``, ``training_state()`` /
-``load_training_state(state)`` (optimisers, schedulers, pools, loss scale) and
+module with ``train_step(*tensors) -> {term: loss}``, ``optimizers() -> {name: optimizer}``,
+``training_state()`` / ``load_training_state(state)`` (optimisers, schedulers, pools, loss scale) and
 ``end_epoch()`` (learning-rate schedules): :class:`~cyclelib.cyclegan.CycleGAN` (a CycleGAN
 step), :class:`~cyclelib.classifiers.TaskClassifier` (a classifier step) and
 :class:`~cyclelib.classifiers.FeatureAlignment` (a feature-GAN step). Around the step, in
@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from . import distributed, files, io
@@ -47,6 +48,7 @@ from .cyclegan import CycleGAN, GeneratorTerms
 from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
 from .plots import plot_history, save_image_grid
 from .runtime import cudnn_autotune, pick_device, seed_everything
+from .watch import Watch
 
 
 class TrainingInterrupted(Exception):
@@ -235,6 +237,7 @@ class Trainer:
     overwrite: bool = False             # start over in a folder that holds another run (see io.run_folder)
     progress: bool = True
     name: str = "train"
+    watch: Watch | None = None          # TensorBoard / W&B, options printed (see cyclelib.watch; rank 0's)
     # the run's position; fit() sets them, from a checkpoint when resuming
     epoch: int = field(default=0, init=False)
     start: int = field(default=0, init=False)  # steps done in the current epoch
@@ -263,7 +266,8 @@ class Trainer:
         ``max_steps`` and ``epochs`` (``total_steps``), ``sample_every``, ``checkpoint_every``,
         ``keep_checkpoints`` and ``log_every`` (the next row comes at the first multiple of the
         new one and averages every step since the last row)."""
-        with io.run_folder(self.out, resume, self.overwrite) if self.rank == 0 else contextlib.nullcontext():
+        with (io.run_folder(self.out, resume, self.overwrite) if self.rank == 0 else contextlib.nullcontext(),
+              contextlib.closing(self.watch) if self.watch else contextlib.nullcontext()):
             self._fit(resume, checkpoint)
 
     def _fit(self, resume: bool, checkpoint: tuple[dict, Path] | None) -> None:
@@ -273,6 +277,8 @@ class Trainer:
             self.model.distribute(self.device)  # before a resume, which then loads the saved pools
         if resume:
             self._resume(checkpoint or io.load_run_checkpoint(self.out))
+        if self.watch:
+            self.watch.start(self.step)
         watch = _NonFiniteWatch()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress or self.rank != 0,
                    desc=self.name, unit="step")
@@ -298,7 +304,7 @@ class Trainer:
             finally:
                 bar.close()
         self._save(watch, scheduled=not stop)
-        if self.sample is not None and self.rank == 0:
+        if self.sample is not None and self.rank == 0 and self.step % self.sample_every:  # not twice
             self._sample()
         if stop:
             raise TrainingInterrupted(stop["signal"], self.step, self.out / io.LATEST, self.resume_hint)
@@ -310,6 +316,9 @@ class Trainer:
         if row is not None:
             shown = [(k, v) for k, v in row.items() if k not in ("step", "epoch")][-3:]  # CycleGAN: G, D_A, D_B
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown})
+            if self.watch:
+                lrs = {name: opt.param_groups[0]["lr"] for name, opt in self.model.optimizers().items()}
+                self.watch.row(self.step, {k: v for k, v in row.items() if k not in ("step", "epoch")}, lrs)
         if self.sample is not None and self.step % self.sample_every == 0 and self.rank == 0:
             self._sample()
         if self.step % self.checkpoint_every == 0:
@@ -319,7 +328,9 @@ class Trainer:
         # Not from the run's random numbers (a noise input draws its z for each grid), or
         # sample_every would change the training that follows.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            self.sample(self.step)
+            grid = self.sample(self.step)
+        if self.watch and grid is not None:
+            self.watch.images(self.step, grid)
 
     def _loader(self) -> torch.utils.data.DataLoader:
         """The rest of the current epoch (from ``start``), in the epoch's fixed order."""
@@ -358,7 +369,8 @@ class Trainer:
         training = {**self.model.training_state(), "rng": rng_state(), "epoch": self.epoch, "start": self.start,
                     "step": self.step, "total_steps": self.total_steps, "world_size": self.world,
                     "loader_seed": self.loader_seed, "history_sums": self.history.state_dict()["sums"],
-                    "best": self.best, "best_since": self.best_since}
+                    "best": self.best, "best_since": self.best_since,
+                    "watch": self.watch.state_dict() if self.watch else {}}
         return io.make_checkpoint(**self.record, nets=self.model.state_dict(), history=self.history.rows,
                                   training=training)
 
@@ -375,6 +387,8 @@ class Trainer:
         self.epoch, self.start, self.step, self.loader_seed = t["epoch"], t["start"], t["step"], t["loader_seed"]
         self.history.load_state_dict({"rows": ckpt["history"], "sums": t["history_sums"]}, self.device, self.step)
         self.best, self.best_since, self.saved_at = t["best"], t["best_since"], self.step
+        if self.watch:
+            self.watch.load_state_dict(t.get("watch", {}))
 
 
 # --------------------------------------------------------------------------------------
@@ -388,7 +402,8 @@ FIXED_OPTIONS = {f.name: f.metadata["why"] for f in fields(CycleGANConfig) if f.
 
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
                    extra_generator_losses: GeneratorTerms | None = None, meta: dict | None = None,
-                   overwrite: bool = False, resume_hint: str | None = None) -> CycleGAN:
+                   overwrite: bool = False, resume_hint: str | None = None,
+                   origin: dict[str, str] | None = None) -> CycleGAN:
     """Train a CycleGAN as the official code does and return it (eval mode).
 
     Writes to ``config.out``: ``checkpoints/step_XXXXXXX.pt`` (the last
@@ -410,6 +425,9 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     ``extra_generator_losses``, ``meta`` and ``resume_hint`` are for runs built on CycleGAN
     (CyCADA's pixel stage adds its semantic loss, records the stage in ``meta``, and a stop
     message names the command that resumes the stage, not ``train cyclegan --resume``).
+    The run prints its options once (those that differ from the paper's defaults, each under its
+    ``origin``, e.g. "command line", and those changed at a resume), saves them as ``config.json``,
+    and logs to TensorBoard / W&B with ``config.tensorboard`` / ``config.wandb`` (:mod:`cyclelib.watch`).
     """
     c = config
     if not c.data:
@@ -422,7 +440,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     if checkpoint is not None:
         _check_fixed_options(c, *checkpoint)
     # Under torchrun: this process's rank, the number of ranks and this rank's GPU.
-    device = distributed.setup(pick_device(c.device))[2]
+    rank, _, device = distributed.setup(pick_device(c.device))
+    watch = Watch(c, origin, checkpoint and checkpoint[0]["config"]) if rank == 0 else None  # checks the packages
     seed_everything(c.seed)
     data_options = dict(seed=c.seed, channels=c.input_nc)
     if is_digit_pair(c.data):
@@ -442,7 +461,7 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
         sample=lambda step: _save_samples(model, samples, out / "samples" / f"step_{step:06d}.png"),
         sample_every=c.sample_every, resume_checks=(),  # read_resumable and _check_fixed_options did
         resume_hint=resume_hint or f"resume=True or `cyclelib train cyclegan --resume {out}`",
-        overwrite=overwrite, progress=progress, name="cyclegan")
+        overwrite=overwrite, progress=progress, name="cyclegan", watch=watch)
     trainer.fit(resume, checkpoint)
     return model.eval()
 
@@ -510,9 +529,9 @@ def _fixed_samples(c: CycleGANConfig, train: Unpaired, data_options: dict, devic
 
 
 @torch.no_grad()
-def _save_samples(model: CycleGAN, samples: dict[str, list[torch.Tensor]], path: Path) -> None:
+def _save_samples(model: CycleGAN, samples: dict[str, list[torch.Tensor]], path: Path) -> torch.Tensor:
     """A grid with rows real A, G_A(A), G_B(G_A(A)), real B, G_B(B), G_A(G_B(B)), one image at a
-    time (sizes may differ), shown at the first image's size."""
+    time (sizes may differ), shown at the first image's size; returned as one image [3, H, W] in [0, 1]."""
     was_training = model.training
     model.eval()
     names = ["real A", "G_A(A)", "G_B(G_A(A))", "real B", "G_B(B)", "G_A(G_B(B))"]
@@ -527,3 +546,4 @@ def _save_samples(model: CycleGAN, samples: dict[str, list[torch.Tensor]], path:
                         for im in row]) for row in rows]
     save_image_grid(shown, names, path)
     model.train(was_training)
+    return make_grid(torch.cat(shown), nrow=len(samples["A"]), normalize=True, value_range=(-1, 1))

@@ -5,6 +5,7 @@ is refused with a message; and a resume is bit-exact even where the training dra
 Every run is a smoke run on the CPU. The runs resumed here were stopped by a signal at step 5
 (of 8: 4 steps per epoch, two epochs, the second one decaying the learning rate to half).
 """
+import json
 import shutil
 import signal
 from pathlib import Path
@@ -101,6 +102,11 @@ APPLIED = {
     "sample_every": (3, lambda ckpt, folder, unchanged: (folder / "samples" / "step_000006.png").is_file()),
     "checkpoint_every": (3, lambda ckpt, folder, unchanged: (folder / "checkpoints" / "step_0000006.pt").is_file()),
     "keep_checkpoints": (1, lambda ckpt, folder, unchanged: len(step_checkpoints(folder)) == 1),
+    # the watching (cyclelib.watch): from the resumed step on, W&B offline (see the test)
+    "tensorboard": (True, lambda ckpt, folder, unchanged: any((folder / "tensorboard").glob("events.out.tfevents.*"))),
+    "wandb": (True, lambda ckpt, folder, unchanged: ckpt["training"]["watch"]["wandb_id"] is not None),
+    "wandb_project": ("another", lambda ckpt, folder, unchanged:
+                      json.loads((folder / "config.json").read_text())["wandb_project"] == "another"),
 }
 # Per option a run keeps for its life: another valid value (and what it needs with it).
 REFUSED = {
@@ -131,6 +137,9 @@ def test_an_option_given_at_a_resume_is_applied_and_recorded(stopped, unchanged,
     folder = tmp_path / "run"
     if name == "out":  # the stopped run's folder copied to another: resumed there
         value = str(folder)
+    if name == "wandb":
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     if name == "compile":  # torch.compile on a CPU takes minutes: the same call, uncompiled
         compiled = []
         monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: compiled.append(fn) or fn)
