@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 
 from . import distributed, files, io, losses
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
-from .config import CyCADAConfig, classifier_name, cycada_command
+from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name, cycada_command
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
@@ -61,6 +61,7 @@ from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservatio
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runtime import Precision, amp_dtype, pick_device, seed_everything
 from .train import Trainer, train_cyclegan
+from .watch import describe_options
 
 # Stages in the order they run, what each needs first, and the result it stands for.
 STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
@@ -414,6 +415,10 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         raise _not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with io.run_folder(out) if writer else contextlib.nullcontext():
         if writer:
+            preset = CYCADA_PRESETS.get(config.scale, {})
+            origin = {name: f"scale {config.scale} preset" for name, value in preset.items()
+                      if getattr(config, name) == value}
+            print(describe_options(config, origin), flush=True)  # what will train, once, as a CycleGAN run says it
             files.write_json(out / "config.json", asdict(config))
         wall_times = _run_stages(config, stages, reused, progress, out / "wall_times.json", writer)
         return evaluate_run(config, wall_times) if writer else {}

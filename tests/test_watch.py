@@ -11,13 +11,13 @@ import signal
 
 import pytest
 
-from cyclelib import CycleGANConfig, TrainingInterrupted, train_cyclegan
+from cyclelib import CycleGANConfig, TrainingInterrupted, run_cycada, train_cyclegan
 from cyclelib.config import CYCLEGAN_PRESETS
 from cyclelib.io import LATEST, load_checkpoint
 from cyclelib.train import Trainer
 from cyclelib.watch import Watch
 
-from helpers import DIGITS, cli, smoke
+from helpers import DIGITS, cli, cycada_smoke, smoke
 
 RUN = dict(max_steps=4, log_every=1, sample_every=2, checkpoint_every=2)
 TERMS = ("G_A", "G_B", "cycle_A", "cycle_B", "D_A", "D_B")
@@ -133,3 +133,12 @@ def test_a_run_prints_its_resolved_options_once_and_saves_them(tmp_path, capsys)
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("options")]
     assert len(printed) == 1 and "changed at this resume: lr 0.0002 -> 0.001, max_steps 2 -> 3" in printed[0]
     assert json.loads((out / "config.json").read_text())["lr"] == 0.001
+
+
+def test_a_cycada_run_prints_its_options_once_with_the_presets_marked(tmp_path, capsys):
+    config = cycada_smoke(tmp_path / "cycada", seed=3)
+    run_cycada(config, stages=("source",), progress=False)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("options besides")]
+    assert len(printed) == 1 and "set: source 'mnist5k', target 'mnistm5k', out " in printed[0]
+    assert "scale smoke preset: image_size 16" in printed[0] and "seed 3" in printed[0]
+    assert json.loads((tmp_path / "cycada" / "config.json").read_text()) == dataclasses.asdict(config)
