@@ -7,6 +7,7 @@ Every run is a smoke run on the CPU: 4 steps, a history row every step, a sample
 import dataclasses
 import importlib.util
 import json
+import re
 import signal
 
 import pytest
@@ -90,7 +91,9 @@ def test_wandb_offline_logs_the_history_the_options_and_continues_the_run_on_res
     train_cyclegan(config, resume=True, progress=False)
     assert load_checkpoint(out / LATEST)["training"]["watch"]["wandb_id"] == run_id
     runs = sorted((tmp_path / "wandb_dir" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(run.name.endswith(f"-{run_id}") for run in runs)  # the resume: the same run
+    # the resume continues the same run (wandb adds "-1" to a folder name taken in the same second)
+    same_run = rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?"
+    assert len(runs) == 2 and all(re.fullmatch(same_run, run.name) for run in runs)
     for run in runs:
         log = b"".join(path.read_bytes() for path in run.glob("*.wandb"))
         assert all(f"loss/{term}".encode() in log for term in TERMS) and b"lr/G" in log and b"samples" in log
