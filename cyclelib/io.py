@@ -217,9 +217,9 @@ def check_resumable(ckpt: dict, path: Path, record: dict, keys: tuple[str, ...] 
             redo = f"; resume it with `{cycada_command({**ckpt['meta']['cycada'], 'out': str(out)}, (stage,))}`"
         raise ValueError(f"cannot resume from {path}: it holds {runs[0]}, and this run trains {runs[1]}{redo}")
     if ckpt["kind"] != record["kind"] or "training" not in ckpt:
+        name = {"cyclegan": "CycleGAN"}.get(record["kind"], record["kind"])
         raise ValueError(f"cannot resume from {path}: it holds {ckpt['kind']!r} weights"
-                         f"{'' if 'training' in ckpt else ' without a training state'}, and this run trains "
-                         f"a {record['kind']!r} model")
+                         f"{'' if 'training' in ckpt else ' without a training state'}, not a {name} run to go on with")
     keys = tuple(record["config"]) if keys is None else keys
     changed = [f"{name}={ckpt['config'].get(name)!r} there, {record['config'].get(name)!r} now"
                for name in keys if ckpt["config"].get(name) != record["config"].get(name)]

@@ -43,7 +43,7 @@ from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from . import distributed, files, io
-from .config import CycleGANConfig, cycada_command, shape_networks
+from .config import CycleGANConfig, shape_networks
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
 from .plots import plot_history, save_image_grid
@@ -477,16 +477,8 @@ def read_resumable(folder: str | Path, meta: dict | None = None) -> tuple[dict, 
     if not io.is_checkpoint(ckpt):
         raise ValueError(f"cannot resume from {path}: it is not a cyclelib checkpoint but weights alone (an "
                          "official state_dict?); translate with it, or start a new run in another folder")
-    stage = ckpt["meta"].get("stage")
-    if stage is not None and stage != (meta or {}).get("stage"):
-        command = cycada_command({**ckpt["meta"].get("cycada", {}), "out": str(Path(folder).parent)}, (stage,))
-        raise ValueError(f"cannot resume {folder} as a CycleGAN run: it holds the {stage!r} stage of a CyCADA run "
-                         f"(resuming it here would train it without its own losses and erase its record); continue "
-                         f"it with `{command}`")
-    if ckpt["kind"] != "cyclegan" or "training" not in ckpt:
-        raise ValueError(f"cannot resume from {path}: it holds {ckpt['kind']!r} weights"
-                         f"{'' if 'training' in ckpt else ' without a training state'}, not a CycleGAN run to go on "
-                         "with")
+    # a CyCADA stage, a classifier, weights without a training state (the config is compared later)
+    io.check_resumable(ckpt, path, {"kind": "cyclegan", "config": {}, "meta": meta or {}}, keys=())
     io.check_cyclegan_shapes(ckpt, str(path))
     return ckpt, path
 
