@@ -33,6 +33,10 @@ Two defects of the release are avoided on purpose (see the reference facts): f_S
 pretrained and frozen in eval mode during stages 2 and 3 (the release trains a fresh
 classifier alongside the GAN and leaves the source network in train mode, so dropout and
 BatchNorm drift), and the stages pass networks to each other instead of PNG files.
+
+Over 450 lines: the stages and their bookkeeping (reuse checks, hints) sit with the evaluation
+and the book's result helpers; the house-in-order issue splits evaluation (``evaluate_run`` and
+its figures) into a module of its own, not done yet.
 """
 from __future__ import annotations
 

@@ -24,6 +24,11 @@ A training run keeps its checkpoints in its folder: ``checkpoints/step_XXXXXXX.p
 :func:`save_run_checkpoint`); :func:`load_run_checkpoint` resumes from the newest
 readable one. This module depends on the models (it builds them from files); no model
 depends on it.
+
+Over 450 lines: the checkpoint schema, official and safetensors weights and the run folders
+(lock, step files, fallback) are three concerns; the atomic writes (:mod:`cyclelib.files`) and
+the checks of a weight file (:mod:`cyclelib.integrity`) have moved out, and the house-in-order
+issue moves the run folders out next.
 """
 from __future__ import annotations
 

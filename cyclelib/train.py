@@ -21,6 +21,10 @@ this one place, the trainer does everything a long run needs:
 - DistributedDataParallel under torchrun (:mod:`cyclelib.distributed`), and a progress bar.
 
 :func:`train_cyclegan` is the CycleGAN run built on it: data, model, sample grids.
+
+Over 450 lines: the one :class:`Trainer` sits with the CycleGAN run built on it and its resume
+rule (``read_resumable``, the options a run keeps); the house-in-order issue moves the CycleGAN run
+out, not done yet.
 """
 from __future__ import annotations
 
