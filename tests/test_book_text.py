@@ -29,15 +29,6 @@ MEASURED = re.compile(r"(?<![\w.])\d+\.\d{3,}(?!\d)|(?<![\w.])\d+\.\d%")
 NOT_PROSE = re.compile(r"```.*?```|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]*\$|\]\([^)]*\)|\{glue:[a-z]*\}`[^`]*`", re.S)
 LINKED_CHAPTER = re.compile(r"\]\((\d\d_[\w]+\.ipynb)")
 
-# Numbers the text derives from committed results (differences, means and spreads over seeds)
-# that no cell prints yet; issue 24 asks that a cell print or glue them. Listed, so that the
-# test still catches any other typed number, and so that fixing one shows here.
-NOT_YET_PRINTED = {
-    "08_cycada_feature_level.ipynb": {"0.088", "0.168", "0.018", "0.034", "0.005"},
-    "10_beyond_the_paper.ipynb": {"0.020", "0.683", "0.105", "0.069", "0.130", "0.782", "0.068", "0.796",
-                                  "0.109", "0.024", "0.651", "0.483"},
-}
-
 
 def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
@@ -100,7 +91,7 @@ def test_numbers_in_the_text_are_printed_or_committed(path):
         for linked in set(LINKED_CHAPTER.findall(cell.source)):
             sources |= printed_numbers(linked)
         unread += [n for n in prose_numbers(cell.source)
-                   if n not in sources and n not in NOT_YET_PRINTED.get(path.name, ())]
+                   if n not in sources]
     assert not unread, f"{path.name}: numbers in the text that no cell printed: {sorted(set(unread))}"
 
 
