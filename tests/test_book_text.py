@@ -150,3 +150,44 @@ def test_the_print_check_sees_a_changed_line():
     [template] = print_templates(source)
     assert template.search("mnist5k → mnistm5k, seed 0, precision bfloat16, run folder runs/x\n")
     assert not template.search("mnist5k → mnistm5k, seed 0, amp auto, run folder runs/x\n")
+
+
+# --------------------------------------------------------------------------- glossary, terms, exercises
+
+LANG_DIV = re.compile(r'<div class="lang-(en|zh)">(.*?)</div>', re.S)
+# One Chinese term per concept (book/glossary.md), and the Chinese reviewer's fixes: the words on
+# the left are what they replaced.
+REPLACED_TERMS = {"像素层面": "像素级", "特征层面": "特征级", "仅源域": "仅用源域", "模式寻找": "模式寻求",
+                  "上限分类器": "全监督上限", "拷贝": "副本", "复本": "副本", "好几天": "一两天", "皮毛": "毛色与花纹"}
+
+
+def chinese_text(path: Path) -> str:
+    cells = read(path).cells if path.suffix == ".ipynb" else [nbformat.v4.new_markdown_cell(path.read_text("utf-8"))]
+    return "\n".join(text for c in cells if c.cell_type == "markdown"
+                     for lang, text in LANG_DIV.findall(c.source) if lang == "zh")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + [BOOK / "glossary.md"], ids=lambda p: p.stem)
+def test_chinese_text_uses_the_glossary_terms(path):
+    text = chinese_text(path)
+    used = {old: new for old, new in REPLACED_TERMS.items() if old in text}
+    assert not used, f"{path.name}: write {used}"
+    assert not re.search(r"\d+ 轮(?!廓)", text), f"{path.name}: write epoch, as the glossary does, not 轮"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapter_links_the_glossary(path):
+    linked = [c for c in read(path).cells if c.cell_type == "markdown" and "](glossary.md)" in c.source]
+    assert linked, f"{path.name}: no link to the glossary"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercise_has_a_folded_hint_and_answer(path):
+    exercises = read(path).cells[-1].source
+    assert exercises.startswith("## Exercises / 练习")
+    for lang, text in LANG_DIV.findall(exercises):
+        titles = ("Hint", "Answer") if lang == "en" else ("提示", "答案")
+        for number, item in enumerate(re.split(r"^\d+\.\s", text, flags=re.M)[1:], start=1):
+            for title in titles:
+                assert re.search(rf":::{{admonition}} {title}\n\s*:class: dropdown\n", item), (
+                    f"{path.name}, {lang} exercise {number}: no folded {title}")
