@@ -162,12 +162,14 @@ REPLACED_TERMS = {"像素层面": "像素级", "特征层面": "特征级", "仅
 
 
 def chinese_text(path: Path) -> str:
+    """The Chinese passages and the (bilingual) headings of a page."""
     cells = read(path).cells if path.suffix == ".ipynb" else [nbformat.v4.new_markdown_cell(path.read_text("utf-8"))]
-    return "\n".join(text for c in cells if c.cell_type == "markdown"
-                     for lang, text in LANG_DIV.findall(c.source) if lang == "zh")
+    markdown = [c.source for c in cells if c.cell_type == "markdown"]
+    headings = [line for source in markdown for line in source.splitlines() if line.startswith("#")]
+    return "\n".join(headings + [text for source in markdown for lang, text in LANG_DIV.findall(source) if lang == "zh"])
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS + [BOOK / "glossary.md"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + [BOOK / "glossary.md", BOOK / "index.md"], ids=lambda p: p.stem)
 def test_chinese_text_uses_the_glossary_terms(path):
     text = chinese_text(path)
     used = {old: new for old, new in REPLACED_TERMS.items() if old in text}
