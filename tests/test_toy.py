@@ -41,8 +41,8 @@ def test_domains_do_not_overlap():
 
 def test_adversarial_training_alone_loses_the_modes_content():
     """Chapter 2's claim on the toy, at the chapter's cpu size: the generator's outputs land on Y's
-    modes (the adversarial loss did its job), but no seed keeps every mode's content: each one
-    collapses modes together or permutes them."""
+    modes (the adversarial loss did its job), but no seed keeps even half of the modes' content:
+    they are collapsed together or permuted."""
     x_domain, y_domain = toy.domains(4)
     for seed in range(2):
         G = toy.train_adversarial(x_domain, y_domain, steps=1000, seed=seed)
@@ -52,7 +52,7 @@ def test_adversarial_training_alone_loses_the_modes_content():
         to_centre = torch.cdist(out, y_domain.centres).min(dim=1).values
         assert to_centre.median() < 0.5, "the outputs should sit on Y's modes"
         summary = toy.mapping_summary(toy.mode_mapping(G, x_domain, y_domain))
-        assert summary["kept"] < 0.5 and not (summary["one_to_one"] and summary["kept"] == 1.0), summary
+        assert summary["kept"] < 0.5, summary
 
 
 def test_an_unknown_gan_mode_is_named():
