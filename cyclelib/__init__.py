@@ -14,7 +14,7 @@ Modules, one idea each, leaves first:
 - ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
   evaluation), ``translate`` (any image size, streamed), ``testpage`` (the official test page),
   ``evaluate`` (FID and KID), ``export`` (a generator as ONNX, TorchScript, safetensors), ``bench``,
-  ``cli``.
+  ``cli``; ``toy`` (chapter 2's two Gaussian mixtures, trained with the adversarial loss alone).
 """
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig

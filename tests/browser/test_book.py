@@ -14,6 +14,10 @@ For every page listed in ``_toc.yml`` it checks what a reader would notice first
   are hidden, other outputs are shown;
 - the browser console logged no error (level SEVERE: a script that failed, a
   resource that could not be fetched);
+- the layout at 1280 px: no display equation and no table whose content is wider than its
+  box, unless a box between it and the article scrolls (``overflow-x: auto``/``scroll``), so
+  nothing is clipped or spills over the column; and no figure shown below 80% of its natural
+  width while that width fits the column (issue 24: figures too small to read);
 - the language switch (``book/_static/lang.js``): English hides every ``.lang-zh``
   and shows the ``.lang-en`` passages, 中文 the opposite, Both shows both;
 
@@ -30,6 +34,7 @@ import functools
 import http.server
 import re
 import threading
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -189,6 +194,51 @@ return {widgetOnlyShown: widgetOnly.filter((a) => a.checkVisibility()).length, w
 """
 
 
+# Display equations and tables whose content is wider than a box around it that does not scroll
+# (the content is clipped, or spills over the column), and figures shown below 80% of their
+# natural width although that width fits the article's column. Only visible elements count:
+# a folded dropdown shows nothing.
+LAYOUT_PROBLEMS = """
+const article = document.querySelector("article");
+const visible = (el) => el.checkVisibility({visibilityProperty: true});
+const label = (el) => (el.textContent || el.getAttribute("src") || "").trim().replace(/\\s+/g, " ").slice(0, 60);
+function tooWide(content) {
+  // Walk from the content to the article: the first box narrower than what it holds must scroll.
+  const inside = content.getBoundingClientRect();
+  for (let box = content.parentElement; box && box !== article.parentElement; box = box.parentElement) {
+    const left = box.getBoundingClientRect().left + box.clientLeft;
+    if (inside.right > left + box.clientWidth + 1 || inside.left < left - 1) {
+      const scrolls = ["auto", "scroll"].includes(getComputedStyle(box).overflowX);
+      return scrolls ? null : `${Math.round(inside.width)} px in a ${box.clientWidth} px box ` +
+                              `(${box.tagName.toLowerCase()}.${String(box.className).split(" ")[0]})`;
+    }
+  }
+  return null;
+}
+const problems = [];
+for (const math of article.querySelectorAll('mjx-container[display="true"]')) {
+  if (!visible(math)) continue;
+  const content = math.querySelector("mjx-math") || math;
+  const why = tooWide(content);
+  if (why) problems.push(`equation ${why}: ${label(math.closest(".math") || math)}`);
+}
+for (const table of article.querySelectorAll("table")) {
+  if (!visible(table)) continue;
+  const why = tooWide(table);
+  if (why) problems.push(`table ${why}: ${label(table)}`);
+}
+const column = article.clientWidth;
+for (const img of article.querySelectorAll("img")) {
+  if (!visible(img) || !img.naturalWidth) continue;
+  const shown = img.getBoundingClientRect().width;
+  if (img.naturalWidth <= column && shown < 0.8 * img.naturalWidth)
+    problems.push(`figure shown at ${Math.round(100 * shown / img.naturalWidth)}% of its ${img.naturalWidth} px ` +
+                  `(column ${column} px): ${label(img)}`);
+}
+return problems;
+"""
+
+
 def console_errors(browser) -> list[str]:
     """The SEVERE messages the browser console logged since the last call."""
     return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
@@ -260,6 +310,10 @@ def test_page(browser, server, entry):
         f"{entry}: {areas['widgetOnlyShown']} of {areas['widgetOnly']} widget-only output areas are shown (empty boxes)")
     assert areas["othersHidden"] == [], f"{entry}: output areas hidden although they hold output: {areas['othersHidden']}"
 
+    # Nothing clipped or too wide for the column, no figure shrunk that would fit.
+    layout = browser.execute_script(LAYOUT_PROBLEMS)
+    assert layout == [], f"{entry}: layout problems at 1280 px:\n" + "\n".join(layout)
+
     # The language switch: each choice hides exactly the other language.
     state = language_state(browser)
     if 'class="lang-en"' in source:
@@ -288,3 +342,25 @@ def test_choice_is_remembered_across_pages(browser, server):
     open_page(browser, server, first)
     assert_shows(language_state(browser), "zh", f"{first} (after choosing 中文 on {PAGES[-1]})")
     choose_language(browser, "both")
+
+
+def test_layout_check_sees_what_is_clipped_too_wide_or_too_small(browser):
+    """The layout check of test_page on a page made to fail it: an equation clipped by its box,
+    a table wider than a box that does not scroll, a figure shrunk to half although it fits;
+    and the same three made right: the equation's box scrolls, the table fits, the figure is full size."""
+    figure = "data:image/svg+xml," + urllib.parse.quote(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="100"><rect width="300" height="100"/></svg>')
+    page = f"""<html><body style="width: 700px"><article style="width: 600px">
+      <mjx-container display="true" style="display: block; overflow-x: {{overflow}}">
+        <mjx-math style="display: inline-block; width: {{math}}px">x = 1</mjx-math></mjx-container>
+      <div><table style="width: {{table}}px"><tr><td>a</td></tr></table></div>
+      <img src="{figure}" style="width: {{img}}px">
+    </article></body></html>"""
+    expected = {("hidden", 900, 800, 150): ["equation", "table", "figure shown at 50%"],
+                ("auto", 900, 500, 300): []}
+    for (overflow, math, table, img), problems in expected.items():
+        html = page.format(overflow=overflow, math=math, table=table, img=img)
+        browser.get("data:text/html;charset=utf-8," + urllib.parse.quote(html))
+        browser.execute_async_script(BROKEN_IMAGES)  # wait for the figure
+        found = browser.execute_script(LAYOUT_PROBLEMS)
+        assert [p for p in problems if not any(f.startswith(p) for f in found)] == [] and len(found) == len(problems), found
