@@ -9,13 +9,15 @@ Modules, one idea each, leaves first:
   domains, the order of an epoch);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
   networks and their two training steps), ``cyclegan`` (the CycleGAN model and its step);
-- ``config`` (every option, scale presets), ``io`` (checkpoints, safetensors, official
-  weights, run folders);
+- ``config`` (every option, scale presets), ``checkpoints`` (the one schema, verified
+  files), ``runs`` (run folders and their lock), ``weights`` (official ``.pth``, safetensors,
+  ``load_cyclegan``);
 - ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
   evaluation), ``translate`` (any image size, streamed), ``testpage`` (the official test page),
   ``evaluate`` (FID and KID), ``export`` (a generator as ONNX, TorchScript, safetensors), ``bench``,
   ``cli``.
 """
+from .checkpoints import load_checkpoint, load_safetensors, save_checkpoint
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada import run_cycada
@@ -25,8 +27,6 @@ from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFold
 from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
 from .evaluate import evaluate_folders, evaluate_run, fid, kid
 from .export import export_generator
-from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
-                 save_checkpoint, save_official)
 from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
                      mode_seeking_loss, semantic_loss, task_loss)
 from .networks import build_discriminator, build_generator, init_weights
@@ -35,6 +35,7 @@ from .runtime import pick_device, resolve_scale, seed_everything
 from .train import Trainer, TrainingDiverged, TrainingInterrupted, train_cyclegan
 from .testpage import load_pair, write_test_page
 from .translate import load_generator, translate_folder, translate_image
+from .weights import export_safetensors, load_cyclegan, load_official, save_official
 
 __version__ = "0.2.0"
 

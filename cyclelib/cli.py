@@ -21,7 +21,7 @@ from . import evaluate
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
 from .export import DIRECTIONS, FORMATS, export_generator
-from .io import RunFolderError
+from .runs import RunFolderError
 from .runtime import AMP_MODES, SCALES, resolve_scale
 from .train import TrainingDiverged, TrainingInterrupted, read_resumable, train_cyclegan
 from .testpage import load_pair, write_test_page

@@ -54,7 +54,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import distributed, files, io, losses
+from . import distributed, files, losses
+from .checkpoints import load_weights
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
 from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name, cycada_command
 from .cyclegan import CycleGAN
@@ -63,9 +64,11 @@ from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
                       predict, translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
+from .runs import LATEST, RunFolderError, load_run_checkpoint, run_folder, run_in
 from .runtime import Precision, amp_dtype, pick_device, seed_everything
 from .train import Trainer, train_cyclegan
 from .watch import describe_options
+from .weights import cyclegan_from_checkpoint
 
 # Stages in the order they run, what each needs first, and the result it stands for.
 STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
@@ -117,10 +120,10 @@ def _eval_subset(dataset, config: CyCADAConfig):
 
 def stage_path(config: CyCADAConfig, stage: str) -> Path:
     """Where ``stage`` keeps its latest checkpoint: ``out/<stage>/checkpoint.pt`` (the stage
-    folder is a run folder, see :mod:`cyclelib.io`)."""
+    folder is a run folder, see :mod:`cyclelib.runs`)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
-    return Path(config.out) / stage / io.LATEST
+    return Path(config.out) / stage / LATEST
 
 
 def _complete(ckpt: dict) -> bool:
@@ -133,16 +136,16 @@ def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
     """The checkpoint of ``stage`` in ``config.out``, None when there is none.
 
     It is the newest readable one, picked as for any run folder
-    (:func:`~cyclelib.io.load_run_checkpoint`: a corrupt ``checkpoint.pt`` falls back to the
+    (:func:`~cyclelib.runs.load_run_checkpoint`: a corrupt ``checkpoint.pt`` falls back to the
     step files, with a warning). One trained with other options for the stage
     (:data:`STAGE_OPTIONS`: another pair of domains, network, seed, ...) is a ``ValueError``
     that names each option that differs: reusing it would give results that belong to another
     configuration.
     """
     folder = stage_path(config, stage).parent
-    if io.run_in(folder) is None:
+    if run_in(folder) is None:
         return None
-    ckpt, path = io.load_run_checkpoint(folder)
+    ckpt, path = load_run_checkpoint(folder)
     recorded = ckpt["meta"].get("cycada")
     redo = (f"retrain it (--stages {stage} --force, or force=True) or use another --out")
     if recorded is None:
@@ -223,10 +226,10 @@ def _run_hint(config: CyCADAConfig, stages: tuple[str, ...]) -> str:
 def _network(ckpt: dict, path: Path, device: torch.device) -> nn.Module:
     """The trained network of a stage checkpoint, in eval mode on ``device``."""
     if ckpt["kind"] == "cyclegan":
-        return io.cyclegan_from_checkpoint(ckpt, str(path)).to(device)
+        return cyclegan_from_checkpoint(ckpt, str(path)).to(device)
     prefix = {"classifier": "net.", "feature": "f_t."}[ckpt["kind"]]  # f_T without D_feat
     net = build_task_network(ckpt["config"]["classifier"])
-    io.load_weights(net, {k[len(prefix):]: v for k, v in ckpt["nets"].items() if k.startswith(prefix)}, str(path))
+    load_weights(net, {k[len(prefix):]: v for k, v in ckpt["nets"].items() if k.startswith(prefix)}, str(path))
     return net.to(device).eval()
 
 
@@ -408,8 +411,8 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
                            f"distributed: pass stages=('pixel',) (--stages pixel) there and run the stages "
                            f"{', '.join(s for s in stages if s != 'pixel')} in a single process")
     out = Path(config.out)
-    if (found := io.run_in(out)) is not None:  # run_folder would suggest train cyclegan's --resume, --overwrite
-        raise io.RunFolderError(f"{out} holds a run of its own ({found.name}: a CycleGAN run, or a CyCADA stage), "
+    if (found := run_in(out)) is not None:  # run_folder would suggest train cyclegan's --resume, --overwrite
+        raise RunFolderError(f"{out} holds a run of its own ({found.name}: a CycleGAN run, or a CyCADA stage), "
                                 f"not a CyCADA run, whose stages are folders in it: choose another --out (out=...)")
     reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage)
               for stage in _with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
@@ -417,7 +420,7 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     missing = {need for stage in set(stages) - done for need in needs(config, stage)} - done - set(stages)
     if missing:  # an earlier stage that was not asked for, and is not there to load
         raise _not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
-    with io.run_folder(out) if writer else contextlib.nullcontext():
+    with run_folder(out) if writer else contextlib.nullcontext():
         if writer:
             preset = CYCADA_PRESETS.get(config.scale, {})
             origin = {name: f"scale {config.scale} preset" for name, value in preset.items()

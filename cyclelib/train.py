@@ -13,7 +13,7 @@ this one place, the trainer does everything a long run needs:
 - the loss history: a row every ``log_every`` steps, the means since the last row, written as
   ``history.json/csv/png``;
 - checkpoints every ``checkpoint_every`` steps and at the end (the last few, the latest and
-  the best, see :func:`~cyclelib.io.save_run_checkpoint`), holding everything an exact
+  the best, see :func:`~cyclelib.runs.save_run_checkpoint`), holding everything an exact
   resume needs: weights, optimisers, RNG states, position in the epoch, the loss sums since
   the last history row;
 - a NaN/Inf stop that never overwrites a good checkpoint (:class:`TrainingDiverged`);
@@ -46,13 +46,16 @@ from torch import nn
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from . import distributed, files, io
+from . import distributed, files
+from .checkpoints import is_checkpoint, load_weights, make_checkpoint
 from .config import CycleGANConfig, shape_networks
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
 from .plots import plot_history, save_image_grid
+from .runs import LATEST, check_resumable, load_run_checkpoint, run_folder, save_run_checkpoint
 from .runtime import cudnn_autotune, pick_device, seed_everything
 from .watch import Watch
+from .weights import check_cyclegan_shapes
 
 
 class TrainingInterrupted(Exception):
@@ -211,7 +214,7 @@ class Trainer:
 
     ``inputs`` picks the tensors of a batch that ``model.train_step`` takes, in order (for
     CycleGAN ``batch["A"], batch["B"]``). ``record`` (``kind``, ``config``, ``meta``) goes
-    into every checkpoint and says what the weights are (see :mod:`cyclelib.io`);
+    into every checkpoint and says what the weights are (see :mod:`cyclelib.checkpoints`);
     ``resume_checks`` are the keys of ``record["config"]`` that a checkpoint must share to
     be resumed (default: all). ``score`` names the terms whose sum ``checkpoint_best.pt``
     minimises (averaged over the history rows since the previous scheduled checkpoint);
@@ -238,7 +241,7 @@ class Trainer:
     sample_every: int = 500
     resume_checks: tuple[str, ...] | None = None
     resume_hint: str = "resume=True"    # how to continue, for the message of a stop
-    overwrite: bool = False             # start over in a folder that holds another run (see io.run_folder)
+    overwrite: bool = False             # start over in a folder that holds another run (see runs.run_folder)
     progress: bool = True
     name: str = "train"
     watch: Watch | None = None          # TensorBoard / W&B, options printed (see cyclelib.watch; rank 0's)
@@ -265,12 +268,12 @@ class Trainer:
         """Train to the end (``total_steps``), from the latest checkpoint in ``out`` with ``resume``
         (``checkpoint``: that checkpoint and its path, when the caller has read and checked it).
 
-        ``out`` is checked and locked first (:func:`~cyclelib.io.run_folder`, by rank 0). The
+        ``out`` is checked and locked first (:func:`~cyclelib.runs.run_folder`, by rank 0). The
         trainer's own options may differ from the resumed run's and apply from the resumed step on:
         ``max_steps`` and ``epochs`` (``total_steps``), ``sample_every``, ``checkpoint_every``,
         ``keep_checkpoints`` and ``log_every`` (the next row comes at the first multiple of the
         new one and averages every step since the last row)."""
-        with (io.run_folder(self.out, resume, self.overwrite) if self.rank == 0 else contextlib.nullcontext(),
+        with (run_folder(self.out, resume, self.overwrite) if self.rank == 0 else contextlib.nullcontext(),
               contextlib.closing(self.watch) if self.watch else contextlib.nullcontext()):
             self._fit(resume, checkpoint)
 
@@ -280,7 +283,7 @@ class Trainer:
                 raise RuntimeError(f"{self.name} cannot train distributed: run it in a single process")
             self.model.distribute(self.device)  # before a resume, which then loads the saved pools
         if resume:
-            self._resume(checkpoint or io.load_run_checkpoint(self.out))
+            self._resume(checkpoint or load_run_checkpoint(self.out))
         if self.watch:
             self.watch.start(self.step)
         watch = _NonFiniteWatch()
@@ -311,7 +314,7 @@ class Trainer:
         if self.sample is not None and self.rank == 0 and self.step % self.sample_every:  # not twice
             self._sample()
         if stop:
-            raise TrainingInterrupted(stop["signal"], self.step, self.out / io.LATEST, self.resume_hint)
+            raise TrainingInterrupted(stop["signal"], self.step, self.out / LATEST, self.resume_hint)
 
     def _after_step(self, terms: dict[str, torch.Tensor], watch: _NonFiniteWatch, bar) -> None:
         if self.step % self.log_every == 0:
@@ -365,7 +368,7 @@ class Trainer:
                 self.best = {"step": self.step, "score": score}
             self.best_since = self.step
         if self.rank == 0:  # one writer: every rank holds the same weights
-            io.save_run_checkpoint(self._checkpoint(), self.out, self.step, self.keep_checkpoints, best=improved)
+            save_run_checkpoint(self._checkpoint(), self.out, self.step, self.keep_checkpoints, best=improved)
             self.history.write(self.out)
         self.saved_at = self.step
 
@@ -375,17 +378,17 @@ class Trainer:
                     "loader_seed": self.loader_seed, "history_sums": self.history.state_dict()["sums"],
                     "best": self.best, "best_since": self.best_since,
                     "watch": self.watch.state_dict() if self.watch else {}}
-        return io.make_checkpoint(**self.record, nets=self.model.state_dict(), history=self.history.rows,
+        return make_checkpoint(**self.record, nets=self.model.state_dict(), history=self.history.rows,
                                   training=training)
 
     def _resume(self, checkpoint: tuple[dict, Path]) -> None:
         ckpt, path = checkpoint
-        io.check_resumable(ckpt, path, self.record, self.resume_checks)
+        check_resumable(ckpt, path, self.record, self.resume_checks)
         t = ckpt["training"]
         if t["world_size"] != self.world:  # "start" counts steps of world_size x batch_size samples
             raise ValueError(f"cannot resume {path} with {self.world} process(es): it was trained with "
                              f"{t['world_size']}; resume it with torchrun --nproc_per_node {t['world_size']}")
-        io.load_weights(self.model, ckpt["nets"], str(path))
+        load_weights(self.model, ckpt["nets"], str(path))
         self.model.load_training_state(t)
         set_rng_state(t["rng"])
         self.epoch, self.start, self.step, self.loader_seed = t["epoch"], t["start"], t["step"], t["loader_seed"]
@@ -476,14 +479,14 @@ def read_resumable(folder: str | Path, meta: dict | None = None) -> tuple[dict, 
     state_dict, weights without a training state, a classifier, or a stage of a CyCADA run whose
     ``meta`` is not this run's (with the command that continues that stage); and names the
     tensors when the checkpoint's config declares other networks than they are (a config with
-    ``ngf=100000`` would allocate hundreds of GB: see :func:`~cyclelib.io.check_cyclegan_shapes`)."""
-    ckpt, path = io.load_run_checkpoint(folder)
-    if not io.is_checkpoint(ckpt):
+    ``ngf=100000`` would allocate hundreds of GB: see :func:`~cyclelib.weights.check_cyclegan_shapes`)."""
+    ckpt, path = load_run_checkpoint(folder)
+    if not is_checkpoint(ckpt):
         raise ValueError(f"cannot resume from {path}: it is not a cyclelib checkpoint but weights alone (an "
                          "official state_dict?); translate with it, or start a new run in another folder")
     # a CyCADA stage, a classifier, weights without a training state (the config is compared later)
-    io.check_resumable(ckpt, path, {"kind": "cyclegan", "config": {}, "meta": meta or {}}, keys=())
-    io.check_cyclegan_shapes(ckpt, str(path))
+    check_resumable(ckpt, path, {"kind": "cyclegan", "config": {}, "meta": meta or {}}, keys=())
+    check_cyclegan_shapes(ckpt, str(path))
     return ckpt, path
 
 

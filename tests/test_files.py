@@ -16,7 +16,8 @@ import torch
 
 from cyclelib import CycleGAN, files, run_cycada, train_cyclegan
 from cyclelib.cycada import load_seed_metrics
-from cyclelib.io import run_folder, save_official
+from cyclelib.runs import run_folder
+from cyclelib.weights import save_official
 from cyclelib.networks import build_generator
 from cyclelib.train import History, _save_samples
 from helpers import DIGITS, cli, cli_command, cli_env, cycada_smoke, rgb, smoke

@@ -21,7 +21,7 @@ from cyclelib.config import SEED_LIMIT
 from cyclelib.data import EpochSampler
 from cyclelib.download import download_dataset
 from cyclelib.images import load_image
-from cyclelib.io import save_official
+from cyclelib.weights import save_official
 from cyclelib.networks import build_generator
 from cyclelib.runtime import seed_everything
 from cyclelib.train import train_cyclegan

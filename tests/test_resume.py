@@ -16,7 +16,9 @@ import torch
 from cyclelib import CyCADAConfig, CycleGAN, CycleGANConfig, TrainingInterrupted, train_cyclegan
 from cyclelib import train as train_module
 from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, STAGES, run_cycada, stage_checkpoint, stage_options, stage_path
-from cyclelib.io import LATEST, load_checkpoint, save_checkpoint, save_official, step_checkpoints
+from cyclelib.checkpoints import load_checkpoint, save_checkpoint
+from cyclelib.runs import LATEST, step_checkpoints
+from cyclelib.weights import save_official
 from cyclelib.train import FIXED_OPTIONS, Trainer
 
 from helpers import cli, cycada_smoke, equal_states, rgb, smoke
