@@ -5,8 +5,8 @@ Modules, one idea each, leaves first:
 - ``files`` (every file written whole or not at all, damaged JSON named), ``losses`` (every
   loss with its equation), ``pool`` (image history), ``metrics``, ``plots``, ``runtime``
   (scale, device, precision, seeds), ``distributed`` (torchrun);
-- ``images`` (image files and tensors), ``download``, ``data`` (unpaired folders, digit
-  domains, the order of an epoch);
+- ``images`` (image files and tensors), ``download``, ``digits`` (labelled digit domains),
+  ``photos`` (the offline photo pair), ``data`` (unpaired folders, the order of an epoch);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
   networks and their two training steps), ``cyclegan`` (the CycleGAN model and its step);
 - ``config`` (every option, scale presets), ``checkpoints`` (the one schema, verified
@@ -22,14 +22,15 @@ from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada import run_cycada
 from .cyclegan import CycleGAN
-from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired,
-                   poster_paint, write_photo_pair)
+from .data import ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
+from .digits import DIGIT_DOMAINS, digit_domain
 from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
 from .evaluate import evaluate_folders, evaluate_run, fid, kid
 from .export import export_generator
 from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
                      mode_seeking_loss, semantic_loss, task_loss)
 from .networks import build_discriminator, build_generator, init_weights
+from .photos import poster_paint, write_photo_pair
 from .pool import ImagePool
 from .runtime import pick_device, resolve_scale, seed_everything
 from .train import Trainer, TrainingDiverged, TrainingInterrupted, train_cyclegan

@@ -60,7 +60,8 @@ from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, f
 from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name, cycada_command
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
-from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
+from .data import RandomlyInverted, Unpaired
+from .digits import DigitDomain, digit_domain
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
                       predict, translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid

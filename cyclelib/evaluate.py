@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .cycada import _network as stage_network
-from .data import digit_domain, is_digit_pair
+from .digits import digit_domain, is_digit_pair
 from .files import write_text
 from .images import IMAGE_EXTENSIONS, list_images, load_image
 from .checkpoints import is_checkpoint, load_checkpoint

@@ -50,7 +50,8 @@ from . import distributed, files
 from .checkpoints import is_checkpoint, load_weights, make_checkpoint
 from .config import CycleGANConfig, shape_networks
 from .cyclegan import CycleGAN, GeneratorTerms
-from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
+from .data import EpochSampler, Unpaired, open_unpaired
+from .digits import is_digit_pair
 from .plots import plot_history, save_image_grid
 from .runs import LATEST, check_resumable, load_run_checkpoint, run_folder, save_run_checkpoint
 from .runtime import cudnn_autotune, pick_device, seed_everything
