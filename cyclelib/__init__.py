@@ -12,15 +12,15 @@ Modules, one idea each, leaves first:
 - ``config`` (every option, scale presets), ``checkpoints`` (the one schema, verified
   files), ``runs`` (run folders and their lock), ``weights`` (official ``.pth``, safetensors,
   ``load_cyclegan``);
-- ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
-  evaluation), ``translate`` (any image size, streamed), ``testpage`` (the official test page),
-  ``evaluate`` (FID and KID), ``export`` (a generator as ONNX, TorchScript, safetensors), ``bench``,
-  ``cli``.
+- ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages),
+  ``cycada_run`` (the stages in order, their evaluation), ``translate`` (any image size,
+  streamed), ``testpage`` (the official test page), ``evaluate`` (FID and KID), ``export`` (a
+  generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``.
 """
 from .checkpoints import load_checkpoint, load_safetensors, save_checkpoint
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
-from .cycada import run_cycada
+from .cycada_run import run_cycada
 from .cyclegan import CycleGAN
 from .data import ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
 from .digits import DIGIT_DOMAINS, digit_domain

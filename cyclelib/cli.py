@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .bench import add_arguments as add_bench_arguments, run_and_report
 from .config import CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
-from .cycada import RESULTS, STAGES, run_cycada
+from .cycada import RESULTS, STAGES
+from .cycada_run import run_cycada
 from .digits import DIGIT_DOMAINS
 from . import evaluate
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,

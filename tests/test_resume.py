@@ -15,7 +15,8 @@ import torch
 
 from cyclelib import CyCADAConfig, CycleGAN, CycleGANConfig, TrainingInterrupted, train_cyclegan
 from cyclelib import train as train_module
-from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, STAGES, run_cycada, stage_checkpoint, stage_options, stage_path
+from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, STAGES, stage_checkpoint, stage_options, stage_path
+from cyclelib.cycada_run import run_cycada
 from cyclelib.checkpoints import load_checkpoint, save_checkpoint
 from cyclelib.runs import LATEST, step_checkpoints
 from cyclelib.weights import save_official
