@@ -12,7 +12,7 @@ Modules, one idea each, leaves first:
 - ``config`` (every option, scale presets), ``checkpoints`` (the one schema, verified
   files), ``runs`` (run folders and their lock), ``weights`` (official ``.pth``, safetensors,
   ``load_cyclegan``);
-- ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages),
+- ``train`` (the one training loop), ``cyclegan_run`` (a CycleGAN training run), ``cycada`` (the stages),
   ``cycada_run`` (the stages in order, their evaluation), ``translate`` (any image size,
   streamed), ``testpage`` (the official test page), ``evaluate`` (FID and KID), ``export`` (a
   generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``.
@@ -22,6 +22,7 @@ from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada_run import run_cycada
 from .cyclegan import CycleGAN
+from .cyclegan_run import train_cyclegan
 from .data import ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
 from .digits import DIGIT_DOMAINS, digit_domain
 from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
@@ -33,7 +34,7 @@ from .networks import build_discriminator, build_generator, init_weights
 from .photos import poster_paint, write_photo_pair
 from .pool import ImagePool
 from .runtime import pick_device, resolve_scale, seed_everything
-from .train import Trainer, TrainingDiverged, TrainingInterrupted, train_cyclegan
+from .train import Trainer, TrainingDiverged, TrainingInterrupted
 from .testpage import load_pair, write_test_page
 from .translate import load_generator, translate_folder, translate_image
 from .weights import export_safetensors, load_cyclegan, load_official, save_official

@@ -50,12 +50,13 @@ from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, f
 from .config import CyCADAConfig, classifier_name, cycada_command
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
+from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
 from .digits import DigitDomain, digit_domain
 from .metrics import translate_dataset
 from .runs import LATEST, load_run_checkpoint, run_in
 from .runtime import Precision, amp_dtype, pick_device, seed_everything
-from .train import Trainer, train_cyclegan
+from .train import Trainer
 from .weights import cyclegan_from_checkpoint
 
 # Stages in the order they run, what each needs first, and the result it stands for.
@@ -332,7 +333,7 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
 
     ``f_s`` (the stage 1 classifier; with ``semantic_judge="feature_only"``, beyond the paper,
     that stage's f_T) is frozen in place. Writes ``out/pixel/`` (checkpoint, samples, history)
-    through :func:`~cyclelib.train.train_cyclegan`; ``resume`` continues an unfinished run.
+    through :func:`~cyclelib.cyclegan_run.train_cyclegan`; ``resume`` continues an unfinished run.
     Under torchrun each rank keeps its f_S on its own device, next to its generators.
     """
     f_s.to(distributed.setup(pick_device(config.device))[2])

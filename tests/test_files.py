@@ -19,7 +19,8 @@ from cyclelib.cycada_run import load_seed_metrics
 from cyclelib.runs import run_folder
 from cyclelib.weights import save_official
 from cyclelib.networks import build_generator
-from cyclelib.train import History, _save_samples
+from cyclelib.cyclegan_run import _save_samples
+from cyclelib.train import History
 from helpers import DIGITS, cli, cli_command, cli_env, cycada_smoke, rgb, smoke
 
 

@@ -24,7 +24,7 @@ from cyclelib.images import load_image
 from cyclelib.weights import save_official
 from cyclelib.networks import build_generator
 from cyclelib.runtime import seed_everything
-from cyclelib.train import train_cyclegan
+from cyclelib.cyclegan_run import train_cyclegan
 from helpers import cli, rgb, smoke
 from test_data import server  # noqa: F401 (a fixture: the local HTTP server on 127.0.0.1)
 

@@ -20,7 +20,8 @@ from cyclelib.cycada_run import run_cycada
 from cyclelib.checkpoints import load_checkpoint, save_checkpoint
 from cyclelib.runs import LATEST, step_checkpoints
 from cyclelib.weights import save_official
-from cyclelib.train import FIXED_OPTIONS, Trainer
+from cyclelib.cyclegan_run import FIXED_OPTIONS
+from cyclelib.train import Trainer
 
 from helpers import cli, cycada_smoke, equal_states, rgb, smoke
 
