@@ -5,36 +5,40 @@ Modules, one idea each, leaves first:
 - ``files`` (every file written whole or not at all, damaged JSON named), ``losses`` (every
   loss with its equation), ``pool`` (image history), ``metrics``, ``plots``, ``runtime``
   (scale, device, precision, seeds), ``distributed`` (torchrun);
-- ``images`` (image files and tensors), ``download``, ``data`` (unpaired folders, digit
-  domains, the order of an epoch);
+- ``images`` (image files and tensors), ``download``, ``digits`` (labelled digit domains),
+  ``photos`` (the offline photo pair), ``data`` (unpaired folders, the order of an epoch);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
   networks and their two training steps), ``cyclegan`` (the CycleGAN model and its step);
-- ``config`` (every option, scale presets), ``io`` (checkpoints, safetensors, official
-  weights, run folders);
-- ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
-  evaluation), ``translate`` (any image size, streamed), ``testpage`` (the official test page),
-  ``evaluate`` (FID and KID), ``export`` (a generator as ONNX, TorchScript, safetensors), ``bench``,
-  ``cli``; ``toy`` (chapter 2's two Gaussian mixtures, trained with the adversarial loss alone).
+- ``config`` (every option, scale presets), ``checkpoints`` (the one schema, verified
+  files), ``runs`` (run folders and their lock), ``weights`` (official ``.pth``, safetensors,
+  ``load_cyclegan``);
+- ``train`` (the one training loop), ``cyclegan_run`` (a CycleGAN training run), ``cycada`` (the stages),
+  ``cycada_run`` (the stages in order, their evaluation), ``translate`` (any image size,
+  streamed), ``testpage`` (the official test page), ``evaluate`` (FID and KID), ``export`` (a
+  generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``; ``toy`` (chapter 2's two Gaussian
+  mixtures, trained with the adversarial loss alone).
 """
+from .checkpoints import load_checkpoint, load_safetensors, save_checkpoint
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
-from .cycada import run_cycada
+from .cycada_run import run_cycada
 from .cyclegan import CycleGAN
-from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired,
-                   poster_paint, write_photo_pair)
+from .cyclegan_run import train_cyclegan
+from .data import ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
+from .digits import DIGIT_DOMAINS, digit_domain
 from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
 from .evaluate import evaluate_folders, evaluate_run, fid, kid
 from .export import export_generator
-from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
-                 save_checkpoint, save_official)
 from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
                      mode_seeking_loss, semantic_loss, task_loss)
 from .networks import build_discriminator, build_generator, init_weights
+from .photos import poster_paint, write_photo_pair
 from .pool import ImagePool
 from .runtime import pick_device, resolve_scale, seed_everything
-from .train import Trainer, TrainingDiverged, TrainingInterrupted, train_cyclegan
+from .train import Trainer, TrainingDiverged, TrainingInterrupted
 from .testpage import load_pair, write_test_page
 from .translate import load_generator, translate_folder, translate_image
+from .weights import export_safetensors, load_cyclegan, load_official, save_official
 
 __version__ = "0.2.0"
 

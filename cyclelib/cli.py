@@ -15,15 +15,17 @@ from pathlib import Path
 
 from .bench import add_arguments as add_bench_arguments, run_and_report
 from .config import CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
-from .cycada import RESULTS, STAGES, run_cycada
-from .data import DIGIT_DOMAINS
+from .cycada import RESULTS, STAGES
+from .cycada_run import run_cycada
+from .cyclegan_run import read_resumable, train_cyclegan
+from .digits import DIGIT_DOMAINS
 from . import evaluate
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
 from .export import DIRECTIONS, FORMATS, export_generator
-from .io import RunFolderError
+from .runs import RunFolderError
 from .runtime import AMP_MODES, SCALES, resolve_scale
-from .train import TrainingDiverged, TrainingInterrupted, read_resumable, train_cyclegan
+from .train import TrainingDiverged, TrainingInterrupted
 from .testpage import load_pair, write_test_page
 from .translate import load_generator, translate_folder
 

@@ -2,8 +2,8 @@
 
 Names follow the official code: G_A = G (X -> Y), G_B = F (Y -> X),
 D_A = D_Y judges domain B, D_B = D_X judges domain A. The training loop around the step
-is :class:`~cyclelib.train.Trainer` (:func:`~cyclelib.train.train_cyclegan`); files are
-:mod:`cyclelib.io`'s.
+is :class:`~cyclelib.train.Trainer` (:func:`~cyclelib.cyclegan_run.train_cyclegan`); files are
+:mod:`cyclelib.checkpoints`' and :mod:`cyclelib.runs`'.
 """
 from __future__ import annotations
 

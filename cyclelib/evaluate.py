@@ -39,10 +39,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .cycada import _network as stage_network
-from .data import digit_domain, is_digit_pair
+from .digits import digit_domain, is_digit_pair
+from .files import write_text
 from .images import IMAGE_EXTENSIONS, list_images, load_image
-from .io import _atomic_write, is_checkpoint, load_checkpoint, load_run_checkpoint
+from .checkpoints import is_checkpoint, load_checkpoint
 from .metrics import accuracy, label_preservation, predict, translate_dataset
+from .runs import load_run_checkpoint
 from .runtime import pick_device
 from .translate import load_generator, translate_folder
 
@@ -298,7 +300,7 @@ def evaluate_folders(fake_dir: str | os.PathLike, real_dir: str | os.PathLike,
 
 def write_result(result: dict, path: str | os.PathLike) -> Path:
     """Write ``result`` as indented JSON to ``path`` atomically (never a half-written file)."""
-    return _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    return write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- a run's translations

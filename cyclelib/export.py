@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoints import is_checkpoint, load_checkpoint
 from .cyclegan import CycleGAN
-from .io import (LATEST, _atomic_write, cyclegan_from_checkpoint, export_safetensors, is_checkpoint, load_checkpoint,
-                 load_official)
+from .files import write_bytes
 from .networks import NoiseInput, ResnetBlock, ResnetGenerator, UnetGenerator, side_multiple
+from .runs import LATEST
+from .weights import cyclegan_from_checkpoint, export_safetensors, load_official
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 DIRECTIONS = ("AtoB", "BtoA")
@@ -65,8 +67,8 @@ def export_generator(checkpoint_or_module: nn.Module | str | os.PathLike, path: 
       of the Python modules (channels, a U-Net's multiple) are not in the trace. PyTorch 2.14
       deprecates TorchScript: prefer ONNX for new uses.
     - ``safetensors``: the generator's weights under the official key names, by
-      :func:`~cyclelib.io.export_safetensors`; :func:`~cyclelib.translate.load_generator` and
-      :func:`~cyclelib.io.load_official` read it back (a noise generator's keys carry ``net.``).
+      :func:`~cyclelib.weights.export_safetensors`; :func:`~cyclelib.translate.load_generator` and
+      :func:`~cyclelib.weights.load_official` read it back (a noise generator's keys carry ``net.``).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; valid values: {', '.join(FORMATS)}")
@@ -83,7 +85,7 @@ def export_generator(checkpoint_or_module: nn.Module | str | os.PathLike, path: 
     generator = copy.deepcopy(generator).cpu().eval()
     metadata = _metadata(generator, recorded_direction)
     data = _onnx_bytes(generator, metadata) if format == "onnx" else _torchscript_bytes(generator, metadata)
-    return _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return write_bytes(path, data)
 
 
 def _metadata(generator: nn.Module, direction: str | None = None) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Whether a weight file can be trusted: its format, its checksums, its values.
 
-:func:`cyclelib.io.load_checkpoint` reads every weight file through these checks:
+:func:`cyclelib.checkpoints.load_checkpoint` reads every weight file through these checks:
 
 - the format comes from the file's first bytes, never its name (:func:`file_format`);
 - torch's zip format carries a CRC32 per record, which torch itself never checks

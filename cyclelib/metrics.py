@@ -140,7 +140,7 @@ def dark_digits(images: torch.Tensor, strokes: torch.Tensor) -> torch.Tensor:
 def as_tensors(dataset: Dataset, batch_size: int = 256) -> TensorDataset:
     """A dataset of ``(image, label)`` pairs held in memory: ``TensorDataset(images [N, C, H, W], labels [N])``.
 
-    Domains such as :class:`~cyclelib.data.DigitDomain` resize and convert each image on access;
+    Domains such as :class:`~cyclelib.digits.DigitDomain` resize and convert each image on access;
     measuring the same test split many times (every stage of a run, every judge) from one
     in-memory copy does that work once. ``tensors`` gives the two tensors, e.g. for slicing.
     """

@@ -4,8 +4,8 @@ They are those of the official PyTorch code (junyanz/pytorch-CycleGAN-and-pix2pi
 ``models/networks.py``), rebuilt module for module so that ``state_dict()`` keys and shapes
 are *identical* to the official ones (``model.1.weight``, ``model.10.conv_block.1.weight``,
 ``model.model.1.model.3...``, ``net.0.weight``). That is what lets
-:func:`~cyclelib.io.load_official` read the files its users have (``latest_net_G_A.pth``,
-the published ``horse2zebra.pth``, ...) and :func:`~cyclelib.io.save_official` write files
+:func:`~cyclelib.weights.load_official` read the files its users have (``latest_net_G_A.pth``,
+the published ``horse2zebra.pth``, ...) and :func:`~cyclelib.weights.save_official` write files
 the official ``test.py`` accepts. Modules are also created in the official order, so the
 same seed gives the same initial weights. This module reads and writes no files.
 

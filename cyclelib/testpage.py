@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import files
-from .io import is_checkpoint
+from .checkpoints import is_checkpoint
 from .runtime import Precision, pick_device
 from .translate import (cyclegan_in, folder_relation, input_images, load_generator, load_state, plan_batches,
                         read_batch, translate_image, write_image)

@@ -15,13 +15,14 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from . import files
+from .checkpoints import is_checkpoint, load_checkpoint
 from .cyclegan import CycleGAN
 from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image
-from .io import (HISTORY, LATEST, cyclegan_from_checkpoint, is_checkpoint, load_checkpoint, load_official,
-                 load_run_checkpoint, run_in, step_checkpoints)
 from .networks import fits, side_multiple, smallest_side
+from .runs import CHECKPOINT_FOLDER, LATEST, load_run_checkpoint, run_in, step_checkpoints
 from .runtime import Precision, pick_device
 from .tiles import translate_tiled
+from .weights import cyclegan_from_checkpoint, load_official
 
 
 def load_state(checkpoint: str | os.PathLike, step: int | None = None,
@@ -29,7 +30,7 @@ def load_state(checkpoint: str | os.PathLike, step: int | None = None,
     """The checkpoint a user names, loaded, and the file it came from.
 
     ``checkpoint`` is a file (cyclelib or official), or a run folder: then its newest readable
-    checkpoint, as a resume takes it (:func:`~cyclelib.io.load_run_checkpoint`), or with ``step``
+    checkpoint, as a resume takes it (:func:`~cyclelib.runs.load_run_checkpoint`), or with ``step``
     its ``checkpoints/step_XXXXXXX.pt`` (a missing step is a ``FileNotFoundError`` listing the
     steps the run kept). ``sha256`` verifies a file (not a run folder's newest, which may be any).
     """
@@ -39,7 +40,7 @@ def load_state(checkpoint: str | os.PathLike, step: int | None = None,
             raise ValueError(f"--step (step={step}) picks a checkpoint of a run folder, and {path} is not a folder")
         return load_checkpoint(path, sha256), path
     if step is not None:
-        file = path / HISTORY / f"step_{step:07d}.pt"
+        file = path / CHECKPOINT_FOLDER / f"step_{step:07d}.pt"
         if not file.is_file():
             kept = [str(int(p.stem.split("_")[1])) for p in step_checkpoints(path)]
             raise FileNotFoundError(f"the run folder {path} has no checkpoint of step {step} ({file}); the steps it "
@@ -48,7 +49,7 @@ def load_state(checkpoint: str | os.PathLike, step: int | None = None,
     if run_in(path) is None:
         cycada = f"; a CyCADA run keeps its generators in {path / 'pixel'}" if (path / "pixel").is_dir() else ""
         raise FileNotFoundError(f"{path} is a folder without a checkpoint: a run folder holds {LATEST} or "
-                                f"{HISTORY}/step_*.pt{cycada}")
+                                f"{CHECKPOINT_FOLDER}/step_*.pt{cycada}")
     if sha256 is not None:
         raise ValueError(f"--sha256 verifies one file, and {path} is a run folder: give the checkpoint file")
     return load_run_checkpoint(path)
@@ -73,7 +74,7 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
     (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) holds one generator:
     ``direction`` is then ignored and ``arch``/``norm``/channels/``width``/``dropout`` describe it
     (the defaults are those of the published models). ``sha256``: verify the file first (see
-    :func:`~cyclelib.io.load_checkpoint`). Returned in eval mode (dropout off).
+    :func:`~cyclelib.checkpoints.load_checkpoint`). Returned in eval mode (dropout off).
     """
     if direction not in ("AtoB", "BtoA"):
         raise ValueError(f"unknown direction {direction!r}; valid values: AtoB, BtoA")

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from cyclelib import CycleGAN, networks, build_generator, load_cyclegan, load_generator, load_official
 from cyclelib.classifiers import build_task_network
 from cyclelib.integrity import metadata_crc32
-from cyclelib.io import export_safetensors, load_checkpoint, make_checkpoint, save_checkpoint
+from cyclelib.checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
+from cyclelib.weights import export_safetensors
 from helpers import Payload, cli, equal_states, rgb, smoke
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import cyclelib
-from cyclelib import CycleGAN, CyCADAConfig, cycada, export_safetensors, load_checkpoint, run_cycada
+from cyclelib import CycleGAN, CyCADAConfig, cycada, cycada_run, export_safetensors, load_checkpoint, run_cycada
 from cyclelib.cli import main
 from cyclelib.classifiers import build_task_network
 from cyclelib.data import RandomlyInverted
@@ -161,7 +161,7 @@ def test_smoke_pipeline_writes_complete_metrics_and_figures(smoke_run):
     assert metrics == json.loads(json.dumps(returned))
     # each accuracy is its classifier's on the evaluated test images, recomputed here
     def accuracy_on(domain, stage, transform=lambda x: x):
-        test = cycada._eval_subset(cycada.load_domain(config, domain, "test"), config)
+        test = cycada_run._eval_subset(cycada.load_domain(config, domain, "test"), config)
         x, y = torch.stack([x for x, _ in test]), torch.tensor([y for _, y in test])
         with torch.no_grad():
             return (load_stage(config, stage)(transform(x)).argmax(dim=1) == y).double().mean().item()
@@ -181,7 +181,7 @@ def test_smoke_pipeline_writes_complete_metrics_and_figures(smoke_run):
 def test_oracle_label_preservation_is_the_oracles_reading_of_translated_source(smoke_run):
     config, metrics = smoke_run
     oracle, translator = load_stage(config, "oracle"), load_stage(config, "pixel").G_A  # eval mode
-    source_test = cycada._eval_subset(cycada.load_domain(config, config.source, "test"), config)
+    source_test = cycada_run._eval_subset(cycada.load_domain(config, config.source, "test"), config)
     x = torch.stack([x for x, _ in source_test])  # [N, 3, H, W]
     y = torch.tensor([y for _, y in source_test])  # [N]
     with torch.no_grad():
@@ -281,12 +281,12 @@ def test_sample_grid_columns_hold_one_class_in_every_row():
     # uci-digits' test split is shuffled: a target picked by position would be any digit
     source = [(torch.zeros(3, 4, 4), y) for y in (2, 0, 2, 1, 3)]
     target = [(torch.zeros(3, 4, 4), y) for y in (1, 1, 0, 5, 2, 0)]
-    classes, picks_s, picks_t = cycada._class_columns(source, target)
+    classes, picks_s, picks_t = cycada_run._class_columns(source, target)
     assert classes == [0, 1, 2]  # class 3 has no target image, class 5 no source image
     assert [source[i][1] for i in picks_s] == classes and [target[i][1] for i in picks_t] == classes
     assert (picks_s, picks_t) == ([1, 3, 0], [2, 0, 4])  # the first image of each class
     # no class in common: source columns only, and no target row
-    assert cycada._class_columns(source[:1], target[:2]) == ([2], [0], None)
+    assert cycada_run._class_columns(source[:1], target[:2]) == ([2], [0], None)
 
 
 def test_noise_input_and_the_dark_digit_counts_beyond_the_paper(tmp_path):
@@ -303,8 +303,8 @@ def test_noise_input_and_the_dark_digit_counts_beyond_the_paper(tmp_path):
         first, again = G_A(x), G_A(x)
         torch.manual_seed(0)
         assert not torch.equal(first, again) and torch.equal(first, G_A(x))  # noise from the seeded global RNG
-    test = cycada._eval_subset(cycada.load_domain(config, "mnistm5k", "test"), config)
-    ink = torch.stack([x for x, _ in cycada._eval_subset(cycada.load_domain(config, "mnist5k", "test"), config)])
+    test = cycada_run._eval_subset(cycada.load_domain(config, "mnistm5k", "test"), config)
+    ink = torch.stack([x for x, _ in cycada_run._eval_subset(cycada.load_domain(config, "mnist5k", "test"), config)])
     dark = dark_digits(torch.stack([x for x, _ in test]), ink.mean(dim=1) > 0)
     found = metrics["dark_digits"]
     assert found["target"] == pytest.approx(dark.float().mean().item()) and 0.1 < found["target"] < 0.7
@@ -381,13 +381,13 @@ def test_seed_metrics_load_in_seed_order_and_a_mislabelled_file_is_named(tmp_pat
     for seed in (2, 0, 1):
         (tmp_path / f"seed{seed}").mkdir()
         (tmp_path / f"seed{seed}" / "metrics.json").write_text(json.dumps({"seed": seed, "source_only": seed / 10}))
-    runs = cycada.load_seed_metrics(tmp_path)
+    runs = cycada_run.load_seed_metrics(tmp_path)
     assert list(runs) == [0, 1, 2] and [m["source_only"] for m in runs.values()] == [0.0, 0.1, 0.2]
     (tmp_path / "seed1" / "metrics.json").write_text(json.dumps({"seed": 5}))
     with pytest.raises(ValueError, match="seed1.*seed 5, not of seed 1"):
-        cycada.load_seed_metrics(tmp_path)
+        cycada_run.load_seed_metrics(tmp_path)
     with pytest.raises(FileNotFoundError, match="no seed"):
-        cycada.load_seed_metrics(tmp_path / "empty")
+        cycada_run.load_seed_metrics(tmp_path / "empty")
 
 
 def test_polarity_figure_draws_a_light_and_a_dark_bar_per_result():

@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from cyclelib import download
-from cyclelib.data import ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired
+from cyclelib.data import ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
+from cyclelib.digits import digit_domain
 from cyclelib.download import download_dataset, download_digits
 from cyclelib.images import load_image, read_image, transform_image
 

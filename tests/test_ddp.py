@@ -10,7 +10,7 @@ import torch
 
 from cyclelib import CyCADAConfig, CycleGANConfig, load_checkpoint, train_cyclegan
 from cyclelib.cli import main
-from cyclelib import cycada
+from cyclelib import cycada, cycada_run
 from cyclelib.cycada import load_stage, stage_finished
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_cycada_pixel_stage_runs_on_two_ranks_and_rank_0_evaluates(tmp_path):
     assert "pixel" in metrics["wall_s"]
     # rank 0 evaluated the stage the two ranks trained: f_S's reading of G_A's translations
     config = CyCADAConfig.for_scale("smoke", source="uci-digits", target="mnist5k", out=str(out))
-    source_test = cycada._eval_subset(cycada.load_domain(config, config.source, "test"), config)
+    source_test = cycada_run._eval_subset(cycada.load_domain(config, config.source, "test"), config)
     x, y = torch.stack([x for x, _ in source_test]), torch.tensor([y for _, y in source_test])
     with torch.no_grad():
         expected = (load_stage(config, "source")(load_stage(config, "pixel").G_A(x)).argmax(dim=1) == y)

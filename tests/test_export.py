@@ -13,7 +13,7 @@ from sklearn.datasets import load_sample_image
 
 from cyclelib import (CycleGAN, LeNet, build_generator, digit_domain, export_generator, load_cyclegan,
                       load_generator, load_official, train_cyclegan)
-from cyclelib.io import make_checkpoint, save_checkpoint
+from cyclelib.checkpoints import make_checkpoint, save_checkpoint
 from helpers import ROOT, cli, equal_states, smoke
 
 ort = pytest.importorskip("onnxruntime")

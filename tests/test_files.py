@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from cyclelib import CycleGAN, files, run_cycada, train_cyclegan
-from cyclelib.cycada import load_seed_metrics
-from cyclelib.io import run_folder, save_official
+from cyclelib.cycada_run import load_seed_metrics
+from cyclelib.runs import run_folder
+from cyclelib.weights import save_official
 from cyclelib.networks import build_generator
-from cyclelib.train import History, _save_samples
+from cyclelib.cyclegan_run import _save_samples
+from cyclelib.train import History
 from helpers import DIGITS, cli, cli_command, cli_env, cycada_smoke, rgb, smoke
 
 
@@ -237,7 +239,7 @@ def test_read_json_refuses_a_fifo_without_opening_it(tmp_path):
 
 
 def test_an_empty_wall_times_file_is_started_afresh_with_a_warning_naming_it(cycada_run):
-    """wall_times.json only records times (see cycada._read_wall_times): the run goes on."""
+    """wall_times.json only records times (see cycada_run._read_wall_times): the run goes on."""
     times = Path(cycada_run.out) / "wall_times.json"
     times.write_bytes(b"")  # left by an in-place write on a full disk
     with pytest.warns(UserWarning, match=rf"cannot read {re.escape(str(times))}: it is empty; .*started afresh"):

@@ -21,10 +21,10 @@ from cyclelib.config import SEED_LIMIT
 from cyclelib.data import EpochSampler
 from cyclelib.download import download_dataset
 from cyclelib.images import load_image
-from cyclelib.io import save_official
+from cyclelib.weights import save_official
 from cyclelib.networks import build_generator
 from cyclelib.runtime import seed_everything
-from cyclelib.train import train_cyclegan
+from cyclelib.cyclegan_run import train_cyclegan
 from helpers import cli, rgb, smoke
 from test_data import server  # noqa: F401 (a fixture: the local HTTP server on 127.0.0.1)
 

@@ -1,4 +1,4 @@
-"""The offline photo pair (data.write_photo_pair): layout, sizes, determinism, disjoint splits, the style."""
+"""The offline photo pair (photos.write_photo_pair): layout, sizes, determinism, disjoint splits, the style."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +6,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from cyclelib import open_unpaired, poster_paint, write_photo_pair
-from cyclelib.data import PHOTO_SIZE, photo_test_tiles
+from cyclelib.photos import PHOTO_SIZE, photo_test_tiles
 from cyclelib.images import list_images, read_image
 
 SIZE = 16  # small crops keep the tests fast; the geometry does not depend on the size

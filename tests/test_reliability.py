@@ -26,8 +26,9 @@ from cyclelib import (CycleGAN, CycleGANConfig, TrainingDiverged, TrainingInterr
                       load_cyclegan, load_generator, load_official, save_official, train_cyclegan)
 from cyclelib.cli import main
 from cyclelib.data import PREPROCESS_MODES, UnpairedImageFolder
-from cyclelib.io import (FORMAT_VERSION, export_safetensors, load_checkpoint, load_run_checkpoint, save_checkpoint,
-                         save_run_checkpoint, step_checkpoints)
+from cyclelib.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from cyclelib.runs import load_run_checkpoint, save_run_checkpoint, step_checkpoints
+from cyclelib.weights import export_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = "mnist5k:mnistm5k"

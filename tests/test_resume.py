@@ -15,9 +15,13 @@ import torch
 
 from cyclelib import CyCADAConfig, CycleGAN, CycleGANConfig, TrainingInterrupted, train_cyclegan
 from cyclelib import train as train_module
-from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, STAGES, run_cycada, stage_checkpoint, stage_options, stage_path
-from cyclelib.io import LATEST, load_checkpoint, save_checkpoint, save_official, step_checkpoints
-from cyclelib.train import FIXED_OPTIONS, Trainer
+from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, STAGES, stage_checkpoint, stage_options, stage_path
+from cyclelib.cycada_run import run_cycada
+from cyclelib.checkpoints import load_checkpoint, save_checkpoint
+from cyclelib.runs import LATEST, step_checkpoints
+from cyclelib.weights import save_official
+from cyclelib.cyclegan_run import FIXED_OPTIONS
+from cyclelib.train import Trainer
 
 from helpers import cli, cycada_smoke, equal_states, rgb, smoke
 

@@ -17,7 +17,8 @@ from cyclelib import CycleGAN, CyCADAConfig, TrainingInterrupted, cli as cli_mod
 from cyclelib.classifiers import TaskClassifier
 from cyclelib.config import cycada_command
 from cyclelib.cycada import load_stage, stage_checkpoint, stage_path
-from cyclelib.io import LATEST, RunFolderError, load_checkpoint, run_folder, step_checkpoints
+from cyclelib.checkpoints import load_checkpoint
+from cyclelib.runs import LATEST, RunFolderError, run_folder, step_checkpoints
 from helpers import DIGITS, cli, cli_env, cycada_smoke, equal_states, smoke
 
 
@@ -54,7 +55,7 @@ def test_resume_with_overwrite_is_refused_before_anything_is_touched(run):
 def test_overwrite_of_a_folder_another_process_holds_deletes_nothing_and_names_it(run):
     """The lock is taken before anything is deleted (this held before the change too; it failed
     with the deletion moved above the lock)."""
-    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom cyclelib.io import run_folder\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom cyclelib.runs import run_folder\n"
                                f"with run_folder({str(run)!r}, resume=True):\n    print('locked', flush=True)\n"
                                "    time.sleep(600)"], env=cli_env(), stdout=subprocess.PIPE, text=True)
     try:

@@ -23,7 +23,8 @@ from cyclelib import (CyCADAConfig, CycleGAN, TrainingDiverged, TrainingInterrup
                       export_safetensors, load_checkpoint, load_cyclegan, load_official, run_cycada, save_official,
                       train_cyclegan)
 from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, stage_checkpoint, stage_path
-from cyclelib.io import BEST, LATEST, run_folder, save_checkpoint, step_checkpoints
+from cyclelib.checkpoints import save_checkpoint
+from cyclelib.runs import BEST, LATEST, run_folder, step_checkpoints
 from helpers import DIGITS, cli, rgb, smoke
 from helpers import cli_env as env
 
@@ -180,7 +181,7 @@ def test_a_new_run_into_another_runs_folder_is_refused_unless_resumed_or_overwri
 @pytest.mark.slow
 def test_a_second_training_on_one_folder_is_refused_naming_the_first(tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cyclelib.io import run_folder\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cyclelib.runs import run_folder\n"
                                f"with run_folder({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(600)"],
                               env=env(), stdout=subprocess.PIPE, text=True)
     try:

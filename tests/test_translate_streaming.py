@@ -10,7 +10,7 @@ from PIL import Image
 from cyclelib import build_generator, files, load_checkpoint, save_official
 from cyclelib import translate as translate_module
 from cyclelib.images import image_size, read_image, to_tensor
-from cyclelib.io import LATEST, step_checkpoints
+from cyclelib.runs import LATEST, step_checkpoints
 from cyclelib.translate import load_generator, translate_folder, translate_image
 from helpers import cli, equal_states, rgb, two_step_run
 

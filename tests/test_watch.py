@@ -14,7 +14,8 @@ import pytest
 
 from cyclelib import CycleGANConfig, TrainingInterrupted, run_cycada, train_cyclegan
 from cyclelib.config import CYCLEGAN_PRESETS
-from cyclelib.io import LATEST, load_checkpoint
+from cyclelib.checkpoints import load_checkpoint
+from cyclelib.runs import LATEST
 from cyclelib.train import Trainer
 from cyclelib.watch import Watch
 
