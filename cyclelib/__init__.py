@@ -19,7 +19,7 @@ Modules, one idea each, leaves first:
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada import run_cycada
-from .cyclegan import CycleGAN
+from .cyclegan import CycleGAN, GeneratorTerms
 from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired,
                    poster_paint, write_photo_pair)
 from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
@@ -32,7 +32,7 @@ from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss,
 from .networks import build_discriminator, build_generator, init_weights
 from .pool import ImagePool
 from .runtime import pick_device, resolve_scale, seed_everything
-from .train import Trainer, TrainingDiverged, TrainingInterrupted, train_cyclegan
+from .train import Trainable, Trainer, TrainingDiverged, TrainingInterrupted, train_cyclegan
 from .testpage import load_pair, write_test_page
 from .translate import load_generator, translate_folder, translate_image
 
@@ -40,9 +40,9 @@ __version__ = "0.2.0"
 
 __all__ = [
     "CYCLEGAN_DATASETS", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "DIGIT_DOMAINS", "DTN",
-    "FeatureDiscriminator", "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS", "Trainer",
-    "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "build_classifier",
-    "build_discriminator", "build_generator", "cycle_loss", "digit_domain", "discriminator_loss",
+    "FeatureDiscriminator", "GeneratorTerms", "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS",
+    "Trainable", "Trainer", "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder",
+    "build_classifier", "build_discriminator", "build_generator", "cycle_loss", "digit_domain", "discriminator_loss",
     "download_dataset", "download_digits", "download_pretrained", "evaluate_folders", "evaluate_run",
     "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss", "gradient_penalty",
     "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan", "load_generator", "load_official",
