@@ -133,7 +133,7 @@ class CycleGAN(nn.Module):
                        "D": _Unit(self._discriminator_losses, D_A=self.D_A, D_B=self.D_B)}
 
     def cycle_images(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every generated image of the objective, each [N, C, H, W]: fake_B = G_A(real_A),
+        """The generated images of the paper's objective, each [N, C, H, W]: fake_B = G_A(real_A),
         rec_A = G_B(fake_B), fake_A = G_B(real_B), rec_B = G_A(fake_A) and, with the identity
         loss, idt_A = G_A(real_B), idt_B = G_B(real_A).
 
