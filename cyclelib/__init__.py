@@ -22,7 +22,7 @@ from .checkpoints import load_checkpoint, load_safetensors, save_checkpoint
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada_run import run_cycada
-from .cyclegan import CycleGAN
+from .cyclegan import CycleGAN, GeneratorTerms
 from .cyclegan_run import train_cyclegan
 from .data import ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
 from .digits import DIGIT_DOMAINS, digit_domain
@@ -35,7 +35,7 @@ from .networks import build_discriminator, build_generator, init_weights
 from .photos import poster_paint, write_photo_pair
 from .pool import ImagePool
 from .runtime import pick_device, resolve_scale, seed_everything
-from .train import Trainer, TrainingDiverged, TrainingInterrupted
+from .train import Trainable, Trainer, TrainingDiverged, TrainingInterrupted
 from .testpage import load_pair, write_test_page
 from .translate import load_generator, translate_folder, translate_image
 from .weights import export_safetensors, load_cyclegan, load_official, save_official
@@ -44,9 +44,9 @@ __version__ = "0.2.0"
 
 __all__ = [
     "CYCLEGAN_DATASETS", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "DIGIT_DOMAINS", "DTN",
-    "FeatureDiscriminator", "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS", "Trainer",
-    "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "build_classifier",
-    "build_discriminator", "build_generator", "cycle_loss", "digit_domain", "discriminator_loss",
+    "FeatureDiscriminator", "GeneratorTerms", "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS",
+    "Trainable", "Trainer", "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder",
+    "build_classifier", "build_discriminator", "build_generator", "cycle_loss", "digit_domain", "discriminator_loss",
     "download_dataset", "download_digits", "download_pretrained", "evaluate_folders", "evaluate_run",
     "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss", "gradient_penalty",
     "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan", "load_generator", "load_official",

@@ -316,7 +316,7 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
             out["sem_B"] = config.lambda_sem_B * losses.semantic_loss(f_s, real_B, fakes["fake_A"])
         return out
 
-    return terms
+    return GeneratorTerms(terms)
 
 
 def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, resume: bool = False) -> CycleGAN:

@@ -3,11 +3,17 @@
 Names follow the official code: G_A = G (X -> Y), G_B = F (Y -> X),
 D_A = D_Y judges domain B, D_B = D_X judges domain A. The training loop around the step
 is :class:`~cyclelib.train.Trainer` (:func:`~cyclelib.cyclegan_run.train_cyclegan`); files are
-:mod:`cyclelib.checkpoints`' and :mod:`cyclelib.runs`'.
+:mod:`cyclelib.checkpoints`' and :mod:`cyclelib.runs`'. Terms beyond the paper's objective are plug-ins (:class:`GeneratorTerms`):
+:func:`mode_seeking` here, CyCADA's semantic consistency in :mod:`cyclelib.cycada`.
+
+The official step cited below is junyanz/pytorch-CycleGAN-and-pix2pix at commit 48ced5e,
+``models/cycle_gan_model.py``.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,8 +25,53 @@ from .networks import build_discriminator, build_generator
 from .pool import ImagePool
 from .runtime import Precision, load_optimizer_state, pick_device
 
-# Extra named generator terms: (real_A, real_B, the images of cycle_images) -> {name: weighted loss}
-GeneratorTerms = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+# Named generator terms: (real_A, real_B, every generated image by name) -> {name: weighted loss}
+Terms = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class GeneratorTerms:
+    """Generator terms beyond the paper's objective, named and already weighted: a plug-in of
+    :class:`CycleGAN` (its ``extra_generator_losses``), as :func:`mode_seeking` and CyCADA's
+    :func:`~cyclelib.cycada.semantic_consistency` are.
+
+    ``terms(real_A, real_B, images)`` computes them from the real images and every generated image.
+    ``images(model, real_A, real_B)`` (optional) makes the images they need besides those of
+    :meth:`CycleGAN.cycle_images`, with the model's generators. It runs right after
+    ``cycle_images``, in the generators' update unit: under torchrun DistributedDataParallel then
+    averages the gradients that reach the generators through these images too.
+    """
+
+    terms: Terms
+    images: Callable[[CycleGAN, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+
+def mode_seeking(weight: float) -> GeneratorTerms:
+    """The mode-seeking term (Mao et al. 2019), beyond the paper, weighted by ``weight``: G_A
+    translates ``real_A`` under two known noise draws, and :func:`~cyclelib.losses.mode_seeking_loss`
+    grows as the two translations draw together. :class:`CycleGAN` adds it when
+    ``lambda_mode_seeking`` > 0 (a generator that takes noise: ``noise_nc`` > 0)."""
+
+    def images(model: CycleGAN, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+        twice = torch.cat([real_A, real_A])
+        z = model.G_A.sample_noise(twice)  # [2N, noise_nc, 1, 1]
+        ms_1, ms_2 = model.G_A(twice, z).chunk(2)
+        z_1, z_2 = z.chunk(2)
+        return {"ms_1": ms_1, "ms_2": ms_2, "ms_z1": z_1, "ms_z2": z_2}
+
+    def terms(real_A: torch.Tensor, real_B: torch.Tensor, images: dict[str, torch.Tensor]) -> dict:
+        return {"mode_seeking": weight * losses.mode_seeking_loss(images["ms_1"], images["ms_2"],
+                                                                  images["ms_z1"], images["ms_z2"])}
+
+    return GeneratorTerms(terms, images)
+
+
+def set_requires_grad(nets: Iterable[nn.Module], requires_grad: bool) -> None:
+    """Switch gradients of every parameter of ``nets`` on or off: a step of the generators freezes
+    the discriminators, so that it builds no graph into their weights (the official
+    ``BaseModel.set_requires_grad``, ``models/base_model.py`` lines 153-159 at commit 6da58c7)."""
+    for net in nets:
+        net.requires_grad_(requires_grad)
 
 
 class CycleGAN(nn.Module):
@@ -32,11 +83,12 @@ class CycleGAN(nn.Module):
     on CUDA, bf16 autocast and channels_last. ``config.device`` (default: CUDA when
     present) decides the per-device choices, at construction.
 
-    ``extra_generator_losses`` (optional) maps ``(real_A, real_B, fakes)`` to more named
-    generator terms, already weighted; CyCADA adds its semantic consistency loss this way.
+    ``extra_generator_losses`` (optional) adds more named generator terms (:class:`GeneratorTerms`;
+    a function alone is ``GeneratorTerms(function)``); CyCADA adds its semantic consistency loss
+    this way. With ``lambda_mode_seeking`` > 0, :func:`mode_seeking` comes first.
     """
 
-    def __init__(self, config: CycleGANConfig, extra_generator_losses: GeneratorTerms | None = None):
+    def __init__(self, config: CycleGANConfig, extra_generator_losses: GeneratorTerms | Terms | None = None):
         super().__init__()
         c = self.config = config
         gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=c.init, init_gain=c.init_gain)
@@ -46,7 +98,11 @@ class CycleGAN(nn.Module):
         self.G_B = build_generator(c.netG, c.output_nc, c.input_nc, **gen)   # B -> A
         self.D_A = build_discriminator(c.netD, c.output_nc, **dis)           # judges B
         self.D_B = build_discriminator(c.netD, c.input_nc, **dis)            # judges A
-        self.extra_generator_losses = extra_generator_losses
+        extra = [mode_seeking(c.lambda_mode_seeking)] if c.lambda_mode_seeking > 0 else []
+        if extra_generator_losses is not None:
+            extra.append(extra_generator_losses if isinstance(extra_generator_losses, GeneratorTerms)
+                         else GeneratorTerms(extra_generator_losses))
+        self.extra_generator_losses = tuple(extra)
         fast = c.path == "fast"
         # One call on a concatenated batch equals separate calls only when every layer treats
         # the samples independently: instance norm does, batch norm mixes them.
@@ -70,13 +126,14 @@ class CycleGAN(nn.Module):
             for net in (self.G_A, self.G_B, self.D_A, self.D_B):
                 net.compile()  # in place, so state_dict keys stay the official ones
         # Each update of the step (G, then D) as one module, one forward per backward: the unit
-        # DistributedDataParallel wraps (see distribute). A dict, not submodules, so that the
-        # state_dict keeps its "G_A.model..." keys.
-        self.units = {"G": _Unit(self.cycle_images, G_A=self.G_A, G_B=self.G_B),
-                      "D": _Unit(self.discriminator_losses, D_A=self.D_A, D_B=self.D_B)}
+        # DistributedDataParallel wraps (see distribute), called by generator_images and
+        # discriminator_losses. A dict, not submodules, so that the state_dict keeps its
+        # "G_A.model..." keys.
+        self._units = {"G": _Unit(self._generator_images, G_A=self.G_A, G_B=self.G_B),
+                       "D": _Unit(self._discriminator_losses, D_A=self.D_A, D_B=self.D_B)}
 
     def cycle_images(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every generated image of the objective, each [N, C, H, W]: fake_B = G_A(real_A),
+        """The generated images of the paper's objective, each [N, C, H, W]: fake_B = G_A(real_A),
         rec_A = G_B(fake_B), fake_A = G_B(real_B), rec_B = G_A(fake_A) and, with the identity
         loss, idt_A = G_A(real_B), idt_B = G_B(real_A).
 
@@ -100,24 +157,32 @@ class CycleGAN(nn.Module):
             images.update(_grouped_call(self.G_B, {"fake_A": real_B, "rec_A": images["fake_B"],
                                                    **({"idt_B": real_A} if identity else {})}))
             images["rec_B"] = self.G_A(images["fake_A"])
-        if self.config.lambda_mode_seeking > 0:
-            # Beyond the paper: real_A translated under two known noise draws, for the mode-seeking term.
-            z = self.G_A.sample_noise(torch.cat([real_A, real_A]))  # [2N, noise_nc, 1, 1]
-            images["ms_1"], images["ms_2"] = self.G_A(torch.cat([real_A, real_A]), z).chunk(2)
-            images["ms_z1"], images["ms_z2"] = z.chunk(2)
+        return images
+
+    def generator_images(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The images of :meth:`cycle_images` and those the extra terms ask for
+        (:attr:`GeneratorTerms.images`), in one call of the generators' unit (DDP under torchrun)."""
+        return self._units["G"](real_A, real_B)
+
+    def _generator_images(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+        images = self.cycle_images(real_A, real_B)
+        for extra in self.extra_generator_losses:
+            if extra.images is not None:
+                images.update(extra.images(self, real_A, real_B))
         return images
 
     def generator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor,
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The named, weighted terms of the full objective for G_A and G_B, and the images
-        of :meth:`cycle_images`.
+        """The named, weighted terms of the full objective for G_A and G_B (``backward_G``, lines
+        151-178 of the official step) and those of ``extra_generator_losses``, and the images of
+        :meth:`generator_images`.
 
         .. math::
             \\mathcal{L}(G, F, D_X, D_Y) = \\mathcal{L}_{GAN}(G, D_Y, X, Y) + \\mathcal{L}_{GAN}(F, D_X, Y, X)
                 + \\lambda \\mathcal{L}_{cyc}(G, F) + \\lambda_{idt} \\mathcal{L}_{identity}(G, F)
         """
         c = self.config
-        images = self.units["G"](real_A, real_B)  # cycle_images, through DDP under torchrun
+        images = self.generator_images(real_A, real_B)
         mode = c.gan_mode
         terms = {
             "G_A": c.lambda_gan_A * losses.gan_loss(self.D_A(images["fake_B"]), True, mode, for_discriminator=False),
@@ -129,15 +194,13 @@ class CycleGAN(nn.Module):
             # G_A fed a B image should leave it alone (and G_B an A image).
             terms["idt_A"] = c.lambda_B * c.lambda_identity * losses.identity_loss(images["idt_A"], real_B)
             terms["idt_B"] = c.lambda_A * c.lambda_identity * losses.identity_loss(images["idt_B"], real_A)
-        if c.lambda_mode_seeking > 0:
-            terms["mode_seeking"] = c.lambda_mode_seeking * losses.mode_seeking_loss(
-                images["ms_1"], images["ms_2"], images["ms_z1"], images["ms_z2"])
-        if self.extra_generator_losses is not None:
-            terms.update(self.extra_generator_losses(real_A, real_B, images))
+        for extra in self.extra_generator_losses:  # beyond the paper: mode seeking, CyCADA's semantic terms
+            terms.update(extra.terms(real_A, real_B, images))
         return terms, images
 
     def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """The objective of ``D`` (:func:`~cyclelib.losses.discriminator_loss`), fake detached.
+        """The objective of ``D`` (:func:`~cyclelib.losses.discriminator_loss`), fake detached
+        (``backward_D_basic``, lines 119-139 of the official step).
 
         The fast path scores real and fake in one call on [real; fake] (see ``grouped``).
         """
@@ -154,35 +217,38 @@ class CycleGAN(nn.Module):
 
     def discriminator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor, fake_A: torch.Tensor,
                              fake_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(D_A's loss: real B against fake B, D_B's loss: real A against fake A)."""
+        """(D_A's loss: real B against fake B, D_B's loss: real A against fake A), in one call of
+        the discriminators' unit (DDP under torchrun)."""
+        return self._units["D"](real_A, real_B, fake_A, fake_B)
+
+    def _discriminator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor, fake_A: torch.Tensor,
+                              fake_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.discriminator_loss(self.D_A, real_B, fake_B), self.discriminator_loss(self.D_B, real_A, fake_A)
 
     def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One official iteration: G step with both D frozen, then D step on pooled fakes.
+        """One official iteration (``optimize_parameters``, lines 180-194 of the official step):
+        a step of both generators with both discriminators frozen, then a step of both
+        discriminators on fakes drawn from the image pools.
 
         Returns the detached loss terms (no host sync: call ``.item()`` only when logging).
         """
         if self.channels_last:  # the weights' layout, so convolutions need no conversions
             real_A, real_B = (x.contiguous(memory_format=torch.channels_last) for x in (real_A, real_B))
-        autocast = self.precision.autocast()
-        discriminators = (self.D_A, self.D_B)
-        for p in (p for d in discriminators for p in d.parameters()):
-            p.requires_grad_(False)   # G step must not build graphs into D's weights
-        with autocast:
+        # G_A and G_B
+        set_requires_grad([self.D_A, self.D_B], False)  # the G step builds no graph into D's weights
+        with self.precision.autocast():
             terms, images = self.generator_losses(real_A, real_B)
             loss_G = sum(terms.values())
         self.precision.step(loss_G, self.opt_G, self.config.clip_grad_norm)
-
-        for p in (p for d in discriminators for p in d.parameters()):
-            p.requires_grad_(True)
-        with autocast:
-            loss_D_A, loss_D_B = self.units["D"](real_A, real_B, self.pool_A.query(images["fake_A"]),
-                                                 self.pool_B.query(images["fake_B"]))
+        # D_A and D_B
+        set_requires_grad([self.D_A, self.D_B], True)
+        with self.precision.autocast():
+            loss_D_A, loss_D_B = self.discriminator_losses(real_A, real_B, self.pool_A.query(images["fake_A"]),
+                                                           self.pool_B.query(images["fake_B"]))
         self.precision.step(loss_D_A + loss_D_B, self.opt_D, self.config.clip_grad_norm)
         self.precision.update()  # once per iteration, after both optimizers (torch.amp's multi-optimizer rule)
-        out = {name: t.detach() for name, t in terms.items()}
-        out.update(G=loss_G.detach(), D_A=loss_D_A.detach(), D_B=loss_D_B.detach())
-        return out
+        return {**{name: t.detach() for name, t in terms.items()},
+                "G": loss_G.detach(), "D_A": loss_D_A.detach(), "D_B": loss_D_B.detach()}
 
     def distribute(self, device: torch.device) -> None:
         """Average every update's gradients over the ranks of the process group (torchrun).
@@ -194,7 +260,7 @@ class CycleGAN(nn.Module):
         rank = torch.distributed.get_rank()
         self.pool_A.generator.manual_seed(self.config.seed + 2 * rank)  # rank 0: the seeds of __init__
         self.pool_B.generator.manual_seed(self.config.seed + 2 * rank + 1)
-        self.units = {name: distributed.wrap(unit, device) for name, unit in self.units.items()}
+        self._units = {name: distributed.wrap(unit, device) for name, unit in self._units.items()}
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:

@@ -1,10 +1,9 @@
 """Training: one loop for every model of cyclelib.
 
 :class:`Trainer` runs a model's ``train_step`` over the epochs of a dataset. A model is a
-module with ``train_step(*tensors) -> {term: loss}``, ``optimizers() -> {name: optimizer}``,
-``training_state()`` / ``load_training_state(state)`` (optimisers, schedulers, pools, loss scale) and
-``end_epoch()`` (learning-rate schedules): :class:`~cyclelib.cyclegan.CycleGAN` (a CycleGAN
-step), :class:`~cyclelib.classifiers.TaskClassifier` (a classifier step) and
+module that meets :class:`Trainable` (and :class:`Distributable` to train under torchrun):
+:class:`~cyclelib.cyclegan.CycleGAN` (a CycleGAN step),
+:class:`~cyclelib.classifiers.TaskClassifier` (a classifier step) and
 :class:`~cyclelib.classifiers.FeatureAlignment` (a feature-GAN step). Around the step, in
 this one place, the trainer does everything a long run needs:
 
@@ -34,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -198,6 +198,48 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@runtime_checkable
+class Trainable(Protocol):
+    """What :class:`Trainer` needs of a model besides being an ``nn.Module`` (its weights are its
+    ``state_dict``)."""
+
+    def train_step(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step of every optimiser on a batch (the tensors ``Trainer.inputs`` picks from it);
+        the loss terms by name, detached, still on the device."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers by name (their learning rates are logged)."""
+
+    def training_state(self) -> dict:
+        """Everything besides the weights that an exact resume needs (optimisers, schedulers,
+        pools, loss scale)."""
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore :meth:`training_state`."""
+
+    def end_epoch(self) -> None:
+        """Called after every epoch (learning-rate schedules)."""
+
+
+@runtime_checkable
+class Distributable(Trainable, Protocol):
+    """A :class:`Trainable` that can train under torchrun, one process per rank."""
+
+    def distribute(self, device: torch.device) -> None:
+        """Average every update's gradients over the ranks of the process group."""
+
+
+def _check_trainable(model: object) -> None:
+    """Raise a ``TypeError`` naming what ``model`` lacks of :class:`Trainable`."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Trainer trains a torch.nn.Module, got {type(model).__name__}")
+    required = [name for name, member in vars(Trainable).items() if callable(member) and not name.startswith("_")]
+    missing = [name for name in required if not callable(getattr(model, name, None))]
+    if missing:
+        raise TypeError(f"{type(model).__name__} cannot be trained by Trainer: it has no method "
+                        f"{', '.join(missing)} (see cyclelib.train.Trainable)")
+
+
 @dataclass
 class Trainer:
     """Trains ``model`` on ``dataset`` for ``epochs`` epochs, writing to the run folder ``out``.
@@ -211,7 +253,7 @@ class Trainer:
     ``sample(step)``, when given, runs every ``sample_every`` steps and at the end (rank 0).
     """
 
-    model: nn.Module
+    model: Trainable
     dataset: torch.utils.data.Dataset
     out: Path
     inputs: Callable[[object], tuple[torch.Tensor, ...]]
@@ -241,6 +283,7 @@ class Trainer:
     step: int = field(default=0, init=False)
 
     def __post_init__(self):
+        _check_trainable(self.model)
         self.out = Path(self.out)
         self.device = next(self.model.parameters()).device
         self.rank, self.world, _ = distributed.setup(self.device)
@@ -269,7 +312,7 @@ class Trainer:
 
     def _fit(self, resume: bool, checkpoint: tuple[dict, Path] | None) -> None:
         if self.world > 1:
-            if not hasattr(self.model, "distribute"):
+            if not isinstance(self.model, Distributable):
                 raise RuntimeError(f"{self.name} cannot train distributed: run it in a single process")
             self.model.distribute(self.device)  # before a resume, which then loads the saved pools
         if resume:
