@@ -14,39 +14,51 @@ Modules, one idea each, leaves first:
 - ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
   evaluation), ``translate`` (any image size, streamed), ``testpage`` (the official test page),
   ``evaluate`` (FID and KID), ``export`` (a generator as ONNX, TorchScript, safetensors), ``bench``,
-  ``cli``.
+  ``cli``; ``names`` (every name an option takes, the architecture registries), ``checks``
+  (config checks that build networks), ``arguments`` (the command line's options from the configs).
 """
-from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
-from .config import CyCADAConfig, CycleGANConfig
-from .cycada import run_cycada
-from .cyclegan import CycleGAN
-from .data import (DIGIT_DOMAINS, ImageFolderDomain, Unpaired, UnpairedImageFolder, digit_domain, open_unpaired,
-                   poster_paint, write_photo_pair)
-from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
-from .evaluate import evaluate_folders, evaluate_run, fid, kid
-from .export import export_generator
-from .io import (export_safetensors, load_checkpoint, load_cyclegan, load_official, load_safetensors,
-                 save_checkpoint, save_official)
-from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
-                     mode_seeking_loss, semantic_loss, task_loss)
-from .networks import build_discriminator, build_generator, init_weights
-from .pool import ImagePool
-from .runtime import pick_device, resolve_scale, seed_everything
-from .train import Trainer, TrainingDiverged, TrainingInterrupted, train_cyclegan
-from .testpage import load_pair, write_test_page
-from .translate import load_generator, translate_folder, translate_image
+import importlib
+
+# Where each public name lives. They are imported on first use (PEP 562), so that `import cyclelib`
+# and the command line's --help need no torch; `from cyclelib import X` works as before.
+_SOURCES = {
+    "DTN": "classifiers", "FeatureDiscriminator": "classifiers", "LeNet": "classifiers",
+    "build_classifier": "classifiers",
+    "CyCADAConfig": "config", "CycleGANConfig": "config", "DIGIT_DOMAINS": "names",
+    "run_cycada": "cycada",
+    "CycleGAN": "cyclegan",
+    "ImageFolderDomain": "data", "Unpaired": "data", "UnpairedImageFolder": "data",
+    "digit_domain": "data", "open_unpaired": "data", "poster_paint": "data", "write_photo_pair": "data",
+    "CYCLEGAN_DATASETS": "download", "PRETRAINED_MODELS": "download", "download_dataset": "download",
+    "download_digits": "download", "download_pretrained": "download",
+    "evaluate_folders": "evaluate", "evaluate_run": "evaluate", "fid": "evaluate", "kid": "evaluate",
+    "export_generator": "export",
+    "export_safetensors": "io", "load_checkpoint": "io", "load_cyclegan": "io", "load_official": "io",
+    "load_safetensors": "io", "save_checkpoint": "io", "save_official": "io",
+    "cycle_loss": "losses", "discriminator_loss": "losses", "feature_gan_loss": "losses", "gan_loss": "losses",
+    "gradient_penalty": "losses", "identity_loss": "losses", "mode_seeking_loss": "losses", "semantic_loss": "losses",
+    "task_loss": "losses",
+    "build_discriminator": "networks", "build_generator": "networks", "init_weights": "networks",
+    "ImagePool": "pool",
+    "pick_device": "runtime", "resolve_scale": "runtime", "seed_everything": "runtime",
+    "Trainer": "train", "TrainingDiverged": "train", "TrainingInterrupted": "train", "train_cyclegan": "train",
+    "load_pair": "testpage", "write_test_page": "testpage",
+    "load_generator": "translate", "translate_folder": "translate", "translate_image": "translate",
+}
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "CYCLEGAN_DATASETS", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "DIGIT_DOMAINS", "DTN",
-    "FeatureDiscriminator", "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS", "Trainer",
-    "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "build_classifier",
-    "build_discriminator", "build_generator", "cycle_loss", "digit_domain", "discriminator_loss",
-    "download_dataset", "download_digits", "download_pretrained", "evaluate_folders", "evaluate_run",
-    "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss", "gradient_penalty",
-    "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan", "load_generator", "load_official",
-    "load_pair", "load_safetensors", "mode_seeking_loss", "open_unpaired", "pick_device", "poster_paint",
-    "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything", "semantic_loss",
-    "task_loss", "train_cyclegan", "translate_folder", "translate_image", "write_photo_pair", "write_test_page",
-]
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'cyclelib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    globals()[name] = value  # the next look-up finds it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SOURCES})
+
+
+__all__ = sorted(_SOURCES)

@@ -56,41 +56,36 @@ from torch.utils.data import Dataset
 
 from . import distributed, files, io, losses
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
-from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name, cycada_command
+from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name, cycada_command, stage_option_names
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .data import DigitDomain, RandomlyInverted, Unpaired, digit_domain
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
                       predict, translate_dataset)
+from .names import CYCADA_STAGES
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runtime import Precision, amp_dtype, pick_device, seed_everything
 from .train import Trainer, train_cyclegan
 from .watch import describe_options
 
 # Stages in the order they run, what each needs first, and the result it stands for.
-STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
+STAGES = CYCADA_STAGES
 NEEDS = {"source": (), "feature_only": ("source",), "pixel": ("source",), "pixel_only": ("pixel",),
          "feature": ("source", "pixel"), "oracle": ()}
 RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": "feature_only",
            "feature": "pixel_feature", "oracle": "target_oracle"}
 
 # The options of CyCADAConfig that change each stage's result, its own and those of the stages it
-# builds on: a stage's checkpoint is reused (skipped, resumed, loaded, evaluated) only if they match.
-# every stage starts from f_S or is a classifier stage:
-_SHARED = ("source", "target", "classifier", "image_size", "max_samples", "seed", "amp", "task_lr",
-           "task_batch_size", "task_epochs", "invert_source")
+# builds on (by their field metadata "shapes", see config.py): a stage's checkpoint is reused
+# (skipped, resumed, loaded, evaluated) only if they match. The stages record them flat, by name.
 # (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
-_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise_injection", "gan_mode",
-          "lambda_gan_A", "lambda_gan_B", "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A",
-          "lambda_sem_B", "semantic_judge", "lambda_mode_seeking",
-          "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size", "pixel_epochs", "pixel_epochs_decay")
-_FEATURE = ("feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature")
-STAGE_OPTIONS = {"source": _SHARED, "oracle": _SHARED, "pixel": _SHARED + _PIXEL, "pixel_only": _SHARED + _PIXEL,
-                 "feature_only": _SHARED + _FEATURE, "feature": _SHARED + _PIXEL + _FEATURE}
+_SHAPED_BY = {"source": ("every",), "oracle": ("every",), "pixel": ("every", "pixel"),
+              "pixel_only": ("every", "pixel"), "feature_only": ("every", "feature"),
+              "feature": ("every", "pixel", "feature")}
+STAGE_OPTIONS = {stage: stage_option_names(*shapes) for stage, shapes in _SHAPED_BY.items()}
 _DEFAULTS = {f.name: f.default for f in fields(CyCADAConfig)}
 # The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
-NEUTRAL_OPTIONS = ("out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
-                   "max_eval_samples")
+NEUTRAL_OPTIONS = stage_option_names(None)
 
 
 # --------------------------------------------------------------------------------------
@@ -182,7 +177,7 @@ def stage_options(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """:data:`STAGE_OPTIONS` of ``stage``, and the feature stage's options when the pixel
     stage's semantic judge is the feature_only classifier (and ``stage`` builds on the pixel stage)."""
     judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *_with_needs((stage,), config))
-    return STAGE_OPTIONS[stage] + (_FEATURE if judged_by_f_t and stage not in ("feature", "feature_only") else ())
+    return STAGE_OPTIONS[stage] + (stage_option_names("feature") if judged_by_f_t and stage not in ("feature", "feature_only") else ())
 
 
 def stage_finished(config: CyCADAConfig, stage: str) -> bool:

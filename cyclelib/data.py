@@ -46,9 +46,9 @@ from torch.utils.data import Dataset
 from .download import CYCLEGAN_DATASETS, DIGIT_FILES, DIGIT_SPLITS, data_root, download_digits
 from .images import (IMAGE_EXTENSIONS, PREPROCESS_MODES, list_images, load_image, luma, scale_levels, to_tensor,
                      transform_image)
+from .names import DIGIT_DOMAINS, is_digit_pair  # noqa: F401 (also read from here)
 from .networks import fits, smallest_side
 
-DIGIT_DOMAINS = ("mnist5k", "uci-digits", "mnistm5k", "mnist", "usps", "svhn", "mnistm")
 
 # Seeds of the offline digit domains: fixed so a split or a MNIST-M background never changes.
 SPLIT_SEED = 0
@@ -551,12 +551,6 @@ def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | No
     raise ValueError(
         f"{spec!r} is neither a dataset folder (with trainA/, trainB/, testA/, testB/) nor a pair "
         f"'a:b' of digit domains from {', '.join(DIGIT_DOMAINS)}{hint}")
-
-
-def is_digit_pair(spec: str) -> bool:
-    """Whether ``spec`` names two digit domains, ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``)."""
-    parts = str(spec).split(":")
-    return len(parts) == 2 and all(p in DIGIT_DOMAINS for p in parts)
 
 
 # --------------------------------------------------------------------------- epochs

@@ -27,10 +27,9 @@ from torch import nn
 from .cyclegan import CycleGAN
 from .io import (LATEST, _atomic_write, cyclegan_from_checkpoint, export_safetensors, is_checkpoint, load_checkpoint,
                  load_official)
+from .names import DIRECTIONS, EXPORT_FORMATS as FORMATS  # noqa: F401 (also read from here)
 from .networks import NoiseInput, ResnetBlock, ResnetGenerator, UnetGenerator, side_multiple
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-DIRECTIONS = ("AtoB", "BtoA")
 # Opset 18 (ONNX 1.13, 2022): every operator these networks use, and runtimes from
 # onnxruntime 1.14 on, including onnxruntime-web and mobile builds, read it.
 ONNX_OPSET = 18

@@ -47,7 +47,8 @@ from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from . import distributed, files, io
-from .config import CycleGANConfig, shape_networks
+from .checks import shape_networks
+from .config import CycleGANConfig
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import EpochSampler, Unpaired, is_digit_pair, open_unpaired
 from .plots import plot_history, save_image_grid
