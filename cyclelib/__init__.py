@@ -18,6 +18,7 @@ Modules, one idea each, leaves first:
   (config checks that build networks), ``arguments`` (the command line's options from the configs).
 """
 import importlib
+import importlib.util
 
 # Where each public name lives. They are imported on first use (PEP 562), so that `import cyclelib`
 # and the command line's --help need no torch; `from cyclelib import X` works as before.
@@ -50,9 +51,14 @@ __version__ = "0.2.0"
 
 
 def __getattr__(name: str):
-    if name not in _SOURCES:
+    """A public name, or a module (``cyclelib.metrics`` after ``import cyclelib``, as when this
+    package imported every module), imported on first use."""
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
         raise AttributeError(f"module 'cyclelib' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
     globals()[name] = value  # the next look-up finds it without this function
     return value
 

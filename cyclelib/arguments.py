@@ -52,6 +52,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def one_of(names) -> str:
+    """The metavar of an option that takes one of ``names``, as argparse writes choices: {a,b,c}. (The
+    names are checked by the configs, with the one wording "valid values: ...".)"""
+    return "{" + ",".join(names) + "}"
+
+
 def _text(value, none: str | None = None) -> str:
     if value is None:
         return none or "none"
@@ -116,7 +122,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls, presets: Mapping[st
             parser.add_argument(flag(option.name), action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
             valid = choices(option)
-            metavar = "{" + ",".join(valid) + "}" if isinstance(valid, tuple) else kind.__name__.upper()
+            metavar = one_of(valid) if isinstance(valid, tuple) else kind.__name__.upper()
             parser.add_argument(flag(option.name), type=kind, default=None, metavar=metavar, help=help)
         for official in option.metadata.get("official", ()):
             alias = dict(dest=option.name, default=None, help=argparse.SUPPRESS)
@@ -145,7 +151,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cyclelib bench`` (and ``benchmarks/bench_cyclegan.py``)."""
     parser.add_argument("--arch", default="resnet_9blocks", metavar="ARCH",
                         help=f"the generator (netG); valid values: {GENERATORS.help()}; default: resnet_9blocks")
-    parser.add_argument("--netD", default="basic", choices=DISCRIMINATOR_ARCHS,
+    parser.add_argument("--netD", default="basic", metavar=one_of(DISCRIMINATOR_ARCHS),
                         help="the discriminator; default: basic (70x70 PatchGAN)")
     parser.add_argument("--ngf", type=int, default=64, help="generator width; default: 64")
     parser.add_argument("--ndf", type=int, default=64, help="discriminator width; default: 64")

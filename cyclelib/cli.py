@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .arguments import add_bench_arguments, add_config_options, given_options, refuse_official_options
+from .arguments import add_bench_arguments, add_config_options, given_options, one_of, refuse_official_options
 from .config import CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
@@ -22,9 +22,9 @@ from .names import (AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_
 
 
 def _train_cyclegan(args) -> None:
+    from .io import RunFolderError
     from .runtime import resolve_scale
     from .train import read_resumable, train_cyclegan
-    from .io import RunFolderError
     options = given_options(args, CycleGANConfig)
     if args.resume:
         if args.overwrite:  # before the checkpoint is read (run_folder refuses the pair the same way)
@@ -206,7 +206,8 @@ def _add_official_options(command: argparse.ArgumentParser) -> None:
     official = command.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
     official.add_argument("--arch", default="resnet_9blocks", metavar="ARCH",
                           help=f"the generator; valid values: {GENERATORS.help()}; default: resnet_9blocks")
-    official.add_argument("--norm", default="instance", choices=NORMS, help="its normalisation; default: instance")
+    official.add_argument("--norm", default="instance", metavar=one_of(NORMS),
+                          help="its normalisation; default: instance")
     official.add_argument("--input-nc", type=positive_int, default=3, help="its input channels; default: 3")
     official.add_argument("--output-nc", type=positive_int, default=3, help="its output channels; default: 3")
     official.add_argument("--width", type=positive_int, default=64, help="its width (ngf); default: 64")

@@ -194,25 +194,25 @@ def test_the_default_shown_is_the_one_used_and_required_options_say_so():
     assert "fixed on --resume" not in _option_help(cyclegan, "--lr")
 
 
-OFFICIAL = ["--dataroot", "d", "--netG", "resnet_6blocks", "--netD", "n_layers", "--n_layers_D", "2", "--ngf", "16",
-            "--ndf", "8", "--norm", "batch", "--init_type", "xavier", "--init_gain", "0.05", "--no_dropout",
-            "--input_nc", "3", "--output_nc", "3", "--gan_mode", "vanilla", "--lambda_A", "5", "--lambda_B", "6",
-            "--lambda_identity", "0.1", "--lr", "0.001", "--beta1", "0.4", "--batch_size", "2", "--n_epochs", "3",
-            "--n_epochs_decay", "4", "--pool_size", "10", "--preprocess", "crop", "--load_size", "40",
-            "--crop_size", "32", "--no_flip", "--num_threads", "1", "--use_wandb", "--wandb_project_name", "p"]
-OURS = ["--data", "d", "--netG", "resnet_6blocks", "--netD", "n_layers", "--n-layers-D", "2", "--ngf", "16",
-        "--ndf", "8", "--norm", "batch", "--init", "xavier", "--init-gain", "0.05", "--no-dropout",
-        "--input-nc", "3", "--output-nc", "3", "--gan-mode", "vanilla", "--lambda-A", "5", "--lambda-B", "6",
-        "--lambda-identity", "0.1", "--lr", "0.001", "--beta1", "0.4", "--batch-size", "2", "--n-epochs", "3",
-        "--n-epochs-decay", "4", "--pool-size", "10", "--preprocess", "crop", "--load-size", "40",
-        "--crop-size", "32", "--no-flip", "--num-workers", "1", "--wandb", "--wandb-project", "p"]
+# (official option, cyclelib option, value; None for a flag)
+SPELLINGS = [("dataroot", "data", "d"), ("netG", "netG", "resnet_6blocks"), ("netD", "netD", "n_layers"),
+             ("n_layers_D", "n-layers-D", "2"), ("ngf", "ngf", "16"), ("ndf", "ndf", "8"), ("norm", "norm", "batch"),
+             ("init_type", "init", "xavier"), ("init_gain", "init-gain", "0.05"), ("no_dropout", "no-dropout", None),
+             ("input_nc", "input-nc", "3"), ("output_nc", "output-nc", "3"), ("gan_mode", "gan-mode", "vanilla"),
+             ("lambda_A", "lambda-A", "5"), ("lambda_B", "lambda-B", "6"), ("lambda_identity", "lambda-identity", "0.1"),
+             ("lr", "lr", "0.001"), ("beta1", "beta1", "0.4"), ("batch_size", "batch-size", "2"),
+             ("n_epochs", "n-epochs", "3"), ("n_epochs_decay", "n-epochs-decay", "4"), ("pool_size", "pool-size", "10"),
+             ("preprocess", "preprocess", "crop"), ("load_size", "load-size", "40"), ("crop_size", "crop-size", "32"),
+             ("no_flip", "no-flip", None), ("num_threads", "num-workers", "1"), ("use_wandb", "wandb", None),
+             ("wandb_project_name", "wandb-project", "p")]
 
 
 def test_official_option_names_parse_to_the_same_config():
     parser = build_parser()
-    official, ours = (given_options(parser.parse_args(["train", "cyclegan", *argv]), CycleGANConfig)
-                      for argv in (OFFICIAL, OURS))
-    assert official == ours and len(ours) == sum(word.startswith("--") for word in OURS)
+    official, ours = (given_options(parser.parse_args(["train", "cyclegan", *argv]), CycleGANConfig) for argv in (
+        [word for name, _, value in SPELLINGS for word in (f"--{name}", value) if word],
+        [word for _, name, value in SPELLINGS for word in (f"--{name}", value) if word]))
+    assert official == ours and len(ours) == len(SPELLINGS)
     assert CycleGANConfig(**official) == CycleGANConfig(**ours)
     assert given_options(parser.parse_args(["train", "cyclegan", "--niter", "7", "--niter_decay", "8"]),
                          CycleGANConfig) == {"n_epochs": 7, "n_epochs_decay": 8}
