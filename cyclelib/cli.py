@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     cyclegan.set_defaults(run=_train_cyclegan)
 
     cycada = train.add_parser("cycada", help="domain adaptation on digits, stage by stage (Hoffman et al. 2018)",
-                              usage="%(prog)s --source DOMAIN --target DOMAIN [--scale SCALE] [options]")
+                              usage="%(prog)s --source DOMAIN --target DOMAIN [--scale SCALE] [options]",
+                              description="The pixel stage's options are CycleGAN's, with the source as domain A "
+                                          "and the target as domain B.")
     cycada.add_argument("--scale", choices=SCALES, default=None,
                         help="smoke (seconds), cpu (~30 minutes), gpu (paper); default: $CYCLELIB_SCALE, "
                              "else gpu when CUDA is present, else cpu")

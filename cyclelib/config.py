@@ -20,7 +20,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 
-from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DISCRIMINATOR_ARCHS, GAN_MODES, GENERATORS, INIT_TYPES,
+from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DISCRIMINATORS, GAN_MODES, GENERATORS, INIT_TYPES,
                     NOISE_INJECTIONS, NORMS, PATHS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES, TASK_NETWORKS, Registry,
                     is_digit_pair)
 
@@ -113,7 +113,7 @@ class CycleGANConfig:
     # networks
     netG: str = _option("resnet_9blocks", "the generator", _NETWORK, choices=GENERATORS, official=("netG",))
     netD: str = _option("basic", "the discriminator: basic (70x70 PatchGAN), n_layers (PatchGAN of n_layers_D), "
-                        "pixel (1x1)", _NETWORK, choices=DISCRIMINATOR_ARCHS, official=("netD",))
+                        "pixel (1x1)", _NETWORK, choices=lambda: tuple(DISCRIMINATORS.families), official=("netD",))
     ngf: int = _option(64, "generator width (filters of its first conv)", _NETWORK, official=("ngf",))
     ndf: int = _option(64, "discriminator width (filters of its first conv)", _NETWORK, official=("ndf",))
     n_layers_D: int = _option(3, "stride-2 layers of the n_layers discriminator", _NETWORK, official=("n_layers_D",))

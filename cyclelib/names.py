@@ -118,4 +118,4 @@ DISCRIMINATORS = Registry(
 TASK_NETWORKS = Registry("classifier", lenet=Architecture("lenet", "lenet"), dtn=Architecture("dtn", "dtn"))
 # The official names, which a config takes without building a network to check them.
 GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
-DISCRIMINATOR_ARCHS = tuple(DISCRIMINATORS)
+DISCRIMINATOR_ARCHS = tuple(DISCRIMINATORS.families)

@@ -302,8 +302,7 @@ class PixelDiscriminator(nn.Module):
 # Building and initialising
 # --------------------------------------------------------------------------------------
 
-# The architectures of the registries (cyclelib.names declares their names), built with PyTorch's
-# default initialisation; ``match`` holds the groups of the name's pattern.
+# How the registries' architectures (cyclelib.names) are built; ``match`` holds the name's pattern's groups.
 def _resnet(match, input_nc: int, output_nc: int, width: int, norm: str, dropout: bool) -> nn.Module:
     n_blocks = int(match.group(1))
     if n_blocks < 1:
@@ -409,9 +408,8 @@ def _initialised(make: Callable[[], nn.Module], init: str | None, gain: float) -
 # --------------------------------------------------------------------------------------
 
 def _registered(net: nn.Module) -> tuple[nn.Module, bool]:
-    """``net`` without a :class:`NoiseInput` around it, and whether it is a generator; a network
-    of no family of :data:`GENERATORS` or :data:`DISCRIMINATORS` is a ``ValueError`` (its size rules
-    would be unknown)."""
+    """``net`` without a :class:`NoiseInput` around it, and whether it is a generator; ``ValueError``
+    for a network of no family of :data:`GENERATORS` or :data:`DISCRIMINATORS` (its size rules are unknown)."""
     inner = net.net if isinstance(net, NoiseInput) else net
     if GENERATORS.of(inner):
         return inner, True

@@ -14,7 +14,7 @@ from cyclelib import CyCADAConfig, CycleGANConfig, build_classifier, build_gener
 from cyclelib.arguments import OFFICIAL_ELSEWHERE, given_options
 from cyclelib.cli import build_parser
 from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS
-from cyclelib.names import GENERATORS, TASK_NETWORKS
+from cyclelib.names import DISCRIMINATORS, GENERATORS, TASK_NETWORKS
 from cyclelib.networks import fits, side_multiple
 
 from helpers import ROOT, cli, cli_env
@@ -105,7 +105,7 @@ class Halves(nn.Module):
 @pytest.fixture
 def registries(monkeypatch):
     """The registries as they are, restored after the test."""
-    for registry in (GENERATORS, TASK_NETWORKS):
+    for registry in (GENERATORS, DISCRIMINATORS, TASK_NETWORKS):
         monkeypatch.setattr(registry, "families", dict(registry.families))
 
 
@@ -119,6 +119,13 @@ def test_a_registered_generator_is_built_checked_by_fits_and_the_config_and_list
     with pytest.raises(ValueError, match="netG conv_2 .* takes no image"):
         CycleGANConfig(data="mnist5k:mnistm5k", netG="conv_2", load_size=32, crop_size=32)
     assert "conv_<stride> (1 or 2)" in _help("train", "cyclegan")
+
+
+def test_a_registered_discriminator_is_taken_by_the_config(registries):
+    DISCRIMINATORS.register("conv", pattern="conv", help="conv", cls=Halves,
+                            build=lambda m, input_nc, width, n_layers, norm: Halves(input_nc, 1, width, norm, False))
+    config = CycleGANConfig(data="mnist5k:mnistm5k", netD="conv", load_size=32, crop_size=32)
+    assert config.netD == "conv" and "--netD {basic,n_layers,pixel,conv}" in _help("train", "cyclegan")
 
 
 def test_an_unregistered_network_is_refused_by_fits_not_skipped():
