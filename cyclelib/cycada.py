@@ -177,7 +177,8 @@ def stage_options(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """:data:`STAGE_OPTIONS` of ``stage``, and the feature stage's options when the pixel
     stage's semantic judge is the feature_only classifier (and ``stage`` builds on the pixel stage)."""
     judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *_with_needs((stage,), config))
-    return STAGE_OPTIONS[stage] + (stage_option_names("feature") if judged_by_f_t and stage not in ("feature", "feature_only") else ())
+    feature = stage_option_names("feature") if judged_by_f_t and stage not in ("feature", "feature_only") else ()
+    return STAGE_OPTIONS[stage] + feature
 
 
 def stage_finished(config: CyCADAConfig, stage: str) -> bool:

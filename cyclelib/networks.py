@@ -14,7 +14,6 @@ Images are float tensors ``[N, C, H, W]`` in ``[-1, 1]``.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 
 import torch

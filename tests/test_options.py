@@ -53,7 +53,8 @@ def test_every_pixel_option_reaches_the_pixel_stage():
     assert all(getattr(pixel, name) == cyclegan_defaults[name] for name in CYCLEGAN_DEFAULTS)
     assert (pixel.data, pixel.out, pixel.preprocess, pixel.flip) == ("mnist5k:mnistm5k", "out", "none", False)
     # the pixel stage's own terms (L_sem), which CycleGAN has not, are the only untagged pixel options
-    untagged = {f.name for f in fields(CyCADAConfig) if f.metadata["shapes"] == "pixel" and "cyclegan" not in f.metadata}
+    untagged = {f.name for f in fields(CyCADAConfig)
+                if f.metadata["shapes"] == "pixel" and "cyclegan" not in f.metadata}
     assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge"}
 
 
@@ -66,7 +67,8 @@ _PIXEL = {"netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise
           "semantic_judge", "lambda_mode_seeking", "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size",
           "pixel_epochs", "pixel_epochs_decay"}
 _FEATURE = {"feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature"}
-_NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every", "max_eval_samples"}
+_NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
+            "max_eval_samples"}
 
 
 def test_stage_options_computed_from_the_tags_are_todays():
@@ -173,8 +175,9 @@ def test_every_option_has_a_description_its_choices_and_required_marked():
             assert not action.required or "required" in action.help, (path, action.option_strings)
     assert commands <= seen
     cyclegan, cycada = _help("train", "cyclegan"), _help("train", "cycada")
-    for text in ("--norm {instance,batch,none}", "--gan-mode {lsgan,vanilla,wgangp,hinge}", "--amp {none,bf16,fp16,auto}",
-                 "--preprocess {resize_and_crop,crop,scale_width,scale_width_and_crop,none}", "--path {fast,reference}",
+    for text in ("--norm {instance,batch,none}", "--gan-mode {lsgan,vanilla,wgangp,hinge}",
+                 "--amp {none,bf16,fp16,auto}", "--path {fast,reference}",
+                 "--preprocess {resize_and_crop,crop,scale_width,scale_width_and_crop,none}",
                  "--init {normal,xavier,kaiming,orthogonal}", "--noise-injection {constant,modulate}",
                  "--netD {basic,n_layers,pixel}", "resnet_<n>blocks"):
         assert text in cyclegan, text
@@ -206,7 +209,8 @@ SPELLINGS = [("dataroot", "data", "d"), ("netG", "netG", "resnet_6blocks"), ("ne
              ("n_layers_D", "n-layers-D", "2"), ("ngf", "ngf", "16"), ("ndf", "ndf", "8"), ("norm", "norm", "batch"),
              ("init_type", "init", "xavier"), ("init_gain", "init-gain", "0.05"), ("no_dropout", "no-dropout", None),
              ("input_nc", "input-nc", "3"), ("output_nc", "output-nc", "3"), ("gan_mode", "gan-mode", "vanilla"),
-             ("lambda_A", "lambda-A", "5"), ("lambda_B", "lambda-B", "6"), ("lambda_identity", "lambda-identity", "0.1"),
+             ("lambda_A", "lambda-A", "5"), ("lambda_B", "lambda-B", "6"),
+             ("lambda_identity", "lambda-identity", "0.1"),
              ("lr", "lr", "0.001"), ("beta1", "beta1", "0.4"), ("batch_size", "batch-size", "2"),
              ("n_epochs", "n-epochs", "3"), ("n_epochs_decay", "n-epochs-decay", "4"), ("pool_size", "pool-size", "10"),
              ("preprocess", "preprocess", "crop"), ("load_size", "load-size", "40"), ("crop_size", "crop-size", "32"),
