@@ -147,10 +147,15 @@ def refuse_official_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", nargs="?", action=_Elsewhere, default=None, help=argparse.SUPPRESS)
 
 
+def add_arch_argument(parser, what: str) -> None:
+    """``--arch``: a generator architecture (the official one by default), ``what`` says whose."""
+    parser.add_argument("--arch", default="resnet_9blocks", metavar="ARCH",
+                        help=f"{what}; valid values: {GENERATORS.help()}; default: resnet_9blocks")
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cyclelib bench`` (and ``benchmarks/bench_cyclegan.py``)."""
-    parser.add_argument("--arch", default="resnet_9blocks", metavar="ARCH",
-                        help=f"the generator (netG); valid values: {GENERATORS.help()}; default: resnet_9blocks")
+    add_arch_argument(parser, "the generator (netG)")
     parser.add_argument("--netD", default="basic", metavar=one_of(DISCRIMINATOR_ARCHS),
                         help="the discriminator; default: basic (70x70 PatchGAN)")
     parser.add_argument("--ngf", type=int, default=64, help="generator width; default: 64")

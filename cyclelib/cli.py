@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .arguments import add_bench_arguments, add_config_options, given_options, one_of, refuse_official_options
+from .arguments import add_arch_argument, add_bench_arguments, add_config_options, given_options, one_of, refuse_official_options
 from .config import CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
-from .names import (AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, GENERATORS, KID_SUBSETS,
-                    NORMS, SCALES)
+from .names import AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, KID_SUBSETS, NORMS, SCALES
 
 
 def _train_cyclegan(args) -> None:
@@ -204,8 +203,7 @@ def _add_official_options(command: argparse.ArgumentParser) -> None:
     """How to build the generator of an official checkpoint (translate, test, export): the defaults
     are those of the published pretrained models."""
     official = command.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
-    official.add_argument("--arch", default="resnet_9blocks", metavar="ARCH",
-                          help=f"the generator; valid values: {GENERATORS.help()}; default: resnet_9blocks")
+    add_arch_argument(official, "the generator")
     official.add_argument("--norm", default="instance", metavar=one_of(NORMS),
                           help="its normalisation; default: instance")
     official.add_argument("--input-nc", type=positive_int, default=3, help="its input channels; default: 3")
