@@ -15,42 +15,60 @@ Modules, one idea each, leaves first:
 - ``train`` (the one training loop), ``cyclegan_run`` (a CycleGAN training run), ``cycada`` (the stages),
   ``cycada_run`` (the stages in order, their evaluation), ``translate`` (any image size,
   streamed), ``testpage`` (the official test page), ``evaluate`` (FID and KID), ``export`` (a
-  generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``; ``toy`` (chapter 2's two Gaussian
+  generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``; ``names`` (every name an
+  option takes, the architecture registries), ``checks`` (config checks that build networks),
+  ``arguments`` (the command line's options from the configs); ``toy`` (chapter 2's two Gaussian
   mixtures, trained with the adversarial loss alone).
 """
-from .checkpoints import load_checkpoint, load_safetensors, save_checkpoint
-from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
-from .config import CyCADAConfig, CycleGANConfig
-from .cycada_run import run_cycada
-from .cyclegan import CycleGAN, GeneratorTerms
-from .cyclegan_run import train_cyclegan
-from .data import ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
-from .digits import DIGIT_DOMAINS, digit_domain
-from .download import CYCLEGAN_DATASETS, PRETRAINED_MODELS, download_dataset, download_digits, download_pretrained
-from .evaluate import evaluate_folders, evaluate_run, fid, kid
-from .export import export_generator
-from .losses import (cycle_loss, discriminator_loss, feature_gan_loss, gan_loss, gradient_penalty, identity_loss,
-                     mode_seeking_loss, semantic_loss, task_loss)
-from .networks import build_discriminator, build_generator, init_weights
-from .photos import poster_paint, write_photo_pair
-from .pool import ImagePool
-from .runtime import pick_device, resolve_scale, seed_everything
-from .train import Trainable, Trainer, TrainingDiverged, TrainingInterrupted
-from .testpage import load_pair, write_test_page
-from .translate import load_generator, translate_folder, translate_image
-from .weights import export_safetensors, load_cyclegan, load_official, save_official
+import importlib
+import importlib.util
+
+# Where each public name lives. They are imported on first use (PEP 562), so that `import cyclelib`
+# and the command line's --help need no torch; `from cyclelib import X` works as before.
+_SOURCES = {
+    "DTN": "classifiers", "FeatureDiscriminator": "classifiers", "LeNet": "classifiers",
+    "build_classifier": "classifiers",
+    "CyCADAConfig": "config", "CycleGANConfig": "config", "DIGIT_DOMAINS": "names",
+    "run_cycada": "cycada_run",
+    "CycleGAN": "cyclegan", "GeneratorTerms": "cyclegan",
+    "ImageFolderDomain": "data", "Unpaired": "data", "UnpairedImageFolder": "data",
+    "open_unpaired": "data", "digit_domain": "digits", "poster_paint": "photos", "write_photo_pair": "photos",
+    "CYCLEGAN_DATASETS": "download", "PRETRAINED_MODELS": "download", "download_dataset": "download",
+    "download_digits": "download", "download_pretrained": "download",
+    "evaluate_folders": "evaluate", "evaluate_run": "evaluate", "fid": "evaluate", "kid": "evaluate",
+    "export_generator": "export",
+    "load_checkpoint": "checkpoints", "load_safetensors": "checkpoints", "save_checkpoint": "checkpoints",
+    "export_safetensors": "weights", "load_cyclegan": "weights", "load_official": "weights", "save_official": "weights",
+    "cycle_loss": "losses", "discriminator_loss": "losses", "feature_gan_loss": "losses", "gan_loss": "losses",
+    "gradient_penalty": "losses", "identity_loss": "losses", "mode_seeking_loss": "losses", "semantic_loss": "losses",
+    "task_loss": "losses",
+    "build_discriminator": "networks", "build_generator": "networks", "init_weights": "networks",
+    "ImagePool": "pool",
+    "pick_device": "runtime", "resolve_scale": "runtime", "seed_everything": "runtime",
+    "Trainable": "train", "Trainer": "train", "TrainingDiverged": "train", "TrainingInterrupted": "train",
+    "train_cyclegan": "cyclegan_run",
+    "load_pair": "testpage", "write_test_page": "testpage",
+    "load_generator": "translate", "translate_folder": "translate", "translate_image": "translate",
+}
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "CYCLEGAN_DATASETS", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "DIGIT_DOMAINS", "DTN",
-    "FeatureDiscriminator", "GeneratorTerms", "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS",
-    "Trainable", "Trainer", "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder",
-    "build_classifier", "build_discriminator", "build_generator", "cycle_loss", "digit_domain", "discriminator_loss",
-    "download_dataset", "download_digits", "download_pretrained", "evaluate_folders", "evaluate_run",
-    "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss", "gradient_penalty",
-    "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan", "load_generator", "load_official",
-    "load_pair", "load_safetensors", "mode_seeking_loss", "open_unpaired", "pick_device", "poster_paint",
-    "resolve_scale", "run_cycada", "save_checkpoint", "save_official", "seed_everything", "semantic_loss",
-    "task_loss", "train_cyclegan", "translate_folder", "translate_image", "write_photo_pair", "write_test_page",
-]
+
+def __getattr__(name: str):
+    """A public name, or a module (``cyclelib.metrics`` after ``import cyclelib``, as when this
+    package imported every module), imported on first use."""
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'cyclelib' has no attribute {name!r}")
+    globals()[name] = value  # the next look-up finds it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SOURCES})
+
+
+__all__ = sorted(_SOURCES)

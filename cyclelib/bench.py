@@ -34,9 +34,10 @@ import time
 import torch
 
 from . import files
-from .config import PATHS, CycleGANConfig, positive_int
+from .arguments import add_bench_arguments
+from .config import PATHS, CycleGANConfig
 from .cyclegan import CycleGAN
-from .runtime import AMP_MODES, cudnn_autotune, native_bf16, pick_device
+from .runtime import cudnn_autotune, native_bf16, pick_device
 
 # bf16 dense tensor-core peaks in TFLOP/s, by a substring of torch.cuda.get_device_name();
 # the first match wins, so more specific names come first.
@@ -47,24 +48,6 @@ PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A1
 def peak_tflops(device_name: str) -> float | None:
     """The bf16 dense peak of a GPU by name, None when it is not in :data:`PEAK_BF16_TFLOPS`."""
     return next((peak for key, peak in PEAK_BF16_TFLOPS if key in device_name), None)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet_9blocks", help="generator (netG), default: resnet_9blocks")
-    parser.add_argument("--netD", default="basic", help="discriminator, default: basic (70x70 PatchGAN)")
-    parser.add_argument("--ngf", type=int, default=64)
-    parser.add_argument("--ndf", type=int, default=64)
-    parser.add_argument("--size", type=int, default=128, help="image side in pixels, default: 128")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="batch sizes, default: 1 4")
-    parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per path and batch size")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocation, compilation)")
-    parser.add_argument("--device", default=None, help="default: CUDA when present, else CPU")
-    parser.add_argument("--amp", default="auto", choices=AMP_MODES, help="the fast path's amp (the reference "
-                        "is fp32), default: auto (bf16 where the device computes it natively: CUDA, "
-                        "AVX512-BF16/AMX CPUs)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
 
 
 def _settings(args: argparse.Namespace, path: str, batch: int) -> dict:
@@ -267,7 +250,7 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="bench_cyclegan", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    add_bench_arguments(parser)
     return run_and_report(parser.parse_args(argv))
 
 

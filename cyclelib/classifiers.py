@@ -26,6 +26,7 @@ from torch import nn
 
 from . import losses
 from .images import luma
+from .names import TASK_NETWORKS
 from .runtime import Precision, load_optimizer_state
 
 
@@ -90,14 +91,16 @@ class DTN(_DigitClassifier):
         self._init_release_weights()
 
 
-CLASSIFIERS = {"lenet": LeNet, "dtn": DTN}
+# The registry of task networks (cyclelib.names declares the names the command line shows).
+CLASSIFIERS = TASK_NETWORKS
+CLASSIFIERS.register("lenet", cls=LeNet, build=lambda match, num_classes: LeNet(num_classes))
+CLASSIFIERS.register("dtn", cls=DTN, build=lambda match, num_classes: DTN(num_classes))
 
 
 def build_classifier(name: str, num_classes: int = 10) -> _DigitClassifier:
-    """A fresh CyCADA digit classifier: ``lenet`` (1x28x28) or ``dtn`` (3x32x32)."""
-    if name not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {name!r}; valid values: {', '.join(CLASSIFIERS)}")
-    return CLASSIFIERS[name](num_classes)
+    """A fresh CyCADA digit classifier: ``lenet`` (1x28x28) or ``dtn`` (3x32x32), or any task network
+    registered in :data:`CLASSIFIERS`."""
+    return CLASSIFIERS.build(name, num_classes)
 
 
 class ClassifierInput(nn.Module):

@@ -1,59 +1,29 @@
-"""The ``cyclelib`` command line: train, translate, test, evaluate, export, download, bench.
+"""cyclelib: train CycleGAN and CyCADA, translate, test, evaluate, export, download, bench.
 
-Every field of a config dataclass is an option (``--lambda-A 5``, ``--no-flip``);
-options given on the command line win over the scale's preset, which wins over
-the paper's defaults.
+Every field of a config dataclass is an option (``--lambda-A 5``, ``--no-flip``), its help read
+from the field (:mod:`cyclelib.arguments`); options given on the command line win over the
+scale's preset, which wins over the paper's defaults. The parser is built without torch; each
+command imports what it runs.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
-import types
-import typing
 from pathlib import Path
 
-from .bench import add_arguments as add_bench_arguments, run_and_report
-from .config import CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
-from .cycada import RESULTS, STAGES
-from .cycada_run import run_cycada
-from .cyclegan_run import read_resumable, train_cyclegan
-from .digits import DIGIT_DOMAINS
-from . import evaluate
+from . import __version__
+from .arguments import add_arch_argument, add_bench_arguments, add_config_options, given_options, one_of, refuse_official_options
+from .config import CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
-from .export import DIRECTIONS, FORMATS, export_generator
-from .runs import RunFolderError
-from .runtime import AMP_MODES, SCALES, resolve_scale
-from .train import TrainingDiverged, TrainingInterrupted
-from .testpage import load_pair, write_test_page
-from .translate import load_generator, translate_folder
-
-
-def add_config_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--option`` per field of dataclass ``cls`` (default None: "not given")."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        kind = hints[f.name]
-        if isinstance(kind, types.UnionType):  # "int | None" -> int
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        flag = "--" + f.name.replace("_", "-")
-        default = f"default: {f.default}"
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=default)
-        else:
-            parser.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(), help=default)
-
-
-def given_options(args: argparse.Namespace, cls) -> dict:
-    """The config fields the user set on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if getattr(args, f.name, None) is not None}
+from .names import AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, KID_SUBSETS, NORMS, SCALES
 
 
 def _train_cyclegan(args) -> None:
+    from .runs import RunFolderError
+    from .runtime import resolve_scale
+    from .cyclegan_run import read_resumable, train_cyclegan
     options = given_options(args, CycleGANConfig)
     if args.resume:
         if args.overwrite:  # before the checkpoint is read (run_folder refuses the pair the same way)
@@ -89,6 +59,8 @@ def _train_cyclegan(args) -> None:
 
 
 def _train_cycada(args) -> None:
+    from .cycada import RESULTS
+    from .cycada_run import run_cycada
     options = given_options(args, CyCADAConfig)
     options.pop("scale", None)  # --scale picks the preset below
     missing = [f"--{name}" for name in ("source", "target") if name not in options]
@@ -111,6 +83,7 @@ def _official(args) -> dict:
 
 
 def _translate(args) -> None:
+    from .translate import load_generator, translate_folder
     generator = load_generator(args.checkpoint, args.direction, sha256=args.sha256, step=args.step, **_official(args))
     written = translate_folder(generator, args.input, args.output, batch_size=args.batch_size,
                                size=args.size, device=args.device, overwrite=args.overwrite, amp=args.amp,
@@ -119,6 +92,7 @@ def _translate(args) -> None:
 
 
 def _evaluate(args) -> None:
+    from . import evaluate
     given = {name for name in ("checkpoint", "data", "fake", "real") if getattr(args, name)}
     if given not in ({"checkpoint", "data"}, {"fake", "real"}):
         raise ValueError("give either --checkpoint and --data (a run's translations) or --fake and --real (two "
@@ -147,7 +121,10 @@ def _evaluate(args) -> None:
         if key in result:
             print(f"{key}: {result[key]:.4f}")
     print(f"written with its protocol to {out}")
+
+
 def _export(args) -> None:
+    from .export import export_generator
     try:
         path = export_generator(args.checkpoint, args.output, args.format, args.direction, sha256=args.sha256,
                                 **_official(args))
@@ -157,6 +134,7 @@ def _export(args) -> None:
 
 
 def _test(args) -> None:
+    from .testpage import load_pair, write_test_page
     G_A, G_B, source = load_pair(args.checkpoint, args.checkpoint_A, args.checkpoint_B, step=args.step,
                                  **_official(args))
     page = write_test_page(G_A, G_B, args.dataroot, args.results, phase=args.phase, num_test=args.num_test,
@@ -175,7 +153,8 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
                              "1.09 GB on a CPU, 1.33 GB with 8; python benchmarks/translate_memory.py)")
     parser.add_argument("--size", type=int, default=None,
                         help="resize to SIZE x SIZE first (default: keep each image's size)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: CUDA when present, else "
+                                                       "the CPU)")
     parser.add_argument("--amp", choices=AMP_MODES, default="none",
                         help="precision (default: none, fp32; bf16 changes some 8-bit pixels by a few levels)")
     _add_official_options(parser)
@@ -225,11 +204,12 @@ def _add_official_options(command: argparse.ArgumentParser) -> None:
     """How to build the generator of an official checkpoint (translate, test, export): the defaults
     are those of the published pretrained models."""
     official = command.add_argument_group("official checkpoints (ignored for cyclelib checkpoints)")
-    official.add_argument("--arch", default="resnet_9blocks")
-    official.add_argument("--norm", default="instance")
-    official.add_argument("--input-nc", type=positive_int, default=3)
-    official.add_argument("--output-nc", type=positive_int, default=3)
-    official.add_argument("--width", type=positive_int, default=64)
+    add_arch_argument(official, "the generator")
+    official.add_argument("--norm", default="instance", metavar=one_of(NORMS),
+                          help="its normalisation; default: instance")
+    official.add_argument("--input-nc", type=positive_int, default=3, help="its input channels; default: 3")
+    official.add_argument("--output-nc", type=positive_int, default=3, help="its output channels; default: 3")
+    official.add_argument("--width", type=positive_int, default=64, help="its width (ngf); default: 64")
     official.add_argument("--dropout", action="store_true", help="the generator has dropout layers "
                                                                  "(trained with the official --no_dropout off)")
 
@@ -239,13 +219,16 @@ def _add_official_options(command: argparse.ArgumentParser) -> None:
 # options translate and test share are added by _add_translation_options).
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cyclelib", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cyclelib {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
-    cyclegan = train.add_parser("cyclegan", help="unpaired image translation (Zhu et al. 2017)")
+    cyclegan = train.add_parser("cyclegan", help="unpaired image translation (Zhu et al. 2017)",
+                                usage="%(prog)s (--data DATA | --resume DIR) [--scale SCALE] [options]")
     cyclegan.add_argument("--scale", choices=SCALES, default=None,
                           help="smoke (seconds), cpu (minutes), gpu (paper); default: $CYCLELIB_SCALE, "
                                "else gpu when CUDA is present, else cpu")
+    refuse_official_options(cyclegan)
     cyclegan.add_argument("--resume", metavar="DIR",
                           help="continue the run in DIR exactly where it stopped; options given with it apply from "
                                "there (e.g. --lr, --n-epochs, --log-every), but those a run keeps for its life "
@@ -253,27 +236,32 @@ def build_parser() -> argparse.ArgumentParser:
     cyclegan.add_argument("--overwrite", action="store_true",
                           help="start over in an --out that holds another run (its checkpoints, history and "
                                "samples are deleted)")
-    add_config_options(cyclegan, CycleGANConfig)
+    add_config_options(cyclegan, CycleGANConfig, CYCLEGAN_PRESETS)
     cyclegan.set_defaults(run=_train_cyclegan)
 
-    cycada = train.add_parser("cycada", help="domain adaptation on digits, stage by stage (Hoffman et al. 2018)")
+    cycada = train.add_parser("cycada", help="domain adaptation on digits, stage by stage (Hoffman et al. 2018)",
+                              usage="%(prog)s --source DOMAIN --target DOMAIN [--scale SCALE] [options]",
+                              description="The pixel stage's options are CycleGAN's, with the source as domain A "
+                                          "and the target as domain B.")
     cycada.add_argument("--scale", choices=SCALES, default=None,
                         help="smoke (seconds), cpu (~30 minutes), gpu (paper); default: $CYCLELIB_SCALE, "
                              "else gpu when CUDA is present, else cpu")
-    cycada.add_argument("--stages", default=",".join(STAGES),
-                        help=f"comma-separated stages to run (default: all, {','.join(STAGES)}); finished "
+    cycada.add_argument("--stages", default=",".join(CYCADA_STAGES),
+                        help=f"comma-separated stages to run (default: all, {','.join(CYCADA_STAGES)}); finished "
                              "ones are skipped, earlier ones are loaded from --out")
     cycada.add_argument("--force", action="store_true", help="retrain the chosen stages even if finished")
-    add_config_options(cycada, CyCADAConfig, skip=("scale",))
+    add_config_options(cycada, CyCADAConfig, CYCADA_PRESETS, skip=("scale",))
     cycada.set_defaults(run=_train_cycada)
 
     translate = commands.add_parser("translate", help="translate a folder of images with a trained generator")
     translate.add_argument("--checkpoint", required=True,
-                           help="a run folder (its latest readable checkpoint), a cyclelib checkpoint.pt, or an "
-                                "official generator .pth (e.g. horse2zebra.pth)")
-    translate.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB")
-    translate.add_argument("--input", required=True, help="folder of images (searched recursively)")
-    translate.add_argument("--output", required=True, help="folder for the results (same relative names)")
+                           help="required: a run folder (its latest readable checkpoint), a cyclelib checkpoint.pt, "
+                                "or an official generator .pth (e.g. horse2zebra.pth)")
+    translate.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+                           help="AtoB uses the run's G_A, BtoA its G_B (default: AtoB)")
+    translate.add_argument("--input", required=True, help="required: folder of images (searched recursively)")
+    translate.add_argument("--output", required=True,
+                           help="required: folder for the results (same relative names)")
     translate.add_argument("--overwrite", action="store_true",
                            help="allow an --output that is, contains or lies inside --input")
     translate.add_argument("--sha256", default=None,
@@ -291,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--checkpoint", help="a run folder (its latest readable checkpoint) or a cyclelib checkpoint")
     test.add_argument("--checkpoint-A", help="an official pair instead: the A -> B generator (latest_net_G_A.pth)")
     test.add_argument("--checkpoint-B", help="and the B -> A generator (latest_net_G_B.pth)")
-    test.add_argument("--dataroot", required=True, help="the dataset folder, holding testA and testB")
+    test.add_argument("--dataroot", required=True, help="required: the dataset folder, holding testA and testB")
     test.add_argument("--phase", default="test", help="the split: PHASEA and PHASEB are read (default: test)")
-    test.add_argument("--results", required=True, help="folder for index.html and its images")
+    test.add_argument("--results", required=True, help="required: folder for index.html and its images")
     test.add_argument("--num-test", type=positive_int, default=None,
                       help="the first NUM_TEST images of each split (default: all)")
     _add_translation_options(test)
@@ -304,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="a run folder or checkpoint.pt whose generator translates --data")
     evaluation.add_argument("--data", metavar="DATASET",
                             help="the dataset folder (testA/testB) or digit pair (mnist5k:mnistm5k)")
-    evaluation.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+    evaluation.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
                             help="AtoB translates <phase>A and compares with <phase>B (default: AtoB)")
-    evaluation.add_argument("--phase", choices=("train", "test"), default="test")
+    evaluation.add_argument("--phase", choices=("train", "test"), default="test",
+                            help="the split whose images are translated and compared (default: test)")
     evaluation.add_argument("--oracle", metavar="CKPT", help="digits only: a CyCADA oracle stage checkpoint "
                             "(<out>/oracle/checkpoint.pt) for oracle accuracy and label preservation")
     evaluation.add_argument("--translations", metavar="DIR",
@@ -320,19 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=50,
                             help="images per batch through the generator and Inception (default: 50)")
     evaluation.add_argument("--device", default=None, help="default: CUDA when present, else the CPU")
-    evaluation.add_argument("--kid-subsets", type=int, default=evaluate.KID_SUBSETS)
+    evaluation.add_argument("--kid-subsets", type=int, default=KID_SUBSETS,
+                            help=f"random subsets KID averages over (default: {KID_SUBSETS})")
     evaluation.add_argument("--kid-subset-size", type=int, default=None,
                             help="default: min(1000, number of images in the smaller set)")
     evaluation.set_defaults(run=_evaluate)
     export = commands.add_parser("export", help="write a generator as ONNX, TorchScript or safetensors, for use "
                                                 "without cyclelib")
     export.add_argument("--checkpoint", required=True,
-                        help="a cyclelib checkpoint.pt or run folder, or an official generator .pth")
-    export.add_argument("--format", choices=FORMATS, default="onnx",
+                        help="required: a cyclelib checkpoint.pt or run folder, or an official generator .pth")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
                         help="onnx (default; dynamic batch, height and width), torchscript (torch.jit.load; "
                              "deprecated by PyTorch), safetensors (the weights only)")
-    export.add_argument("--direction", choices=DIRECTIONS, default="AtoB")
-    export.add_argument("--output", required=True, help="the file to write")
+    export.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+                        help="AtoB writes the run's G_A, BtoA its G_B (default: AtoB)")
+    export.add_argument("--output", required=True, help="required: the file to write")
     export.add_argument("--sha256", default=None, help="the checkpoint's expected SHA-256 (as for translate)")
     _add_official_options(export)
     export.set_defaults(run=_export)
@@ -350,26 +341,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="time the fast and the reference training step, and translation")
     add_bench_arguments(bench)
-    bench.set_defaults(run=run_and_report)
+    bench.set_defaults(run=_bench)
     return parser
+
+
+def _bench(args) -> None:
+    from .bench import run_and_report
+    run_and_report(args)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, RunFolderError) as e:
-        # Bad input is the user's to fix: say what is wrong, without a traceback.
-        print(f"cyclelib: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (TrainingInterrupted, TrainingDiverged) as e:
-        # The run stopped with its checkpoints in order: the message says what to do next.
-        print(f"cyclelib: {e}", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
-    except (OSError, DownloadError) as e:  # the machine's or network's to fix (a full disk, no connection):
-        # the message names the file and folder, or the URL and the reason
-        print(f"cyclelib: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except Exception as e:
+        code, prefix = _failure(e)
+        print(f"cyclelib: {prefix}{e}", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
+def _failure(e: Exception) -> tuple[int, str]:
+    """The exit code and message prefix of what a command raised, or ``e`` raised again (a bug: its
+    traceback is wanted). The command imported the modules of these exceptions (and torch) already."""
+    from .runs import RunFolderError
+    from .train import TrainingDiverged, TrainingInterrupted
+    if isinstance(e, (ValueError, FileNotFoundError, RunFolderError)):
+        return 2, "error: "  # bad input is the user's to fix: say what is wrong, without a traceback
+    if isinstance(e, (TrainingInterrupted, TrainingDiverged)):
+        return e.exit_code, ""  # the run stopped with its checkpoints in order: the message says what to do next
+    if isinstance(e, (OSError, DownloadError)):  # the machine's or network's to fix (a full disk, no connection):
+        return 1, "error: "  # the message names the file and folder, or the URL and the reason
+    raise e
 
 
 if __name__ == "__main__":

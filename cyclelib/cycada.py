@@ -47,42 +47,37 @@ from torch.utils.data import Dataset
 from . import distributed, losses
 from .checkpoints import load_weights
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
-from .config import CyCADAConfig, classifier_name, cycada_command
+from .config import CyCADAConfig, classifier_name, cycada_command, stage_option_names
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
 from .digits import DigitDomain, digit_domain
 from .metrics import translate_dataset
+from .names import CYCADA_STAGES
 from .runs import LATEST, load_run_checkpoint, run_in
 from .runtime import Precision, amp_dtype, pick_device, seed_everything
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint
 
 # Stages in the order they run, what each needs first, and the result it stands for.
-STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
+STAGES = CYCADA_STAGES
 NEEDS = {"source": (), "feature_only": ("source",), "pixel": ("source",), "pixel_only": ("pixel",),
          "feature": ("source", "pixel"), "oracle": ()}
 RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": "feature_only",
            "feature": "pixel_feature", "oracle": "target_oracle"}
 
 # The options of CyCADAConfig that change each stage's result, its own and those of the stages it
-# builds on: a stage's checkpoint is reused (skipped, resumed, loaded, evaluated) only if they match.
-# every stage starts from f_S or is a classifier stage:
-_SHARED = ("source", "target", "classifier", "image_size", "max_samples", "seed", "amp", "task_lr",
-           "task_batch_size", "task_epochs", "invert_source")
+# builds on (by their field metadata "shapes", see config.py): a stage's checkpoint is reused
+# (skipped, resumed, loaded, evaluated) only if they match. The stages record them flat, by name.
 # (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
-_PIXEL = ("netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise_injection", "gan_mode",
-          "lambda_gan_A", "lambda_gan_B", "lambda_cycle_A", "lambda_cycle_B", "lambda_identity", "lambda_sem_A",
-          "lambda_sem_B", "semantic_judge", "lambda_mode_seeking",
-          "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size", "pixel_epochs", "pixel_epochs_decay")
-_FEATURE = ("feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature")
-STAGE_OPTIONS = {"source": _SHARED, "oracle": _SHARED, "pixel": _SHARED + _PIXEL, "pixel_only": _SHARED + _PIXEL,
-                 "feature_only": _SHARED + _FEATURE, "feature": _SHARED + _PIXEL + _FEATURE}
+_SHAPED_BY = {"source": ("every",), "oracle": ("every",), "pixel": ("every", "pixel"),
+              "pixel_only": ("every", "pixel"), "feature_only": ("every", "feature"),
+              "feature": ("every", "pixel", "feature")}
+STAGE_OPTIONS = {stage: stage_option_names(*shapes) for stage, shapes in _SHAPED_BY.items()}
 _DEFAULTS = {f.name: f.default for f in fields(CyCADAConfig)}
 # The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
-NEUTRAL_OPTIONS = ("out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
-                   "max_eval_samples")
+NEUTRAL_OPTIONS = stage_option_names(None)
 
 
 # --------------------------------------------------------------------------------------
@@ -102,7 +97,7 @@ def stage_path(config: CyCADAConfig, stage: str) -> Path:
     """Where ``stage`` keeps its latest checkpoint: ``out/<stage>/checkpoint.pt`` (the stage
     folder is a run folder, see :mod:`cyclelib.runs`)."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {stage!r}; valid values: {', '.join(STAGES)}")
     return Path(config.out) / stage / LATEST
 
 
@@ -176,7 +171,8 @@ def stage_options(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """:data:`STAGE_OPTIONS` of ``stage``, and the feature stage's options when the pixel
     stage's semantic judge is the feature_only classifier (and ``stage`` builds on the pixel stage)."""
     judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *_with_needs((stage,), config))
-    return STAGE_OPTIONS[stage] + (_FEATURE if judged_by_f_t and stage not in ("feature", "feature_only") else ())
+    feature = stage_option_names("feature") if judged_by_f_t and stage not in ("feature", "feature_only") else ()
+    return STAGE_OPTIONS[stage] + feature
 
 
 def parse_stages(stages: str | Iterable[str]) -> tuple[str, ...]:
@@ -185,7 +181,7 @@ def parse_stages(stages: str | Iterable[str]) -> tuple[str, ...]:
     unknown = [s for s in chosen if s not in STAGES]
     if unknown or not chosen:
         raise ValueError(f"unknown stage(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"valid stages: {', '.join(STAGES)}")
+                         f"valid values: {', '.join(STAGES)}")
     return tuple(s for s in STAGES if s in chosen)
 
 

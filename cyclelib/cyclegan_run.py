@@ -18,10 +18,11 @@ from torchvision.utils import make_grid
 
 from . import distributed
 from .checkpoints import is_checkpoint
-from .config import CycleGANConfig, shape_networks
+from .checks import shape_networks
+from .config import CycleGANConfig
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import Unpaired, open_unpaired
-from .digits import is_digit_pair
+from .names import is_digit_pair
 from .plots import save_image_grid
 from .runs import check_resumable, load_run_checkpoint
 from .runtime import pick_device, seed_everything

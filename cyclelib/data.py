@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .digits import DIGIT_DOMAINS, digit_domain, is_digit_pair
+from .digits import digit_domain
+from .names import DIGIT_DOMAINS, is_digit_pair
 from .download import CYCLEGAN_DATASETS
 from .images import IMAGE_EXTENSIONS, PREPROCESS_MODES, list_images, load_image, to_tensor, transform_image
 from .networks import fits, smallest_side

@@ -19,8 +19,7 @@ from torch.utils.data import Dataset
 
 from .download import DIGIT_FILES, DIGIT_SPLITS, data_root, download_digits
 from .images import load_image, luma, scale_levels
-
-DIGIT_DOMAINS = ("mnist5k", "uci-digits", "mnistm5k", "mnist", "usps", "svhn", "mnistm")
+from .names import DIGIT_DOMAINS
 
 # Seeds of the offline digit domains: fixed so a split or a MNIST-M background never changes.
 SPLIT_SEED = 0
@@ -185,9 +184,3 @@ def digit_domain(name: str, split: str = "train", size: int = 32, channels: int 
                 f"(data root {root}: pass root= or set CYCLELIB_DATA to use another folder)")
     images, labels = _DIGIT_READERS[name](split, root)
     return DigitDomain(images, labels, name, split, size, channels)
-
-
-def is_digit_pair(spec: str) -> bool:
-    """Whether ``spec`` names two digit domains, ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``)."""
-    parts = str(spec).split(":")
-    return len(parts) == 2 and all(p in DIGIT_DOMAINS for p in parts)

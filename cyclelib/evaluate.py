@@ -39,17 +39,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .cycada import _network as stage_network
-from .digits import digit_domain, is_digit_pair
+from .digits import digit_domain
+from .names import is_digit_pair
 from .files import write_text
 from .images import IMAGE_EXTENSIONS, list_images, load_image
 from .checkpoints import is_checkpoint, load_checkpoint
 from .metrics import accuracy, label_preservation, predict, translate_dataset
 from .runs import load_run_checkpoint
+from .names import KID_SUBSETS
 from .runtime import pick_device
 from .translate import load_generator, translate_folder
 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # uint8 [N, 3, H, W] -> [N, D]
-KID_SUBSETS = 100         # torch-fidelity's default and Binkowski et al.'s
 KID_MAX_SUBSET_SIZE = 1000
 INCEPTION_RESIZE = ("none before the extractor; torch-fidelity's Inception-v3 resizes each image to 299x299 "
                     "with TensorFlow 1.x-compatible bilinear interpolation")

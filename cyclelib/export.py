@@ -27,12 +27,11 @@ from torch import nn
 from .checkpoints import is_checkpoint, load_checkpoint
 from .cyclegan import CycleGAN
 from .files import write_bytes
+from .names import DIRECTIONS, EXPORT_FORMATS as FORMATS  # noqa: F401 (also read from here)
 from .networks import NoiseInput, ResnetBlock, ResnetGenerator, UnetGenerator, side_multiple
 from .runs import LATEST
 from .weights import cyclegan_from_checkpoint, export_safetensors, load_official
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-DIRECTIONS = ("AtoB", "BtoA")
 # Opset 18 (ONNX 1.13, 2022): every operator these networks use, and runtimes from
 # onnxruntime 1.14 on, including onnxruntime-web and mobile builds, read it.
 ONNX_OPSET = 18

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
+from .names import PREPROCESS_MODES  # noqa: F401 (also read from here)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
-PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 # The most pixels cyclelib reads from one image file (8192 x 8192): a larger image is refused by
 # name before it is decoded, where it would otherwise end in an allocator error deep inside a
 # resize or a network. Raise it (cyclelib.images.MAX_PIXELS = ...) for larger images.

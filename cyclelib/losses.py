@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
+from .names import GAN_MODES  # noqa: F401 (also read from here)
 
 
 def gan_loss(prediction: torch.Tensor, target_is_real: bool, mode: str = "lsgan",

@@ -14,19 +14,14 @@ Images are float tensors ``[N, C, H, W]`` in ``[-1, 1]``.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-NORMS = ("instance", "batch", "none")
-INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
-GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
-DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
+from .names import (DISCRIMINATOR_ARCHS, DISCRIMINATORS, GENERATOR_ARCHS, GENERATORS, INIT_TYPES,  # noqa: F401
+                    NOISE_INJECTIONS, NORMS)
 
-_GENERATOR_ARCH_HELP = ("resnet_<n>blocks for any n >= 1 (official: resnet_9blocks, resnet_6blocks), "
-                        "unet_<size> for size = 2^k >= 32 (official: unet_128, unet_256)")
 
 
 # --------------------------------------------------------------------------------------
@@ -209,9 +204,6 @@ class UnetGenerator(nn.Module):
         return self.model(x)  # [N, input_nc, H, W] -> [N, output_nc, H, W]
 
 
-NOISE_INJECTIONS = ("constant", "modulate")
-
-
 class NoiseInput(nn.Module):
     """A generator that also takes noise z ~ U(-1, 1)^noise_nc, one draw per image from the
     global RNG at every call. Not part of CycleGAN or CyCADA: an option beyond the papers.
@@ -309,30 +301,29 @@ class PixelDiscriminator(nn.Module):
 # Building and initialising
 # --------------------------------------------------------------------------------------
 
-def _make_generator(arch: str, input_nc: int, output_nc: int, width: int, norm: str,
-                    dropout: bool) -> nn.Module:
-    """Build a generator from its official name, with PyTorch's default initialisation."""
-    if m := re.fullmatch(r"resnet_(\d+)blocks", arch):
-        n_blocks = int(m.group(1))
-        if n_blocks >= 1:
-            return ResnetGenerator(input_nc, output_nc, width, n_blocks, norm, dropout)
-    elif m := re.fullmatch(r"unet_(\d+)", arch):
-        size = int(m.group(1))
-        num_downs = size.bit_length() - 1
-        if size >= 32 and size == 2 ** num_downs:
-            return UnetGenerator(input_nc, output_nc, num_downs, width, norm, dropout)
-    raise ValueError(f"unknown generator arch {arch!r}; valid values: {_GENERATOR_ARCH_HELP}")
+# How the registries' architectures (cyclelib.names) are built; ``match`` holds the name's pattern's groups.
+def _resnet(match, input_nc: int, output_nc: int, width: int, norm: str, dropout: bool) -> nn.Module:
+    n_blocks = int(match.group(1))
+    if n_blocks < 1:
+        raise GENERATORS.unknown(match.string)
+    return ResnetGenerator(input_nc, output_nc, width, n_blocks, norm, dropout)
 
 
-def _make_discriminator(arch: str, input_nc: int, width: int, n_layers: int, norm: str) -> nn.Module:
-    """Build a discriminator from its official name, with PyTorch's default initialisation."""
-    if arch == "basic":
-        return NLayerDiscriminator(input_nc, width, 3, norm)
-    if arch == "n_layers":
-        return NLayerDiscriminator(input_nc, width, n_layers, norm)
-    if arch == "pixel":
-        return PixelDiscriminator(input_nc, width, norm)
-    raise ValueError(f"unknown discriminator arch {arch!r}; valid values: {', '.join(DISCRIMINATOR_ARCHS)}")
+def _unet(match, input_nc: int, output_nc: int, width: int, norm: str, dropout: bool) -> nn.Module:
+    size = int(match.group(1))
+    num_downs = size.bit_length() - 1
+    if size < 32 or size != 2 ** num_downs:
+        raise GENERATORS.unknown(match.string)
+    return UnetGenerator(input_nc, output_nc, num_downs, width, norm, dropout)
+
+
+GENERATORS.register("resnet", build=_resnet, cls=ResnetGenerator, side_multiple=lambda net: 4)
+GENERATORS.register("unet", build=_unet, cls=UnetGenerator, side_multiple=lambda net: 2 ** net.num_downs)
+DISCRIMINATORS.register("basic", cls=NLayerDiscriminator,
+                        build=lambda m, input_nc, width, n_layers, norm: NLayerDiscriminator(input_nc, width, 3, norm))
+DISCRIMINATORS.register("n_layers", cls=NLayerDiscriminator, build=lambda m, *args: NLayerDiscriminator(*args))
+DISCRIMINATORS.register("pixel", cls=PixelDiscriminator,
+                        build=lambda m, input_nc, width, n_layers, norm: PixelDiscriminator(input_nc, width, norm))
 
 
 def _check_init(init: str) -> None:
@@ -390,7 +381,7 @@ def build_generator(arch: str = "resnet_9blocks", input_nc: int = 3, output_nc: 
         extra = noise_nc if noise_injection == "constant" else noise_nc * input_nc
         net = build_generator(arch, input_nc + extra, output_nc, width, norm, dropout, init, init_gain)
         return NoiseInput(net, input_nc, noise_nc, noise_injection)
-    return _initialised(lambda: _make_generator(arch, input_nc, output_nc, width, norm, dropout), init, init_gain)
+    return _initialised(lambda: GENERATORS.build(arch, input_nc, output_nc, width, norm, dropout), init, init_gain)
 
 
 def build_discriminator(arch: str = "basic", input_nc: int = 3, width: int = 64, n_layers: int = 3,
@@ -401,7 +392,7 @@ def build_discriminator(arch: str = "basic", input_nc: int = 3, width: int = 64,
     ``arch``: ``basic`` (70x70 PatchGAN, n_layers 3), ``n_layers`` (PatchGAN with
     ``n_layers``) or ``pixel`` (1x1 PatchGAN). ``init=None``: as :func:`build_generator`.
     """
-    return _initialised(lambda: _make_discriminator(arch, input_nc, width, n_layers, norm), init, init_gain)
+    return _initialised(lambda: DISCRIMINATORS.build(arch, input_nc, width, n_layers, norm), init, init_gain)
 
 
 def _initialised(make: Callable[[], nn.Module], init: str | None, gain: float) -> nn.Module:
@@ -415,31 +406,43 @@ def _initialised(make: Callable[[], nn.Module], init: str | None, gain: float) -
 # Which image sizes a network takes
 # --------------------------------------------------------------------------------------
 
+def _registered(net: nn.Module) -> tuple[nn.Module, bool]:
+    """``net`` without a :class:`NoiseInput` around it, and whether it is a generator; ``ValueError``
+    for a network of no family of :data:`GENERATORS` or :data:`DISCRIMINATORS` (its size rules are unknown)."""
+    inner = net.net if isinstance(net, NoiseInput) else net
+    if GENERATORS.of(inner):
+        return inner, True
+    if DISCRIMINATORS.of(inner):
+        return inner, False
+    raise ValueError(f"{type(inner).__name__} is no registered generator or discriminator, so which image sizes it "
+                     f"takes is unknown; register it with cyclelib.names.GENERATORS.register (or DISCRIMINATORS)")
+
+
 def side_multiple(generator: nn.Module) -> int:
-    """What ``generator``'s input height and width must be multiples of to come back at their size:
-    4 for a ResNet (two stride-2 steps), 2 ** num_downs for a U-Net (256 for unet_256), 1 for
-    other modules."""
-    net = generator.net if isinstance(generator, NoiseInput) else generator
-    if isinstance(net, UnetGenerator):
-        return 2 ** net.num_downs
-    return 4 if isinstance(net, ResnetGenerator) else 1
+    """What ``generator``'s input height and width must be multiples of to come back at their size
+    (its family's ``side_multiple``): 4 for a ResNet (two stride-2 steps), 2 ** num_downs for a U-Net
+    (256 for unet_256)."""
+    net, _ = _registered(generator)
+    return GENERATORS.of(net).side_multiple(net)
 
 
 def fits(net: nn.Module, shape: tuple[int, ...]) -> bool:
-    """Whether ``net`` takes a batch of ``shape`` [N, C, H, W] and, if it outputs images of
-    the input's channels count or another (a generator), gives them back at size H x W.
+    """Whether ``net`` takes a batch of ``shape`` [N, C, H, W] and, if it is a generator, gives
+    back images of size H x W. ``net`` must be of a registered family (:data:`GENERATORS`,
+    :data:`DISCRIMINATORS`, possibly inside a :class:`NoiseInput`): a ``ValueError`` otherwise,
+    rather than a check skipped.
 
     Only shapes are computed (the meta device, the weights stay where they are), so asking is
     cheap for any size. Too small an image fails in a norm layer over a single pixel, a
     reflection pad wider than the image, or a U-Net's divisibility.
     """
+    _, is_generator = _registered(net)
     meta = {name: torch.empty_like(t, device="meta") for name, t in (*net.named_parameters(), *net.named_buffers())}
     try:
         with torch.no_grad():
             out = torch.func.functional_call(net, meta, (torch.empty(shape, device="meta"),))
     except (ValueError, RuntimeError):
         return False
-    is_generator = isinstance(net, (ResnetGenerator, UnetGenerator, NoiseInput))
     return not is_generator or tuple(out.shape[-2:]) == tuple(shape[-2:])
 
 

@@ -9,8 +9,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-SCALES = ("smoke", "cpu", "gpu")
-AMP_MODES = ("none", "bf16", "fp16", "auto")
+from .names import AMP_MODES, SCALES  # noqa: F401 (also read from here)
 
 
 def resolve_scale(scale: str | None = None) -> str:

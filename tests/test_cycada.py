@@ -56,13 +56,13 @@ def test_adapter_brings_gan_images_to_lenet_and_passes_gradients():
 
 
 def test_wrong_names_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown source dataset 'mnist7'; valid names: mnist5k"):
+    with pytest.raises(ValueError, match="unknown source 'mnist7'; valid values: mnist5k"):
         CyCADAConfig(source="mnist7")
     with pytest.raises(ValueError, match="unknown classifier 'vgg'"):
         CyCADAConfig(classifier="vgg")
     with pytest.raises(ValueError, match="unknown amp 'fp8'; valid values: none, bf16, fp16, auto"):
         CyCADAConfig(amp="fp8")
-    with pytest.raises(ValueError, match="'pixels'.*valid stages: source, feature_only, pixel"):
+    with pytest.raises(ValueError, match="'pixels'.*valid values: source, feature_only, pixel"):
         parse_stages("source,pixels")
     assert parse_stages("oracle, source") == ("source", "oracle")  # run order, not given order
 
@@ -274,7 +274,7 @@ def test_cli_wrong_dataset_is_a_clear_error(tmp_path, capsys):
         main(["train", "cycada", "--source", "mnist7", "--target", "mnist5k", "--out", str(tmp_path),
               "--scale", "smoke"])
     assert exit_info.value.code == 2
-    assert "unknown source dataset 'mnist7'; valid names:" in capsys.readouterr().err
+    assert "unknown source 'mnist7'; valid values:" in capsys.readouterr().err
 
 
 def test_sample_grid_columns_hold_one_class_in_every_row():

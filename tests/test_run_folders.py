@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cyclelib import CycleGAN, CyCADAConfig, TrainingInterrupted, cli as cli_module, run_cycada, train_cyclegan
+from cyclelib import CycleGAN, CyCADAConfig, TrainingInterrupted, run_cycada, train_cyclegan
 from cyclelib.classifiers import TaskClassifier
 from cyclelib.config import cycada_command
 from cyclelib.cycada import load_stage, stage_checkpoint, stage_path
@@ -137,7 +137,7 @@ def parse_cycada_command(command: str) -> tuple[CyCADAConfig, str]:
         return {}
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli_module, "run_cycada", record)
+        patch.setattr("cyclelib.cycada_run.run_cycada", record)  # the command imports it when it runs
         code, err = cli(*shlex.split(command)[1:])
     assert code == 0, err
     return seen["config"], seen["stages"]

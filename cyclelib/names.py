@@ -1,0 +1,121 @@
+"""The names every option of cyclelib takes, and the registries of network architectures,
+without importing torch: the command line's help and checks read them before any command runs,
+and the modules that hold the networks read them too (and add to the registries how each
+architecture is built), so a name is declared once.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+SCALES = ("smoke", "cpu", "gpu")
+AMP_MODES = ("none", "bf16", "fp16", "auto")
+NORMS = ("instance", "batch", "none")
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+NOISE_INJECTIONS = ("constant", "modulate")
+GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
+PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+PATHS = ("fast", "reference")
+DIRECTIONS = ("AtoB", "BtoA")
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+DIGIT_DOMAINS = ("mnist5k", "uci-digits", "mnistm5k", "mnist", "usps", "svhn", "mnistm")
+# Digit domains whose colour carries information; every other one is grey digits.
+COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
+# CyCADA's stages in the order they run (cyclelib.cycada says what each needs and stands for).
+CYCADA_STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
+SEMANTIC_JUDGES = ("source", "feature_only")  # the CyCADA stages whose classifier may judge L_sem
+KID_SUBSETS = 100  # torch-fidelity's default and Binkowski et al.'s (the evaluate command shows it)
+
+
+def is_digit_pair(spec: str) -> bool:
+    """Whether ``spec`` names two digit domains, ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``)."""
+    parts = str(spec).split(":")
+    return len(parts) == 2 and all(p in DIGIT_DOMAINS for p in parts)
+
+
+@dataclass
+class Architecture:
+    """One family of networks of a :class:`Registry`: the names it answers to and how to build one.
+
+    ``pattern`` is a regular expression a name must match in full; its groups go to ``build``
+    (``build(match, *args)``). ``build`` and ``cls`` (the class ``build`` returns, by which
+    :func:`~cyclelib.networks.fits` recognises the network) are filled in by the module that
+    holds the networks, which imports torch; ``side_multiple(net)`` says what a generator's
+    input sides must be multiples of to come back at their size.
+    """
+
+    pattern: str
+    help: str
+    build: Callable[..., Any] | None = None
+    cls: type | None = None
+    side_multiple: Callable[[Any], int] = lambda net: 1
+
+
+class Registry:
+    """Architectures by family name: the one list :func:`~cyclelib.networks.build_generator`,
+    :func:`~cyclelib.networks.fits`, the config checks and the command line's help read.
+
+    ``name in registry`` asks whether a name matches a family; iterating gives the help of each
+    family (e.g. ``resnet_<n>blocks``), as the command line lists them.
+    """
+
+    def __init__(self, kind: str, **families: Architecture):
+        self.kind, self.families = kind, dict(families)
+
+    def register(self, family: str, *, build: Callable[..., Any], cls: type, pattern: str | None = None,
+                 help: str | None = None, side_multiple: Callable[[Any], int] | None = None) -> None:
+        """Add family ``family`` (``pattern`` and ``help`` required), or complete the declared one."""
+        declared = self.families.get(family)
+        if declared is None and (pattern is None or help is None):
+            raise ValueError(f"a new {self.kind} family {family!r} needs a pattern and a help line")
+        arch = declared or Architecture(pattern, help)
+        arch.build, arch.cls = build, cls
+        arch.pattern, arch.help = pattern or arch.pattern, help or arch.help
+        arch.side_multiple = side_multiple or arch.side_multiple
+        self.families[family] = arch
+
+    def find(self, name: str) -> tuple[Architecture, re.Match]:
+        """The family of ``name`` and its match; ``ValueError`` naming the valid values if none."""
+        for arch in self.families.values():
+            if m := re.fullmatch(arch.pattern, name):
+                return arch, m
+        raise self.unknown(name)
+
+    def unknown(self, name: str) -> ValueError:
+        """The error for a name no family takes (also raised by a ``build`` whose pattern matched a
+        name it cannot build, e.g. ``unet_100``)."""
+        return ValueError(f"unknown {self.kind} {name!r}; valid values: {self.help()}")
+
+    def build(self, name: str, *args, **kwargs) -> Any:
+        """A new network of architecture ``name`` (``build(match, *args, **kwargs)`` of its family)."""
+        arch, match = self.find(name)
+        return arch.build(match, *args, **kwargs)
+
+    def of(self, net: Any) -> Architecture | None:
+        """The family whose class ``net`` is an instance of, None if no family's."""
+        return next((a for a in self.families.values() if a.cls is not None and isinstance(net, a.cls)), None)
+
+    def help(self) -> str:
+        return ", ".join(self)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(re.fullmatch(a.pattern, name) for a in self.families.values())
+
+    def __iter__(self) -> Iterator[str]:
+        return (arch.help for arch in self.families.values())
+
+
+GENERATORS = Registry(
+    "generator arch",
+    resnet=Architecture(r"resnet_(\d+)blocks", "resnet_<n>blocks (n >= 1; official: resnet_9blocks, "
+                                                    "resnet_6blocks)"),
+    unet=Architecture(r"unet_(\d+)", "unet_<size> (size a power of two >= 32; official: unet_128, unet_256)"))
+DISCRIMINATORS = Registry(
+    "discriminator arch", basic=Architecture("basic", "basic"), n_layers=Architecture("n_layers", "n_layers"),
+    pixel=Architecture("pixel", "pixel"))
+TASK_NETWORKS = Registry("classifier", lenet=Architecture("lenet", "lenet"), dtn=Architecture("dtn", "dtn"))
+# The official names, which a config takes without building a network to check them.
+GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
+DISCRIMINATOR_ARCHS = tuple(DISCRIMINATORS.families)
