@@ -77,6 +77,7 @@ def test_clip_grad_norm_bounds_each_optimizers_gradient():
     assert all(n == pytest.approx(1e-3, rel=1e-4) for n in norms[1e-3])
 
 
+@pytest.mark.slow
 def test_smoke_training_on_digits_lowers_the_cycle_loss(tmp_path):
     """48 steps lower the cycle loss: means over the first and the last 12 steps, not single
     logged values, which one rounding difference of another CPU's kernels can tip.

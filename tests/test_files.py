@@ -215,6 +215,7 @@ def test_writes_replace_a_symlink_or_fifo_at_the_path_instead_of_writing_through
     assert victim.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_a_run_replaces_a_fifo_and_symlinks_at_its_history_files_and_ends(tmp_path):
     """A run in a subprocess, which would wait for a reader forever if it opened the FIFO."""
     out = tmp_path / "run"

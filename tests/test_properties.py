@@ -131,6 +131,7 @@ def valid_options(draw) -> dict:
     return options
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(options=valid_options())
 def test_valid_options_are_taken_as_given_by_python_and_the_cli(options):

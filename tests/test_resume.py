@@ -136,7 +136,8 @@ def test_every_option_is_declared_applied_or_refused_and_tested_so():
     assert {name for name, rule in declared.items() if rule == "refuse"} == set(REFUSED) == set(FIXED_OPTIONS)
 
 
-@pytest.mark.parametrize("name", APPLIED)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in ("amp", "wandb") else name
+                                  for name in APPLIED])  # fp16 steps on a CPU; importing wandb
 def test_an_option_given_at_a_resume_is_applied_and_recorded(stopped, unchanged, tmp_path, monkeypatch, name):
     value, applied = APPLIED[name]
     folder = tmp_path / "run"
@@ -263,6 +264,7 @@ def test_resume_refuses_other_network_options_and_newer_formats(run10, tmp_path,
 # --------------------------------------------------------------------------- folders that hold no CycleGAN run
 
 
+@pytest.mark.slow
 def test_a_cycada_stage_a_classifier_and_an_official_state_dict_are_not_resumed_as_cyclegan_runs(tmp_path):
     config = cycada_smoke(tmp_path / "cycada", noise_nc=2)
     run_cycada(config, stages=("source", "pixel"), progress=False)
@@ -343,6 +345,7 @@ def test_the_neutral_cycada_options_change_no_weight_and_no_metric_across_a_resu
 # --------------------------------------------------------------------------- bit-exact where random numbers are drawn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rng_restored", [True, False], ids=["restored", "not-restored"])
 def test_a_resume_is_bit_exact_where_the_training_draws_random_numbers(tmp_path, monkeypatch, rng_restored):
     """Dropout and a noise input draw from the global RNG at every step, the image folder's crops
@@ -409,6 +412,7 @@ def test_every_cycada_option_that_shapes_a_stage_is_refused_when_it_differs(tmp_
         assert stage_checkpoint(config, stage) is not None
 
 
+@pytest.mark.slow
 def test_cycada_refuses_stages_of_another_configuration(tmp_path):
     """The stages in a folder belong to the options they were trained with: a run of another
     pair there is refused before any stage runs (naming what differs), --force retrains, and

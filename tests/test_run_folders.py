@@ -53,6 +53,7 @@ def test_resume_with_overwrite_is_refused_before_anything_is_touched(run):
     assert files(run) == before
 
 
+@pytest.mark.slow
 def test_overwrite_of_a_folder_another_process_holds_deletes_nothing_and_names_it(run):
     """The lock is taken before anything is deleted."""
     holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom cyclelib.io import run_folder\n"
@@ -247,6 +248,7 @@ def test_missing_earlier_stages_are_all_named_with_the_runs_options(tmp_path):
     assert not (tmp_path / "c").exists()  # refused before any stage ran
 
 
+@pytest.mark.slow
 def test_a_stopped_pixel_stage_names_the_command_that_resumes_it(tmp_path, monkeypatch):
     """The stop message names `cyclelib train cycada ...`, not `cyclelib train cyclegan --resume c/pixel`
     (which would train on without the semantic loss and erase the stage's record); train cyclegan

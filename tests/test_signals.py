@@ -148,6 +148,7 @@ def test_interrupted_and_diverged_runs_exit_with_a_message(monkeypatch, capsys, 
         assert "step 7" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [9, 10], ids=["at-a-log-step", "between-log-steps"])
 def test_a_stopped_and_resumed_run_writes_the_history_and_best_of_one_never_stopped(tmp_path, monkeypatch, stop_at):
     options = dict(max_steps=18, n_epochs=3, n_epochs_decay=2, log_every=3, checkpoint_every=6, max_dataset_size=24)
