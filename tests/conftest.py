@@ -27,7 +27,7 @@ def two_steps(tmp_path_factory):
 
 @pytest.fixture
 def server(tmp_path):
-    """A local HTTP server on a free port serving tmp_path/served; yields its base URL."""
+    """A local HTTP server on a free port serving tmp_path/served; yields (that folder, its base URL)."""
     served = tmp_path / "served"
     served.mkdir()
 
