@@ -1,9 +1,11 @@
 # cyclelib: build the book and run every test.
 #
-#   make book   create .venv if needed, build the HTML book into _build/html
-#   make test   unit tests, notebooks (nbval, smoke scale), strict book build,
-#               browser test (when tests/browser exists)
-#   make clean  remove build outputs (keeps .venv); `make distclean` removes .venv too
+#   make book       create .venv if needed, build the HTML book into _build/html
+#   make test       unit tests, notebooks (nbval, smoke scale), strict book build,
+#                   browser test (when tests/browser exists)
+#   make test-fast  the unit tests not marked slow, for the inner loop (under 5 minutes
+#                   on 2 cores): no notebooks, no book build, no browser test
+#   make clean      remove build outputs (keeps .venv); `make distclean` removes .venv too
 #
 # Everything runs through .venv/bin, so no activated environment is needed.
 
@@ -26,7 +28,7 @@ BOOK_FLAGS := -W -n --keep-going
 BROWSER_TESTS := $(wildcard tests/browser)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv book test browser-deps clean distclean gpu-check
+.PHONY: venv book test test-fast browser-deps clean distclean gpu-check
 
 venv: $(STAMP)
 
@@ -58,6 +60,12 @@ test: $(STAMP) $(if $(BROWSER_TESTS),browser-deps)
 	@# --all rebuilds every page, so warnings of unchanged pages are seen too.
 	$(JUPYTER_BOOK) build . $(BOOK_FLAGS) --all
 	$(if $(BROWSER_TESTS),$(PY) -m pytest tests/browser,@echo "No tests/browser: browser test skipped")
+
+# The inner loop: the unit tests at the smoke scale without those marked slow
+# (@pytest.mark.slow: the costliest runs, subprocesses and kills); `make test` runs them all.
+test-fast: export CYCLELIB_SCALE := smoke
+test-fast: $(STAMP)
+	$(PY) -m pytest tests --ignore=tests/browser -m "not slow"
 
 # One command that checks a GPU in under 8 minutes (benchmarks/gpu_check.py): the
 # device tests on CUDA, the benchmark at 256x256, a smoke CyCADA run and a one-process

@@ -1,7 +1,10 @@
 """Helpers shared by the test files: the repository root, smoke-sized configs, the CLI run in
-this process or as a subprocess, small random images, and a pickle that would run code."""
+this process or as a subprocess, small random images and image folders, damaged checkpoint files,
+and a pickle that would run code."""
 import os
+import struct
 import sys
+import zipfile
 from contextlib import redirect_stderr
 from io import StringIO
 from pathlib import Path
@@ -47,12 +50,17 @@ def cli(*argv: str) -> tuple[int, str]:
     return 0, err.getvalue()
 
 
+def package_env() -> dict:
+    """This process's environment with this checkout first on PYTHONPATH: a subprocess imports
+    this checkout's cyclelib."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
 def cli_env() -> dict:
     """The environment of a ``python -m cyclelib`` subprocess: this checkout's package, no GPU,
     and this process's thread count (kernels may sum in another order with others, and
     kill-and-resume comparisons are bit for bit)."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    return dict(package_env(), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(torch.get_num_threads()))
 
 
 def cli_command(*argv: str) -> list[str]:
@@ -63,6 +71,47 @@ def cli_command(*argv: str) -> list[str]:
 def rgb(width, height, seed=0) -> Image.Image:
     """A random RGB image of ``width`` x ``height``."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def image_folder(folder: Path, count: int, size=(40, 40), seed: int = 0) -> Path:
+    """``folder`` (created) with ``count`` random RGB PNGs of ``size``, ``000.png``, ``001.png``...,
+    drawn with seeds ``seed``, ``seed + 1``..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        rgb(*size, seed=seed + i).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def train_pair(root: Path, count: int = 3, size=(40, 40)) -> Path:
+    """``root`` in the official layout, train split only: ``count`` random RGB PNGs per domain
+    (``trainB``'s drawn with other seeds than ``trainA``'s)."""
+    for side, seed in (("A", 0), ("B", 100)):
+        image_folder(root / f"train{side}", count, size, seed)
+    return root
+
+
+def photos(folder: Path, sizes) -> Path:
+    """``folder`` (created) with one random RGB PNG per size in ``sizes``: ``00.png``, ``01.png``..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, size in enumerate(sizes):
+        rgb(*size, seed=i).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def corrupt(path: Path, how: str) -> None:
+    """Truncate the checkpoint at ``path`` to half (``how="truncated"``), or flip one byte in the
+    middle of its largest tensor (``"flipped"``)."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        del data[len(data) // 2:]
+    else:
+        with zipfile.ZipFile(path) as archive:
+            record = max(archive.infolist(), key=lambda info: info.file_size)
+        # The record's bytes follow its 30-byte local header, file name and extra field.
+        name_length, extra_length = struct.unpack_from("<2H", data, record.header_offset + 26)
+        data[record.header_offset + 30 + name_length + extra_length + record.file_size // 2] ^= 0xFF
+    path.unlink()  # a new file: checkpoint.pt may be a hard link of a step file
+    path.write_bytes(bytes(data))
 
 
 def equal_states(a: dict, b: dict) -> bool:

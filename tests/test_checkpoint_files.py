@@ -1,13 +1,17 @@
 """Reading weight files safely: a file's config cannot make cyclelib allocate a huge network,
-NaN and Inf weights are refused in every format, a safetensors file's metadata is checksummed
-and checked entry by entry, the format is read from the first bytes (never the name), and a
-file translate cannot use says what it holds and what translate needs.
+NaN and Inf weights are refused in every format, a legacy file is verified by its SHA-256, a
+flipped byte fails the CRC32 check, safetensors exports round-trip and their metadata is
+checksummed and checked entry by entry, the format is read from the first bytes (never the name),
+no loader runs the code of a pickle, and a file translate cannot use says what it holds and what
+translate needs (shape mismatches naming the tensor).
 
 Every test runs on the CPU in a few seconds, on tiny networks or on files written here.
 """
+import hashlib
 import inspect
 import os
 import pickle
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,12 +20,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cyclelib import CycleGAN, networks, build_generator, load_cyclegan, load_generator, load_official
+from cyclelib import (CycleGAN, build_generator, load_cyclegan, load_generator, load_official, networks, save_official,
+                      train_cyclegan)
+from cyclelib.cli import main
 from cyclelib.classifiers import build_task_network
 from cyclelib.integrity import metadata_crc32
-from cyclelib.checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
+from cyclelib.checkpoints import FORMAT_VERSION, load_checkpoint, make_checkpoint, save_checkpoint
+from cyclelib.runs import LATEST, load_run_checkpoint
 from cyclelib.weights import export_safetensors
-from helpers import Payload, cli, equal_states, rgb, smoke
+from helpers import Payload, cli, corrupt, equal_states, rgb, smoke
 
 
 def cyclegan_checkpoint(tmp_path: Path, **config) -> dict:
@@ -124,7 +131,7 @@ def test_nan_and_inf_weights_are_refused_in_every_format_naming_file_and_tensors
         load_checkpoint(path)
     with pytest.raises(ValueError, match=message):
         load_generator(path, arch="resnet_1blocks", width=4)
-    # translate used to write black images and exit 0
+    # translate refuses it, rather than write black images and exit 0
     code, err = translate(tmp_path, path, "--arch", "resnet_1blocks", "--width", "4")
     assert code == 2 and f"{path.name} is damaged" in err and tensor in err, err
     assert not (tmp_path / "out").exists()
@@ -134,6 +141,104 @@ def test_the_message_names_every_non_finite_tensor_of_a_state_dict(tmp_path):
     path, _ = nan_file(tmp_path, "zip")
     with pytest.raises(ValueError, match=r"tensor\(s\) model\.1\.weight, model\.1\.bias hold NaN or Inf"):
         load_official(path, kind="G", arch="resnet_1blocks", width=4)
+
+
+def test_a_legacy_pth_is_checked_for_nan_and_inf_and_verified_by_its_sha256(tmp_path):
+    """Official files in torch's legacy (pre-1.6, not zip) format have no checksum at all."""
+    torch.manual_seed(0)
+    state = build_generator("resnet_1blocks", width=4).state_dict()
+    path = tmp_path / "latest_net_G_A.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    good = path.read_bytes()
+    load = dict(kind="G", arch="resnet_1blocks", width=4)
+    with pytest.warns(UserWarning, match="cannot be verified .*legacy format has no checksums.*sha256"):
+        load_official(path, **load)
+    # Damage the first float of the first conv's weights (found by its bytes): an all-ones exponent is NaN.
+    offset = good.index(state["model.1.weight"].numpy().tobytes())
+    broken = bytearray(good)
+    broken[offset + 2:offset + 4] = b"\xc0\x7f"  # little-endian float32: exponent bits all set, a NaN
+    path.write_bytes(bytes(broken))
+    with pytest.raises(ValueError, match=r"damaged: tensor\(s\) model\.1\.weight hold NaN or Inf"):
+        load_official(path, **load)
+    # A flip that stays finite is only caught by a checksum: the user's (or the publisher's) SHA-256.
+    flipped = bytearray(good)
+    flipped[offset] ^= 0x01
+    path.write_bytes(bytes(flipped))
+    sha = hashlib.sha256(good).hexdigest()
+    with pytest.raises(ValueError, match="not the expected file: its SHA-256 is"):
+        load_official(path, **load, sha256=sha)
+    path.write_bytes(good)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # verified: no warning
+        load_official(path, **load, sha256=sha)
+    code, err = cli("translate", "--checkpoint", str(path), "--arch", "resnet_1blocks", "--width", "4",
+                    "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--sha256", "0" * 64)
+    assert code == 2 and "SHA-256" in err
+
+
+# --------------------------------------------------------------------------- corrupted files and safetensors round trips
+
+
+def test_torch_alone_would_load_a_flipped_byte(run10, tmp_path):
+    """Why load_checkpoint checks CRCs: the corrupted file below loads in torch without error."""
+    path = tmp_path / "flipped.pt"
+    shutil.copyfile(run10 / "checkpoint.pt", path)
+    corrupt(path, "flipped")
+    flipped = torch.load(path, weights_only=True)  # no error: silently different numbers
+    assert not equal_states(flipped["nets"], load_checkpoint(run10 / "checkpoint.pt")["nets"])
+    with pytest.raises(ValueError, match=r"flipped\.pt is corrupted: record .* fails its CRC32 check"):
+        load_checkpoint(path)
+
+
+def test_safetensors_round_trip_of_a_cyclegan_model_and_checkpoint(run10, tmp_path):
+    ckpt = load_checkpoint(run10 / "checkpoint.pt")
+    model = load_cyclegan(run10 / "checkpoint.pt")
+    sources = {"model": model, "checkpoint dict": ckpt, "checkpoint path": run10 / "checkpoint.pt"}
+    for name, source in sources.items():
+        path = export_safetensors(source, tmp_path / f"{name.replace(' ', '_')}.safetensors")
+        state = load_checkpoint(path)
+        assert state["kind"] == "cyclegan" and state["version"] == FORMAT_VERSION, name
+        assert state["config"] == ckpt["config"], name
+        assert equal_states(state["nets"], ckpt["nets"]), name
+        assert equal_states(load_cyclegan(path).state_dict(), model.state_dict()), name
+        assert equal_states(load_generator(path, "BtoA").state_dict(), model.G_B.state_dict()), name
+    assert "optimizers" not in load_checkpoint(tmp_path / "model.safetensors")  # weights only
+
+
+def test_safetensors_round_trip_of_an_official_generator(tmp_path):
+    net = build_generator("resnet_1blocks", width=4, norm="batch").eval()
+    official = save_official(net, tmp_path / "latest_net_G_A.pth")
+    for source in (net, net.state_dict(), official):
+        path = export_safetensors(source, tmp_path / "G.safetensors")
+        loaded = load_official(path, kind="G", arch="resnet_1blocks", width=4, norm="batch")
+        assert equal_states(loaded.state_dict(), net.state_dict())
+    translated = load_generator(tmp_path / "G.safetensors", arch="resnet_1blocks", norm="batch", width=4)
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(translated(x), net(x))
+    with pytest.raises(ValueError, match=r"G\.safetensors does not fit .*width=8"):
+        load_official(tmp_path / "G.safetensors", kind="G", arch="resnet_1blocks", width=8, norm="batch")
+
+
+def test_bad_safetensors_input_and_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match="export_safetensors needs a module, a state_dict"):
+        export_safetensors({"nested": {"w": torch.zeros(1)}}, tmp_path / "x.safetensors")
+    path = export_safetensors({"w": torch.zeros(100)}, tmp_path / "cut.safetensors")
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError, match=r"cannot read .*cut\.safetensors: truncated or not a safetensors file"):
+        load_checkpoint(path)
+
+    # One flipped bit in the data would load as a wrong weight: the CRC32s in the metadata catch it.
+    path = export_safetensors({"a": torch.zeros(100), "b": torch.ones(100)}, tmp_path / "flip.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"flip\.safetensors is corrupted: tensor\(s\) [ab] fail the CRC32"):
+        load_checkpoint(path)
+    # Files written by other tools have no CRC32s and load as they are.
+    save_file({"w": torch.arange(4.0)}, tmp_path / "plain.safetensors")
+    assert torch.equal(load_checkpoint(tmp_path / "plain.safetensors")["w"], torch.arange(4.0))
 
 
 # --------------------------------------------------------------------------- safetensors metadata
@@ -275,6 +380,36 @@ def test_a_truncated_legacy_file_is_damaged_not_code(tmp_path):
         assert "weights_only" not in str(error.value), size
 
 
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    evil = run / "checkpoint.pt"
+    torch.save({"kind": "cyclegan", "nets": {"G_A.model.1.weight": torch.zeros(1)}, "extra": Payload(marker)},
+               evil)
+    loaders = {
+        "load_checkpoint": lambda: load_checkpoint(evil),
+        "load_official": lambda: load_official(evil, kind="G", arch="resnet_9blocks"),
+        "load_generator": lambda: load_generator(evil),
+        "load_cyclegan": lambda: load_cyclegan(evil),
+        "export_safetensors": lambda: export_safetensors(evil, tmp_path / "out.safetensors"),
+        "resume": lambda: load_run_checkpoint(run),
+    }
+    for name, load in loaders.items():
+        with pytest.raises(ValueError, match="refusing to load .*checkpoint.pt"):
+            load()
+        assert not marker.exists(), name
+    for argv in (["translate", "--checkpoint", str(evil), "--input", str(tmp_path), "--output", str(tmp_path / "o")],
+                 ["train", "cyclegan", "--resume", str(run)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and "refusing to load" in capsys.readouterr().err
+    assert not marker.exists()
+    # The control: the file is armed, a plain torch.load would have run the code.
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
 # --------------------------------------------------------------------------- files translate cannot use
 
 
@@ -287,3 +422,19 @@ def test_translate_of_a_cycada_classifier_says_what_it_holds_and_what_translate_
     code, err = translate(tmp_path, path)
     assert code == 2 and f"checkpoint.pt holds a CyCADA {kind} network, not a generator" in err, err
     assert "a CyCADA run's pixel/checkpoint.pt" in err
+
+
+def test_shape_mismatches_name_the_tensor_and_both_shapes(tmp_path):
+    train_cyclegan(smoke(tmp_path / "run", max_steps=1), progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / LATEST)
+    ckpt["nets"]["G_A.model.1.weight"] = torch.zeros(3, 3, 7, 7)
+    save_checkpoint(ckpt, tmp_path / "bad.pt")
+    message = r"G_A\.model\.1\.weight: file \(3, 3, 7, 7\) vs network \(8, 3, 7, 7\)"
+    with pytest.raises(ValueError, match=message):
+        load_cyclegan(tmp_path / "bad.pt")
+    export_safetensors(ckpt, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match=message):
+        load_cyclegan(tmp_path / "bad.safetensors")
+    code, err = cli("translate", "--checkpoint", str(tmp_path / "bad.pt"), "--input", str(tmp_path),
+                    "--output", str(tmp_path / "o"))
+    assert code == 2 and "G_A.model.1.weight" in err

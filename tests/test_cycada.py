@@ -17,8 +17,7 @@ from cyclelib.classifiers import build_task_network
 from cyclelib.data import RandomlyInverted
 from cyclelib.metrics import dark_digits, noise_effect
 from cyclelib.networks import NoiseInput, build_generator
-from cyclelib.cycada import (STAGES, classifier_name, load_stage, parse_stages, semantic_consistency, stage_path,
-                             train_feature, train_pixel, train_source)
+from cyclelib.cycada import STAGES, classifier_name, load_stage, parse_stages, semantic_consistency, stage_path, train_feature, train_pixel, train_source
 
 RESULT_KEYS = ("source_only", "pixel_only", "feature_only", "pixel_feature", "target_oracle")
 

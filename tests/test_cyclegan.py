@@ -5,9 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cyclelib import CycleGAN, CycleGANConfig, load_checkpoint, load_cyclegan, train_cyclegan
+from cyclelib import CycleGAN, CycleGANConfig, load_cyclegan, train_cyclegan
 from cyclelib.cli import main
-from cyclelib.data import EpochSampler
 
 
 def tiny_config(tmp_path, **options):
@@ -24,9 +23,6 @@ def test_defaults_are_the_official_ones():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(lambda_A=-1), "lambda_A must be >= 0"),
-    (dict(gan_mode="wgan"), "valid values: lsgan"),
-    (dict(crop_size=300), "crop_size"),
     (dict(amp="fp8"), "valid values: none, bf16"),
     (dict(lambda_mode_seeking=1.0), "needs a generator that takes noise: set noise_nc > 0"),
     (dict(noise_nc=2, noise_injection="add"), "unknown noise_injection 'add'; valid values: constant, modulate"),
@@ -64,14 +60,24 @@ def test_train_step_has_the_official_terms_and_updates_all_networks():
         assert weights and all(not torch.equal(p, before[f"{net_name}.{n}"]) for n, p in weights.items()), net_name
 
 
-def test_epoch_sampler_is_a_resumable_permutation():
-    full = list(EpochSampler(10, seed=3, epoch=1))
-    assert sorted(full) == list(range(10))
-    assert list(EpochSampler(10, seed=3, epoch=1, start=4)) == full[4:]
-    assert list(EpochSampler(10, seed=3, epoch=2)) != full
-    assert len(EpochSampler(10, seed=3, epoch=1, limit=6)) == 6
+def grad_norm(parameters) -> float:
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None])).item()
 
 
+def test_clip_grad_norm_bounds_each_optimizers_gradient():
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    norms = {}
+    for clip in (None, 1e-3):
+        torch.manual_seed(0)
+        model = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, pool_size=0, clip_grad_norm=clip))
+        model.train_step(a, b)  # the gradients stay in .grad after the optimizer steps
+        norms[clip] = [grad_norm(p for group in opt.param_groups for p in group["params"])
+                       for opt in (model.opt_G, model.opt_D)]
+    assert all(n > 1e-2 for n in norms[None])  # without clipping the norms are far larger
+    assert all(n == pytest.approx(1e-3, rel=1e-4) for n in norms[1e-3])
+
+
+@pytest.mark.slow
 def test_smoke_training_on_digits_lowers_the_cycle_loss(tmp_path):
     """48 steps lower the cycle loss: means over the first and the last 12 steps, not single
     logged values, which one rounding difference of another CPU's kernels can tip.
@@ -92,22 +98,6 @@ def test_smoke_training_on_digits_lowers_the_cycle_loss(tmp_path):
     assert (tmp_path / "run" / "history.csv").read_text().startswith("step,epoch,")
     assert list((tmp_path / "run" / "samples").glob("step_*.png"))
     assert (tmp_path / "run" / "history.png").exists()
-
-
-def test_resume_is_exact(tmp_path):
-    """N steps, stop, resume for N more == 2N steps in one go, bit for bit (CPU)."""
-    common = dict(n_epochs=2, n_epochs_decay=1, max_dataset_size=12, batch_size=4, pool_size=2,
-                  checkpoint_every=100)
-    straight = train_cyclegan(tiny_config(tmp_path / "a", max_steps=6, **common), progress=False)
-    train_cyclegan(tiny_config(tmp_path / "b", max_steps=4, **common), progress=False)
-    resumed = train_cyclegan(tiny_config(tmp_path / "b", max_steps=6, **common), resume=True, progress=False)
-    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(p, q), name
-    a = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")
-    b = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")
-    assert a["training"]["step"] == b["training"]["step"] == 6
-    assert a["training"]["epoch"] == b["training"]["epoch"]
-    assert [r["G"] for r in a["history"]] == [r["G"] for r in b["history"]]
 
 
 def test_cli_train_then_translate(tmp_path, capsys):

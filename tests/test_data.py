@@ -5,7 +5,6 @@ and downloads are served from a local HTTP server or file:// URLs.
 """
 
 import bz2
-import functools
 import gzip
 import hashlib
 import http.server
@@ -13,7 +12,6 @@ import io
 import re
 import struct
 import tarfile
-import threading
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -24,32 +22,23 @@ import torch
 from PIL import Image
 
 from cyclelib import download
-from cyclelib.data import ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
+from cyclelib.data import EpochSampler, ImageFolderDomain, Unpaired, UnpairedImageFolder, open_unpaired
 from cyclelib.digits import digit_domain
 from cyclelib.download import download_dataset, download_digits
 from cyclelib.images import load_image, read_image, transform_image
+from helpers import image_folder, rgb
 
 SMALL = dict(load_size=36, crop_size=32)
-
-
-def _rgb(width, height, seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def _write_domain(folder: Path, count: int, size=(40, 30), offset=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        _rgb(*size, seed=offset + i).save(folder / f"{i:03d}.png")
 
 
 @pytest.fixture
 def dataset_root(tmp_path):
     """Official layout with 3 A and 5 B images (train) and 2 + 2 (test)."""
     root = tmp_path / "toy"
-    _write_domain(root / "trainA", 3)
-    _write_domain(root / "trainB", 5, offset=10)
-    _write_domain(root / "testA", 2, offset=20)
-    _write_domain(root / "testB", 2, offset=30)
+    image_folder(root / "trainA", 3, (40, 30))
+    image_folder(root / "trainB", 5, (40, 30), seed=10)
+    image_folder(root / "testA", 2, (40, 30), seed=20)
+    image_folder(root / "testB", 2, (40, 30), seed=30)
     return root
 
 
@@ -87,7 +76,7 @@ def test_16bit_images_are_scaled_not_clipped(tmp_path):
 def test_unreadable_images_name_the_file(tmp_path):
     (tmp_path / "noise.png").write_bytes(b"definitely not a png")
     buffer = io.BytesIO()
-    _rgb(64, 64).save(buffer, "PNG")
+    rgb(64, 64).save(buffer, "PNG")
     (tmp_path / "cut.png").write_bytes(buffer.getvalue()[:400])
     for name in ("noise.png", "cut.png"):
         with pytest.raises(ValueError, match=name):
@@ -105,7 +94,7 @@ def test_unreadable_images_name_the_file(tmp_path):
     ("none", (3, 80, 60)),
 ])
 def test_each_preprocess_on_a_non_square_image(tmp_path, preprocess, shape):
-    _rgb(60, 80).save(tmp_path / "tall.png")
+    rgb(60, 80).save(tmp_path / "tall.png")
     domain = ImageFolderDomain(tmp_path, preprocess=preprocess, **SMALL)
     image = domain.get(0, torch.Generator().manual_seed(0))
     assert image.shape == shape and image.dtype == torch.float32
@@ -113,12 +102,12 @@ def test_each_preprocess_on_a_non_square_image(tmp_path, preprocess, shape):
 
 
 def test_none_rounds_sides_to_multiples_of_4(tmp_path):
-    _rgb(61, 43).save(tmp_path / "odd.png")
+    rgb(61, 43).save(tmp_path / "odd.png")
     assert ImageFolderDomain(tmp_path, preprocess="none").get(0).shape == (3, 44, 60)
 
 
 def test_randomness_comes_only_from_the_generator(tmp_path):
-    _rgb(50, 40).save(tmp_path / "x.png")
+    rgb(50, 40).save(tmp_path / "x.png")
     domain = ImageFolderDomain(tmp_path, **SMALL)
     torch.manual_seed(1)
     first = domain.get(0, torch.Generator().manual_seed(7))
@@ -129,7 +118,7 @@ def test_randomness_comes_only_from_the_generator(tmp_path):
 
 
 def test_flip_is_a_mirror_and_no_generator_means_centre_crop(tmp_path):
-    img = _rgb(40, 40)
+    img = rgb(40, 40)
     centre = transform_image(img, "crop", 0, 32, flip=True, generator=None)
     assert np.array_equal(np.array(centre), np.array(img)[4:36, 4:36])
     flips = {np.array_equal(np.array(transform_image(img, "none", 0, 0, True, torch.Generator().manual_seed(s))),
@@ -138,7 +127,7 @@ def test_flip_is_a_mirror_and_no_generator_means_centre_crop(tmp_path):
 
 
 def test_option_errors_name_the_options(tmp_path):
-    _rgb(20, 20).save(tmp_path / "small.png")
+    rgb(20, 20).save(tmp_path / "small.png")
     with pytest.raises(ValueError, match="crop_size=64.*load_size=32"):
         ImageFolderDomain(tmp_path, load_size=32, crop_size=64)
     with pytest.raises(ValueError, match="resize_and_crop, crop, scale_width"):
@@ -158,10 +147,10 @@ def test_folder_errors_name_the_folder(tmp_path):
 
 
 def test_listing_is_recursive_sorted_and_case_insensitive(tmp_path):
-    _rgb(8, 8).save(tmp_path / "b.PNG")
+    rgb(8, 8).save(tmp_path / "b.PNG")
     (tmp_path / "sub").mkdir()
-    _rgb(8, 8).save(tmp_path / "sub" / "a.JPEG", "JPEG")
-    _rgb(8, 8).save(tmp_path / "a.webp")
+    rgb(8, 8).save(tmp_path / "sub" / "a.JPEG", "JPEG")
+    rgb(8, 8).save(tmp_path / "a.webp")
     (tmp_path / "._a.png").write_bytes(b"macOS metadata")
     (tmp_path / "readme.md").write_text("x")
     names = [p.relative_to(tmp_path).as_posix() for p in ImageFolderDomain(tmp_path).paths]
@@ -205,7 +194,7 @@ def test_unpaired_image_folder_train_and_test(dataset_root):
     assert len(views) > 1
 
     test = UnpairedImageFolder(dataset_root, phase="test", **SMALL)
-    expected = np.array(_rgb(40, 30, seed=20).resize((32, 32), Image.Resampling.BICUBIC))  # resize only, no flip
+    expected = np.array(rgb(40, 30, seed=20).resize((32, 32), Image.Resampling.BICUBIC))  # resize only, no flip
     for epoch in range(3):
         test.set_epoch(epoch)
         assert torch.equal(test[0]["A"], torch.from_numpy(expected).permute(2, 0, 1).float() / 127.5 - 1)
@@ -341,6 +330,32 @@ def test_open_unpaired_digits_and_folders(dataset_root):
         open_unpaired("horse2zebra")
 
 
+# --------------------------------------------------------------------------- the epoch sampler
+
+
+def test_epoch_sampler_is_a_resumable_permutation():
+    full = list(EpochSampler(10, seed=3, epoch=1))
+    assert sorted(full) == list(range(10))
+    assert list(EpochSampler(10, seed=3, epoch=1, start=4)) == full[4:]
+    assert list(EpochSampler(10, seed=3, epoch=2)) != full
+    assert len(EpochSampler(10, seed=3, epoch=1, limit=6)) == 6
+
+
+def test_epoch_sampler_splits_an_epoch_across_ranks():
+    full = list(EpochSampler(10, seed=3, epoch=1))
+    shares = [list(EpochSampler(10, seed=3, epoch=1, rank=r, world_size=3)) for r in range(3)]
+    # 10 indices over 3 ranks: padded with the first two, so that every rank takes 4
+    assert [len(s) for s in shares] == [4, 4, 4]
+    assert len(EpochSampler(10, seed=3, epoch=1, rank=2, world_size=3)) == 4
+    padded = full + full[:2]
+    assert sorted(sum(shares, [])) == sorted(padded)
+    # step k of 3 ranks with batch 2 covers step k of one process with batch 6
+    for k in range(2):
+        assert sorted(i for s in shares for i in s[2 * k:2 * k + 2]) == sorted(padded[6 * k:6 * k + 6])
+    # a resumed rank skips what it already consumed of its own share
+    assert list(EpochSampler(10, seed=3, epoch=1, start=2, rank=1, world_size=3)) == shares[1][2:]
+
+
 # --------------------------------------------------------------------------- downloads
 
 
@@ -354,26 +369,8 @@ def _zip_bytes(members: dict) -> bytes:
 
 def _png_bytes(seed) -> bytes:
     buffer = io.BytesIO()
-    _rgb(40, 30, seed).save(buffer, "PNG")
+    rgb(40, 30, seed).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A local HTTP server on a free port serving tmp_path/served; yields its base URL."""
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)  # quick shutdown
-    thread.start()
-    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 MINI = {f"mini/{side}/{i}.png": _png_bytes(i) for side in ("trainA", "trainB", "testA", "testB") for i in range(2)}

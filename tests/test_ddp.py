@@ -1,6 +1,5 @@
 """DDP through torchrun: two Gloo ranks on CPU train as one process on the union of their batches."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,7 @@ from cyclelib import CyCADAConfig, CycleGANConfig, load_checkpoint, train_cycleg
 from cyclelib.cli import main
 from cyclelib import cycada, cycada_run
 from cyclelib.cycada import load_stage, stage_finished
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import package_env
 
 # Two ranks with batch B equal one process with batch 2B when every loss is a mean over
 # independent samples: no image pool (each rank keeps its own) and no batch norm. Norm
@@ -26,8 +24,7 @@ OPTIONS = dict(data="mnist5k:mnistm5k", norm="none", pool_size=0, max_dataset_si
 def torchrun_train(out: Path, *options: str, model: str = "cyclegan") -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "cyclelib", "train", model, *options]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(command, cwd=out.parent, env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(command, cwd=out.parent, env=package_env(), capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 

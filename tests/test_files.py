@@ -1,12 +1,14 @@
 """Every file a run writes is written atomically (cyclelib.files): a failed write names the file
 and keeps the previous one, a link or FIFO at the path is replaced instead of written through,
-a hard-linked copy of a run never writes into the original, and a damaged JSON file of a run
-is named (or, for the wall times, started afresh with a warning)."""
+a hard-linked copy of a run never writes into the original, temporary files of killed writes are
+deleted, checkpoints and exports get the umask's permissions, and a damaged JSON file of a run is
+named (or, for the wall times, started afresh with a warning)."""
 import contextlib
 import errno
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 from pathlib import Path
@@ -14,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cyclelib import CycleGAN, files, run_cycada, train_cyclegan
+from cyclelib import CycleGAN, export_safetensors, files, run_cycada, train_cyclegan
 from cyclelib.cycada_run import load_seed_metrics
-from cyclelib.runs import run_folder
+from cyclelib.checkpoints import load_checkpoint, save_checkpoint
+from cyclelib.runs import LATEST, load_run_checkpoint, run_folder, save_run_checkpoint, step_checkpoints
 from cyclelib.weights import save_official
 from cyclelib.networks import build_generator
 from cyclelib.cyclegan_run import _save_samples
@@ -128,6 +131,76 @@ def test_a_failed_json_write_of_the_cli_exits_1_naming_the_file(cycada_run, monk
     assert code == 1 and f"cannot write {out / 'config.json'}: the disk is full" in err, err
 
 
+@pytest.mark.parametrize("write", ["torch", "safetensors"])
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch, write):
+    """A crash while writing (here: an error after half the bytes) keeps the old file whole
+    and leaves no temporary file behind."""
+    path = tmp_path / ("weights.pt" if write == "torch" else "weights.safetensors")
+    old = {"w": torch.zeros(1000)}
+    save = save_checkpoint if write == "torch" else export_safetensors
+    save(old, path)
+
+    def crash(tmp) -> None:
+        with open(tmp, "wb") as f:
+            f.write(b"\0" * 100)  # part of a file, then the disk fills up
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_bytes", lambda self, data: crash(self))  # both write their bytes last
+    with pytest.raises(OSError, match="disk full"):
+        save({"w": torch.ones(1000)}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["w"], old["w"])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_disk_full_is_named_as_such(tmp_path, monkeypatch):
+    """ENOSPC (a real full disk needs a small filesystem; the write's error is what matters)."""
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    save_checkpoint({"w": torch.zeros(3)}, tmp_path / "c.pt")
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match=r"cannot write .*c\.pt: the disk is full .* MiB free in .*The previous file"):
+        save_checkpoint({"w": torch.ones(3)}, tmp_path / "c.pt")
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["w"], torch.zeros(3))
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_says_so_keeps_the_previous_one_and_exits_non_zero(tmp_path):
+    """A write that fails for want of space (here the file size limit, which fails writes as a
+    full disk does, without needing a small disk): a message naming the file and folder, exit 1,
+    and the previous checkpoint in place."""
+    probe = tmp_path / "probe"
+    train_cyclegan(smoke(probe, max_steps=2, checkpoint_every=2), progress=False)
+    limit = (probe / LATEST).stat().st_size + 20_000  # step 2 fits; later ones hold fuller image pools
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "run"
+    done = subprocess.run(cli_command("train", "cyclegan", "--data", DIGITS, "--scale", "smoke", "--device", "cpu",
+                                      "--amp", "none", "--out", str(out), "--max-steps", "16", "--n-epochs", "4",
+                                      "--checkpoint-every", "2", "--sample-every", "1000"),
+                          env=cli_env(), capture_output=True, text=True, timeout=600, preexec_fn=limited)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "cannot write" in done.stderr and str(out) in done.stderr and "Traceback" not in done.stderr
+    kept = load_checkpoint(out / LATEST)
+    assert 2 <= kept["training"]["step"] < 16
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_checkpoints_and_exports_get_the_umasks_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        train_cyclegan(smoke(tmp_path / "run", max_steps=1), progress=False)
+        exported = export_safetensors(tmp_path / "run" / LATEST, tmp_path / "w.safetensors")
+        for path in (tmp_path / "run" / LATEST, *step_checkpoints(tmp_path / "run"), exported):
+            assert path.stat().st_mode & 0o777 == 0o644, path
+    finally:
+        os.umask(previous)
+
+
 # --------------------------------------------------------------------------- links, FIFOs, hard-linked copies
 
 
@@ -144,8 +217,9 @@ def test_writes_replace_a_symlink_or_fifo_at_the_path_instead_of_writing_through
     assert victim.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_a_run_replaces_a_fifo_and_symlinks_at_its_history_files_and_ends(tmp_path):
-    """A run in a subprocess: on a FIFO the old code waited for a reader forever."""
+    """A run in a subprocess, which would wait for a reader forever if it opened the FIFO."""
     out = tmp_path / "run"
     out.mkdir()
     os.mkfifo(out / "history.json")
@@ -200,6 +274,21 @@ def test_the_next_checkpoint_deletes_temporary_files_that_a_kill_left(tmp_path):
     train_cyclegan(smoke(out, max_steps=1), progress=False)
     assert [path for path in dead if path.exists()] == []
     assert not list(out.rglob("*.tmp"))
+
+
+def test_the_next_save_deletes_the_temporary_files_of_killed_writes(tmp_path):
+    """A SIGKILL during a write leaves its hidden temporary file; the next save deletes it
+    (and only such files)."""
+    save_run_checkpoint({"w": torch.zeros(3)}, tmp_path, step=1)
+    stale = [tmp_path / ".checkpoint.pt.k1ll3d.tmp", tmp_path / ".checkpoint_best.pt.x9.tmp",
+             tmp_path / "checkpoints" / ".step_0000002.pt.a1b2.tmp"]
+    others = [tmp_path / ".notes.tmp", tmp_path / "samples.pt.tmp"]
+    for path in stale + others:
+        path.write_bytes(b"\0" * 10)
+    save_run_checkpoint({"w": torch.ones(3)}, tmp_path, step=2)
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in others)
+    assert torch.equal(load_run_checkpoint(tmp_path)[0]["w"], torch.ones(3))
 
 
 def test_translate_replaces_a_symlink_at_an_output_image(tmp_path):

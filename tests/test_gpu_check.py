@@ -4,7 +4,6 @@ one-process torchrun joins a process group (gloo here, NCCL on a GPU), which is 
 check reaches NCCL."""
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +12,9 @@ import pytest
 import torch
 
 from cyclelib import distributed
+from helpers import ROOT, package_env
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def load_gpu_check():
@@ -88,7 +86,7 @@ print("PROBE " + json.dumps({"backend": dist.get_backend(), "rank": rank, "world
 def test_a_one_process_torchrun_joins_a_process_group(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                "--no-python", *python(PROBE)]
-    done = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=tmp_path, env=package_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("PROBE "))
     assert json.loads(line[len("PROBE "):]) == {"backend": "gloo", "rank": 0, "world": 1, "sum": [1.0, 2.0]}
@@ -98,7 +96,7 @@ def test_a_one_process_torchrun_joins_a_process_group(tmp_path):
 def test_the_cpu_dry_run_passes_every_step_and_writes_the_summary(tmp_path):
     out = tmp_path / "gpu-check.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--json", str(out)], cwd=tmp_path,
-                          env=ENV, capture_output=True, text=True, timeout=900)
+                          env=package_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "CPU dry run of the same steps" in done.stdout and "all steps passed" in done.stdout
     if not torch.cuda.is_available():

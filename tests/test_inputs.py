@@ -1,32 +1,35 @@
-"""Bad input gets a clear message naming the option or file, before training: non-finite numbers,
-out-of-range seeds and counts, networks no image fits, images cyclelib cannot read as they are
-meant (float, EXIF-rotated, LAB, too large), too small images in every preprocess mode, DTN
-batches of one, and failed or unsafe downloads."""
+"""Bad input gets a clear message naming the option or file, before training: invalid choices and
+values, non-finite numbers, out-of-range seeds and counts, networks no image fits, missing or
+unreadable images and folders, images cyclelib cannot read as they are meant (float, EXIF-rotated,
+LAB, too large), too small images in every preprocess mode, sizes or channel counts the networks
+cannot take, DTN batches of one, and failed or unsafe downloads; and images of every mode train."""
 import io
 import math
 import os
-import socket
 import tarfile
 import typing
 import zipfile
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from cyclelib import CyCADAConfig, CycleGANConfig, download, images
+from cyclelib import CyCADAConfig, CycleGAN, CycleGANConfig, download, images
+from cyclelib.cli import main
 from cyclelib.config import SEED_LIMIT
-from cyclelib.data import EpochSampler
+from cyclelib.data import EpochSampler, UnpairedImageFolder
+from cyclelib.names import PREPROCESS_MODES
 from cyclelib.download import download_dataset
 from cyclelib.images import load_image
+from cyclelib.checkpoints import load_checkpoint
 from cyclelib.weights import save_official
 from cyclelib.networks import build_generator
 from cyclelib.runtime import seed_everything
 from cyclelib.cyclegan_run import train_cyclegan
-from helpers import cli, rgb, smoke
-from test_data import server  # noqa: F401 (a fixture: the local HTTP server on 127.0.0.1)
+from helpers import DIGITS, cli, photos, rgb, smoke, train_pair
 
 # --------------------------------------------------------------------------- options
 
@@ -120,6 +123,79 @@ def test_bench_refuses_counts_below_one_naming_the_option(flag, value):
                     "--warmup", "0", "--device", "cpu", flag, value)
     torch.set_num_threads(threads)  # in case a broken check let the bench set it
     assert code == 2 and f"argument {flag}: must be an integer >= 1, got '{value}'" in err, err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("netG", "resnet_xblocks", r"netG: unknown generator arch 'resnet_xblocks'; valid values: resnet_<n>blocks"),
+    ("netG", "unet_100", r"netG: unknown generator arch 'unet_100'; valid values: .*unet_<size>"),
+    ("netD", "patch", r"unknown netD 'patch'; valid values: basic, n_layers, pixel"),
+    ("norm", "layer", r"unknown norm 'layer'; valid values: instance, batch, none"),
+    ("init", "he", r"unknown init 'he'; valid values: normal, xavier, kaiming, orthogonal"),
+    ("gan_mode", "wgan", r"unknown gan_mode 'wgan'; valid values: lsgan"),
+    ("preprocess", "zoom", r"unknown preprocess 'zoom'; valid values: resize_and_crop, crop"),
+    ("lambda_A", -1.0, r"lambda_A must be >= 0, got -1"),
+    ("lambda_identity", -0.5, r"lambda_identity must be >= 0"),
+    ("crop_size", 300, r"crop_size \(300\) must not exceed load_size \(286\) with preprocess 'resize_and_crop'"),
+    ("keep_checkpoints", 0, r"keep_checkpoints must be > 0, got 0"),
+    ("clip_grad_norm", -1.0, r"clip_grad_norm must be >= 0"),
+    ("beta1", 1.0, r"beta1 must be in \[0, 1\)"),
+])
+def test_bad_options_are_clear_errors_from_python_and_the_cli(option, value, message, capsys):
+    with pytest.raises(ValueError, match=message):
+        CycleGANConfig(**{option: value})
+    with pytest.raises(SystemExit) as exit_info:  # validated before any data is read: "photos" need not exist
+        main(["train", "cyclegan", "--data", "photos", "--scale", "smoke", "--load-size", "286",
+              f"--{option.replace('_', '-')}", str(value)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.startswith("cyclelib: error: ") and err.count("\n") == 1
+
+
+def test_a_missing_data_option_is_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "cyclegan", "--scale", "smoke"])
+    assert exit_info.value.code == 2 and "--data is required" in capsys.readouterr().err
+
+
+def test_valid_architecture_patterns_are_accepted():
+    for name in ("resnet_1blocks", "resnet_12blocks", "unet_32"):
+        assert CycleGANConfig(netG=name).netG == name
+    # a U-Net of size s takes multiples of s
+    assert CycleGANConfig(netG="unet_512", crop_size=512, load_size=572).netG == "unet_512"
+    state = torch.get_rng_state()
+    CycleGANConfig(netG="unet_64", init="orthogonal")
+    assert torch.equal(state, torch.get_rng_state())  # checking a name draws no random numbers
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--crop-size", "2", "--load-size", "2"], "crop_size 2 is too small for netG resnet_2blocks (norm instance): "
+                                               "the smallest image side it takes is 8"),
+    (["--crop-size", "16"], "crop_size 16 is too small for netD basic (norm instance): the smallest image side it "
+                            "takes is 24"),
+    (["--crop-size", "30"], "crop_size 30 does not fit netG resnet_2blocks"),
+    (["--device", "banana"], "--device 'banana' is not a device"),
+])
+def test_options_that_no_layer_can_use_are_named_before_training(tmp_path, flags, message):
+    code, err = cli("train", "cyclegan", "--data", str(tmp_path), "--scale", "smoke", "--out", str(tmp_path / "o"),
+                    "--preprocess", "resize_and_crop", *flags)
+    assert code == 2 and message in err, err
+
+
+def test_translate_errors_are_messages(tmp_path):
+    generator = tmp_path / "g.pth"
+    save_official(build_generator("resnet_1blocks", width=4), generator)
+    base = ["translate", "--checkpoint", str(generator), "--arch", "resnet_1blocks", "--width", "4"]
+    tiny = photos(tmp_path / "tiny", sizes=((1, 1),))
+    (tmp_path / "empty").mkdir()
+    for argv, message in (
+            (["--input", str(tiny), "--output", str(tmp_path / "o")], "0.png is 1x1 pixels (4x4 padded to a multiple of 4)"),
+            (["--input", str(tiny), "--output", str(tmp_path / "o"), "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+            (["--input", str(tmp_path / "nosuch"), "--output", str(tmp_path / "o")], "nosuch does not exist"),
+            (["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")], "no image files")):
+        code, err = cli(*base, *argv)
+        assert code == 2 and message in err and "Traceback" not in err, (argv, err)
+    assert "smallest side is 8" in cli(*base, "--input", str(tiny), "--output", str(tmp_path / "o"))[1]
+    assert cli(*base, "--input", str(tiny), "--output", str(tmp_path / "o"), "--size", "8")[0] == 0
 
 
 # --------------------------------------------------------------------------- image files
@@ -226,6 +302,135 @@ def test_images_that_fit_train_with_preprocess_none(tmp_path):
                    progress=False)
 
 
+def test_missing_or_empty_domain_folders_are_named(tmp_path, capsys):
+    (tmp_path / "data" / "trainA").mkdir(parents=True)
+    rgb(40, 40).save(tmp_path / "data" / "trainA" / "a.png")
+    argv = ["train", "cyclegan", "--data", str(tmp_path / "data"), "--scale", "smoke", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "trainB does not exist" in capsys.readouterr().err
+    (tmp_path / "data" / "trainB").mkdir()
+    (tmp_path / "data" / "trainB" / "notes.txt").write_text("no images")
+    with pytest.raises(FileNotFoundError, match=r"no image files .* in .*trainB"):
+        train_cyclegan(smoke(tmp_path / "o", data=tmp_path / "data"), progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_images_stop_the_run_before_training_or_are_skipped(tmp_path, capsys):
+    data = train_pair(tmp_path / "data")
+    (data / "trainA" / "bad1.png").write_bytes(b"not an image at all")
+    buffer = io.BytesIO()
+    rgb(40, 40, seed=7).save(buffer, "PNG")
+    (data / "trainB" / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"cannot read image .*trainA.bad1\.png.*1 unreadable image.*"
+                                         r"skip_bad_images=True"):
+        train_cyclegan(smoke(out, data=data), progress=False)
+    assert not out.exists()  # nothing trained, nothing written
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "cyclegan", "--data", str(data), "--scale", "smoke", "--out", str(out)])
+    assert exit_info.value.code == 2 and "bad1.png" in capsys.readouterr().err
+
+    train_cyclegan(smoke(out, data=data, skip_bad_images=True, max_steps=1), progress=False)
+    err = capsys.readouterr().err
+    assert "skipped 2 unreadable train image(s)" in err
+    assert load_checkpoint(out / "checkpoint.pt")["training"]["step"] == 1
+
+
+def test_images_smaller_than_the_crop_are_resized_or_name_the_option(tmp_path):
+    data = train_pair(tmp_path / "data", size=(20, 24))  # smoke: load_size 36, crop_size 32
+    with pytest.raises(ValueError, match=r"000\.png is 20x24, smaller than crop_size=32"):
+        train_cyclegan(smoke(tmp_path / "crop", data=data, preprocess="crop", skip_bad_images=True),
+                       progress=False)
+    assert not (tmp_path / "crop").exists()
+    train_cyclegan(smoke(tmp_path / "resize", data=data, max_steps=1), progress=False)  # resize_and_crop
+    assert load_checkpoint(tmp_path / "resize" / "checkpoint.pt")["training"]["step"] == 1
+
+
+def test_uncropped_images_of_several_sizes_train_at_batch_1_and_are_named_at_batch_2(tmp_path):
+    root = tmp_path / "data"
+    photos(root / "trainA", sizes=((40, 40), (36, 44)))
+    photos(root / "trainB", sizes=((40, 40), (40, 40)))
+    options = dict(data=str(root), preprocess="none", max_steps=2, sample_every=1)
+    train_cyclegan(smoke(tmp_path / "b1", **options, batch_size=1), progress=False)
+    assert list((tmp_path / "b1" / "samples").glob("step_*.png"))
+    with pytest.raises(ValueError, match=r"batch_size 2 .*trainA/00\.png is 40x40 and .*trainA/01\.png is 36x44; use batch_size 1"):
+        train_cyclegan(smoke(tmp_path / "b2", **options, batch_size=2), progress=False)
+
+
+def test_sizes_the_generator_cannot_reproduce_are_a_clear_error():
+    """A 30x30 image comes out of a resnet generator 32x32: an error, not a broadcast loss."""
+    model = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4))
+    images = torch.zeros(1, 3, 30, 30)
+    with pytest.raises(ValueError, match=r"resnet_1blocks turns \(30, 30\) images into \(32, 32\)"):
+        model.train_step(images, images)
+
+
+def test_channel_counts_that_do_not_fit_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "cyclegan", "--data", DIGITS, "--scale", "smoke", "--out", str(tmp_path),
+              "--input-nc", "4", "--output-nc", "4"])
+    assert exit_info.value.code == 2
+    assert "input_nc must be 1 (images read as grayscale) or 3 (RGB), got 4" in capsys.readouterr().err
+    model = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, input_nc=1, output_nc=1))
+    rgb_batch = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"1 channels\), got a tensor of shape \(\d+, 3, 32, 32\)"):
+        model.train_step(rgb_batch, rgb_batch)
+
+
+# --------------------------------------------------------------------------- images of every mode
+
+
+def mixed_mode_dataset(root: Path) -> Path:
+    """Non-square images in every mode a user's folder may hold; all sides >= 40 pixels."""
+    a, b = root / "trainA", root / "trainB"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 52), dtype=np.uint8), "L").save(a / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (60, 44, 4), dtype=np.uint8), "RGBA").save(a / "rgba.png")
+    Image.fromarray(rng.integers(0, 65536, (48, 64), dtype=np.uint16)).save(a / "deep16.png")  # I;16
+    rgb(56, 40, seed=1).quantize(16).save(a / "palette.png")  # mode P
+    rgb(44, 60, seed=2).convert("CMYK").save(b / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 256, (44, 48, 2), dtype=np.uint8), "LA").save(b / "gray_alpha.png")
+    rgb(64, 40, seed=3).save(b / "wide.png")
+    return root
+
+
+@pytest.mark.parametrize("preprocess", PREPROCESS_MODES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_mode_and_preprocess_flows_through_loader_and_step(tmp_path, preprocess, channels):
+    """Gray, RGBA, 16-bit, palette, CMYK and gray+alpha files, non-square, become
+    [channels, H, W] tensors in [-1, 1] of the preprocess's size, and a training step on
+    them gives finite losses."""
+    data = UnpairedImageFolder(mixed_mode_dataset(tmp_path), channels=channels, preprocess=preprocess,
+                               load_size=36, crop_size=32)
+    data.check()  # every file is readable
+    config = CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, input_nc=channels, output_nc=channels,
+                            pool_size=0)
+    model = CycleGAN(config)
+    for batch in torch.utils.data.DataLoader(data, batch_size=1):
+        for side in "AB":
+            image = batch[side][0]
+            assert image.shape[0] == channels and image.dtype == torch.float32
+            assert -1 <= image.min() and image.max() <= 1
+            h, w = image.shape[1:]
+            if preprocess.endswith("crop"):
+                assert (h, w) == (32, 32)
+            else:  # uncropped: sides rounded to multiples of 4, else the cycle loss would compare other sizes
+                assert h % 4 == 0 and w % 4 == 0
+                assert preprocess == "none" or (w == 36 and h >= 32)  # scale_width
+        terms = model.train_step(batch["A"], batch["B"])
+        assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_a_mixed_mode_folder_trains(tmp_path):
+    data = mixed_mode_dataset(tmp_path / "data")
+    train_cyclegan(smoke(tmp_path / "run", data=data, max_steps=2), progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["step"] == 2
+
+
 # --------------------------------------------------------------------------- CyCADA's DTN
 
 
@@ -243,21 +448,6 @@ def test_batches_of_one_stay_allowed_where_they_train():
 
 
 # --------------------------------------------------------------------------- downloads
-
-
-def _closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on: "offline"."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    """The base URL of a closed port on 127.0.0.1, with no proxy in between."""
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    return f"http://127.0.0.1:{_closed_port()}"
 
 
 def test_an_archive_without_a_top_folder_gives_a_folder_with_the_umasks_permissions(tmp_path, server):

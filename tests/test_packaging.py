@@ -10,13 +10,12 @@ import json
 import re
 import tomllib
 from collections import Counter
-from pathlib import Path
 
 import yaml
 
 from book_toc import toc_entries
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 BOOK_SUFFIXES = (".md", ".ipynb")
 

@@ -12,7 +12,6 @@ from cyclelib import build_generator, download, download_pretrained, load_genera
 from cyclelib.cli import download_listing
 from cyclelib.download import PRETRAINED_MODELS, DownloadError
 from helpers import cli, equal_states, rgb
-from test_inputs import offline  # noqa: F401 (a fixture: the base URL of a closed port)
 
 WIDTH = 4  # a small official-format generator: ResNet-9 with ngf 4 (the published ones have 64)
 
@@ -166,7 +165,7 @@ def test_a_404_is_one_line_naming_the_url_exit_1_and_no_folder_left(tmp_path, of
     assert not (tmp_path / "cache").exists()
 
 
-def test_cityscapes_gives_the_manual_steps_without_the_network(tmp_path, offline, monkeypatch):  # noqa: F811
+def test_cityscapes_gives_the_manual_steps_without_the_network(tmp_path, offline, monkeypatch):
     monkeypatch.setattr(download, "CYCLEGAN_URL", offline + "/{name}.zip")  # a request would fail otherwise
     code, err = cli("download", "cityscapes", "--root", str(tmp_path / "datasets"))
     assert code == 1 and err.count("\n") == 1, err

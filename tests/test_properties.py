@@ -22,7 +22,8 @@ from PIL import Image
 
 from cyclelib.cli import build_parser, given_options, main
 from cyclelib import CycleGANConfig
-from cyclelib.data import PREPROCESS_MODES, ImageFolderDomain
+from cyclelib.data import ImageFolderDomain
+from cyclelib.names import PREPROCESS_MODES
 from cyclelib.losses import GAN_MODES
 from cyclelib.networks import DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS
 
@@ -131,6 +132,7 @@ def valid_options(draw) -> dict:
     return options
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(options=valid_options())
 def test_valid_options_are_taken_as_given_by_python_and_the_cli(options):

@@ -1,6 +1,9 @@
 """Resume with options: each option given at a resume is applied from the resumed step on or
-refused before anything runs, naming it (never recorded and ignored); what is not a CycleGAN run
-is refused with a message; and a resume is bit-exact even where the training draws random numbers.
+refused before anything runs, naming it (never recorded and ignored); a damaged latest checkpoint
+falls back to the previous one, and a folder without a readable one or with a newer format is a
+clear error; what is not a CycleGAN run is refused with a message; a resume is bit-exact even where
+the training draws random numbers; and CyCADA's stages are reused only with the options they were
+trained with.
 
 Every run is a smoke run on the CPU. The runs resumed here were stopped by a signal at step 5
 (of 8: 4 steps per epoch, two epochs, the second one decaying the learning rate to half).
@@ -15,15 +18,16 @@ import torch
 
 from cyclelib import CyCADAConfig, CycleGAN, CycleGANConfig, TrainingInterrupted, train_cyclegan
 from cyclelib import train as train_module
-from cyclelib.cycada import NEUTRAL_OPTIONS, STAGE_OPTIONS, STAGES, stage_checkpoint, stage_options, stage_path
+from cyclelib.cli import main
+from cyclelib.cycada import NEUTRAL_OPTIONS, STAGES, STAGE_OPTIONS, stage_checkpoint, stage_options, stage_path
 from cyclelib.cycada_run import run_cycada
-from cyclelib.checkpoints import load_checkpoint, save_checkpoint
-from cyclelib.runs import LATEST, step_checkpoints
+from cyclelib.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from cyclelib.runs import LATEST, load_run_checkpoint, step_checkpoints
 from cyclelib.weights import save_official
 from cyclelib.cyclegan_run import FIXED_OPTIONS
 from cyclelib.train import Trainer
 
-from helpers import cli, cycada_smoke, equal_states, rgb, smoke
+from helpers import cli, corrupt, cycada_smoke, equal_states, smoke, train_pair
 
 STOP = 5
 BASE = dict(n_epochs=1, n_epochs_decay=1, log_every=2, checkpoint_every=4)
@@ -135,7 +139,8 @@ def test_every_option_is_declared_applied_or_refused_and_tested_so():
     assert {name for name, rule in declared.items() if rule == "refuse"} == set(REFUSED) == set(FIXED_OPTIONS)
 
 
-@pytest.mark.parametrize("name", APPLIED)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in ("amp", "wandb") else name
+                                  for name in APPLIED])  # fp16 steps on a CPU; importing wandb
 def test_an_option_given_at_a_resume_is_applied_and_recorded(stopped, unchanged, tmp_path, monkeypatch, name):
     value, applied = APPLIED[name]
     folder = tmp_path / "run"
@@ -166,7 +171,7 @@ def test_an_option_a_run_keeps_is_refused_at_a_resume_before_anything_runs(stopp
 
 
 def test_the_cli_applies_lr_and_betas_given_at_a_resume(stopped, tmp_path):
-    """The issue's case: the checkpoint said lr 0.05 and beta1 0.9 while training on with 2e-4, 0.5."""
+    """The checkpoint records lr 0.05 and beta1 0.9, and the optimizers and schedulers train on with them."""
     folder = tmp_path / "run"
     shutil.copytree(stopped, folder)
     assert cli("train", "cyclegan", "--resume", str(folder), "--lr", "0.05", "--beta1", "0.9")[0] == 0
@@ -220,9 +225,49 @@ def test_a_history_resumed_with_another_log_every_has_the_means_of_its_steps(sto
     assert_means_of_their_steps(ckpt["history"], load_checkpoint(tmp_path / "each" / LATEST)["history"])
 
 
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(run10, tmp_path, how):
+    """checkpoint.pt and the step-10 file are damaged: --resume warns, naming them and the
+    step-8 file it uses instead, and redoes steps 9 and 10 exactly."""
+    run = tmp_path / "run"
+    shutil.copytree(run10, run)
+    for name in ("checkpoint.pt", "checkpoints/step_0000010.pt"):
+        corrupt(run / name, how)
+    with pytest.warns(UserWarning, match=r"(?s)checkpoint\.pt.*step_0000010\.pt.*previous one.*step_0000008\.pt"):
+        main(["train", "cyclegan", "--resume", str(run)])
+    resumed, straight = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(run10 / "checkpoint.pt")
+    assert resumed["training"]["step"] == 10 and equal_states(resumed["nets"], straight["nets"])
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "cyclegan", "--resume", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"no readable checkpoint in .*run.*checkpoint\.pt"):
+        load_run_checkpoint(tmp_path / "run")
+
+
+def test_resume_refuses_other_network_options_and_newer_formats(run10, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run10, run)
+    for flags, message in ((["--ngf", "16"], "ngf=8 there, 16 now"),
+                           (["--input-nc", "1", "--output-nc", "1"], "input_nc=3 there, 1 now")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "cyclegan", "--resume", str(run), *flags])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    state = load_checkpoint(run / "checkpoint.pt")
+    save_checkpoint({**state, "version": FORMAT_VERSION + 1}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match=f"format {FORMAT_VERSION + 1} is newer"):
+        train_cyclegan(CycleGANConfig(**{**state["config"], "out": str(run)}), resume=True, progress=False)
+
+
 # --------------------------------------------------------------------------- folders that hold no CycleGAN run
 
 
+@pytest.mark.slow
 def test_a_cycada_stage_a_classifier_and_an_official_state_dict_are_not_resumed_as_cyclegan_runs(tmp_path):
     config = cycada_smoke(tmp_path / "cycada", noise_nc=2)
     run_cycada(config, stages=("source", "pixel"), progress=False)
@@ -303,21 +348,13 @@ def test_the_neutral_cycada_options_change_no_weight_and_no_metric_across_a_resu
 # --------------------------------------------------------------------------- bit-exact where random numbers are drawn
 
 
-def random_image_folder(root: Path) -> Path:
-    """Six RGB images per domain of another size than the crop: random crops and flips each step."""
-    for side, offset in (("A", 0), ("B", 100)):
-        (root / f"train{side}").mkdir(parents=True)
-        for i in range(6):
-            rgb(44, 40, seed=offset + i).save(root / f"train{side}" / f"{i}.png")
-    return root
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("rng_restored", [True, False], ids=["restored", "not-restored"])
 def test_a_resume_is_bit_exact_where_the_training_draws_random_numbers(tmp_path, monkeypatch, rng_restored):
     """Dropout and a noise input draw from the global RNG at every step, the image folder's crops
     and flips from each sample's own generator: the resumed run equals the straight one bit for
     bit; without the restore of the saved RNG states it does not (the test can tell)."""
-    data = random_image_folder(tmp_path / "images")
+    data = train_pair(tmp_path / "images", count=6, size=(44, 40))  # not the crop's size: random crops and flips
     options = dict(data=data, dropout=True, noise_nc=2, preprocess="resize_and_crop", load_size=36, crop_size=32,
                    flip=True, max_dataset_size=6, n_epochs=2, n_epochs_decay=1, checkpoint_every=2, log_every=1)
     straight = train_cyclegan(smoke(tmp_path / "straight", **options), progress=False)
@@ -376,3 +413,36 @@ def test_every_cycada_option_that_shapes_a_stage_is_refused_when_it_differs(tmp_
                 stage_checkpoint(changed, stage)
     for stage in STAGES:  # and the run's own options reuse every stage
         assert stage_checkpoint(config, stage) is not None
+
+
+@pytest.mark.slow
+def test_cycada_refuses_stages_of_another_configuration(tmp_path):
+    """The stages in a folder belong to the options they were trained with: a run of another
+    pair there is refused before any stage runs (naming what differs), --force retrains, and
+    the evaluation reports no stage of another configuration."""
+    out = str(tmp_path / "run")
+    common = ["--scale", "smoke", "--out", out, "--amp", "none"]
+    assert cli("train", "cycada", "--source", "mnist5k", "--target", "mnistm5k", "--stages", "source,oracle",
+               *common)[0] == 0
+    before = load_checkpoint(Path(out) / "source" / LATEST)
+    code, err = cli("train", "cycada", "--source", "uci-digits", "--target", "mnist5k", "--stages", "source,oracle",
+                    *common)
+    assert code == 2 and "source='mnist5k' there, 'uci-digits' now" in err and "--force" in err
+    assert torch.equal(load_checkpoint(Path(out) / "source" / LATEST)["nets"]["net.net.classifier.2.weight"],
+                       before["nets"]["net.net.classifier.2.weight"])  # nothing was touched
+    # A finished stage with other options for it, needed by a chosen stage, is refused too.
+    code, err = cli("train", "cycada", "--source", "mnist5k", "--target", "mnistm5k", "--stages", "feature_only",
+                    "--task-lr", "0.5", *common)
+    assert code == 2 and "task_lr=" in err and "'source' stage" in err
+
+    assert cli("train", "cycada", "--source", "uci-digits", "--target", "mnist5k", "--stages", "source", "--force",
+               *common)[0] == 0
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    assert (metrics["source"], metrics["target"]) == ("uci-digits", "mnist5k")
+    assert "source_only" in metrics and "target_oracle" not in metrics  # the oracle is mnistm5k's
+
+
+def test_every_cycada_option_is_either_part_of_a_stage_or_changes_no_result():
+    names = {name for name in CyCADAConfig.__dataclass_fields__}
+    staged = {name for options in STAGE_OPTIONS.values() for name in options}
+    assert staged | set(NEUTRAL_OPTIONS) == names and not staged & set(NEUTRAL_OPTIONS)

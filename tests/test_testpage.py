@@ -11,7 +11,7 @@ from PIL import Image
 from cyclelib import build_generator, load_pair, save_official, write_test_page
 from cyclelib.images import read_image
 from cyclelib.translate import translate_image
-from helpers import cli, rgb, two_step_run
+from helpers import cli, rgb
 
 
 class Page(HTMLParser):
@@ -86,22 +86,17 @@ def test_an_official_pair_gives_real_fake_and_reconstruction_at_each_inputs_size
     assert (fake - expected).abs().max() <= 1 / 255 + 1e-6
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return two_step_run(tmp_path_factory.mktemp("run") / "run")
-
-
-def test_a_run_folder_at_any_step_and_num_test(run, tmp_path):
+def test_a_run_folder_at_any_step_and_num_test(two_steps, tmp_path):
     data = dataset(tmp_path / "data", ["1.png", "2.png", "3.png"], ["4.png", "5.png", "6.png"])
     for step, results in ((None, tmp_path / "latest"), (1, tmp_path / "first")):
-        G_A, G_B, source = load_pair(run, step=step)
+        G_A, G_B, source = load_pair(two_steps, step=step)
         assert source.endswith("checkpoint.pt" if step is None else "step_0000001.pt")
         page = write_test_page(G_A, G_B, data, results, num_test=2, progress=False, title=source)
         assert check_page(results).tables == [["1.png", "2.png"], ["4.png", "5.png"]]
         assert sorted(p.name for p in (results / "BtoA" / "fake").iterdir()) == ["4.png", "5.png"]
         assert source in page.read_text()
     assert (tmp_path / "latest/AtoB/fake/1.png").read_bytes() != (tmp_path / "first/AtoB/fake/1.png").read_bytes()
-    code, err = cli("test", "--checkpoint", str(run), "--step", "2", "--dataroot", str(data),
+    code, err = cli("test", "--checkpoint", str(two_steps), "--step", "2", "--dataroot", str(data),
                     "--results", str(tmp_path / "cli"), "--num-test", "1")
     assert code == 0, err
     assert check_page(tmp_path / "cli").tables == [["1.png"], ["4.png"]]
@@ -120,7 +115,7 @@ def test_phase_picks_the_split(pair, tmp_path):
     assert check_page(tmp_path / "r").tables == [["v.png"], ["v.png"]]
 
 
-def test_errors_are_named_before_anything_is_written(pair, run, tmp_path):
+def test_errors_are_named_before_anything_is_written(pair, two_steps, tmp_path):
     path_A, path_B, _, _ = pair
     data = tmp_path / "data"
     (data / "testA").mkdir(parents=True)
@@ -130,18 +125,18 @@ def test_errors_are_named_before_anything_is_written(pair, run, tmp_path):
     for argv, message in (
             (["--checkpoint-A", str(path_A), "--checkpoint-B", str(path_B), *official],
              f"input folder {data / 'testB'} does not exist"),
-            (["--checkpoint", str(run), "--step", "9"], "the steps it kept: 1, 2"),
+            (["--checkpoint", str(two_steps), "--step", "9"], "the steps it kept: 1, 2"),
             (["--checkpoint", str(path_A), *official], "holds one generator (an official file)"),
             (["--checkpoint-A", str(path_A)], "give --checkpoint"),
-            (["--checkpoint", str(run), "--checkpoint-A", str(path_A)], "give --checkpoint")):
+            (["--checkpoint", str(two_steps), "--checkpoint-A", str(path_A)], "give --checkpoint")):
         code, err = cli("test", "--dataroot", str(data), "--results", str(results), *argv)
         assert code == 2 and message in err and "Traceback" not in err, (argv, err)
     assert not results.exists()
     (data / "testB").mkdir()
     rgb(32, 32).save(data / "testB" / "b.png")
     rgb(32, 32).save(data / "testB" / "b.jpg")
-    code, err = cli("test", "--checkpoint", str(run), "--dataroot", str(data), "--results", str(results))
+    code, err = cli("test", "--checkpoint", str(two_steps), "--dataroot", str(data), "--results", str(results))
     assert code == 2 and "would both be shown as b.png" in err
-    code, err = cli("test", "--checkpoint", str(run), "--dataroot", str(data), "--results", str(data / "testA" / "r"))
+    code, err = cli("test", "--checkpoint", str(two_steps), "--dataroot", str(data), "--results", str(data / "testA" / "r"))
     assert code == 2 and f"the results folder {data / 'testA' / 'r'} lies inside the input folder" in err
     assert not results.exists()

@@ -1,4 +1,5 @@
-"""Translating folders with an official generator file, as users of the official code have them."""
+"""Translating folders with an official generator file, as users of the official code have them,
+never into the input folder unless told to."""
 from pathlib import Path
 
 import pytest
@@ -7,8 +8,9 @@ from PIL import Image
 
 from cyclelib.cli import main
 from cyclelib.images import read_image
-from cyclelib import load_official
+from cyclelib import build_generator, load_official, save_official
 from cyclelib.translate import load_generator, translate_folder
+from helpers import cli, photos
 
 FIXTURE = Path(__file__).parent / "data" / "official-cyclegan-nets.pt"
 
@@ -84,3 +86,18 @@ def test_cli_translate_official(official_file, tmp_path):
     main(["translate", "--checkpoint", str(path), "--width", "8", "--size", "32",
           "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
     assert Image.open(tmp_path / "out" / "photo_0.jpg").size == (32, 32)
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_translate_refuses_to_write_into_its_input_folder(tmp_path, where):
+    generator = tmp_path / "g.pth"
+    save_official(build_generator("resnet_1blocks", width=4), generator)
+    source = photos(tmp_path / "photos" / "set", [(32, 32)] * 2)
+    output = {"same": source, "inside": source / "translated", "around": tmp_path / "photos"}[where]
+    before = {p: p.read_bytes() for p in source.rglob("*.png")}
+    argv = ["translate", "--checkpoint", str(generator), "--arch", "resnet_1blocks", "--width", "4",
+            "--input", str(source), "--output", str(output)]
+    code, err = cli(*argv)
+    assert code == 2 and "the input folder" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in source.rglob("*.png")} == before
+    assert cli(*argv, "--overwrite")[0] == 0

@@ -12,20 +12,13 @@ from cyclelib import translate as translate_module
 from cyclelib.images import image_size, read_image, to_tensor
 from cyclelib.runs import LATEST, step_checkpoints
 from cyclelib.translate import load_generator, translate_folder, translate_image
-from helpers import cli, equal_states, rgb, two_step_run
+from helpers import cli, equal_states, photos, rgb
 
 
 def official(tmp_path: Path, arch: str = "resnet_1blocks", **options) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
     net = build_generator(arch, width=4, **options).eval()
     return save_official(net, tmp_path / f"{arch}.pth"), net
-
-
-def photos(folder: Path, sizes) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, size in enumerate(sizes):
-        rgb(*size, seed=i).save(folder / f"{i:02d}.png")
-    return folder
 
 
 @pytest.fixture
@@ -137,30 +130,25 @@ def test_translate_dropout_loads_an_official_dropout_generator(tmp_path):
     assert ((read_image(tmp_path / "out" / "00.png") + 1) / 2 - expected).abs().max() <= 1 / 255 + 1e-6
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return two_step_run(tmp_path_factory.mktemp("run") / "run")
-
-
-def test_a_run_folder_and_one_of_its_steps_are_checkpoints(run, tmp_path):
-    latest, first = load_checkpoint(run / LATEST), load_checkpoint(step_checkpoints(run)[0])
-    assert equal_states(load_generator(run, "BtoA").state_dict(),
+def test_a_run_folder_and_one_of_its_steps_are_checkpoints(two_steps, tmp_path):
+    latest, first = load_checkpoint(two_steps / LATEST), load_checkpoint(step_checkpoints(two_steps)[0])
+    assert equal_states(load_generator(two_steps, "BtoA").state_dict(),
                         {k[4:]: v for k, v in latest["nets"].items() if k.startswith("G_B.")})
-    assert equal_states(load_generator(run, step=1).state_dict(),
+    assert equal_states(load_generator(two_steps, step=1).state_dict(),
                         {k[4:]: v for k, v in first["nets"].items() if k.startswith("G_A.")})
-    assert not equal_states(load_generator(run, step=1).state_dict(), load_generator(run).state_dict())
+    assert not equal_states(load_generator(two_steps, step=1).state_dict(), load_generator(two_steps).state_dict())
     source = photos(tmp_path / "in", [(29, 31)])
     for extra in ([], ["--step", "1"]):
-        code, err = cli("translate", "--checkpoint", str(run), "--input", str(source),
+        code, err = cli("translate", "--checkpoint", str(two_steps), "--input", str(source),
                         "--output", str(tmp_path / "out"), *extra)
         assert code == 0, err
         assert Image.open(tmp_path / "out" / "00.png").size == (29, 31)
 
 
-def test_a_missing_step_lists_the_steps_the_run_kept(run, tmp_path):
-    code, err = cli("translate", "--checkpoint", str(run), "--step", "5", "--input", str(tmp_path),
+def test_a_missing_step_lists_the_steps_the_run_kept(two_steps, tmp_path):
+    code, err = cli("translate", "--checkpoint", str(two_steps), "--step", "5", "--input", str(tmp_path),
                     "--output", str(tmp_path / "o"))
-    assert code == 2 and f"the run folder {run} has no checkpoint of step 5" in err
+    assert code == 2 and f"the run folder {two_steps} has no checkpoint of step 5" in err
     assert "the steps it kept: 1, 2" in err
     path, _ = official(tmp_path)
     code, err = cli("translate", "--checkpoint", str(path), "--step", "1", "--input", str(tmp_path),

@@ -50,6 +50,7 @@ def events(folder):
             **{t: [e.step for e in acc.Images(t)] for t in tags["images"]}}
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_every_loss_term_the_learning_rates_and_the_sample_grids(tmp_path):
     out = tmp_path / "run"
     train_cyclegan(smoke(out, tensorboard=True, **RUN), progress=False)
@@ -73,6 +74,7 @@ def test_a_resumed_run_continues_its_events_at_the_resumed_step(tmp_path, monkey
     assert events(out / "tensorboard")["loss/G"] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_the_history_the_options_and_continues_the_run_on_resume(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

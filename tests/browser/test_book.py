@@ -40,8 +40,8 @@ from pathlib import Path
 
 import pytest
 from book_toc import toc_entries
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
