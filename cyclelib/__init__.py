@@ -14,8 +14,10 @@ Modules, one idea each, leaves first:
 - ``train`` (the one training loop, and the CycleGAN run), ``cycada`` (the stages and their
   evaluation), ``translate`` (any image size, streamed), ``testpage`` (the official test page),
   ``evaluate`` (FID and KID), ``export`` (a generator as ONNX, TorchScript, safetensors), ``bench``,
-  ``cli``.
+  ``cli``;
+- ``book`` (what the book reads from the package: its committed results, the time of each chapter).
 """
+from .book import book_results, chapter_time
 from .classifiers import DTN, FeatureDiscriminator, LeNet, build_classifier
 from .config import CyCADAConfig, CycleGANConfig
 from .cycada import run_cycada
@@ -41,8 +43,8 @@ __version__ = "0.2.0"
 __all__ = [
     "CYCLEGAN_DATASETS", "CyCADAConfig", "CycleGAN", "CycleGANConfig", "DIGIT_DOMAINS", "DTN",
     "FeatureDiscriminator", "ImageFolderDomain", "ImagePool", "LeNet", "PRETRAINED_MODELS", "Trainer",
-    "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "build_classifier",
-    "build_discriminator", "build_generator", "cycle_loss", "digit_domain", "discriminator_loss",
+    "TrainingDiverged", "TrainingInterrupted", "Unpaired", "UnpairedImageFolder", "book_results", "build_classifier",
+    "build_discriminator", "build_generator", "chapter_time", "cycle_loss", "digit_domain", "discriminator_loss",
     "download_dataset", "download_digits", "download_pretrained", "evaluate_folders", "evaluate_run",
     "export_generator", "export_safetensors", "feature_gan_loss", "fid", "gan_loss", "gradient_penalty",
     "identity_loss", "init_weights", "kid", "load_checkpoint", "load_cyclegan", "load_generator", "load_official",
