@@ -242,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     cyclegan = train.add_parser("cyclegan", help="unpaired image translation (Zhu et al. 2017)")
     cyclegan.add_argument("--scale", choices=SCALES, default=None,
-                          help="smoke (seconds), cpu (minutes), gpu (paper); default: $CYCLELIB_SCALE, "
-                               "else gpu when CUDA is present, else cpu")
+                          help="smoke (seconds), cpu (minutes), colab (a free Colab T4), gpu (paper); default: "
+                               "$CYCLELIB_SCALE, else colab when CUDA is present, else cpu")
     cyclegan.add_argument("--resume", metavar="DIR",
                           help="continue the run in DIR exactly where it stopped; options given with it apply from "
                                "there (e.g. --lr, --n-epochs, --log-every), but those a run keeps for its life "
@@ -256,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cycada = train.add_parser("cycada", help="domain adaptation on digits, stage by stage (Hoffman et al. 2018)")
     cycada.add_argument("--scale", choices=SCALES, default=None,
-                        help="smoke (seconds), cpu (~30 minutes), gpu (paper); default: $CYCLELIB_SCALE, "
-                             "else gpu when CUDA is present, else cpu")
+                        help="smoke (seconds), cpu (~30 minutes), colab (a free Colab T4), gpu (paper); default: "
+                             "$CYCLELIB_SCALE, else colab when CUDA is present, else cpu")
     cycada.add_argument("--stages", default=",".join(STAGES),
                         help=f"comma-separated stages to run (default: all, {','.join(STAGES)}); finished "
                              "ones are skipped, earlier ones are loaded from --out")

@@ -3,7 +3,7 @@
 :class:`CycleGANConfig` holds a CycleGAN run (Zhu et al. 2017, the official code's options),
 :class:`CyCADAConfig` a CyCADA run on digits (Hoffman et al. 2018, the release's options).
 Each checks every option when it is built, so a bad value fails before any training, with
-a message naming the option. ``for_scale`` applies a scale's preset (smoke / cpu / gpu,
+a message naming the option. ``for_scale`` applies a scale's preset (smoke / cpu / colab / gpu,
 see :func:`~cyclelib.runtime.resolve_scale`); options given explicitly win over it.
 
 Over 450 lines because the two configs share their checks (finite numbers, choices, image
