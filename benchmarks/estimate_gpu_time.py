@@ -2,12 +2,10 @@
 
 No GPU has measured it yet, so this script estimates it on the CPU, without training:
 
-1. builds each model at a scale's preset and runs training steps of it on random tensors under
+1. builds each model at a scale's preset and runs one training step of it on random tensors under
    ``torch.utils.flop_counter.FlopCounterMode``: the FLOPs of one step (the same at every
    precision: autocast changes the type of a multiplication, not their number), and the number
-   of ATen operators the step calls (views left out). Both are counted at two small batches
-   after a first step and extrapolated to the preset's batch (FLOPs are per image; the image
-   pool adds operators per image);
+   of ATen operators the step calls (views left out);
 2. multiplies by the steps of the stage, as the trainer counts them: ``epochs x (train size //
    batch)`` for the classifier stages (they drop an epoch's last partial batch) and
    ``epochs x ceil(train size / batch)`` for the pixel stage and CycleGAN runs, where an epoch of
@@ -68,13 +66,6 @@ COLAB_MINUTES = 30
 SWEEP_RUNS, SWEEP_SHARE = 3, 5
 # Chapter 10's run: the paper's pipeline with its remedy for dark digits.
 REMEDY = dict(invert_source=0.5, noise_nc=4, noise_injection="modulate", lambda_mode_seeking=1.0)
-# FLOPs are linear in the batch (every multiplication is per image), and so are the operators a
-# step calls beyond a fixed set (the image pool handles images one by one): one step is measured at
-# two small batches after a first one and extrapolated: a step of the steady state, counted in
-# seconds instead of minutes on a CPU.
-MEASURED_BATCHES = (2, 3)
-
-
 class OperatorCount(TorchDispatchMode):
     """Counts the ATen operators a piece of code calls, views left out (they launch no kernel)."""
 
@@ -88,17 +79,11 @@ class OperatorCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def measure(step, batch: int) -> tuple[int, int]:
-    """(FLOPs, ATen operators) of one step of ``batch`` images: ``step(n)`` is one step of ``n``."""
-    step(MEASURED_BATCHES[0])  # the first step also creates the optimizers' state: not counted
-    counts = []
-    for n in MEASURED_BATCHES:
-        with FlopCounterMode(display=False) as flops, OperatorCount() as ops:
-            step(n)
-        counts.append((flops.get_total_flops(), ops.count))
-    (f2, o2), (_, o3) = counts
-    small = MEASURED_BATCHES[0]
-    return f2 * batch // small, o2 + (o3 - o2) * (batch - small)
+def measure(step) -> tuple[int, int]:
+    """(FLOPs, ATen operators) of one call of ``step``."""
+    with FlopCounterMode(display=False) as flops, OperatorCount() as ops:
+        step()
+    return flops.get_total_flops(), ops.count
 
 
 def images(n: int, size: int) -> torch.Tensor:
@@ -109,17 +94,30 @@ def labels(n: int) -> torch.Tensor:
     return torch.randint(0, 10, (n,))
 
 
-def cyclegan_cost(config: cyclelib.CycleGANConfig, extra_generator_losses=None) -> tuple[int, int]:
-    """(FLOPs, operators) of one CycleGAN training step at ``config``'s sizes, on the CPU in fp32."""
-    torch.manual_seed(0)
+def cyclegan_model(config: cyclelib.CycleGANConfig, extra_generator_losses=None) -> CycleGAN:
+    """The CycleGAN of ``config`` on the CPU, in ``config``'s precision."""
     with tempfile.TemporaryDirectory() as out:
-        model = CycleGAN(dataclasses.replace(config, out=out, device="cpu", amp="none"), extra_generator_losses)
-    size = config.crop_size
-    return measure(lambda n: model.train_step(images(n, size), images(n, size)), config.batch_size)
+        return CycleGAN(dataclasses.replace(config, out=out, device="cpu"), extra_generator_losses)
+
+
+def cyclegan_cost(model: CycleGAN, batch: int, size: int) -> tuple[int, int]:
+    """(FLOPs, operators) of one training step of ``model`` on ``batch`` pairs of ``size``-pixel images."""
+    return measure(lambda: model.train_step(images(batch, size), images(batch, size)))
 
 
 def step_costs(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
-    """(FLOPs, operators) of one training step of each kind of CyCADA stage, at ``config``'s sizes, on the CPU."""
+    """(FLOPs, operators) of one training step of each kind of CyCADA stage, at ``config``'s sizes, on the CPU
+    (measured once per config: chapters 6-9 share theirs)."""
+    key = repr(config)  # configs are mutable dataclasses, not hashable
+    if key not in _STEP_COSTS:
+        _STEP_COSTS[key] = _measure_stages(config)
+    return _STEP_COSTS[key]
+
+
+_STEP_COSTS: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def _measure_stages(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
     cpu = torch.device("cpu")
     precision = Precision("none", cpu)
     size, name = config.image_size, classifier_name(config)
@@ -127,11 +125,12 @@ def step_costs(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
     f_s = build_task_network(name).to(cpu).eval()
     task = TaskClassifier(build_task_network(name).train(), config.task_lr, precision)
     feature = FeatureAlignment(f_s, config.feature_lr, precision, config.lambda_task, config.lambda_feature)
+    pixel = cyclegan_model(config.pixel_config(""), semantic_consistency(config, f_s))
+    b_task, b_pix, b_feat = config.task_batch_size, config.pixel_batch_size, config.feature_batch_size
     return {
-        "classifier": measure(lambda n: task.train_step(images(n, size), labels(n)), config.task_batch_size),
-        "pixel": cyclegan_cost(config.pixel_config(""), semantic_consistency(config, f_s)),
-        "feature": measure(lambda n: feature.train_step(images(n, size), labels(n), images(n, size)),
-                           config.feature_batch_size),
+        "classifier": measure(lambda: task.train_step(images(b_task, size), labels(b_task))),
+        "pixel": cyclegan_cost(pixel, b_pix, size),
+        "feature": measure(lambda: feature.train_step(images(b_feat, size), labels(b_feat), images(b_feat, size))),
     }
 
 
@@ -205,7 +204,8 @@ def cyclegan_row(name: str, config: cyclelib.CycleGANConfig, domain: str, fracti
     ``max_dataset_size``, in batches of ``batch_size``, the last one partial."""
     n = min(TRAIN_SIZES[domain], config.max_dataset_size or TRAIN_SIZES[domain])
     steps = (config.n_epochs + config.n_epochs_decay) * math.ceil(n / config.batch_size)
-    return row(name, steps, cyclegan_cost(config), fraction, op_us)
+    torch.manual_seed(0)
+    return row(name, steps, cyclegan_cost(cyclegan_model(config), config.batch_size, config.crop_size), fraction, op_us)
 
 
 def chapter_rows(scale: str, fraction: float, op_us: float) -> dict[str, list[dict]]:
@@ -265,8 +265,8 @@ def format_table(results: dict) -> str:
 
     for est in results["pairs"]:
         p = est["preset"]
-        lines += ["", f"gpu scale, {est['pair'].replace(':', ' -> ')}: {p['classifier']}, G {p['netG']} (ngf {p['ngf']}), "
-                      f"{p['image_size']}x{p['image_size']}, train sizes {est['train_sizes']}", header]
+        lines += ["", f"gpu scale, {est['pair'].replace(':', ' -> ')}: {p['classifier']}, G {p['netG']} "
+                      f"(ngf {p['ngf']}), {p['image_size']}x{p['image_size']}, train sizes {est['train_sizes']}", header]
         lines += [line(row) for row in est["stages"] + [est["total"]]]
     for scale in GPU_SCALES:
         lines += ["", f"Each chapter's notebook, run alone at the {scale} scale", header]

@@ -35,10 +35,10 @@ def chapter_time(chapter: str) -> str:
     estimate = json.loads(book_results("gpu_time_estimate.json").read_text())
     if chapter not in estimate["chapters"]:
         raise ValueError(f"no time estimate for chapter {chapter!r}; valid values: {', '.join(estimate['chapters'])}")
-    by_scale = estimate["chapters"][chapter]
-    if not any(h for row in by_scale.values() for h in row["total"]["hours"].values()):
+    totals = {scale: row["total"]["hours"] for scale, row in estimate["chapters"][chapter].items()}
+    if not any(h for hours in totals.values() for h in hours.values()):
         return "this chapter trains nothing: it runs in seconds at every scale"
-    gpu_scales = "; ".join(f"{scale} " + ", ".join(f"{_duration(h)} on {gpu}" for gpu, h in row["total"]["hours"].items())
-                           for scale, row in by_scale.items())
+    gpu_scales = "; ".join(f"{scale} " + ", ".join(f"{_duration(h)} on {gpu}" for gpu, h in hours.items())
+                           for scale, hours in totals.items())
     return (f"training time of this chapter by scale: {gpu_scales} (estimated by benchmarks/estimate_gpu_time.py, "
             f"not measured); smoke: seconds; cpu: sized for 2 CPU cores, not estimated")
