@@ -1,33 +1,39 @@
-"""How long CyCADA takes on one GPU at the ``gpu`` scale (the paper's setting): an estimate from FLOPs.
+"""How long CyCADA and each chapter of the book take on one GPU: an estimate from FLOPs.
 
 No GPU has measured it yet, so this script estimates it on the CPU, without training:
 
-1. builds each stage's model at the ``gpu`` preset (``CyCADAConfig.for_scale("gpu", ...)``, the
-   release's networks, batch sizes and epochs) and runs one training step of it on random
-   tensors under ``torch.utils.flop_counter.FlopCounterMode``: the FLOPs of one step (the
-   same at every precision: autocast changes the type of a multiplication, not their number),
-   and the number of ATen operators the step calls (views left out);
+1. builds each model at a scale's preset and runs one training step of it on random tensors under
+   ``torch.utils.flop_counter.FlopCounterMode``: the FLOPs of one step (the same at every
+   precision: autocast changes the type of a multiplication, not their number), and the number
+   of ATen operators the step calls (views left out);
 2. multiplies by the steps of the stage, as the trainer counts them: ``epochs x (train size //
    batch)`` for the classifier stages (they drop an epoch's last partial batch) and
-   ``epochs x ceil(train size / batch)`` for the pixel stage, where an epoch of two domains is
-   as long as the larger one; train sizes: MNIST 60000, USPS 7291, SVHN 73257;
+   ``epochs x ceil(train size / batch)`` for the pixel stage and CycleGAN runs, where an epoch of
+   two domains is as long as the larger one; train sizes: MNIST 60000, USPS 7291, SVHN 73257,
+   the offline mnist5k and mnistm5k 4000, chapter 4's photo crops 400, at most ``max_samples``;
 3. divides the FLOPs by an **assumed** achieved throughput, ``--fraction`` (default 0.3) of the
    GPU's dense peak at the precision it would run (T4: 8.1 TFLOP/s fp32, for it has no bf16
    tensor cores; A100: 312, H100: 989 TFLOP/s bf16), and adds an **assumed** cost per
    operator (``--op-us``, default 10 us: an eager step launches its kernels one by one, and
    for the small classifiers that cost, not arithmetic, sets the pace).
 
-The two assumptions are printed with the table; a measurement on a GPU (``make gpu-check``
-for the CycleGAN step, or timing a run) replaces them. Not counted: data loading, evaluation
-and translating the source set once for ``pixel_only`` and ``feature`` (one generator pass
-per image, under 1% of the pixel stage's FLOPs).
+It reports the six stages of ``run_cycada`` at the ``gpu`` scale (the paper's setting) for the
+paper's pairs, and what each chapter's notebook trains when run alone at the ``colab`` and ``gpu``
+scales; it fails when a chapter of the ``colab`` scale exceeds ``COLAB_MINUTES`` on a T4 (a free
+Colab session). The two assumptions are printed with the table; a measurement on a GPU (``make
+gpu-check`` for the CycleGAN step, or timing a run) replaces them. Not counted: data loading,
+evaluation and translating the source set once for ``pixel_only`` and ``feature`` (one generator
+pass per image, under 1% of the pixel stage's FLOPs).
 
-    python benchmarks/estimate_gpu_time.py                        # MNIST -> USPS and SVHN -> MNIST
+The book prints the chapter times from the committed output (``cyclelib.chapter_time``):
+
+    python benchmarks/estimate_gpu_time.py --json cyclelib/results/gpu_time_estimate.json
     python benchmarks/estimate_gpu_time.py --pairs mnist:usps --fraction 0.2 --json estimate.json
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -40,20 +46,26 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cyclelib
 from cyclelib.classifiers import FeatureAlignment, TaskClassifier, build_task_network
+from cyclelib.config import CYCADA_PRESETS, CYCLEGAN_PRESETS
 from cyclelib.cycada import STAGES, classifier_name, semantic_consistency
 from cyclelib.cyclegan import CycleGAN
 from cyclelib.runtime import Precision
 
-# Training images per domain (the torchvision train splits the gpu scale downloads).
-TRAIN_SIZES = {"mnist": 60000, "usps": 7291, "svhn": 73257}
+# Training images per domain: the torchvision train splits the gpu scale downloads, the offline 5k
+# digit sets (4000 of each 5000 are the train split) and chapter 4's photo crops (400 a domain).
+TRAIN_SIZES = {"mnist": 60000, "usps": 7291, "svhn": 73257, "mnist5k": 4000, "mnistm5k": 4000, "photos": 400}
 # Dense peak TFLOP/s at the precision each GPU would train in: bf16 tensor cores where the GPU has
 # them (amp "auto"), fp32 on a T4, whose bf16 is emulated (its fp16 tensor cores need --amp fp16).
 GPUS = {"T4": (8.1, "fp32"), "A100": (312.0, "bf16"), "H100": (989.0, "bf16")}
 PAIRS = ("mnist:usps", "svhn:mnist")
+# The scales whose chapters run on a GPU (smoke and cpu are sized for a CPU); a chapter of the
+# colab scale must fit a free Colab T4 session: at most COLAB_MINUTES on a T4 by this estimate.
+GPU_SCALES = ("colab", "gpu")
+COLAB_MINUTES = 30
 # Chapter 7 retrains the pixel stage for three semantic weights, each for a fifth of its epochs.
 SWEEP_RUNS, SWEEP_SHARE = 3, 5
-
-
+# Chapter 10's run: the paper's pipeline with its remedy for dark digits.
+REMEDY = dict(invert_source=0.5, noise_nc=4, noise_injection="modulate", lambda_mode_seeking=1.0)
 class OperatorCount(TorchDispatchMode):
     """Counts the ATen operators a piece of code calls, views left out (they launch no kernel)."""
 
@@ -74,29 +86,62 @@ def measure(step) -> tuple[int, int]:
     return flops.get_total_flops(), ops.count
 
 
+def images(n: int, size: int) -> torch.Tensor:
+    return torch.rand(n, 3, size, size) * 2 - 1  # [n, 3, size, size] in [-1, 1]
+
+
+def labels(n: int) -> torch.Tensor:
+    return torch.randint(0, 10, (n,))
+
+
+def cyclegan_model(config: cyclelib.CycleGANConfig, extra_generator_losses=None) -> CycleGAN:
+    """The CycleGAN of ``config`` on the CPU, in ``config``'s precision."""
+    with tempfile.TemporaryDirectory() as out:
+        return CycleGAN(dataclasses.replace(config, out=out, device="cpu"), extra_generator_losses)
+
+
+def cyclegan_cost(model: CycleGAN, batch: int, size: int) -> tuple[int, int]:
+    """(FLOPs, operators) of one training step of ``model`` on ``batch`` pairs of ``size``-pixel images."""
+    return measure(lambda: model.train_step(images(batch, size), images(batch, size)))
+
+
 def step_costs(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
-    """(FLOPs, operators) of one training step of each kind of stage, at ``config``'s sizes, on the CPU."""
-    cpu, precision = torch.device("cpu"), Precision("none", torch.device("cpu"))
+    """(FLOPs, operators) of one training step of each kind of CyCADA stage, at ``config``'s sizes, on the CPU
+    (measured once per config: chapters 6-9 share theirs)."""
+    key = repr(config)  # configs are mutable dataclasses, not hashable
+    if key not in _STEP_COSTS:
+        _STEP_COSTS[key] = _measure_stages(config)
+    return _STEP_COSTS[key]
+
+
+_STEP_COSTS: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def _measure_stages(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
+    cpu = torch.device("cpu")
+    precision = Precision("none", cpu)
     size, name = config.image_size, classifier_name(config)
-    images = lambda n: torch.rand(n, 3, size, size) * 2 - 1  # [n, 3, size, size] in [-1, 1]
-    labels = lambda n: torch.randint(0, 10, (n,))
     torch.manual_seed(0)
     f_s = build_task_network(name).to(cpu).eval()
     task = TaskClassifier(build_task_network(name).train(), config.task_lr, precision)
     feature = FeatureAlignment(f_s, config.feature_lr, precision, config.lambda_task, config.lambda_feature)
-    with tempfile.TemporaryDirectory() as out:
-        pixel = CycleGAN(config.pixel_config(out), extra_generator_losses=semantic_consistency(config, f_s))
+    pixel = cyclegan_model(config.pixel_config(""), semantic_consistency(config, f_s))
     b_task, b_pix, b_feat = config.task_batch_size, config.pixel_batch_size, config.feature_batch_size
     return {
-        "classifier": measure(lambda: task.train_step(images(b_task), labels(b_task))),
-        "pixel": measure(lambda: pixel.train_step(images(b_pix), images(b_pix))),
-        "feature": measure(lambda: feature.train_step(images(b_feat), labels(b_feat), images(b_feat))),
+        "classifier": measure(lambda: task.train_step(images(b_task, size), labels(b_task))),
+        "pixel": cyclegan_cost(pixel, b_pix, size),
+        "feature": measure(lambda: feature.train_step(images(b_feat, size), labels(b_feat), images(b_feat, size))),
     }
+
+
+def train_size(config: cyclelib.CyCADAConfig, domain: str) -> int:
+    """Training images of ``domain`` per epoch: its train split, at most ``max_samples``."""
+    return min(TRAIN_SIZES[domain], config.max_samples or TRAIN_SIZES[domain])
 
 
 def stage_steps(config: cyclelib.CyCADAConfig) -> dict[str, int]:
     """Training steps of every stage of ``run_cycada`` at ``config``, and of chapter 7's sweep."""
-    src, tgt = TRAIN_SIZES[config.source], TRAIN_SIZES[config.target]
+    src, tgt = train_size(config, config.source), train_size(config, config.target)
     both = max(src, tgt)  # an unpaired epoch is as long as the larger domain
     pixel_epochs = config.pixel_epochs + config.pixel_epochs_decay
     pixel_per_epoch = math.ceil(both / config.pixel_batch_size)
@@ -108,7 +153,8 @@ def stage_steps(config: cyclelib.CyCADAConfig) -> dict[str, int]:
         "feature": config.feature_epochs * (both // config.feature_batch_size),
         "oracle": config.task_epochs * (tgt // config.task_batch_size),
     }
-    assert tuple(steps) == STAGES
+    assert set(steps) == set(STAGES)
+    steps = {stage: steps[stage] for stage in STAGES}  # in the order run_cycada trains them
     steps["chapter 7 sweep"] = SWEEP_RUNS * max(1, pixel_epochs // SWEEP_SHARE) * pixel_per_epoch
     return steps
 
@@ -117,46 +163,116 @@ KIND = {"source": "classifier", "pixel": "pixel", "pixel_only": "classifier", "f
         "feature": "feature", "oracle": "classifier", "chapter 7 sweep": "pixel"}
 
 
+def hours(steps: int, cost: tuple[int, int], fraction: float, op_us: float) -> dict[str, float]:
+    """Hours per GPU of ``steps`` steps of ``cost`` (FLOPs, operators) each."""
+    flops, ops = cost
+    return {gpu: (steps * flops / (fraction * peak * 1e12) + steps * ops * op_us * 1e-6) / 3600
+            for gpu, (peak, _) in GPUS.items()}
+
+
+def row(name: str, steps: int, cost: tuple[int, int], fraction: float, op_us: float) -> dict:
+    flops, ops = cost
+    return {"stage": name, "steps": steps, "gflop_per_step": flops / 1e9, "ops_per_step": ops,
+            "pflop": steps * flops / 1e15, "hours": hours(steps, cost, fraction, op_us)}
+
+
+def total(name: str, rows: list[dict]) -> dict:
+    return {"stage": name, "steps": sum(r["steps"] for r in rows), "pflop": sum(r["pflop"] for r in rows),
+            "hours": {gpu: sum(r["hours"][gpu] for r in rows) for gpu in GPUS}}
+
+
+def cycada_rows(config: cyclelib.CyCADAConfig, stages, fraction: float, op_us: float) -> list[dict]:
+    costs, steps = step_costs(config), stage_steps(config)
+    return [row(stage, steps[stage], costs[KIND[stage]], fraction, op_us) for stage in stages]
+
+
 def estimate(pair: str, fraction: float, op_us: float) -> dict:
-    """The estimate for one ``source:target`` pair: per stage, steps, FLOPs and hours per GPU."""
+    """The estimate for one ``source:target`` pair at the gpu scale: per stage, steps, FLOPs and hours per GPU."""
     source, target = pair.split(":")
     config = cyclelib.CyCADAConfig.for_scale("gpu", source=source, target=target, device="cpu")
-    costs = step_costs(config)
-    rows = []
-    for stage, steps in stage_steps(config).items():
-        flops, ops = costs[KIND[stage]]
-        hours = {gpu: (steps * flops / (fraction * peak * 1e12) + steps * ops * op_us * 1e-6) / 3600
-                 for gpu, (peak, _) in GPUS.items()}
-        rows.append({"stage": stage, "steps": steps, "gflop_per_step": flops / 1e9, "ops_per_step": ops,
-                     "pflop": steps * flops / 1e15, "hours": hours})
-    pipeline = [r for r in rows if r["stage"] in STAGES]
-    total = {"stage": "run_cycada (all six stages)", "steps": sum(r["steps"] for r in pipeline),
-             "pflop": sum(r["pflop"] for r in pipeline),
-             "hours": {gpu: sum(r["hours"][gpu] for r in pipeline) for gpu in GPUS}}
+    rows = cycada_rows(config, (*STAGES, "chapter 7 sweep"), fraction, op_us)
     preset = {k: getattr(config, k) for k in ("classifier", "image_size", "netG", "ngf", "netD", "ndf", "task_epochs",
                                               "task_batch_size", "pixel_epochs", "pixel_epochs_decay",
                                               "pixel_batch_size", "feature_epochs", "feature_batch_size")}
     preset["classifier"] = classifier_name(config)
     return {"pair": pair, "train_sizes": {source: TRAIN_SIZES[source], target: TRAIN_SIZES[target]},
-            "preset": preset, "stages": rows, "total": total}
+            "preset": preset, "stages": rows, "total": total("run_cycada (all six stages)", rows[:len(STAGES)])}
+
+
+def cyclegan_row(name: str, config: cyclelib.CycleGANConfig, domain: str, fraction: float, op_us: float) -> dict:
+    """One CycleGAN run of a chapter: ``domain``'s train images (both domains as many), at most
+    ``max_dataset_size``, in batches of ``batch_size``, the last one partial."""
+    n = min(TRAIN_SIZES[domain], config.max_dataset_size or TRAIN_SIZES[domain])
+    steps = (config.n_epochs + config.n_epochs_decay) * math.ceil(n / config.batch_size)
+    torch.manual_seed(0)
+    return row(name, steps, cyclegan_cost(cyclegan_model(config), config.batch_size, config.crop_size), fraction, op_us)
+
+
+def chapter_rows(scale: str, fraction: float, op_us: float) -> dict[str, list[dict]]:
+    """What each chapter of the book trains at ``scale`` (its notebook run alone, from an empty folder):
+    one row per run or stage. The notebooks size their runs by the scale's presets at the GPU scales."""
+    digits = dict(data="mnist5k:mnistm5k", lambda_identity=0.0)
+    adversarial = cyclelib.CycleGANConfig.for_scale(scale, **digits, lambda_A=0.0, lambda_B=0.0)
+    cycle = cyclelib.CycleGANConfig.for_scale(scale, **digits)
+    full = cyclelib.CycleGANConfig.for_scale(scale, data="mnist5k:mnistm5k")
+    photos = dict(data="photos", preprocess="none", load_size=64, crop_size=64, lambda_A=10.0, lambda_B=10.0)
+    offline = cyclelib.CyCADAConfig.for_scale(scale, source="mnist5k", target="mnistm5k", device="cpu")
+    oracle = dataclasses.replace(offline, classifier="lenet")  # chapters 2-3 read translations with it
+    remedy = dataclasses.replace(offline, **REMEDY)  # chapter 10: the offline pair at every scale
+    # chapters 6-9: the paper's first pair at the gpu scale (their configuration cell), else the offline one
+    cycada = dataclasses.replace(offline, source="mnist", target="usps") if scale == "gpu" else offline
+    c = lambda *a: cyclegan_row(*a, fraction, op_us)  # noqa: E731
+    return {
+        "01_introduction": [],
+        "02_adversarial_loss": [c("CycleGAN, adversarial terms only", adversarial, "mnist5k"),
+                                *cycada_rows(oracle, ("oracle",), fraction, op_us)],
+        "03_cycle_consistency": [c("CycleGAN, adversarial terms only", adversarial, "mnist5k"),
+                                 c("CycleGAN, with cycle", cycle, "mnist5k"),
+                                 *cycada_rows(oracle, ("oracle",), fraction, op_us)],
+        "04_identity_loss": [c(f"CycleGAN on photos, identity {weight:g}",
+                               cyclelib.CycleGANConfig.for_scale(scale, **photos, lambda_identity=weight), "photos")
+                             for weight in (0.0, 0.5)],
+        "05_training_cyclegan": [c("CycleGAN", full, "mnist5k")],
+        "06_cycada_task_loss": cycada_rows(cycada, ("source",), fraction, op_us),
+        "07_cycada_pixel_level": cycada_rows(cycada, ("source", "pixel", "chapter 7 sweep"), fraction, op_us),
+        "08_cycada_feature_level": cycada_rows(cycada, ("source", "pixel", "pixel_only", "feature"), fraction, op_us),
+        "09_cycada_results": cycada_rows(cycada, STAGES, fraction, op_us),
+        "10_beyond_the_paper": cycada_rows(remedy, STAGES, fraction, op_us),
+    }
+
+
+def chapters(fraction: float, op_us: float) -> dict[str, dict[str, dict]]:
+    """``{chapter: {scale: {"runs": rows, "total": row}}}`` at the GPU scales."""
+    by_scale = {scale: chapter_rows(scale, fraction, op_us) for scale in GPU_SCALES}
+    return {chapter: {scale: {"runs": by_scale[scale][chapter], "total": total("chapter", by_scale[scale][chapter])}
+                      for scale in GPU_SCALES}
+            for chapter in by_scale[GPU_SCALES[0]]}
 
 
 def format_table(results: dict) -> str:
     a = results["assumptions"]
     gpus = ", ".join(f"{gpu} {peak:g} TFLOP/s {dtype}" for gpu, (peak, dtype) in GPUS.items())
-    lines = [f"Estimated hours on one GPU at the gpu scale, assuming {a['fraction']:.0%} of the dense peak "
+    lines = [f"Estimated hours on one GPU, assuming {a['fraction']:.0%} of the dense peak "
              f"({gpus}) and {a['op_us']:g} us per ATen operator; an estimate, not a measurement"]
+    header = f"{'stage':<36} {'steps':>8} {'GFLOP/step':>11} {'ops/step':>9} {'PFLOP':>8}" + "".join(
+        f" {gpu + ' h':>8}" for gpu in GPUS)
+
+    def line(row: dict) -> str:
+        per_step = (f"{row['gflop_per_step']:>11.2f} {row['ops_per_step']:>9}" if "gflop_per_step" in row
+                    else f"{'':>11} {'':>9}")
+        return f"{row['stage']:<36} {row['steps']:>8} {per_step} {row['pflop']:>8.3f}" + "".join(
+            f" {row['hours'][gpu]:>8.2f}" for gpu in GPUS)
+
     for est in results["pairs"]:
         p = est["preset"]
-        lines += ["", f"{est['pair'].replace(':', ' -> ')}: {p['classifier']}, G {p['netG']} (ngf {p['ngf']}), "
-                      f"{p['image_size']}x{p['image_size']}, train sizes {est['train_sizes']}",
-                  f"{'stage':<28} {'steps':>8} {'GFLOP/step':>11} {'ops/step':>9} {'PFLOP':>8}"
-                  + "".join(f" {gpu + ' h':>8}" for gpu in GPUS)]
-        for row in est["stages"] + [est["total"]]:
-            per_step = (f"{row['gflop_per_step']:>11.2f} {row['ops_per_step']:>9}" if "gflop_per_step" in row
-                        else f"{'':>11} {'':>9}")
-            lines.append(f"{row['stage']:<28} {row['steps']:>8} {per_step} {row['pflop']:>8.2f}"
-                         + "".join(f" {row['hours'][gpu]:>8.2f}" for gpu in GPUS))
+        lines += ["", f"gpu scale, {est['pair'].replace(':', ' -> ')}: {p['classifier']}, G {p['netG']} "
+                      f"(ngf {p['ngf']}), {p['image_size']}x{p['image_size']}, train sizes {est['train_sizes']}", header]
+        lines += [line(row) for row in est["stages"] + [est["total"]]]
+    for scale in GPU_SCALES:
+        lines += ["", f"Each chapter's notebook, run alone at the {scale} scale", header]
+        for chapter, by_scale in results["chapters"].items():
+            lines += [line({**r, "stage": f"{chapter[:2]} {r['stage']}"}) for r in by_scale[scale]["runs"]]
+            lines.append(line({**by_scale[scale]["total"], "stage": f"{chapter}"}))
     return "\n".join(lines)
 
 
@@ -180,8 +296,18 @@ def main(argv: list[str] | None = None) -> dict:
                "assumptions": {"fraction": args.fraction, "op_us": args.op_us,
                                "peak_tflops": {gpu: {"tflops": peak, "precision": dtype}
                                                for gpu, (peak, dtype) in GPUS.items()}},
-               "pairs": [estimate(pair, args.fraction, args.op_us) for pair in args.pairs]}
+               "pairs": [estimate(pair, args.fraction, args.op_us) for pair in args.pairs],
+               "chapters": chapters(args.fraction, args.op_us),
+               # what the chapters were estimated at (tests/test_colab.py checks that they are today's)
+               "presets": {scale: {"cyclegan": CYCLEGAN_PRESETS[scale], "cycada": CYCADA_PRESETS[scale]}
+                           for scale in GPU_SCALES}}
     print(format_table(results))
+    too_long = {chapter: round(by_scale["colab"]["total"]["hours"]["T4"] * 60)
+                for chapter, by_scale in results["chapters"].items()
+                if by_scale["colab"]["total"]["hours"]["T4"] * 60 > COLAB_MINUTES}
+    if too_long:
+        sys.exit(f"chapters over {COLAB_MINUTES} minutes on a T4 at the colab scale (minutes): {too_long}; "
+                 f"shrink the colab presets in cyclelib/config.py")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
         print(f"written to {args.json}")

@@ -18,7 +18,8 @@ Modules, one idea each, leaves first:
   generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``; ``names`` (every name an
   option takes, the architecture registries), ``checks`` (config checks that build networks),
   ``arguments`` (the command line's options from the configs); ``toy`` (chapter 2's two Gaussian
-  mixtures, trained with the adversarial loss alone).
+  mixtures, trained with the adversarial loss alone);
+- ``book`` (what the book reads from the package: its committed results, the time of each chapter).
 """
 import importlib
 import importlib.util
@@ -26,6 +27,7 @@ import importlib.util
 # Where each public name lives. They are imported on first use (PEP 562), so that `import cyclelib`
 # and the command line's --help need no torch; `from cyclelib import X` works as before.
 _SOURCES = {
+    "book_results": "book", "chapter_time": "book",
     "DTN": "classifiers", "FeatureDiscriminator": "classifiers", "LeNet": "classifiers",
     "build_classifier": "classifiers",
     "CyCADAConfig": "config", "CycleGANConfig": "config", "DIGIT_DOMAINS": "names",

@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     cyclegan = train.add_parser("cyclegan", help="unpaired image translation (Zhu et al. 2017)",
                                 usage="%(prog)s (--data DATA | --resume DIR) [--scale SCALE] [options]")
     cyclegan.add_argument("--scale", choices=SCALES, default=None,
-                          help="smoke (seconds), cpu (minutes), gpu (paper); default: $CYCLELIB_SCALE, "
-                               "else gpu when CUDA is present, else cpu")
+                          help="smoke (seconds), cpu (minutes), colab (a free Colab T4), gpu (paper); default: "
+                               "$CYCLELIB_SCALE, else colab when CUDA is present, else cpu")
     refuse_official_options(cyclegan)
     cyclegan.add_argument("--resume", metavar="DIR",
                           help="continue the run in DIR exactly where it stopped; options given with it apply from "
@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="The pixel stage's options are CycleGAN's, with the source as domain A "
                                           "and the target as domain B.")
     cycada.add_argument("--scale", choices=SCALES, default=None,
-                        help="smoke (seconds), cpu (~30 minutes), gpu (paper); default: $CYCLELIB_SCALE, "
-                             "else gpu when CUDA is present, else cpu")
+                        help="smoke (seconds), cpu (~30 minutes), colab (a free Colab T4), gpu (paper); default: "
+                             "$CYCLELIB_SCALE, else colab when CUDA is present, else cpu")
     cycada.add_argument("--stages", default=",".join(CYCADA_STAGES),
                         help=f"comma-separated stages to run (default: all, {','.join(CYCADA_STAGES)}); finished "
                              "ones are skipped, earlier ones are loaded from --out")

@@ -9,7 +9,8 @@ the same option), for CyCADA ``shapes`` (which stages' results it changes) and `
 (the pixel stage's CycleGAN options it sets). The command line's flags and help, the resume
 rules and the CyCADA stage options are computed from them. Each config checks every option
 when it is built, so a bad value fails before any training, with a message naming the option.
-``for_scale`` applies a scale's preset; options given explicitly win over it. This module
+``for_scale`` applies a scale's preset (smoke / cpu / colab / gpu, see
+:func:`~cyclelib.runtime.resolve_scale`); options given explicitly win over it. This module
 imports no torch: the checks that build networks are in :mod:`cyclelib.checks`.
 """
 from __future__ import annotations
@@ -205,7 +206,7 @@ class CycleGANConfig:
 
     @classmethod
     def for_scale(cls, scale: str | None = None, **options) -> "CycleGANConfig":
-        """The config of a scale (smoke / cpu / gpu, see :func:`resolve_scale`); ``options`` win."""
+        """The config of a scale (smoke / cpu / colab / gpu, see :func:`resolve_scale`); ``options`` win."""
         return cls(**{**cyclegan_preset(scale, options.get("data", "")), **options})
 
 
@@ -234,6 +235,14 @@ CYCLEGAN_PRESETS = {
         "images": dict(netG="resnet_6blocks", ngf=32, ndf=32, load_size=143, crop_size=128,
                        n_epochs=2, n_epochs_decay=1, max_dataset_size=200, log_every=10,
                        sample_every=100, checkpoint_every=200),
+    },
+    # a book chapter within about 30 minutes on a free Colab T4 (benchmarks/estimate_gpu_time.py):
+    # the paper's networks at half width on digits, a tenth of the paper's epochs on photos
+    "colab": {
+        "digits": dict(_DIGITS, ngf=32, ndf=32, batch_size=50, n_epochs=10, n_epochs_decay=10, num_workers=2,
+                       log_every=20, sample_every=400, checkpoint_every=400),
+        "images": dict(n_epochs=10, n_epochs_decay=10, max_dataset_size=400, num_workers=2, log_every=50,
+                       sample_every=1000, checkpoint_every=1000),
     },
     "gpu": {
         "digits": dict(_DIGITS, batch_size=100, n_epochs=20, n_epochs_decay=20, num_workers=4,
@@ -350,7 +359,7 @@ class CyCADAConfig:
 
     @classmethod
     def for_scale(cls, scale: str | None = None, **options) -> "CyCADAConfig":
-        """The config of a scale (smoke / cpu / gpu, see :func:`resolve_scale`); ``options`` win."""
+        """The config of a scale (smoke / cpu / colab / gpu, see :func:`resolve_scale`); ``options`` win."""
         from .runtime import resolve_scale  # asks torch for CUDA when no scale is given
         scale = resolve_scale(scale)
         return cls(**{**CYCADA_PRESETS[scale], "scale": scale, **options})
@@ -377,6 +386,11 @@ CYCADA_PRESETS = {
     "cpu": dict(netG="resnet_3blocks", ngf=16, ndf=16, max_samples=2000, task_lr=1e-3, task_batch_size=64,
                 task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=3e-4,
                 feature_batch_size=64, feature_epochs=20, log_every=10, sample_every=200, checkpoint_every=200),
+    # each book chapter within about 30 minutes on a free Colab T4 (benchmarks/estimate_gpu_time.py),
+    # on the offline 5k digit sets: the paper's networks at half width, the cpu scale's learning rates
+    "colab": dict(ngf=32, ndf=32, task_lr=1e-3, task_batch_size=64, task_epochs=10, pixel_batch_size=50,
+                  pixel_epochs=10, pixel_epochs_decay=10, feature_lr=3e-4, feature_batch_size=64, feature_epochs=20,
+                  num_workers=2, log_every=20, sample_every=400, checkpoint_every=400),
     # the paper's setting
     "gpu": dict(num_workers=4),
 }

@@ -202,7 +202,7 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
 
 def load_seed_metrics(folder: str | os.PathLike) -> dict[int, dict]:
     """``{seed: metrics}`` of the runs kept as ``folder/seed<K>/metrics.json`` (the files
-    :func:`evaluate_run` writes, e.g. the book's ``results/cycada/<pair>/``), in seed order.
+    :func:`evaluate_run` writes, e.g. the book's ``cyclelib.book_results("cycada/<pair>")``), in seed order.
     A folder without any, an unreadable file, or a file whose ``seed`` is not its folder's
     is an error naming the file."""
     runs = {}

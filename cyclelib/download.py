@@ -177,7 +177,7 @@ def _md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch(url: str, dest: Path, algorithm: str = "md5", expected: str | None = None) -> str:
+def fetch(url: str, dest: Path, algorithm: str = "md5", expected: str | None = None) -> str:
     """Stream `url` to `dest` through ``dest.part``, renamed once complete: `dest` is whole or absent.
 
     Resumable: the bytes an interrupted transfer left in ``dest.part`` are kept, and the next call
@@ -317,7 +317,7 @@ def _unpack(archive: Path, dest: Path, source: str) -> None:
 def _download_and_unpack(url: str, dest: Path, md5: str | None = None) -> Path:
     with _removed_if_left_empty([dest.parent]):
         archive = dest.parent / f"{dest.name}.archive"
-        _fetch(url, archive, "md5", md5)
+        fetch(url, archive, "md5", md5)
         try:
             _unpack(archive, dest, url)
         finally:
@@ -393,7 +393,7 @@ def download_pretrained(name: str, root: str | os.PathLike | None = None) -> Pat
         return path
     url = PRETRAINED_URL.format(name=name)
     with _removed_if_left_empty([path.parent]):
-        sha256 = _fetch(url, path, "sha256", PRETRAINED_SHA256.get(name))
+        sha256 = fetch(url, path, "sha256", PRETRAINED_SHA256.get(name))
     if name not in PRETRAINED_SHA256:
         print(f"note: {name} is unverified (no SHA-256 recorded in cyclelib); it has SHA-256 {sha256} and "
               f"{path.stat().st_size} bytes", file=sys.stderr)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-SCALES = ("smoke", "cpu", "gpu")
+SCALES = ("smoke", "cpu", "colab", "gpu")
 AMP_MODES = ("none", "bf16", "fp16", "auto")
 NORMS = ("instance", "batch", "none")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")

@@ -4,10 +4,11 @@ atomically, see :mod:`cyclelib.files`).
 Axis labels are bilingual ("step / 步数"), like the book. Chinese needs a CJK font: the first
 one installed (Noto Sans CJK, from Debian's fonts-noto-cjk, or the system's own on macOS and
 Windows) becomes the fallback of matplotlib's default font; without one, the Chinese half of
-a label shows as boxes.
+a label shows as boxes. Where none is installed (Colab), :func:`cjk_font` downloads one.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,9 +24,19 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from . import files  # noqa: E402
+from . import download, files  # noqa: E402
 
-CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "PingFang SC", "Microsoft YaHei", "SimHei")
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "PingFang SC",
+             "Microsoft YaHei", "SimHei")
+# Noto Sans SC, the simplified-Chinese subset of Noto Sans CJK (about 8 MB, SIL Open Font License).
+CJK_FONT_URL = "https://github.com/notofonts/noto-cjk/raw/main/Sans/SubsetOTF/SC/NotoSansSC-Regular.otf"
+
+
+def _fall_back_to(name: str) -> str:
+    """Make the font ``name`` the fallback of matplotlib's default font (once)."""
+    if name not in plt.rcParams["font.family"]:
+        plt.rcParams["font.family"] = [*plt.rcParams["font.family"], name]
+    return name
 
 
 def _use_a_cjk_fallback() -> str | None:
@@ -38,12 +49,33 @@ def _use_a_cjk_fallback() -> str | None:
             if any(key in Path(path).name for key in ("CJK", "SourceHanSans", "wqy", "PingFang", "msyh", "simhei")):
                 font_manager.fontManager.addfont(path)
     found = next((name for name in CJK_FONTS if name in installed()), None)
-    if found:
-        plt.rcParams["font.family"] = [*plt.rcParams["font.family"], found]
-    return found
+    return _fall_back_to(found) if found else None
 
 
 _use_a_cjk_fallback()
+
+
+def cjk_font(url: str = CJK_FONT_URL, root: str | os.PathLike | None = None) -> str | None:
+    """A CJK font for the figures' Chinese labels, made matplotlib's fallback; returns its name.
+
+    An installed one (``CJK_FONTS``) if there is one; else the font file at ``url``, downloaded
+    once into ``<root>/fonts`` (``root``: :func:`~cyclelib.download.data_root`, by default
+    ``~/.cache/cyclelib``) and registered with matplotlib: what the book's setup cells call on
+    Colab, which has no CJK font. Offline it prints one line and returns None; the Chinese half
+    of each label then shows as boxes.
+    """
+    found = _use_a_cjk_fallback()
+    if found:
+        return found
+    path = download.data_root(root) / "fonts" / Path(url).name
+    if not path.is_file():
+        try:
+            download.fetch(url, path)
+        except download.DownloadError as err:
+            print(f"cyclelib: no CJK font, so Chinese labels in figures show as boxes ({err})")
+            return None
+    font_manager.fontManager.addfont(str(path))
+    return _fall_back_to(font_manager.FontProperties(fname=str(path)).get_name())
 
 
 def bilingual(en: str, zh: str) -> str:

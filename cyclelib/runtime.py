@@ -13,15 +13,20 @@ from .names import AMP_MODES, SCALES  # noqa: F401 (also read from here)
 
 
 def resolve_scale(scale: str | None = None) -> str:
-    """The run's scale: ``scale`` if given, else ``$CYCLELIB_SCALE``, else gpu/cpu by hardware.
+    """The run's scale: ``scale`` if given, else ``$CYCLELIB_SCALE``, else colab/cpu by hardware.
 
     - ``smoke``: seconds, checks that everything runs (CI, nbval);
     - ``cpu``: minutes on 2 CPU cores, real results on the offline digits;
-    - ``gpu``: the paper's setting, on CUDA.
+    - ``colab``: each book chapter within about 30 minutes on a free Colab T4 (estimated by
+      ``benchmarks/estimate_gpu_time.py``), the default with CUDA;
+    - ``gpu``: the paper's setting, hours to days on one GPU: only when asked for.
+
+    ``"auto"`` (the notebooks' form field) is the same as no ``scale``.
     """
-    chosen = scale or os.environ.get("CYCLELIB_SCALE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    given = None if scale == "auto" else scale
+    chosen = given or os.environ.get("CYCLELIB_SCALE") or ("colab" if torch.cuda.is_available() else "cpu")
     if chosen not in SCALES:
-        source = "--scale" if scale else "CYCLELIB_SCALE"
+        source = "--scale" if given else "CYCLELIB_SCALE"
         raise ValueError(f"{source}={chosen!r} is not a scale; valid values: {', '.join(SCALES)}")
     return chosen
 

@@ -67,9 +67,12 @@ def _leaves(value):
 
 @cache
 def committed_numbers() -> frozenset[str]:
-    """Every number of the committed result files (book/results/**.json), as the book formats them."""
+    """Every number of the committed result files (cyclelib/results/**.json, read through
+    cyclelib.book_results), as the book formats them."""
     found = set()
-    for path in (BOOK / "results").rglob("*.json"):
+    files = sorted(cyclelib.book_results().rglob("*.json"))
+    assert files, "no committed result files found through cyclelib.book_results()"
+    for path in files:
         for v in _leaves(json.loads(path.read_text(encoding="utf-8"))):
             found |= {f"{v:.3f}", f"{v:.1%}"}
     return frozenset(found)

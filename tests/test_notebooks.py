@@ -3,7 +3,7 @@
 `make test` re-executes the notebooks with nbval at the smoke scale; these checks
 cover what nbval cannot see: that each notebook installs cyclelib from the one
 repository URL of `_config.yml`, is written in both languages, sizes its runs by
-`cyclelib.resolve_scale()`, has an interactive control, and is committed with the outputs
+`cyclelib.resolve_scale(SCALE)`, has an interactive control, and is committed with the outputs
 of a real (cpu or gpu scale) run (test_packaging.py checks that every page is in `_toc.yml`).
 Each failure names the notebook and what to change (README.md, "Writing a chapter").
 """
@@ -96,8 +96,8 @@ def test_first_code_cell_installs_cyclelib_from_the_configured_repository(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_sizes_its_runs_by_the_scale(path):
     code = "\n".join(source(c) for c in cells(path, "code"))
-    assert re.search(r"\bSCALE\s*=\s*(cyclelib\.)?resolve_scale\(\)", code), (
-        f"{path.name}: read the scale with `SCALE = cyclelib.resolve_scale()`")
+    assert re.search(r"\bSCALE\s*=\s*(cyclelib\.)?resolve_scale\((SCALE)?\)", code), (
+        f"{path.name}: read the scale with `SCALE = cyclelib.resolve_scale(SCALE)` (SCALE: the form field)")
     assert "pick_device(" in code, f"{path.name}: select the device with cyclelib.pick_device()"
 
 
