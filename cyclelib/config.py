@@ -158,11 +158,13 @@ class CycleGANConfig:
     crop_size: int = _option(256, "then crop to this size", _DATA, official=("crop_size",))
     flip: bool = _option(True, "random horizontal flips", _DATA, official=("no_flip",))
     max_dataset_size: int | None = _option(None, "samples per epoch, drawn anew each epoch", _DATA, none="all")
-    # direction and serial_batches: the official base_options.py lines 42-43 (see cyclelib.data.open_unpaired)
+    # direction and serial_batches: the official options/base_options.py lines 42-43 at commit 48ced5e (their
+    # effect: cyclelib.data.open_unpaired and EpochSampler)
     direction: str = _option("AtoB", "which folder or digit domain is A: BtoA trains G_A on B -> A (trainB is read "
                              "as A, trainA as B)", _DATA, choices=DIRECTIONS, official=("direction",))
-    serial_batches: bool = _option(False, "images in file order, A item i with B item i mod |B|, instead of a "
-                                   "seeded shuffle and random B partners", _DATA, official=("serial_batches",))
+    serial_batches: bool = _option(False, "each epoch in order (files by name, digits by class), A item i with B "
+                                   "item i mod |B|, instead of a seeded shuffle and random B partners", _DATA,
+                                   official=("serial_batches",))
     num_workers: int = _option(2, "data loading processes", official=("num_threads",))
     skip_bad_images: bool = _option(False, "skip unreadable images instead of stopping at the first")
     # run
@@ -201,9 +203,6 @@ class CycleGANConfig:
             raise ValueError(f"crop_size ({self.crop_size}) must not exceed load_size ({self.load_size}) with "
                              f"preprocess {self.preprocess!r}, which resizes to load_size and then crops "
                              f"crop_size; preprocess 'crop' or 'none' do not resize")
-        for name in ("input_nc", "output_nc"):
-            if getattr(self, name) not in (1, 3):
-                raise ValueError(f"{name} must be 1 (images read as grey) or 3 (RGB), got {getattr(self, name)}")
         if self.lambda_identity > 0 and self.input_nc != self.output_nc:
             # The official code asserts the same (models/cycle_gan_model.py lines 85-86 at 48ced5e).
             raise ValueError(f"the identity loss compares G_A(b) with b and G_B(a) with a, so it needs input_nc == "

@@ -67,6 +67,9 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     c = config
     if not c.data:
         raise ValueError("no data given: set data to a folder with trainA/trainB or a digit pair like mnist5k:mnistm5k")
+    for name in ("input_nc", "output_nc"):  # the channels images are read with (domain A, domain B)
+        if getattr(c, name) not in (1, 3):
+            raise ValueError(f"{name} must be 1 (images read as grayscale) or 3 (RGB), got {getattr(c, name)}")
     checkpoint = read_resumable(c.out, meta) if resume else None  # checked before any network is built
     if checkpoint is not None:
         _check_fixed_options(c, *checkpoint)

@@ -134,7 +134,7 @@ def test_identity_with_other_channel_counts_is_refused():
     code, err = cli("train", "cyclegan", "--data", DIGITS, "--scale", "smoke", "--input-nc", "1")
     assert code == 2 and "cyclelib: error:" in err and "--lambda-identity 0" in err
     with pytest.raises(ValueError, match="output_nc must be 1 .* or 3"):
-        CycleGANConfig(output_nc=2, lambda_identity=0)
+        train_cyclegan(smoke("unused", output_nc=2, lambda_identity=0), progress=False)
 
 
 # --------------------------------------------------------------------------- batch norm under torchrun
