@@ -134,9 +134,12 @@ def _check_fixed_options(config: CycleGANConfig, ckpt: dict, path: Path) -> None
 def _open_checked(c: CycleGANConfig, phase: str, data_options: dict) -> Unpaired:
     """The dataset of ``phase``, every image decoded once (see :meth:`Unpaired.check`)."""
     dataset = open_unpaired(c.data, phase=phase, **data_options)
+
+    def networks(channels: int) -> dict:  # those that read a domain's images (test images go through G only)
+        return shape_networks(c, channels, discriminator=phase == "train")
+
     skipped = dataset.check(skip_bad=c.skip_bad_images, batch_size=c.batch_size if phase == "train" else 1,
-                            networks=lambda channels: shape_networks(c, channels, discriminator=phase == "train"))
-    # (test images go through G only)
+                            networks=networks)
     if skipped:
         print(f"skipped {len(skipped)} unreadable {phase} image(s) (skip_bad_images=True); first: {skipped[0]}",
               file=sys.stderr)

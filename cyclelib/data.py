@@ -213,7 +213,7 @@ class Unpaired(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range for {len(self)} samples")
         generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
-        b_index = int(torch.randint(len(self.b), (1,), generator=generator))  # drawn either way: the crops stay
+        b_index = int(torch.randint(len(self.b), (1,), generator=generator))  # drawn either way: crops and flips stay
         if self.serial:
             b_index = index % len(self.b)
         return {**_fetch_item("A", self.a, index % len(self.a), generator),
