@@ -117,8 +117,8 @@ class CycleGANConfig:
     ngf: int = _option(64, "generator width (filters of its first conv)", _NETWORK, official=("ngf",))
     ndf: int = _option(64, "discriminator width (filters of its first conv)", _NETWORK, official=("ndf",))
     n_layers_D: int = _option(3, "stride-2 layers of the n_layers discriminator", _NETWORK, official=("n_layers_D",))
-    norm: str = _option("instance", "normalisation layers of G and D; syncbatch: batch norm whose statistics span "
-                        "the processes of a torchrun job (GPUs; plain batch norm in one process)", _NETWORK,
+    norm: str = _option("instance", "normalisation layers of G and D; syncbatch: batch norm with statistics shared "
+                        "by the GPUs of a torchrun job, where batch is refused (one process: plain batch)", _NETWORK,
                         choices=NORMS, official=("norm",))
     dropout: bool = _option(False, "dropout in the generator's blocks", _NETWORK, official=("no_dropout",))
     init: str = _option("normal", "initial weights", _INIT, choices=INIT_TYPES, official=("init_type",))
