@@ -38,8 +38,6 @@ OFFICIAL_ELSEWHERE = {
     "lr_decay_iters": "did you mean --n-epochs-decay? the learning rate decays linearly to zero over those epochs",
     "model": "did you mean `cyclelib train cyclegan` or `cyclelib train cycada`? the command names the model",
     "dataset_mode": "did you mean --data? it reads unaligned folders (trainA/, trainB/) or digit pairs",
-    "direction": "did you mean `cyclelib translate --direction`? training learns both directions",
-    "serial_batches": "no equivalent: images come in a seeded random order (--seed)",
     "phase": "no equivalent: training reads trainA/ and trainB/ (`cyclelib test --phase` picks a test split)",
     "display_id": _VISDOM, "display_server": _VISDOM, "display_env": _VISDOM, "display_port": _VISDOM,
     "display_ncols": _VISDOM, "display_winsize": _VISDOM, "no_html": _VISDOM,

@@ -217,8 +217,17 @@ def _add_official_options(command: argparse.ArgumentParser) -> None:
 # One parser tree for every command, in the order `--help` prints it; split up, a reader would
 # have to jump between pieces to see one command's options, so it stays one function (only the
 # options translate and test share are added by _add_translation_options).
+class _Parser(argparse.ArgumentParser):
+    """Usage errors of every command (subparsers are built of the same class) say "cyclelib: error:",
+    as the errors of bad input found later do, and exit 2."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"cyclelib: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cyclelib", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cyclelib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cyclelib {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -244,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                               description="The pixel stage's options are CycleGAN's, with the source as domain A "
                                           "and the target as domain B.")
     cycada.add_argument("--scale", choices=SCALES, default=None,
-                        help="smoke (seconds), cpu (~30 minutes), colab (a free Colab T4), gpu (paper); default: "
-                             "$CYCLELIB_SCALE, else colab when CUDA is present, else cpu")
+                        help="smoke (seconds), cpu (every stage: 7 minutes for uci-digits -> mnist5k, 17 for "
+                             "mnist5k -> mnistm5k, one thread of an AMD EPYC), colab (a free Colab T4), gpu (paper); "
+                             "default: $CYCLELIB_SCALE, else colab when CUDA is present, else cpu")
     cycada.add_argument("--stages", default=",".join(CYCADA_STAGES),
                         help=f"comma-separated stages to run (default: all, {','.join(CYCADA_STAGES)}); finished "
                              "ones are skipped, earlier ones are loaded from --out")
@@ -258,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="required: a run folder (its latest readable checkpoint), a cyclelib checkpoint.pt, "
                                 "or an official generator .pth (e.g. horse2zebra.pth)")
     translate.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
-                           help="AtoB uses the run's G_A, BtoA its G_B (default: AtoB)")
+                           help="AtoB translates images like the data's A into B (the run's G_A; its G_B if it "
+                                "was trained with --direction BtoA), BtoA back (default: AtoB)")
     translate.add_argument("--input", required=True, help="required: folder of images (searched recursively)")
     translate.add_argument("--output", required=True,
                            help="required: folder for the results (same relative names)")
@@ -322,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="onnx (default; dynamic batch, height and width), torchscript (torch.jit.load; "
                              "deprecated by PyTorch), safetensors (the weights only)")
     export.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
-                        help="AtoB writes the run's G_A, BtoA its G_B (default: AtoB)")
+                        help="AtoB writes the generator of the data's A into B (the run's G_A; its G_B if it was "
+                             "trained with --direction BtoA), BtoA the other (default: AtoB)")
     export.add_argument("--output", required=True, help="required: the file to write")
     export.add_argument("--sha256", default=None, help="the checkpoint's expected SHA-256 (as for translate)")
     _add_official_options(export)

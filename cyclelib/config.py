@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 
-from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DISCRIMINATORS, GAN_MODES, GENERATORS, INIT_TYPES,
+from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DIRECTIONS, DISCRIMINATORS, GAN_MODES, GENERATORS, INIT_TYPES,
                     NOISE_INJECTIONS, NORMS, PATHS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES, TASK_NETWORKS, Registry,
                     is_digit_pair)
 
@@ -118,14 +118,16 @@ class CycleGANConfig:
     ngf: int = _option(64, "generator width (filters of its first conv)", _NETWORK, official=("ngf",))
     ndf: int = _option(64, "discriminator width (filters of its first conv)", _NETWORK, official=("ndf",))
     n_layers_D: int = _option(3, "stride-2 layers of the n_layers discriminator", _NETWORK, official=("n_layers_D",))
-    norm: str = _option("instance", "normalisation layers of G and D", _NETWORK, choices=NORMS, official=("norm",))
+    norm: str = _option("instance", "normalisation layers of G and D; syncbatch: batch norm with statistics shared "
+                        "by the GPUs of a torchrun job, where batch is refused (one process: plain batch)", _NETWORK,
+                        choices=NORMS, official=("norm",))
     dropout: bool = _option(False, "dropout in the generator's blocks", _NETWORK, official=("no_dropout",))
     init: str = _option("normal", "initial weights", _INIT, choices=INIT_TYPES, official=("init_type",))
     init_gain: float = _option(0.02, "scale of the normal, xavier and orthogonal init", _INIT,
                                official=("init_gain",))
     input_nc: int = _option(3, "image channels of domain A: 3 (RGB) or 1 (grey)", _NETWORK, official=("input_nc",))
-    output_nc: int = _option(3, "image channels of domain B (must equal input_nc)", _NETWORK,
-                             official=("output_nc",))
+    output_nc: int = _option(3, "image channels of domain B: 3 (RGB) or 1 (grey); another than input_nc needs "
+                             "lambda_identity 0", _NETWORK, official=("output_nc",))
     noise_nc: int = _option(0, "beyond the paper: noise inputs of G_A (0: off)", _NETWORK)
     noise_injection: str = _option("constant", "how the noise enters G_A: constant channels or modulated image "
                                    "copies", _NETWORK, choices=NOISE_INJECTIONS)
@@ -157,6 +159,13 @@ class CycleGANConfig:
     crop_size: int = _option(256, "then crop to this size", _DATA, official=("crop_size",))
     flip: bool = _option(True, "random horizontal flips", _DATA, official=("no_flip",))
     max_dataset_size: int | None = _option(None, "samples per epoch, drawn anew each epoch", _DATA, none="all")
+    # direction and serial_batches: the official options/base_options.py lines 42-43 at commit 48ced5e (their
+    # effect: cyclelib.data.open_unpaired and EpochSampler)
+    direction: str = _option("AtoB", "which folder or digit domain is A: BtoA trains G_A on B -> A (trainB is read "
+                             "as A, trainA as B)", _DATA, choices=DIRECTIONS, official=("direction",))
+    serial_batches: bool = _option(False, "each epoch in order (files by name, digits by class), A item i with B "
+                                   "item i mod |B|, instead of a seeded shuffle and random B partners", _DATA,
+                                   official=("serial_batches",))
     num_workers: int = _option(2, "data loading processes", official=("num_threads",))
     skip_bad_images: bool = _option(False, "skip unreadable images instead of stopping at the first")
     # run
@@ -196,7 +205,10 @@ class CycleGANConfig:
                              f"preprocess {self.preprocess!r}, which resizes to load_size and then crops "
                              f"crop_size; preprocess 'crop' or 'none' do not resize")
         if self.lambda_identity > 0 and self.input_nc != self.output_nc:
-            raise ValueError("the identity loss needs input_nc == output_nc; set lambda_identity=0")
+            # The official code asserts the same (models/cycle_gan_model.py lines 85-86 at 48ced5e).
+            raise ValueError(f"the identity loss compares G_A(b) with b and G_B(a) with a, so it needs input_nc == "
+                             f"output_nc (got {self.input_nc} and {self.output_nc}); set lambda_identity 0 "
+                             f"(--lambda-identity 0) to train between {self.input_nc} and {self.output_nc} channels")
         if self.lambda_mode_seeking > 0 and not self.noise_nc:
             raise ValueError("lambda_mode_seeking needs a generator that takes noise: set noise_nc > 0")
         # Cropped training images are crop_size x crop_size; other sizes are checked per file (data.Unpaired.check).
@@ -381,7 +393,8 @@ CYCADA_PRESETS = {
                   netG="resnet_1blocks", ngf=4, netD="n_layers", n_layers_D=2, ndf=4,  # basic D needs >= 32 px
                   pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=0, pool_size=8, feature_batch_size=8,
                   feature_epochs=1, log_every=1, sample_every=1000, checkpoint_every=1000),
-    # about 30 minutes on 2 CPU cores for the whole pipeline on the offline 5k digit sets; the feature
+    # every stage in 7 (uci-digits -> mnist5k) to 17 (mnist5k -> mnistm5k) minutes on one thread of an AMD
+    # EPYC (README, "CyCADA at the cpu scale"); the feature
     # stage's lr and epochs are those that gave the best pixel_feature accuracy on mnist5k -> mnistm5k
     "cpu": dict(netG="resnet_3blocks", ngf=16, ndf=16, max_samples=2000, task_lr=1e-3, task_batch_size=64,
                 task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=3e-4,

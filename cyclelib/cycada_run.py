@@ -65,7 +65,14 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage)
               for stage in _with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
     done = {stage for stage, ckpt in reused.items() if ckpt is not None and _complete(ckpt)}
-    missing = {need for stage in set(stages) - done for need in needs(config, stage)} - done - set(stages)
+    # Every stage not asked for and not done that one to run builds on, directly or through another such
+    # stage: with nothing done, `pixel_only` needs `pixel`, which needs `source`; all are named at once.
+    missing, todo = set(), [stage for stage in stages if stage not in done]
+    while todo:
+        for need in needs(config, todo.pop()):
+            if need not in done | missing | set(stages):
+                missing.add(need)
+                todo.append(need)
     if missing:  # an earlier stage that was not asked for, and is not there to load
         raise _not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with run_folder(out) if writer else contextlib.nullcontext():

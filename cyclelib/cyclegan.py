@@ -21,6 +21,7 @@ from torch import nn
 
 from . import distributed, losses
 from .config import CycleGANConfig
+from .names import BATCH_NORMS, DIRECTIONS
 from .networks import build_discriminator, build_generator
 from .pool import ImagePool
 from .runtime import Precision, load_optimizer_state, pick_device
@@ -106,7 +107,7 @@ class CycleGAN(nn.Module):
         fast = c.path == "fast"
         # One call on a concatenated batch equals separate calls only when every layer treats
         # the samples independently: instance norm does, batch norm mixes them.
-        self.grouped = fast and c.norm != "batch"
+        self.grouped = fast and c.norm not in BATCH_NORMS
         device = pick_device(c.device)
         # fused: one kernel updates every tensor (the reference keeps PyTorch's default Adam).
         adam = dict(lr=c.lr, betas=(c.beta1, c.beta2), fused=True if fast else None)
@@ -260,14 +261,24 @@ class CycleGAN(nn.Module):
         rank = torch.distributed.get_rank()
         self.pool_A.generator.manual_seed(self.config.seed + 2 * rank)  # rank 0: the seeds of __init__
         self.pool_B.generator.manual_seed(self.config.seed + 2 * rank + 1)
+        if self.config.norm == "syncbatch":  # before wrapping: DDP must see the layers that synchronise
+            self._units = {name: distributed.sync_batch_norm(unit) for name, unit in self._units.items()}
         self._units = {name: distributed.wrap(unit, device) for name, unit in self._units.items()}
+
+    def generator(self, direction: str) -> nn.Module:
+        """The generator that translates the data's domain A into its B (``AtoB``) or B into A
+        (``BtoA``): G_A and G_B, or G_B and G_A for a run trained with ``direction`` BtoA, whose A is
+        the data's B. So ``AtoB`` turns images like ``trainA``'s into ones like ``trainB``'s,
+        whichever way the run was trained."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}; valid values: {', '.join(DIRECTIONS)}")
+        return self.G_A if direction == self.config.direction else self.G_B
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
-        """Translate a batch [N, C, H, W] in [-1, 1] with G_A (``AtoB``) or G_B (``BtoA``)."""
-        net = {"AtoB": self.G_A, "BtoA": self.G_B}.get(direction)
-        if net is None:
-            raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
+        """Translate a batch [N, C, H, W] in [-1, 1] from the data's domain A into B (``AtoB``) or
+        back (``BtoA``), with the generator of :meth:`generator`."""
+        net = self.generator(direction)
         with self.precision.autocast():
             return net(images).float()
 

@@ -67,18 +67,19 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     c = config
     if not c.data:
         raise ValueError("no data given: set data to a folder with trainA/trainB or a digit pair like mnist5k:mnistm5k")
-    if c.input_nc != c.output_nc:
-        raise ValueError("cyclelib reads both domains with the same channel count: set input_nc == output_nc")
-    if c.input_nc not in (1, 3):
-        raise ValueError(f"input_nc must be 1 (images read as grayscale) or 3 (RGB), got {c.input_nc}")
+    for name in ("input_nc", "output_nc"):  # the channels images are read with (domain A, domain B)
+        if getattr(c, name) not in (1, 3):
+            raise ValueError(f"{name} must be 1 (images read as grayscale) or 3 (RGB), got {getattr(c, name)}")
     checkpoint = read_resumable(c.out, meta) if resume else None  # checked before any network is built
     if checkpoint is not None:
         _check_fixed_options(c, *checkpoint)
     # Under torchrun: this process's rank, the number of ranks and this rank's GPU.
-    rank, _, device = distributed.setup(pick_device(c.device))
+    rank, world_size, device = distributed.setup(pick_device(c.device))
+    distributed.check_norm(c.norm, world_size, device)
     watch = Watch(c, origin, checkpoint and checkpoint[0]["config"]) if rank == 0 else None  # checks the packages
     seed_everything(c.seed)
-    data_options = dict(seed=c.seed, channels=c.input_nc)
+    data_options = dict(seed=c.seed, channels=c.input_nc, channels_b=c.output_nc, direction=c.direction,
+                        serial=c.serial_batches)
     if is_digit_pair(c.data):
         data_options.update(size=c.crop_size)
     else:
@@ -91,12 +92,13 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
         model, dataset, out, inputs=lambda batch: (batch["A"], batch["B"]),
         record=dict(kind="cyclegan", config=asdict(c), meta=meta or {}), batch_size=c.batch_size,
         epochs=c.n_epochs + c.n_epochs_decay, seed=c.seed, max_steps=c.max_steps, limit=c.max_dataset_size,
+        shuffle=not c.serial_batches,
         num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
         keep_checkpoints=c.keep_checkpoints, score=("cycle_A", "cycle_B"),
         sample=lambda step: _save_samples(model, samples, out / "samples" / f"step_{step:06d}.png"),
         sample_every=c.sample_every, resume_checks=(),  # read_resumable and _check_fixed_options did
         resume_hint=resume_hint or f"resume=True or `cyclelib train cyclegan --resume {out}`",
-        overwrite=overwrite, progress=progress, name="cyclegan", watch=watch)
+        overwrite=overwrite, progress=progress, name=(meta or {}).get("stage", "cyclegan"), watch=watch)
     trainer.fit(resume, checkpoint)
     return model.eval()
 
@@ -132,7 +134,10 @@ def _check_fixed_options(config: CycleGANConfig, ckpt: dict, path: Path) -> None
 def _open_checked(c: CycleGANConfig, phase: str, data_options: dict) -> Unpaired:
     """The dataset of ``phase``, every image decoded once (see :meth:`Unpaired.check`)."""
     dataset = open_unpaired(c.data, phase=phase, **data_options)
-    networks = shape_networks(c, c.input_nc, discriminator=phase == "train")  # test images go through G only
+
+    def networks(channels: int) -> dict:  # those that read a domain's images (test images go through G only)
+        return shape_networks(c, channels, discriminator=phase == "train")
+
     skipped = dataset.check(skip_bad=c.skip_bad_images, batch_size=c.batch_size if phase == "train" else 1,
                             networks=networks)
     if skipped:
@@ -169,8 +174,9 @@ def _save_samples(model: CycleGAN, samples: dict[str, list[torch.Tensor]], path:
         for row, image in zip(rows, (a, fake_b, model.G_B(fake_b), b, fake_a, model.G_A(fake_a))):
             row.append(image)
     side = samples["A"][0].shape[-2:]
-    shown = [torch.cat([im if im.shape[-2:] == side else F.interpolate(im, size=side, mode="bilinear")
-                        for im in row]) for row in rows]
+    # grey images shown as RGB beside colour ones (input_nc 1, output_nc 3)
+    shown = [torch.cat([(im if im.shape[-2:] == side else F.interpolate(im, size=side, mode="bilinear"))
+                        .expand(-1, 3, -1, -1) for im in row]) for row in rows]
     save_image_grid(shown, names, path)
     model.train(was_training)
     return make_grid(torch.cat(shown), nrow=len(samples["A"]), normalize=True, value_range=(-1, 1))

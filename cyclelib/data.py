@@ -8,7 +8,8 @@
 * :class:`EpochSampler`: the shuffled order of an epoch, a pure function of ``(seed, epoch)``.
 
 :class:`Unpaired` pairs two domains the way the official code does: an epoch has
-``max(|A|, |B|)`` samples, A is read in order (the loader shuffles), B at random. Every
+``max(|A|, |B|)`` samples, A is read in order (the loader shuffles), B at random, or with
+``serial`` item ``i mod |B|`` (the official ``--serial_batches``). Every
 random draw of a sample (the B index, crops, flips) comes from one ``torch.Generator``
 seeded from ``(seed, epoch, index)``, so a sample is a pure function of those three
 numbers: runs are reproducible whatever the number of loader workers, and a resumed
@@ -24,6 +25,7 @@ import math
 import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .digits import digit_domain
-from .names import DIGIT_DOMAINS, is_digit_pair
+from .names import DIGIT_DOMAINS, DIRECTIONS, is_digit_pair
 from .download import CYCLEGAN_DATASETS
 from .images import IMAGE_EXTENSIONS, PREPROCESS_MODES, list_images, load_image, to_tensor, transform_image
 from .networks import fits, smallest_side
@@ -167,8 +169,10 @@ class Unpaired(Dataset):
     """Pairs two domains without correspondence, as the official unaligned dataset.
 
     ``len`` is ``max(len(a), len(b))``. Sample ``i`` holds A item ``i % len(a)`` (in
-    order: the data loader shuffles) and a B item drawn at random. All draws (B index,
-    crops, flips) come from a generator seeded from ``(seed, epoch, i)``: call
+    order: the data loader shuffles) and a B item drawn at random, or with ``serial`` B item
+    ``i % len(b)``, as the official ``--serial_batches`` (``data/unaligned_dataset.py`` lines
+    29-34 at commit 9fc9eef). All draws (B index, crops, flips) come from a generator seeded
+    from ``(seed, epoch, i)``: call
     :meth:`set_epoch` each epoch for fresh B partners and crops (with persistent loader
     workers, recreate the loader instead: workers hold a copy of this object).
 
@@ -178,11 +182,11 @@ class Unpaired(Dataset):
     domains and ``"A_path"``/``"B_path"`` for domains with ``paths``.
     """
 
-    def __init__(self, a, b, seed: int = 0):
+    def __init__(self, a, b, seed: int = 0, serial: bool = False):
         for key, domain in (("A", a), ("B", b)):
             if len(domain) == 0:
                 raise ValueError(f"domain {key} ({domain!r}) is empty")
-        self.a, self.b, self.seed, self.epoch = a, b, seed, 0
+        self.a, self.b, self.seed, self.serial, self.epoch = a, b, seed, serial, 0
 
     def __len__(self) -> int:
         return max(len(self.a), len(self.b))
@@ -190,17 +194,18 @@ class Unpaired(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def check(self, skip_bad: bool = False, batch_size: int = 1, networks: dict[str, nn.Module] | None = None
-              ) -> list[str]:
+    def check(self, skip_bad: bool = False, batch_size: int = 1,
+              networks: Callable[[int], dict[str, nn.Module]] | None = None) -> list[str]:
         """Check every image of the domains that hold files (see :meth:`ImageFolderDomain.check`,
-        :meth:`~ImageFolderDomain.check_batchable` and, with ``networks``,
-        :meth:`~ImageFolderDomain.check_networks`); returns the problems of the skipped files."""
+        :meth:`~ImageFolderDomain.check_batchable` and, with ``networks`` (the networks that read
+        images of a number of channels), :meth:`~ImageFolderDomain.check_networks`); returns the
+        problems of the skipped files."""
         skipped = []
         for domain in (self.a, self.b):
             if hasattr(domain, "check"):
                 skipped += domain.check(skip_bad)
                 domain.check_batchable(batch_size)
-                domain.check_networks(networks or {}, batch_size)
+                domain.check_networks(networks(domain.channels) if networks else {}, batch_size)
         return skipped
 
     def __getitem__(self, index: int) -> dict:
@@ -208,7 +213,9 @@ class Unpaired(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range for {len(self)} samples")
         generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
-        b_index = int(torch.randint(len(self.b), (1,), generator=generator))
+        b_index = int(torch.randint(len(self.b), (1,), generator=generator))  # drawn either way: crops and flips stay
+        if self.serial:
+            b_index = index % len(self.b)
         return {**_fetch_item("A", self.a, index % len(self.a), generator),
                 **_fetch_item("B", self.b, b_index, generator)}
 
@@ -238,44 +245,62 @@ class RandomlyInverted(Dataset):
 
 
 class UnpairedImageFolder(Unpaired):
-    """The official unaligned dataset: ``root/{phase}A`` against ``root/{phase}B``.
+    """The official unaligned dataset: ``root/{phase}A`` against ``root/{phase}B``, or with
+    ``direction="BtoA"`` ``root/{phase}B`` as A against ``root/{phase}A`` as B. A is read with
+    ``channels``, B with ``channels_b`` (default: ``channels``).
 
     Outside the train phase images are resized to ``crop_size`` and never flipped, as the
     official test options (``load_size = crop_size``, ``no_flip``).
     """
 
     def __init__(self, root, phase: str = "train", channels: int = 3, preprocess: str = "resize_and_crop",
-                 load_size: int = 286, crop_size: int = 256, flip: bool = True, seed: int = 0):
+                 load_size: int = 286, crop_size: int = 256, flip: bool = True, seed: int = 0,
+                 direction: str = "AtoB", channels_b: int | None = None, serial: bool = False):
         self.root, self.phase = Path(root).expanduser(), phase
         if phase != "train":
             load_size, flip = crop_size, False
-        a, b = (ImageFolderDomain(self.root / f"{phase}{side}", channels, preprocess, load_size, crop_size, flip)
-                for side in "AB")
-        super().__init__(a, b, seed)
+        a, b = (ImageFolderDomain(self.root / f"{phase}{side}", nc, preprocess, load_size, crop_size, flip)
+                for side, nc in zip(_sides(direction), (channels, channels_b or channels)))
+        super().__init__(a, b, seed, serial)
+
+
+def _sides(direction: str) -> str:
+    """The data's domains in the order A, B of a run trained in ``direction``: "AB", or "BA" for
+    BtoA, as the official ``--direction`` swaps them (``models/cycle_gan_model.py``
+    ``set_input``, lines 99-110 at commit 48ced5e; the channels follow, as in
+    ``data/unaligned_dataset.py`` lines 41-46 at commit 9fc9eef)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; valid values: {', '.join(DIRECTIONS)}")
+    return "AB" if direction == "AtoB" else "BA"
 
 
 # --------------------------------------------------------------------------- entry point
 
 
 def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | None = None, channels: int = 3,
-                  root: str | os.PathLike | None = None, download: bool = False, **folder_options) -> Unpaired:
+                  root: str | os.PathLike | None = None, download: bool = False, direction: str = "AtoB",
+                  channels_b: int | None = None, serial: bool = False, **folder_options) -> Unpaired:
     """Open an unpaired dataset from a spec: a digit pair ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``,
     split ``train`` in the train phase, ``test`` otherwise, ``size`` default 32; ``root`` and
     ``download`` as :func:`digit_domain`) or a dataset folder (:class:`UnpairedImageFolder`;
     ``size`` sets ``crop_size`` and, unless given, ``load_size`` in the official 286/256 ratio).
+    ``direction="BtoA"`` makes the second domain A (``b:a``, or ``trainB`` read as A); A is read
+    with ``channels``, B with ``channels_b`` (default: ``channels``); ``serial``: see :class:`Unpaired`.
     """
     if is_digit_pair(spec):
-        names = str(spec).split(":")
+        names = dict(zip("AB", str(spec).split(":")))
         if folder_options:
             raise ValueError(f"options {', '.join(folder_options)} apply to image folders, not to digits ({spec!r})")
         split = "train" if phase == "train" else "test"
-        a, b = (digit_domain(name, split, size or 32, channels, root, download) for name in names)
-        return Unpaired(a, b, seed)
+        a, b = (digit_domain(names[side], split, size or 32, nc, root, download)
+                for side, nc in zip(_sides(direction), (channels, channels_b or channels)))
+        return Unpaired(a, b, seed, serial)
     if Path(spec).expanduser().is_dir():
         if size is not None:
             folder_options.setdefault("crop_size", size)
             folder_options.setdefault("load_size", round(size * 286 / 256))
-        return UnpairedImageFolder(spec, phase, channels, seed=seed, **folder_options)
+        return UnpairedImageFolder(spec, phase, channels, seed=seed, direction=direction, channels_b=channels_b,
+                                   serial=serial, **folder_options)
     hint = f"; download it with download_dataset({spec!r}, root)" if spec in CYCLEGAN_DATASETS else ""
     raise ValueError(
         f"{spec!r} is neither a dataset folder (with trainA/, trainB/, testA/, testB/) nor a pair "
@@ -286,7 +311,9 @@ def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | No
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Shuffled indices of one epoch, a pure function of (seed, epoch), resumable mid-epoch.
+    """Shuffled indices of one epoch, a pure function of (seed, epoch), resumable mid-epoch;
+    with ``shuffle=False`` the indices in order, ``0 .. limit - 1`` every epoch (the official
+    ``--serial_batches`` turns the loader's shuffle off: ``data/__init__.py`` line 38 at commit 1cf7171).
 
     ``start`` skips the indices already consumed, so a resumed run sees exactly the
     samples an uninterrupted run would have seen.
@@ -299,15 +326,15 @@ class EpochSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0, limit: int | None = None,
-                 rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.n, self.seed, self.epoch, self.start, self.shuffle = n, seed, epoch, start, shuffle
         self.limit = min(n, limit) if limit else n
         self.rank, self.world_size = rank, world_size
         self.share = math.ceil(self.limit / world_size)  # indices per rank
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g)[: self.limit]
+        order = (torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n))[: self.limit]
         padded = order.repeat(math.ceil(self.share * self.world_size / self.limit))[: self.share * self.world_size]
         return iter(padded[self.rank::self.world_size][self.start:].tolist())
 

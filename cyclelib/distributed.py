@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .names import BATCH_NORMS
+
 # The group for host-side flags (see any_rank): Gloo, so that agreeing on a flag costs no
 # GPU synchronisation; None means the default group (already Gloo on CPU).
 _flag_group = None
@@ -57,6 +59,30 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
 def _shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_norm(norm: str, world_size: int, device: torch.device) -> None:
+    """Refuse a normalisation that would not train as one process does: ``batch`` over several
+    ranks (each would normalise by its own share of the batch, silently another model than the
+    batch of the whole step), and ``syncbatch`` over several CPU ranks (torch's SyncBatchNorm
+    synchronises over GPUs only: its forward refuses CPU tensors). ``syncbatch`` in one process
+    is plain batch norm, and over GPU ranks :func:`sync_batch_norm` converts it."""
+    if world_size == 1 or norm not in BATCH_NORMS:
+        return
+    if norm == "batch":
+        raise ValueError(f"norm 'batch' under torchrun ({world_size} processes) would normalise each process's "
+                         "share of the batch by its own statistics: use norm 'syncbatch' (--norm syncbatch) to "
+                         "share them over the processes (GPUs), or 'instance'")
+    if device.type != "cuda":
+        raise ValueError(f"norm 'syncbatch' shares batch statistics over GPUs only (torch.nn.SyncBatchNorm), and "
+                         f"these {world_size} processes run on the {device.type}: use norm 'instance', or one "
+                         "process with norm 'batch'")
+
+
+def sync_batch_norm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm layer replaced by a SyncBatchNorm holding the same weights and
+    statistics (the state_dict keeps its keys, so checkpoints of ``batch`` and ``syncbatch`` runs are alike)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:

@@ -112,7 +112,7 @@ def _generator(source: nn.Module | str | os.PathLike, direction: str, sha256: st
                official: dict) -> tuple[nn.Module, str | None]:
     """The generator to export, and its direction where the source has two."""
     if isinstance(source, CycleGAN):
-        return (source.G_A if direction == "AtoB" else source.G_B), direction
+        return source.generator(direction), direction
     if isinstance(source, (ResnetGenerator, UnetGenerator, NoiseInput)):
         return source, None
     if isinstance(source, nn.Module):
@@ -123,17 +123,11 @@ def _generator(source: nn.Module | str | os.PathLike, direction: str, sha256: st
         path = path / LATEST
     state = load_checkpoint(path, sha256)
     if is_checkpoint(state, "cyclegan"):
-        model = cyclegan_from_checkpoint(state, str(path))
-        return (model.G_A if direction == "AtoB" else model.G_B), direction
+        return cyclegan_from_checkpoint(state, str(path)).generator(direction), direction
     if is_checkpoint(state):
         raise ValueError(f"{path} is a cyclelib {state['kind']} checkpoint, not a CycleGAN one: only CycleGAN "
                          f"generators can be exported")
-    # An official generator file (weights only, small): read once more by path, so that an error
-    # names the file and the option that does not fit (the first read has already warned about a
-    # file without checksums).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return load_official(path, "G", **official).eval(), None
+    return load_official(state, "G", **official, source=str(path)).eval(), None
 
 
 def _example(generator: nn.Module) -> tuple[torch.Tensor, ...]:

@@ -12,7 +12,8 @@ from typing import Any
 
 SCALES = ("smoke", "cpu", "colab", "gpu")
 AMP_MODES = ("none", "bf16", "fp16", "auto")
-NORMS = ("instance", "batch", "none")
+NORMS = ("instance", "batch", "syncbatch", "none")
+BATCH_NORMS = ("batch", "syncbatch")  # batch norm, its statistics shared over processes or not
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 NOISE_INJECTIONS = ("constant", "modulate")
 GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .names import (DISCRIMINATOR_ARCHS, DISCRIMINATORS, GENERATOR_ARCHS, GENERATORS, INIT_TYPES,  # noqa: F401
+from .names import (BATCH_NORMS, DISCRIMINATOR_ARCHS, DISCRIMINATORS, GENERATOR_ARCHS, GENERATORS, INIT_TYPES,  # noqa: F401
                     NOISE_INJECTIONS, NORMS)
 
 
@@ -35,6 +35,8 @@ def _norm_layer(norm: str) -> tuple[Callable[[int], nn.Module], bool]:
       statistics: it normalises every image by its own mean/std, in training and in
       eval alike, so it has no state at all.
     - ``batch``: BatchNorm2d with affine parameters and running statistics.
+    - ``syncbatch``: built as ``batch`` (same weights and keys); a torchrun job on GPUs converts
+      its layers to SyncBatchNorm (:func:`~cyclelib.distributed.sync_batch_norm`).
     - ``none``: an identity placeholder. It keeps the module indices (and so the
       state_dict keys) the same as with a real norm.
 
@@ -46,7 +48,7 @@ def _norm_layer(norm: str) -> tuple[Callable[[int], nn.Module], bool]:
     """
     if norm == "instance":
         return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False), True
-    if norm == "batch":
+    if norm in BATCH_NORMS:
         return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True), False
     if norm == "none":
         return (lambda channels: nn.Identity()), False

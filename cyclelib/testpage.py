@@ -41,8 +41,8 @@ def load_pair(checkpoint: str | os.PathLike | None = None, checkpoint_A: str | o
         if not is_checkpoint(state):
             raise ValueError(f"{path} holds one generator (an official file): give the pair as --checkpoint-A "
                              "and --checkpoint-B")
-        model = cyclegan_in(state, path)
-        return model.G_A, model.G_B, str(path)
+        model = cyclegan_in(state, path)  # G_A and G_B of the data's A and B, whichever way the run trained
+        return model.generator("AtoB"), model.generator("BtoA"), str(path)
     swapped = {**official, "input_nc": official.get("output_nc", 3), "output_nc": official.get("input_nc", 3)}
     return (load_generator(checkpoint_A, "AtoB", step=step, **official),
             load_generator(checkpoint_B, "BtoA", step=step, **swapped), f"{checkpoint_A} and {checkpoint_B}")

@@ -7,7 +7,7 @@ module that meets :class:`Trainable` (and :class:`Distributable` to train under 
 :class:`~cyclelib.classifiers.FeatureAlignment` (a feature-GAN step). Around the step, in
 this one place, the trainer does everything a long run needs:
 
-- the order of the samples: each epoch a pure function of ``(seed, epoch)``
+- the order of the samples: each epoch a pure function of ``(seed, epoch)``, or in order
   (:class:`~cyclelib.data.EpochSampler`), split across ranks under torchrun;
 - the loss history: a row every ``log_every`` steps, the means since the last row, written as
   ``history.json/csv/png``;
@@ -263,6 +263,7 @@ class Trainer:
     seed: int = 0
     max_steps: int | None = None        # stop after this many steps in total
     limit: int | None = None            # samples per epoch (None: the whole dataset)
+    shuffle: bool = True                # each epoch in a seeded order, else in order (EpochSampler)
     drop_last: bool = False             # drop an epoch's last, partial batch (BatchNorm needs > 1 sample)
     num_workers: int = 0
     log_every: int = 50
@@ -381,7 +382,7 @@ class Trainer:
             # would draw it, and kept in the checkpoint: a resumed epoch gets the same one.
             self.loader_seed = int(torch.empty((), dtype=torch.int64).random_().item())
         sampler = EpochSampler(len(self.dataset), self.seed, self.epoch, self.start * self.batch_size,
-                               self.limit, self.rank, self.world)
+                               self.limit, self.rank, self.world, self.shuffle)
         return torch.utils.data.DataLoader(self.dataset, self.batch_size, sampler=sampler,
                                            num_workers=self.num_workers, drop_last=self.drop_last,
                                            pin_memory=self.device.type == "cuda",

@@ -70,6 +70,8 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
                    dropout: bool = False, sha256: str | None = None, step: int | None = None) -> nn.Module:
     """The generator of ``direction`` from a cyclelib checkpoint or run folder, or an official generator file.
 
+    ``direction`` names the data's domains (see :meth:`~cyclelib.cyclegan.CycleGAN.generator`): AtoB is
+    the run's G_A, or its G_B for a run trained with direction BtoA.
     ``checkpoint`` and ``step``: as :func:`load_state` takes them. An official file
     (``latest_net_G_A.pth``, the published ``horse2zebra.pth``, ...) holds one generator:
     ``direction`` is then ignored and ``arch``/``norm``/channels/``width``/``dropout`` describe it
@@ -80,10 +82,9 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
         raise ValueError(f"unknown direction {direction!r}; valid values: AtoB, BtoA")
     state, path = load_state(checkpoint, step, sha256)
     if is_checkpoint(state):
-        model = cyclegan_in(state, path)
-        return model.G_A if direction == "AtoB" else model.G_B
+        return cyclegan_in(state, path).generator(direction)
     return load_official(state, kind="G", arch=arch, input_nc=input_nc, output_nc=output_nc, width=width,
-                         norm=norm, dropout=dropout).eval()
+                         norm=norm, dropout=dropout, source=str(path)).eval()
 
 
 # --------------------------------------------------------------------------- one batch

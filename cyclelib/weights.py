@@ -27,6 +27,7 @@ from .checkpoints import (FORMAT_VERSION, is_checkpoint, load_checkpoint, load_w
 from .config import CycleGANConfig
 from .cyclegan import CycleGAN
 from .files import atomic_write
+from .names import BATCH_NORMS
 from .networks import build_discriminator, build_generator
 
 
@@ -165,9 +166,9 @@ def _mismatch_hint(state: Mapping[str, torch.Tensor], norm: str) -> str:
     # statistics of old official files do not (InstanceNorm there has no affine weight).
     has_batch_stats = any(key.endswith(".running_mean") and key[:-len("running_mean")] + "weight" in state
                           for key in state)
-    if has_batch_stats and norm != "batch":
+    if has_batch_stats and norm not in BATCH_NORMS:
         return "the file has BatchNorm statistics (running_mean): try norm='batch'"
-    if norm == "batch" and not has_batch_stats:
+    if norm in BATCH_NORMS and not has_batch_stats:
         return "the file has no BatchNorm statistics: try norm='instance' (CycleGAN's default) or 'none'"
     return ("check arch (e.g. resnet_9blocks vs resnet_6blocks vs unet_256), width (ngf/ndf), "
             "input_nc/output_nc, n_layers and dropout (it shifts resnet block indices)")
@@ -176,7 +177,7 @@ def _mismatch_hint(state: Mapping[str, torch.Tensor], norm: str) -> str:
 def load_official(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.PathLike, kind: str, arch: str,
                   input_nc: int = 3, output_nc: int = 3,
                   width: int = 64, norm: str = "instance", n_layers: int = 3,
-                  dropout: bool = False, sha256: str | None = None) -> nn.Module:
+                  dropout: bool = False, sha256: str | None = None, source: str | None = None) -> nn.Module:
     """Build a network and load official weights into it (strict: every key must match).
 
     ``state_dict_or_path``: a state_dict or the path of a ``.pth`` file written by the
@@ -185,7 +186,8 @@ def load_official(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.Path
     against ``sha256`` when given). ``kind`` is ``"G"`` or ``"D"``; the other keywords are
     those of :func:`~cyclelib.networks.build_generator` /
     :func:`~cyclelib.networks.build_discriminator` (a D ignores ``output_nc`` and
-    ``dropout``; a G ignores ``n_layers``). The published pretrained CycleGAN models are
+    ``dropout``; a G ignores ``n_layers``). ``source`` names the weights in errors (default: the
+    path, or "state_dict"; give the file a state_dict was read from). The published pretrained CycleGAN models are
     ``kind="G", arch="resnet_9blocks", norm="instance"``.
 
     Returns the network in training mode; call ``.eval()`` before translating.
@@ -200,10 +202,11 @@ def load_official(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.Path
     else:
         raise ValueError(f"unknown kind {kind!r}; valid values: G (generator), D (discriminator)")
 
-    source, state = "state_dict", state_dict_or_path
+    state = state_dict_or_path
     if isinstance(state_dict_or_path, (str, os.PathLike)):
-        source = str(state_dict_or_path)
+        source = source or str(state_dict_or_path)
         state = load_checkpoint(state_dict_or_path, sha256)
+    source = source or "state_dict"
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{source} is not a state_dict (a flat mapping of names to tensors); "
                          "if it is a full checkpoint, pass the network's entry instead")

@@ -129,7 +129,7 @@ def test_bench_refuses_counts_below_one_naming_the_option(flag, value):
     ("netG", "resnet_xblocks", r"netG: unknown generator arch 'resnet_xblocks'; valid values: resnet_<n>blocks"),
     ("netG", "unet_100", r"netG: unknown generator arch 'unet_100'; valid values: .*unet_<size>"),
     ("netD", "patch", r"unknown netD 'patch'; valid values: basic, n_layers, pixel"),
-    ("norm", "layer", r"unknown norm 'layer'; valid values: instance, batch, none"),
+    ("norm", "layer", r"unknown norm 'layer'; valid values: instance, batch, syncbatch, none"),
     ("init", "he", r"unknown init 'he'; valid values: normal, xavier, kaiming, orthogonal"),
     ("gan_mode", "wgan", r"unknown gan_mode 'wgan'; valid values: lsgan"),
     ("preprocess", "zoom", r"unknown preprocess 'zoom'; valid values: resize_and_crop, crop"),

@@ -129,7 +129,7 @@ REFUSED = {
     "lambda_mode_seeking": dict(lambda_mode_seeking=0.5, noise_nc=1), "batch_size": dict(batch_size=2),
     "pool_size": dict(pool_size=4), "preprocess": dict(preprocess="crop"), "load_size": dict(load_size=40),
     "crop_size": dict(crop_size=28), "flip": dict(flip=True), "max_dataset_size": dict(max_dataset_size=8),
-    "seed": dict(seed=1),
+    "direction": dict(direction="BtoA"), "serial_batches": dict(serial_batches=True), "seed": dict(seed=1),
 }
 
 
