@@ -159,7 +159,7 @@ class CycleGANConfig:
     pool_size: int = _option(50, "fakes kept to train D on (0: none)", _POOL, official=("pool_size",))
     max_steps: int | None = _option(None, "stop after this many steps in total; at most the steps of the epochs "
                                     "(n_epochs + n_epochs_decay), since the learning-rate schedule counts "
-                                    "epochs: a larger value is refused", none="the epochs'")
+                                    "epochs: a larger value is refused", none="all the epochs' steps")
     clip_grad_norm: float | None = _option(None, "clip each optimizer's gradient norm to this", none="off")
     # data
     preprocess: str = _option("resize_and_crop", "how images are scaled and cropped at load time", _DATA,

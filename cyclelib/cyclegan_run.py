@@ -56,10 +56,10 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     device, ...) apply from the resumed step on and are recorded. ``from_step`` (with ``resume``)
     goes on from the run's checkpoint of that step instead of its latest: the steps after it are
     trained again, their step checkpoints deleted first and their history rows dropped (see
-    :func:`~cyclelib.runs.rewind`). A folder that holds another
-    run is refused unless ``resume`` or ``overwrite`` (start over). CPU threads: ``config.threads``
-    (see :func:`~cyclelib.runtime.use_threads`). See :class:`Trainer` for
-    signals, NaN stops and torchrun (``batch_size`` is per rank; only rank 0 writes files).
+    :func:`~cyclelib.runs.rewind`). A folder that holds another run is refused unless ``resume``
+    or ``overwrite`` (start over). CPU threads: ``config.threads`` (see
+    :func:`~cyclelib.runtime.use_threads`). See :class:`Trainer` for signals, NaN stops and
+    torchrun (``batch_size`` is per rank; only rank 0 writes files).
 
     Every image is decoded once before training (see ``skip_bad_images``).
     ``extra_generator_losses``, ``meta`` and ``resume_hint`` are for runs built on CycleGAN

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import random
 import signal
 import threading
 import time
@@ -45,7 +44,7 @@ from .checkpoints import load_weights, make_checkpoint
 from .data import EpochSampler
 from .plots import plot_history
 from .runs import LATEST, check_resumable, load_run_checkpoint, rewind, run_folder, save_run_checkpoint
-from .runtime import cudnn_autotune
+from .runtime import cudnn_autotune, rng_state, set_rng_state
 from .watch import Watch
 
 
@@ -181,22 +180,6 @@ def _leave_sigint_to_main(worker_id: int) -> None:
     """A terminal's Ctrl-C reaches every process of the job; loader workers ignore it so that
     the main process can finish its step and save (a dead worker would fail that step)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def rng_state() -> dict:
-    """Every global RNG state a training step may touch, in a weights-only friendly form."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @runtime_checkable
