@@ -319,7 +319,7 @@ class CycleGAN(nn.Module):
         self.sched_G, self.sched_D = lr_schedule(self.opt_G, self.config), lr_schedule(self.opt_D, self.config)
         self.lr_scores: list[float | None] = []  # each finished epoch's score, as end_epoch got it
         with warnings.catch_warnings():  # a replay steps schedules before this process's first optimizer step
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
             for score in scores:
                 self.end_epoch(score)
 

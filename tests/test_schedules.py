@@ -10,6 +10,8 @@ from cyclelib.config import CycleGANConfig
 from cyclelib.cyclegan import CycleGAN
 from helpers import DIGITS, cli, equal_states, smoke
 
+# The schedules here are stepped without optimizer steps, which torch warns about.
+pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler\.step\(\)`")
 POLICIES = ("linear", "step", "plateau", "cosine")
 # 3 falling scores, then flat ones (the plateau policy lowers the rate after 6 epochs without a 1% gain),
 # then a fall, then flat again: 20 epochs.
@@ -37,7 +39,6 @@ def rates(m: CycleGAN) -> list[float]:
     return [group["lr"] for opt in m.optimizers().values() for group in opt.param_groups]
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # the reference steps no optimizer
 @pytest.mark.parametrize("policy", POLICIES)
 def test_each_policy_is_torchs_scheduler_as_the_official_code_configures_it(policy, tmp_path):
     m = model(tmp_path, lr_policy=policy)
