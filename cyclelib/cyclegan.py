@@ -305,8 +305,11 @@ class CycleGAN(nn.Module):
         """One step of both learning-rate schedules; ``score`` is the epoch's mean cycle loss, which
         the plateau policy minimises (see :func:`lr_schedule`)."""
         self.lr_scores.append(score)
-        for schedule in (self.sched_G, self.sched_D):
-            schedule.step(score) if self.config.lr_policy == "plateau" else schedule.step()
+        # A replay, or a run resumed at an epoch's last step, steps before this process's first optimizer step.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+            for schedule in (self.sched_G, self.sched_D):
+                schedule.step(score) if self.config.lr_policy == "plateau" else schedule.step()
 
     def _start_schedules(self, scores: Iterable[float | None] = ()) -> None:
         """Both schedules from the config's lr at epoch 0, stepped through the finished epochs'
@@ -318,10 +321,8 @@ class CycleGAN(nn.Module):
                 group.pop("initial_lr", None)  # a new schedule's base is the lr set now
         self.sched_G, self.sched_D = lr_schedule(self.opt_G, self.config), lr_schedule(self.opt_D, self.config)
         self.lr_scores: list[float | None] = []  # each finished epoch's score, as end_epoch got it
-        with warnings.catch_warnings():  # a replay steps schedules before this process's first optimizer step
-            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
-            for score in scores:
-                self.end_epoch(score)
+        for score in scores:
+            self.end_epoch(score)
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, config: CycleGANConfig) -> torch.optim.lr_scheduler.LRScheduler:

@@ -10,7 +10,7 @@ from cyclelib.config import CycleGANConfig
 from cyclelib.cyclegan import CycleGAN
 from helpers import DIGITS, cli, equal_states, smoke
 
-# The schedules here are stepped without optimizer steps, which torch warns about.
+# The reference schedules here are stepped without optimizer steps, which torch warns about.
 pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler\.step\(\)`")
 POLICIES = ("linear", "step", "plateau", "cosine")
 # 3 falling scores, then flat ones (the plateau policy lowers the rate after 6 epochs without a 1% gain),
