@@ -291,8 +291,8 @@ class CycleGAN(nn.Module):
         device = device or next(self.parameters()).device
         for name, optimizer in self.optimizers().items():
             load_optimizer_state(optimizer, state["optimizers"][name])
-        # Checkpoints before lr_policy kept the linear schedule's epoch count instead of the scores.
-        scores = state.get("lr_scores", [None] * state.get("schedulers", {"G": {"last_epoch": 0}})["G"]["last_epoch"])
+        # Checkpoints before lr_policy (linear only) kept the schedules' epoch count instead of the scores.
+        scores = state["lr_scores"] if "lr_scores" in state else [None] * state["schedulers"]["G"]["last_epoch"]
         if self.config.lr_policy == "plateau" and None in scores:
             raise ValueError("this checkpoint predates the plateau policy (it keeps no epoch scores): resume it with "
                              "another lr_policy")

@@ -98,3 +98,17 @@ def test_the_official_option_names_and_the_valid_values(tmp_path):
     code, err = cli("train", "cyclegan", "--data", DIGITS, "--scale", "smoke", "--out", str(tmp_path),
                     "--lr-policy", "exponential")
     assert code == 2 and "valid values: linear, step, plateau, cosine" in err, err
+
+
+def test_a_checkpoint_from_before_the_policies_resumes_its_linear_schedule(tmp_path):
+    """Such checkpoints kept the linear schedules' state (their epoch count), not the epochs' scores."""
+    straight = model(tmp_path)
+    for score in SCORES[:9]:
+        straight.end_epoch(score)
+    old = {k: v for k, v in straight.training_state().items() if k != "lr_scores"}
+    old["schedulers"] = {name: {"last_epoch": 9} for name in "GD"}
+    resumed = model(tmp_path)
+    resumed.load_training_state(old)
+    assert rates(resumed) == rates(straight)
+    with pytest.raises(ValueError, match="predates the plateau policy"):
+        model(tmp_path, lr_policy="plateau").load_training_state(old)
