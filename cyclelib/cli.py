@@ -45,7 +45,8 @@ def _train_cyclegan(args) -> None:
         origin = dict.fromkeys(options, "command line")
     else:
         if args.from_step is not None:
-            raise ValueError(f"--from-step {args.from_step} picks the checkpoint of a run to go on from: give --resume DIR")
+            raise ValueError(f"--from-step {args.from_step} picks the checkpoint of a run to go on from: "
+                             "give --resume DIR")
         if "data" not in options:
             raise ValueError("--data is required (a folder with trainA/trainB, "
                              "or a digit pair such as mnist5k:mnistm5k)")

@@ -327,12 +327,13 @@ class CycleGAN(nn.Module):
 
 def lr_schedule(optimizer: torch.optim.Optimizer, config: CycleGANConfig) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule of ``config.lr_policy`` for ``optimizer``, stepped after every
-    epoch, as the official ``networks.get_scheduler`` builds it (junyanz/pytorch-CycleGAN-and-pix2pix
-    ``models/networks.py``, lines 24-38 at commit 000f298; today's code names the linear policy
-    ``linear`` and its options ``n_epochs``, ``n_epochs_decay``):
+    epoch, as the official ``get_scheduler`` builds it (junyanz/pytorch-CycleGAN-and-pix2pix
+    ``models/networks.py``: lines 24-38 at commit 000f298, with the old option names niter and
+    niter_decay and the linear policy called lambda; today's code names them n_epochs,
+    n_epochs_decay and linear):
 
-    - linear: ``1 - max(0, epoch + epoch_count - n_epochs) / (n_epochs_decay + 1)`` with the
-      official default ``epoch_count`` 1 (the epoch a run by hand continues from: cyclelib's
+    - linear: today's ``1 - max(0, epoch + epoch_count - n_epochs) / (n_epochs_decay + 1)`` with
+      the default ``epoch_count`` 1 (the epoch a run continued by hand starts from; cyclelib's
       resume keeps the epoch itself, so the rule has no such option);
     - step: ``StepLR(step_size=lr_decay_iters, gamma=0.1)`` (lr_decay_iters counts epochs);
     - plateau: ``ReduceLROnPlateau(mode="min", factor=0.2, threshold=0.01, patience=5)``;

@@ -51,7 +51,8 @@ def physical_cores() -> int:
     cores = set()
     try:
         for block in Path("/proc/cpuinfo").read_text().split("\n\n"):
-            info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in block.splitlines())}
+            lines = (line.partition(":") for line in block.splitlines())
+            info = {key.strip(): value.strip() for key, _, value in lines}
             if info.get("processor", "").isdigit() and int(info["processor"]) in cpus:
                 cores.add((info.get("physical id"), info.get("core id", info["processor"])))
     except OSError:  # no /proc (macOS, Windows)
