@@ -47,6 +47,7 @@ _SOURCES = {
     "build_discriminator": "networks", "build_generator": "networks", "init_weights": "networks",
     "ImagePool": "pool",
     "pick_device": "runtime", "resolve_scale": "runtime", "seed_everything": "runtime",
+    "lr_schedule": "cyclegan", "use_threads": "runtime",
     "Trainable": "train", "Trainer": "train", "TrainingDiverged": "train", "TrainingInterrupted": "train",
     "train_cyclegan": "cyclegan_run",
     "load_pair": "testpage", "write_test_page": "testpage",

@@ -20,7 +20,8 @@ from .names import AMP_MODES, DISCRIMINATOR_ARCHS, GENERATORS, SCALES, Registry
 # junyanz/pytorch-CycleGAN-and-pix2pix) that mean something else in cyclelib or have no equivalent,
 # with what to use instead. Those that mean the same are the fields' metadata "official" (aliases).
 _RUN_FOLDER = "did you mean --out? it is the run folder (official: checkpoints_dir/name)"
-_RESUME = "did you mean --resume DIR? it continues the run in DIR exactly where it stopped"
+_RESUME = ("did you mean --resume DIR? it continues the run in DIR exactly where it stopped (--from-step N: from "
+           "its checkpoint of step N), learning-rate schedule included")
 _VISDOM = "did you mean --tensorboard or --wandb? there is no visdom display; sample grids go to out/samples"
 OFFICIAL_ELSEWHERE = {
     "max_dataset_size": "did you mean --max-dataset-size? it is the samples per epoch, drawn anew each epoch "
@@ -34,8 +35,6 @@ OFFICIAL_ELSEWHERE = {
     "save_latest_freq": "did you mean --checkpoint-every? it counts steps, not images",
     "save_epoch_freq": "did you mean --checkpoint-every? it counts steps (and --keep-checkpoints how many stay)",
     "save_by_iter": "did you mean --keep-checkpoints? step checkpoints are always named by step",
-    "lr_policy": "did you mean --n-epochs-decay? the learning rate decays linearly to zero over those epochs",
-    "lr_decay_iters": "did you mean --n-epochs-decay? the learning rate decays linearly to zero over those epochs",
     "model": "did you mean `cyclelib train cyclegan` or `cyclelib train cycada`? the command names the model",
     "dataset_mode": "did you mean --data? it reads unaligned folders (trainA/, trainB/) or digit pairs",
     "phase": "no equivalent: training reads trainA/ and trainB/ (`cyclelib test --phase` picks a test split)",

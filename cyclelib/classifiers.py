@@ -183,7 +183,7 @@ class _Training(nn.Module):
             load_optimizer_state(opt, state["optimizers"][name])
         self.precision.load_state_dict(state["scaler"])
 
-    def end_epoch(self) -> None:
+    def end_epoch(self, score: float | None = None) -> None:
         """The learning rates are constant."""
 
 

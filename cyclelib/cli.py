@@ -24,6 +24,7 @@ def _train_cyclegan(args) -> None:
     from .runs import RunFolderError
     from .runtime import resolve_scale
     from .cyclegan_run import read_resumable, train_cyclegan
+    from .distributed import launched
     options = given_options(args, CycleGANConfig)
     if args.resume:
         if args.overwrite:  # before the checkpoint is read (run_folder refuses the pair the same way)
@@ -37,12 +38,15 @@ def _train_cyclegan(args) -> None:
                              f"copy it to {options['out']} and resume the copy to continue it there")
         # The run's own config, with any option given now on top: those a run keeps for its life
         # must be the run's (train_cyclegan refuses others, naming them), the rest apply from here.
-        saved = read_resumable(args.resume)[0]["config"]
+        saved = read_resumable(args.resume, step=args.from_step)[0]["config"]
         known = {f.name for f in dataclasses.fields(CycleGANConfig)}
         config = CycleGANConfig(**{**{k: v for k, v in saved.items() if k in known}, **options,
                                    "out": str(args.resume)})
         origin = dict.fromkeys(options, "command line")
     else:
+        if args.from_step is not None:
+            raise ValueError(f"--from-step {args.from_step} picks the checkpoint of a run to go on from: "
+                             "give --resume DIR")
         if "data" not in options:
             raise ValueError("--data is required (a folder with trainA/trainB, "
                              "or a digit pair such as mnist5k:mnistm5k)")
@@ -50,12 +54,19 @@ def _train_cyclegan(args) -> None:
         scale = resolve_scale(args.scale)
         origin = {**dict.fromkeys(cyclegan_preset(scale, config.data), f"scale {scale} preset"),
                   **dict.fromkeys(options, "command line")}
-    print(f"training CycleGAN on {config.data} -> {config.out}")
+    first = launched()[0] == 0  # under torchrun, rank 0 speaks for every rank
+    if first:
+        print(f"training CycleGAN on {config.data} -> {config.out}")
     try:
-        train_cyclegan(config, resume=bool(args.resume), overwrite=args.overwrite, origin=origin)
+        model = train_cyclegan(config, resume=bool(args.resume), overwrite=args.overwrite, origin=origin,
+                               from_step=args.from_step)
     except ImportError as e:  # an optional package (--tensorboard, --wandb) is missing: the machine's to fix
         raise SystemExit(f"cyclelib: error: {e}") from None
-    print(f"done: checkpoint {Path(config.out) / 'checkpoint.pt'}, samples in {Path(config.out) / 'samples'}")
+    limit = (f"max_steps {config.max_steps}" if model.stopped_by == "max_steps"
+             else f"the end of its {config.n_epochs + config.n_epochs_decay} epochs")
+    if first:
+        print(f"done: stopped by {limit}; checkpoint {Path(config.out) / 'checkpoint.pt'}, samples in "
+              f"{Path(config.out) / 'samples'}")
 
 
 def _train_cycada(args) -> None:
@@ -242,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="continue the run in DIR exactly where it stopped; options given with it apply from "
                                "there (e.g. --lr, --n-epochs, --log-every), but those a run keeps for its life "
                                "(networks, data, loss) are refused")
+    cyclegan.add_argument("--from-step", type=positive_int, metavar="N",
+                          help="with --resume: go on from the run's checkpoint of step N (DIR/checkpoints/step_N.pt) "
+                               "instead of its latest; the later steps are trained again: their step checkpoints are "
+                               "deleted first, their history rows dropped, their sample grids replaced")
     cyclegan.add_argument("--overwrite", action="store_true",
                           help="start over in an --out that holds another run (its checkpoints, history and "
                                "samples are deleted)")

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 
 from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DIRECTIONS, DISCRIMINATORS, GAN_MODES, GENERATORS, INIT_TYPES,
-                    NOISE_INJECTIONS, NORMS, PATHS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES, TASK_NETWORKS, Registry,
+                    LR_POLICIES, NOISE_INJECTIONS, NORMS, PATHS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES, TASK_NETWORKS, Registry,
                     is_digit_pair)
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
@@ -149,8 +149,20 @@ class CycleGANConfig:
     batch_size: int = _option(1, "images per step (per process under torchrun)", _DATA, official=("batch_size",))
     n_epochs: int = _option(100, "epochs at the initial learning rate", official=("n_epochs", "niter"))
     n_epochs_decay: int = _option(100, "epochs of linear decay to zero", official=("n_epochs_decay", "niter_decay"))
+    # The learning-rate schedule is a function of the epoch (and, for plateau, of the epochs' cycle losses,
+    # which checkpoints keep): changed at a resume, it applies as if the run had had it from the start.
+    lr_policy: str = _option("linear", "the learning-rate schedule, stepped after every epoch as the official "
+                             "code's: linear (constant for n_epochs, then to zero over n_epochs_decay), step (x0.1 "
+                             "every lr_decay_iters epochs), plateau (x0.2 after 6 epochs without a 1% lower mean cycle "
+                             "loss cycle_A + cycle_B), cosine (to zero over n_epochs, then back up)",
+                             choices=LR_POLICIES, official=("lr_policy",))
+    lr_decay_iters: int = _option(50, "epochs between the step policy's decays", official=("lr_decay_iters",))
+    threads: int | None = _option(None, "CPU threads of torch (torch.set_num_threads)",
+                                  none="torch's, at most the physical cores this process may use")
     pool_size: int = _option(50, "fakes kept to train D on (0: none)", _POOL, official=("pool_size",))
-    max_steps: int | None = _option(None, "stop after this many steps in total", none="no limit")
+    max_steps: int | None = _option(None, "stop after this many steps in total; at most the steps of the epochs "
+                                    "(n_epochs + n_epochs_decay), since the learning-rate schedule counts "
+                                    "epochs: a larger value is refused", none="all the epochs' steps")
     clip_grad_norm: float | None = _option(None, "clip each optimizer's gradient norm to this", none="off")
     # data
     preprocess: str = _option("resize_and_crop", "how images are scaled and cropped at load time", _DATA,
@@ -193,7 +205,8 @@ class CycleGANConfig:
                                          "lambda_mode_seeking"),
                      positive=("lr", "batch_size", "n_epochs", "load_size", "crop_size", "log_every",
                                "sample_every", "checkpoint_every", "keep_checkpoints", "ngf", "ndf",
-                               "n_layers_D", "input_nc", "output_nc", "max_steps", "max_dataset_size"))
+                               "n_layers_D", "input_nc", "output_nc", "max_steps", "max_dataset_size", "lr_decay_iters",
+                               "threads"))
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -12,6 +12,7 @@ The official step cited below is junyanz/pytorch-CycleGAN-and-pix2pix at commit 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable
@@ -113,10 +114,7 @@ class CycleGAN(nn.Module):
         adam = dict(lr=c.lr, betas=(c.beta1, c.beta2), fused=True if fast else None)
         self.opt_G = torch.optim.Adam([*self.G_A.parameters(), *self.G_B.parameters()], **adam)
         self.opt_D = torch.optim.Adam([*self.D_A.parameters(), *self.D_B.parameters()], **adam)
-        # Official rule: constant for n_epochs, then linear decay over n_epochs_decay (+1) epochs.
-        rule = lambda epoch: 1.0 - max(0, epoch + 1 - c.n_epochs) / float(c.n_epochs_decay + 1)
-        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
-        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
+        self._start_schedules()
         self.pool_A = ImagePool(c.pool_size, seed=c.seed)      # fakes of domain A, for D_B
         self.pool_B = ImagePool(c.pool_size, seed=c.seed + 1)  # fakes of domain B, for D_A
         self.precision = Precision(c.amp, device, fast)
@@ -289,7 +287,7 @@ class CycleGAN(nn.Module):
         """Everything besides the weights that an exact resume needs."""
         return {
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
-            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
+            "lr_scores": list(self.lr_scores),
             "pools": {"A": self.pool_A.state_dict(), "B": self.pool_B.state_dict()},
             "scaler": self.precision.scaler.state_dict(),  # fp16 loss scale ({} when off)
         }
@@ -298,24 +296,75 @@ class CycleGAN(nn.Module):
         """Restore :meth:`training_state`; the pools' images go to ``device`` (default: the model's).
 
         What the config sets stays this model's: the optimisers' hyperparameters (lr, betas), the
-        learning-rate schedule (lr, n_epochs, n_epochs_decay, at the saved epoch) and the precision,
-        so that options changed for a resume apply from here on."""
+        learning-rate schedule (lr_policy and its options, replayed through the saved epochs'
+        scores: the rate a run with these options has at the saved epoch) and the precision, so
+        that options changed for a resume apply from here on."""
         device = device or next(self.parameters()).device
-        for name, optimizer, schedule in (("G", self.opt_G, self.sched_G), ("D", self.opt_D, self.sched_D)):
+        for name, optimizer in self.optimizers().items():
             load_optimizer_state(optimizer, state["optimizers"][name])
-            schedule.load_state_dict({**state["schedulers"][name], "base_lrs": schedule.base_lrs})
-            # the rate of the saved epoch, as LambdaLR.step computes it
-            for group, base, rule in zip(optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas):
-                group["lr"] = base * rule(schedule.last_epoch)
-            schedule._last_lr = [group["lr"] for group in optimizer.param_groups]
+        # Checkpoints before lr_policy (linear only) kept the schedules' epoch count instead of the scores.
+        scores = state["lr_scores"] if "lr_scores" in state else [None] * state["schedulers"]["G"]["last_epoch"]
+        if self.config.lr_policy == "plateau" and None in scores:
+            raise ValueError("this checkpoint predates the plateau policy (it keeps no epoch scores): resume it with "
+                             "another lr_policy")
+        self._start_schedules(scores)
         self.pool_A.load_state_dict(state["pools"]["A"], device)
         self.pool_B.load_state_dict(state["pools"]["B"], device)
         self.precision.load_state_dict(state["scaler"])
 
-    def end_epoch(self) -> None:
-        """One step of both learning-rate schedules (constant, then linear decay)."""
-        self.sched_G.step()
-        self.sched_D.step()
+    def end_epoch(self, score: float | None = None) -> None:
+        """One step of both learning-rate schedules; ``score`` is the epoch's mean cycle loss, which
+        the plateau policy minimises (see :func:`lr_schedule`)."""
+        self.lr_scores.append(score)
+        # A replay, or a run resumed at an epoch's last step, steps before this process's first optimizer step.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+            for schedule in (self.sched_G, self.sched_D):
+                schedule.step(score) if self.config.lr_policy == "plateau" else schedule.step()
+
+    def _start_schedules(self, scores: Iterable[float | None] = ()) -> None:
+        """Both schedules from the config's lr at epoch 0, stepped through the finished epochs'
+        ``scores``: the same steps on the same numbers as the run took, so a resumed run's rates
+        are bit for bit an uninterrupted one's."""
+        for optimizer in self.optimizers().values():
+            for group in optimizer.param_groups:
+                group["lr"] = self.config.lr
+                group.pop("initial_lr", None)  # a new schedule's base is the lr set now
+        self.sched_G, self.sched_D = lr_schedule(self.opt_G, self.config), lr_schedule(self.opt_D, self.config)
+        self.lr_scores: list[float | None] = []  # each finished epoch's score, as end_epoch got it
+        for score in scores:
+            self.end_epoch(score)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, config: CycleGANConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of ``config.lr_policy`` for ``optimizer``, stepped after every
+    epoch, as the official ``get_scheduler`` builds it (junyanz/pytorch-CycleGAN-and-pix2pix
+    ``models/networks.py``: lines 24-38 at commit 000f298, with the old option names niter and
+    niter_decay and the linear policy called lambda; today's code names them n_epochs,
+    n_epochs_decay and linear):
+
+    - linear: today's ``1 - max(0, epoch + epoch_count - n_epochs) / (n_epochs_decay + 1)`` with
+      the default ``epoch_count`` 1 (the epoch a run continued by hand starts from; cyclelib's
+      resume keeps the epoch itself, so the rule has no such option);
+    - step: ``StepLR(step_size=lr_decay_iters, gamma=0.1)`` (lr_decay_iters counts epochs);
+    - plateau: ``ReduceLROnPlateau(mode="min", factor=0.2, threshold=0.01, patience=5)``;
+    - cosine: ``CosineAnnealingLR(T_max=n_epochs, eta_min=0)``: zero after n_epochs, then back up.
+
+    Plateau departs from the official code in the score it is stepped with: the official models
+    step it with ``self.metric``, which the CycleGAN model leaves at 0 (``models/base_model.py``,
+    lines 44 and 127-128 at commit 07cff55), so its rate falls x0.2 every 6 epochs whatever the
+    losses do. cyclelib steps it with the epoch's mean of cycle_A + cycle_B (the score of
+    ``checkpoint_best.pt``, averaged over every rank under torchrun).
+    """
+    c, schedules = config, torch.optim.lr_scheduler
+    if c.lr_policy == "linear":
+        return schedules.LambdaLR(optimizer, lambda epoch: 1.0 - max(0, epoch + 1 - c.n_epochs)
+                                  / float(c.n_epochs_decay + 1))
+    if c.lr_policy == "step":
+        return schedules.StepLR(optimizer, step_size=c.lr_decay_iters, gamma=0.1)
+    if c.lr_policy == "plateau":
+        return schedules.ReduceLROnPlateau(optimizer, mode="min", factor=0.2, threshold=0.01, patience=5)
+    return schedules.CosineAnnealingLR(optimizer, T_max=c.n_epochs, eta_min=0)
 
 
 class _Unit(nn.Module):

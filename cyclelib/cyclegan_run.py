@@ -17,15 +17,15 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from . import distributed
-from .checkpoints import is_checkpoint
+from .checkpoints import is_checkpoint, load_checkpoint
 from .checks import shape_networks
 from .config import CycleGANConfig
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import Unpaired, open_unpaired
 from .names import is_digit_pair
 from .plots import save_image_grid
-from .runs import check_resumable, load_run_checkpoint
-from .runtime import pick_device, seed_everything
+from .runs import check_resumable, load_run_checkpoint, step_checkpoint
+from .runtime import pick_device, seed_everything, use_threads
 from .train import Trainer
 from .watch import Watch
 from .weights import check_cyclegan_shapes
@@ -38,8 +38,9 @@ FIXED_OPTIONS = {f.name: f.metadata["why"] for f in fields(CycleGANConfig) if f.
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
                    extra_generator_losses: GeneratorTerms | None = None, meta: dict | None = None,
                    overwrite: bool = False, resume_hint: str | None = None,
-                   origin: dict[str, str] | None = None) -> CycleGAN:
-    """Train a CycleGAN as the official code does and return it (eval mode).
+                   origin: dict[str, str] | None = None, from_step: int | None = None) -> CycleGAN:
+    """Train a CycleGAN as the official code does and return it (eval mode; its ``stopped_by`` says
+    which limit ended the training: ``"max_steps"`` or ``"epochs"``).
 
     Writes to ``config.out``: ``checkpoints/step_XXXXXXX.pt`` (the last
     ``keep_checkpoints``, everything needed to resume exactly), ``checkpoint.pt`` (the
@@ -52,9 +53,13 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     where that run stopped, with the options of ``config``: those the run keeps for its life
     (:data:`FIXED_OPTIONS`: networks, data and their order, loss) must be the run's, or
     nothing runs; the others (learning rate, betas, epochs, steps, intervals, precision,
-    device, ...) apply from the resumed step on and are recorded. A folder that holds another
-    run is refused unless ``resume`` or ``overwrite`` (start over). See :class:`Trainer` for
-    signals, NaN stops and torchrun (``batch_size`` is per rank; only rank 0 writes files).
+    device, ...) apply from the resumed step on and are recorded. ``from_step`` (with ``resume``)
+    goes on from the run's checkpoint of that step instead of its latest: the steps after it are
+    trained again, their step checkpoints deleted first and their history rows dropped (see
+    :func:`~cyclelib.runs.rewind`). A folder that holds another run is refused unless ``resume``
+    or ``overwrite`` (start over). CPU threads: ``config.threads`` (see
+    :func:`~cyclelib.runtime.use_threads`). See :class:`Trainer` for signals, NaN stops and
+    torchrun (``batch_size`` is per rank; only rank 0 writes files).
 
     Every image is decoded once before training (see ``skip_bad_images``).
     ``extra_generator_losses``, ``meta`` and ``resume_hint`` are for runs built on CycleGAN
@@ -70,13 +75,16 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     for name in ("input_nc", "output_nc"):  # the channels images are read with (domain A, domain B)
         if getattr(c, name) not in (1, 3):
             raise ValueError(f"{name} must be 1 (images read as grayscale) or 3 (RGB), got {getattr(c, name)}")
-    checkpoint = read_resumable(c.out, meta) if resume else None  # checked before any network is built
+    if from_step is not None and not resume:
+        raise ValueError(f"from_step {from_step} picks the checkpoint a resumed run goes on from: give resume too")
+    checkpoint = read_resumable(c.out, meta, from_step) if resume else None  # checked before any network is built
     if checkpoint is not None:
         _check_fixed_options(c, *checkpoint)
     # Under torchrun: this process's rank, the number of ranks and this rank's GPU.
     rank, world_size, device = distributed.setup(pick_device(c.device))
     distributed.check_norm(c.norm, world_size, device)
     watch = Watch(c, origin, checkpoint and checkpoint[0]["config"]) if rank == 0 else None  # checks the packages
+    use_threads(c.threads)
     seed_everything(c.seed)
     data_options = dict(seed=c.seed, channels=c.input_nc, channels_b=c.output_nc, direction=c.direction,
                         serial=c.serial_batches)
@@ -98,19 +106,25 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
         sample=lambda step: _save_samples(model, samples, out / "samples" / f"step_{step:06d}.png"),
         sample_every=c.sample_every, resume_checks=(),  # read_resumable and _check_fixed_options did
         resume_hint=resume_hint or f"resume=True or `cyclelib train cyclegan --resume {out}`",
-        overwrite=overwrite, progress=progress, name=(meta or {}).get("stage", "cyclegan"), watch=watch)
-    trainer.fit(resume, checkpoint)
+        overwrite=overwrite, progress=progress, name=(meta or {}).get("stage", "cyclegan"), watch=watch,
+        compiling=c.compile)
+    model.stopped_by = trainer.fit(resume, checkpoint)
     return model.eval()
 
 
-def read_resumable(folder: str | Path, meta: dict | None = None) -> tuple[dict, Path]:
-    """The latest checkpoint of the CycleGAN run in ``folder`` and its path, read without building
+def read_resumable(folder: str | Path, meta: dict | None = None, step: int | None = None) -> tuple[dict, Path]:
+    """The latest checkpoint of the CycleGAN run in ``folder`` (with ``step``: its checkpoint of that
+    step, see :func:`~cyclelib.runs.step_checkpoint`) and its path, read without building
     any network. A ``ValueError`` says what the folder holds when it is no such run: an official
     state_dict, weights without a training state, a classifier, or a stage of a CyCADA run whose
     ``meta`` is not this run's (with the command that continues that stage); and names the
     tensors when the checkpoint's config declares other networks than they are (a config with
     ``ngf=100000`` would allocate hundreds of GB: see :func:`~cyclelib.weights.check_cyclegan_shapes`)."""
-    ckpt, path = load_run_checkpoint(folder)
+    if step is None:
+        ckpt, path = load_run_checkpoint(folder)
+    else:
+        path = step_checkpoint(folder, step)
+        ckpt = load_checkpoint(path)
     if not is_checkpoint(ckpt):
         raise ValueError(f"cannot resume from {path}: it is not a cyclelib checkpoint but weights alone (an "
                          "official state_dict?); translate with it, or start a new run in another folder")

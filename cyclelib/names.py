@@ -19,6 +19,7 @@ NOISE_INJECTIONS = ("constant", "modulate")
 GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 PATHS = ("fast", "reference")
+LR_POLICIES = ("linear", "step", "plateau", "cosine")  # the official get_scheduler's, stepped once per epoch
 DIRECTIONS = ("AtoB", "BtoA")
 EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 DIGIT_DOMAINS = ("mnist5k", "uci-digits", "mnistm5k", "mnist", "usps", "svhn", "mnistm")

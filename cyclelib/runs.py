@@ -151,6 +151,43 @@ def step_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(files)]
 
 
+def step_checkpoint(folder: str | os.PathLike, step: int) -> Path:
+    """The checkpoint of step ``step`` of the run in ``folder``; a ``FileNotFoundError`` lists the steps
+    the run kept when it has none of that step."""
+    file = Path(folder, CHECKPOINT_FOLDER, f"step_{step:07d}.pt")
+    if not file.is_file():
+        kept = [str(int(_STEP_FILE.fullmatch(p.name).group(1))) for p in step_checkpoints(folder)]
+        raise FileNotFoundError(f"the run folder {folder} has no checkpoint of step {step} ({file}); the steps it "
+                                f"kept: {', '.join(kept) or 'none'}")
+    return file
+
+
+def rewind(folder: str | os.PathLike, checkpoint: Path, step: int) -> bool:
+    """Make ``checkpoint`` (of step ``step``) the latest of the run in ``folder`` when the run went on
+    past it, before training goes on from it: the step files after it are deleted (they belong to
+    the abandoned continuation, and the newest ``keep_checkpoints`` would otherwise be theirs),
+    ``checkpoint.pt`` becomes it, and ``checkpoint_best.pt`` is deleted if a later step wrote it.
+    The history and sample grids of later steps are replaced as training reaches them (the history
+    is the checkpoint's, up to ``step``). Returns whether the best checkpoint was deleted."""
+    folder = Path(folder)
+    later = [p for p in step_checkpoints(folder) if int(_STEP_FILE.fullmatch(p.name).group(1)) > step]
+    if not later:
+        return False
+    for old in later:
+        old.unlink()
+    _link_or_copy(checkpoint, folder / LATEST)
+    best = folder / BEST
+    if not best.is_file():
+        return False
+    try:
+        later_best = load_checkpoint(best)["training"]["step"] > step
+    except ValueError:  # unreadable: no best to keep
+        later_best = True
+    if later_best:
+        best.unlink()
+    return later_best
+
+
 def save_run_checkpoint(state: dict, folder: str | os.PathLike, step: int, keep: int = 3,
                         best: bool = False) -> Path:
     """Save a training checkpoint into a run folder; returns the step file.

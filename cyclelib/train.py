@@ -26,9 +26,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import random
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import StringIO
@@ -43,8 +43,8 @@ from . import distributed, files
 from .checkpoints import load_weights, make_checkpoint
 from .data import EpochSampler
 from .plots import plot_history
-from .runs import LATEST, check_resumable, load_run_checkpoint, run_folder, save_run_checkpoint
-from .runtime import cudnn_autotune
+from .runs import LATEST, check_resumable, load_run_checkpoint, rewind, run_folder, save_run_checkpoint
+from .runtime import cudnn_autotune, rng_state, set_rng_state
 from .watch import Watch
 
 
@@ -182,22 +182,6 @@ def _leave_sigint_to_main(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def rng_state() -> dict:
-    """Every global RNG state a training step may touch, in a weights-only friendly form."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @runtime_checkable
 class Trainable(Protocol):
     """What :class:`Trainer` needs of a model besides being an ``nn.Module`` (its weights are its
@@ -217,8 +201,9 @@ class Trainable(Protocol):
     def load_training_state(self, state: dict) -> None:
         """Restore :meth:`training_state`."""
 
-    def end_epoch(self) -> None:
-        """Called after every epoch (learning-rate schedules)."""
+    def end_epoch(self, score: float | None) -> None:
+        """Called after every epoch (learning-rate schedules), with the epoch's mean of the
+        trainer's ``score`` terms (None without them)."""
 
 
 @runtime_checkable
@@ -249,8 +234,11 @@ class Trainer:
     into every checkpoint and says what the weights are (see :mod:`cyclelib.checkpoints`);
     ``resume_checks`` are the keys of ``record["config"]`` that a checkpoint must share to
     be resumed (default: all). ``score`` names the terms whose sum ``checkpoint_best.pt``
-    minimises (averaged over the history rows since the previous scheduled checkpoint);
-    ``sample(step)``, when given, runs every ``sample_every`` steps and at the end (rank 0).
+    minimises (averaged over the history rows since the previous scheduled checkpoint), and
+    their mean over each epoch goes to ``model.end_epoch``; ``sample(step)``, when given, runs
+    every ``sample_every`` steps and at the end (rank 0). ``max_steps`` may end the run before
+    its epochs, never after (``ValueError``): a schedule counts epochs. With ``compiling`` the
+    first step says it compiles, and how long it took.
     """
 
     model: Trainable
@@ -278,6 +266,7 @@ class Trainer:
     progress: bool = True
     name: str = "train"
     watch: Watch | None = None          # TensorBoard / W&B, options printed (see cyclelib.watch; rank 0's)
+    compiling: bool = False             # the model's networks are torch.compiled (at their first call)
     # the run's position; fit() sets them, from a checkpoint when resuming
     epoch: int = field(default=0, init=False)
     start: int = field(default=0, init=False)  # steps done in the current epoch
@@ -296,11 +285,19 @@ class Trainer:
         share = len(EpochSampler(len(self.dataset), self.seed, 0, limit=self.limit, world_size=self.world))
         self.drop_last = self.drop_last and share > self.batch_size
         self.steps_per_epoch = share // self.batch_size if self.drop_last else math.ceil(share / self.batch_size)
-        self.total_steps = self.max_steps or self.epochs * self.steps_per_epoch
+        schedule = self.epochs * self.steps_per_epoch
+        if self.max_steps is not None and self.max_steps > schedule:
+            raise ValueError(f"max_steps {self.max_steps} is more than the {schedule} steps of the run's {self.epochs} "
+                             f"epochs ({self.steps_per_epoch} steps each), and the learning-rate schedule counts "
+                             "epochs: give more epochs (n_epochs, n_epochs_decay) instead, or fewer max_steps")
+        self.total_steps = self.max_steps or schedule
+        self.epoch_score: list = [0, 0]  # the sum of the score terms over this epoch's steps (on the device), steps
 
-    def fit(self, resume: bool = False, checkpoint: tuple[dict, Path] | None = None) -> None:
+    def fit(self, resume: bool = False, checkpoint: tuple[dict, Path] | None = None) -> str:
         """Train to the end (``total_steps``), from the latest checkpoint in ``out`` with ``resume``
-        (``checkpoint``: that checkpoint and its path, when the caller has read and checked it).
+        (``checkpoint``: that checkpoint and its path, when the caller has read and checked it; an
+        earlier one than the run's newest rewinds the run to it, see :func:`~cyclelib.runs.rewind`).
+        Returns which limit ended the run: ``"max_steps"`` or ``"epochs"``.
 
         ``out`` is checked and locked first (:func:`~cyclelib.runs.run_folder`, by rank 0). The
         trainer's own options may differ from the resumed run's and apply from the resumed step on:
@@ -310,6 +307,7 @@ class Trainer:
         with (run_folder(self.out, resume, self.overwrite) if self.rank == 0 else contextlib.nullcontext(),
               contextlib.closing(self.watch) if self.watch else contextlib.nullcontext()):
             self._fit(resume, checkpoint)
+        return "max_steps" if self.step < self.epochs * self.steps_per_epoch else "epochs"
 
     def _fit(self, resume: bool, checkpoint: tuple[dict, Path] | None) -> None:
         if self.world > 1:
@@ -322,15 +320,25 @@ class Trainer:
             self.watch.start(self.step)
         watch = _NonFiniteWatch()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress or self.rank != 0,
-                   desc=self.name, unit="step")
+                   desc=f"{self.name} [CPU threads: {torch.get_num_threads()}]", unit="step")
+        compiling = self.compiling and self.rank == 0
         with _stop_requests() as stop, cudnn_autotune(self.device.type == "cuda"):
             try:
                 self.model.train()
                 while self.epoch < self.epochs and self.step < self.total_steps and not stop:
                     for batch in self._loader():
+                        if compiling:
+                            bar.write("compiling the networks (torch.compile): the first step waits for it")
+                            started = time.perf_counter()
                         terms = self.model.train_step(*(t.to(self.device, non_blocking=True)
                                                         for t in self.inputs(batch)))
+                        if compiling:
+                            bar.write(f"compiled, first step done in {time.perf_counter() - started:.1f} s")
+                            compiling = False
                         terms = distributed.mean_over_ranks(terms)  # DDP: the global batch's, the same on every rank
+                        if self.score:
+                            self.epoch_score = [self.epoch_score[0] + sum(terms[t] for t in self.score),
+                                                self.epoch_score[1] + 1]
                         self.step, self.start = self.step + 1, self.start + 1
                         watch.update(self.step, terms)
                         bar.update()
@@ -340,8 +348,10 @@ class Trainer:
                         if self.step >= self.total_steps or stop:
                             break
                     else:
+                        total, steps = self.epoch_score
                         self.epoch, self.start, self.loader_seed = self.epoch + 1, 0, None
-                        self.model.end_epoch()
+                        self.epoch_score = [0, 0]
+                        self.model.end_epoch(float(total / steps) if self.score and steps else None)
             finally:
                 bar.close()
         self._save(watch, scheduled=not stop)
@@ -410,6 +420,7 @@ class Trainer:
         training = {**self.model.training_state(), "rng": rng_state(), "epoch": self.epoch, "start": self.start,
                     "step": self.step, "total_steps": self.total_steps, "world_size": self.world,
                     "loader_seed": self.loader_seed, "history_sums": self.history.state_dict()["sums"],
+                    "epoch_score": [torch.as_tensor(self.epoch_score[0]).cpu(), self.epoch_score[1]],
                     "best": self.best, "best_since": self.best_since,
                     "watch": self.watch.state_dict() if self.watch else {}}
         return make_checkpoint(**self.record, nets=self.model.state_dict(), history=self.history.rows,
@@ -428,5 +439,9 @@ class Trainer:
         self.epoch, self.start, self.step, self.loader_seed = t["epoch"], t["start"], t["step"], t["loader_seed"]
         self.history.load_state_dict({"rows": ckpt["history"], "sums": t["history_sums"]}, self.device, self.step)
         self.best, self.best_since, self.saved_at = t["best"], t["best_since"], self.step
+        total, steps = t.get("epoch_score", [0, 0])  # checkpoints before lr_policy have none: 0 steps
+        self.epoch_score = [torch.as_tensor(total).to(self.device), steps]
+        if self.rank == 0 and rewind(self.out, path, self.step):
+            self.best = None  # the best checkpoint was a later step's: the next scheduled one becomes it
         if self.watch:
             self.watch.load_state_dict(t.get("watch", {}))

@@ -19,7 +19,7 @@ from .checkpoints import is_checkpoint, load_checkpoint
 from .cyclegan import CycleGAN
 from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image
 from .networks import fits, side_multiple, smallest_side
-from .runs import CHECKPOINT_FOLDER, LATEST, load_run_checkpoint, run_in, step_checkpoints
+from .runs import CHECKPOINT_FOLDER, LATEST, load_run_checkpoint, run_in, step_checkpoint
 from .runtime import Precision, pick_device
 from .tiles import translate_tiled
 from .weights import cyclegan_from_checkpoint, load_official
@@ -40,11 +40,7 @@ def load_state(checkpoint: str | os.PathLike, step: int | None = None,
             raise ValueError(f"--step (step={step}) picks a checkpoint of a run folder, and {path} is not a folder")
         return load_checkpoint(path, sha256), path
     if step is not None:
-        file = path / CHECKPOINT_FOLDER / f"step_{step:07d}.pt"
-        if not file.is_file():
-            kept = [str(int(p.stem.split("_")[1])) for p in step_checkpoints(path)]
-            raise FileNotFoundError(f"the run folder {path} has no checkpoint of step {step} ({file}); the steps it "
-                                    f"kept: {', '.join(kept) or 'none'}")
+        file = step_checkpoint(path, step)
         return load_checkpoint(file, sha256), file
     if run_in(path) is None:
         cycada = f"; a CyCADA run keeps its generators in {path / 'pixel'}" if (path / "pixel").is_dir() else ""

@@ -35,7 +35,8 @@ PIXEL_VALUES = dict(
 FIXED_BY_THE_STAGE = {"data", "out", "input_nc", "output_nc", "preprocess", "flip"}
 CYCLEGAN_DEFAULTS = {"init", "init_gain", "dropout", "lambda_gp", "beta2", "max_steps", "clip_grad_norm",
                      "skip_bad_images", "path", "compile", "keep_checkpoints", "tensorboard", "wandb", "wandb_project",
-                     "direction", "serial_batches"}  # the source is domain A, its images in a seeded order
+                     "direction", "serial_batches",  # the source is domain A, its images in a seeded order
+                     "lr_policy", "lr_decay_iters", "threads"}  # the release's linear schedule; torch's threads
 
 
 def test_every_pixel_option_reaches_the_pixel_stage():

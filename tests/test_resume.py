@@ -96,6 +96,11 @@ APPLIED = {
     "n_epochs_decay": (3, lambda ckpt, folder, unchanged: ckpt["training"]["step"] == 16
                        and group(step_file(folder, 8))["lr"] == 2e-4 * 0.75),
     "max_steps": (6, lambda ckpt, folder, unchanged: ckpt["training"]["step"] == 6),
+    # the second epoch at the rate cosine gives it from the start: zero after T_max = n_epochs = 1
+    "lr_policy": ("cosine", lambda ckpt, folder, unchanged: group(ckpt)["lr"] == group(ckpt, "D")["lr"] == 0.0
+                  and group(unchanged)["lr"] == 2e-4 * 0.5),
+    "lr_decay_iters": (1, lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),  # linear
+    "threads": (1, lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),  # see below
     "clip_grad_norm": (1e-6, lambda ckpt, folder, unchanged: not equal_states(moments(ckpt), moments(unchanged))),
     # options that must change nothing of the training
     "num_workers": (1, lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),
@@ -152,11 +157,16 @@ def test_an_option_given_at_a_resume_is_applied_and_recorded(stopped, unchanged,
     if name == "compile":  # torch.compile on a CPU takes minutes: the same call, uncompiled
         compiled = []
         monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: compiled.append(fn) or fn)
+    if name == "threads":  # asked for, not set: this process's other tests keep their thread count
+        asked = []
+        monkeypatch.setattr(torch, "set_num_threads", asked.append)
     ckpt = resumed(stopped, folder, **{} if name == "out" else {name: value})
     assert ckpt["config"][name] == value
     assert applied(ckpt, folder, unchanged), name
     if name == "compile":
         assert len(compiled) == 4  # the four networks
+    if name == "threads":
+        assert asked == [1]
 
 
 @pytest.mark.parametrize("name", REFUSED)
@@ -179,7 +189,7 @@ def test_the_cli_applies_lr_and_betas_given_at_a_resume(stopped, tmp_path):
     assert ckpt["training"]["step"] == 8 and (ckpt["config"]["lr"], ckpt["config"]["beta1"]) == (0.05, 0.9)
     for name in "GD":
         assert group(ckpt, name)["lr"] == 0.05 * 0.5 and group(ckpt, name)["betas"] == (0.9, 0.999)
-        assert ckpt["training"]["schedulers"][name]["base_lrs"] == [0.05]
+        assert group(ckpt, name)["initial_lr"] == 0.05
 
 
 def test_the_cli_refuses_an_option_a_run_keeps_naming_it(stopped, tmp_path):
