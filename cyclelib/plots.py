@@ -7,7 +7,7 @@ Windows) becomes the fallback of matplotlib's default font; without one, the Chi
 a label shows as boxes. Where none is installed (Colab), :func:`cjk_font` downloads one.
 
 Every figure, in runs and in the book, is drawn :data:`FIGURE_WIDTH` inches wide (or
-narrower) at :data:`DPI`: 640 pixels, which the book's text column (688 pixels at a 1280
+narrower) at :data:`DPI`: 640 pixels, which the book's text column (676 pixels for a figure at a 1280
 pixel window) shows at full size, so that 8-point text stays 11 pixels high. Figures of
 several panels wrap them onto rows (:func:`panels`) rather than growing wider.
 """
@@ -32,7 +32,7 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from . import download, files  # noqa: E402
 
-FIGURE_WIDTH = 6.4  # inches: 640 px at DPI, inside the book's 688 px text column
+FIGURE_WIDTH = 6.4  # inches: 640 px at DPI, inside the 676 px that the book shows of a figure
 DPI = 100
 PANEL_HEIGHT = 2.6  # inches per row of panels
 FONT_SIZE = 8  # points, the smallest text of a figure: 11 px at DPI

@@ -14,9 +14,9 @@ from helpers import ROOT
 
 from cyclelib import plots
 
-# The text column of the built book at a 1280 px window, as tests/browser/test_book.py measures it
-# (the article's clientWidth).
-COLUMN_PX = 688
+# The widest a code cell's figure is shown in the built book at a 1280 px window (measured in
+# Chromium: the output area inside the article, whose clientWidth tests/browser/test_book.py reads).
+COLUMN_PX = 676
 HISTORY = [{"step": s, "G_A": 1 / (s + 1), "G_B": 0.5, "D_A": 0.25, "D_B": 0.2 + s / 100} for s in range(20)]
 
 # Cells whose stored figures were drawn before the book had one figure size, by notebook: their
