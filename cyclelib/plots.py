@@ -5,12 +5,18 @@ Axis labels are bilingual ("step / 步数"), like the book. Chinese needs a CJK 
 one installed (Noto Sans CJK, from Debian's fonts-noto-cjk, or the system's own on macOS and
 Windows) becomes the fallback of matplotlib's default font; without one, the Chinese half of
 a label shows as boxes. Where none is installed (Colab), :func:`cjk_font` downloads one.
+
+Every figure, in runs and in the book, is drawn :data:`FIGURE_WIDTH` inches wide (or
+narrower) at :data:`DPI`: 640 pixels, which the book's text column (676 pixels for a figure at a 1280
+pixel window) shows at full size, so that 8-point text stays 11 pixels high. Figures of
+several panels wrap them onto rows (:func:`panels`) rather than growing wider.
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+import math
 from typing import Sequence
 
 import matplotlib
@@ -25,6 +31,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from . import download, files  # noqa: E402
+
+FIGURE_WIDTH = 6.4  # inches: 640 px at DPI, inside the 676 px that the book shows of a figure
+DPI = 100
+PANEL_HEIGHT = 2.6  # inches per row of panels
+FONT_SIZE = 8  # points, the smallest text of a figure: 11 px at DPI
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "PingFang SC",
              "Microsoft YaHei", "SimHei")
@@ -87,9 +98,26 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` at ``path`` (folders created) atomically, as :func:`cyclelib.files.save_figure`
     does (a PNG for ``.png``), and close it."""
     try:
-        return files.save_figure(fig, path)
+        return files.save_figure(fig, path, dpi=DPI)
     finally:
         plt.close(fig)
+
+
+def panels(n: int = 1, columns: int = 2, height: float = PANEL_HEIGHT, **subplots) -> tuple[Figure, list[Axes]]:
+    """A figure of the book's width with ``n`` panels, at most ``columns`` per row, each row
+    ``height`` inches high; returns the figure and its ``n`` axes (the unused cells of the
+    last row are removed). Its layout is constrained, so a legend placed with
+    ``fig.legend(loc="outside lower center")`` takes room of its own instead of covering curves.
+    ``subplots``: more arguments of :func:`matplotlib.pyplot.subplots` (``sharex``, ...).
+    """
+    columns = max(1, min(n, columns))
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH, height * rows), dpi=DPI, squeeze=False,
+                             layout="constrained", **subplots)
+    axes = list(axes.flat)
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
 
 
 def to_image(t: torch.Tensor) -> torch.Tensor:
@@ -106,16 +134,19 @@ def image_grid_figure(rows: Sequence[torch.Tensor], row_names: Sequence[str],
 
     ``titles`` (one per column, e.g. class labels) are written above the first row. The
     images are tiled into one picture (a single axes is far cheaper to draw than N x rows).
+    ``scale``: inches per image, reduced where the figure would be wider than :data:`FIGURE_WIDTH`.
     """
     n = rows[0].shape[0]
     tiles = torch.cat([torch.stack([to_image(im) for im in batch]) for batch in rows])  # [R*N, H, W, 3]
     grid = make_grid(tiles.permute(0, 3, 1, 2), nrow=n, padding=2, pad_value=1.0).permute(1, 2, 0)
     h, w = rows[0].shape[-2] + 2, rows[0].shape[-1] + 2  # one tile with its padding
-    fig, ax = plt.subplots(figsize=(scale * n + 1.5, scale * len(rows) + (0.3 if titles else 0)))
+    names = 1.5  # inches left of the images for the row names
+    scale = min(scale, (FIGURE_WIDTH - names) / n)
+    fig, ax = plt.subplots(figsize=(scale * n + names, scale * len(rows) + (0.3 if titles else 0)), dpi=DPI)
     ax.imshow(grid.numpy(), interpolation="nearest")
-    ax.set_yticks([h * (r + 0.5) for r in range(len(rows))], list(row_names), fontsize=8)
+    ax.set_yticks([h * (r + 0.5) for r in range(len(rows))], list(row_names), fontsize=FONT_SIZE)
     ax.set_xticks([w * (i + 0.5) for i in range(n)], [str(t) for t in titles] if titles else [""] * n,
-                  fontsize=8)
+                  fontsize=FONT_SIZE)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
     for spine in ax.spines.values():
@@ -133,20 +164,19 @@ def save_image_grid(rows: Sequence[torch.Tensor], row_names: Sequence[str], path
 def history_figure(history: Sequence[dict], keys: Sequence[str] | None = None, x: str = "step",
                    ax: Axes | None = None) -> Figure:
     """Loss curves of a run's history (a list of dicts, one per logged step), drawn into ``ax``
-    when given (the figure is then the caller's), else into a new figure."""
+    when given (the figure is then the caller's), else into a new figure. The legend stands
+    right of the axes, never on the curves."""
     keys = keys or [k for k in history[0] if k not in (x, "epoch")]
     fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, PANEL_HEIGHT), dpi=DPI, layout="constrained")
     steps = [row[x] for row in history]
     for k in keys:
         ax.plot(steps, [row.get(k, float("nan")) for row in history], label=k)
     ax.set_xlabel(bilingual(x, "步数" if x == "step" else x))
     ax.set_ylabel(bilingual("loss", "损失"))
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=FONT_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3)
-    if fig is not None:
-        fig.tight_layout()
     return fig if fig is not None else ax.figure
 
 
@@ -166,15 +196,16 @@ def confusion_matrix_figure(matrix: torch.Tensor | Sequence[Sequence[int]], clas
     k = counts.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(0.5 * k + 1.8, 0.5 * k + 1.3))
+    side = min(FIGURE_WIDTH, 0.4 * k + 1.6)
+    fig, ax = plt.subplots(figsize=(side, side - 0.3), dpi=DPI)
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
             if counts[i, j] > 0:
-                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=FONT_SIZE,
                         color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(k), names, fontsize=8)
-    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xticks(range(k), names, fontsize=FONT_SIZE)
+    ax.set_yticks(range(k), names, fontsize=FONT_SIZE)
     ax.set_xlabel(bilingual("predicted", "预测"))
     ax.set_ylabel(bilingual("true", "真实"))
     if title:
@@ -197,29 +228,29 @@ def polarity_figure(by_result: dict[str, dict[str, float]], names: dict[str, str
     ``dark_digits`` entry of a CyCADA ``metrics.json``; ``names``: ``{result: label}``, the
     results to show, top to bottom.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH, 1.4 + 0.5 * len(names)), dpi=DPI)
     y = torch.arange(len(names)).float()
     for offset, side, label, color in ((-0.2, "light", bilingual("light digits", "浅色数字"), "#dd8452"),
                                        (0.2, "dark", bilingual("dark digits", "深色数字"), "#4c72b0")):
         bars = ax.barh(y + offset, [by_result[key][side] for key in names], height=0.4, label=label, color=color)
-        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=7)
-    ax.set_yticks(y, list(names.values()), fontsize=8)
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=FONT_SIZE)
+    ax.set_yticks(y, list(names.values()), fontsize=FONT_SIZE)
     ax.set_xlim(0, 1.1)
     ax.set_xlabel(bilingual("accuracy on target test", "目标域测试集上的准确率"))
     ax.invert_yaxis()
     if title:
         ax.set_title(title, fontsize=9, pad=22)
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    ax.legend(fontsize=FONT_SIZE, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
 
 def plot_histories(histories: dict[str, Sequence[dict]], path: str | Path, x: str = "step") -> Path:
-    """Loss curves of several runs (e.g. the stages of CyCADA), one panel each, as a PNG."""
+    """Loss curves of several runs (e.g. the stages of CyCADA), one panel each (one per row: each
+    legend stands right of its curves), as a PNG."""
     histories = {name: h for name, h in histories.items() if h}
-    fig, axes = plt.subplots(len(histories), 1, figsize=(7, 2.6 * len(histories)), squeeze=False)
-    for ax, (name, history) in zip(axes[:, 0], histories.items()):
+    fig, axes = panels(len(histories), columns=1)
+    for ax, (name, history) in zip(axes, histories.items()):
         history_figure(history, x=x, ax=ax)
         ax.set_title(name, fontsize=9)
-    fig.tight_layout()
     return save_figure(fig, path)
