@@ -1,5 +1,5 @@
 """Fingerprint of what training computes: run a few fixed trainings through the CLI and print
-one SHA-256 per output (metrics, history without wall times, every tensor of every checkpoint).
+one SHA-256 per output (metrics, history without wall times, the weights of every checkpoint).
 
 A refactor that must not change the numerics prints the same fingerprint before and after, on
 the same machine (kernels differ between CPUs):
@@ -65,9 +65,9 @@ def fingerprint(folder: Path) -> dict[str, str]:
             digest.update(json.dumps(_strip(json.loads(path.read_text())), sort_keys=True).encode())
         elif path.suffix in (".pt", ".pth"):
             state = torch.load(path, map_location="cpu", weights_only=True)
-            for key, tensor in _tensors(state):
-                if "optim" in key or "rng" in key:
-                    continue  # the weights fix the numerics; optimiser moments follow them
+            # The weights (a cyclelib checkpoint's "nets"; an official file is all weights) fix
+            # the numerics; the training state around them may gain fields between versions.
+            for key, tensor in _tensors(state.get("nets", state)):
                 digest.update(key.encode())
                 digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
                               if tensor.numel() else b"")
