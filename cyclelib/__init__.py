@@ -17,8 +17,8 @@ Modules, one idea each, leaves first:
   streamed), ``testpage`` (the official test page), ``evaluate`` (FID and KID), ``export`` (a
   generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``; ``names`` (every name an
   option takes, the architecture registries), ``checks`` (config checks that build networks),
-  ``arguments`` (the command line's options from the configs); ``toy`` (chapter 2's two Gaussian
-  mixtures, trained with the adversarial loss alone).
+  ``arguments`` (the command line's options from the configs); ``toy`` (two Gaussian mixtures,
+  trained with the adversarial loss alone, for the book's "The adversarial loss").
 """
 import importlib
 import importlib.util

@@ -29,9 +29,10 @@ alone). Each stage keeps its checkpoints under ``out/<stage>/``;
 CycleGAN names in this module: A = source, B = target, G_A = G_{S->T}, G_B = G_{T->S},
 D_A = D_T (judges target images), D_B = D_S.
 
-Two defects of the release are avoided on purpose (see the reference facts): f_S is
-pretrained and frozen in eval mode during stages 2 and 3 (the release trains a fresh
-classifier alongside the GAN and leaves the source network in train mode, so dropout and
+Two defects of the release are avoided on purpose: f_S is pretrained and frozen in eval mode
+during stages 2 and 3 (the release's ``CycleGANSemanticModel``, jhoffman/cycada_release at commit
+2fbf16b, ``cyclegan/models/cycle_gan_semantic_model.py``, builds a fresh ``netCLS`` in
+``initialize`` and trains it alongside the GAN in ``backward_CLS``, in train mode, so dropout and
 BatchNorm drift), and the stages pass networks to each other instead of PNG files.
 """
 from __future__ import annotations
@@ -101,7 +102,7 @@ def stage_path(config: CyCADAConfig, stage: str) -> Path:
     return Path(config.out) / stage / LATEST
 
 
-def _complete(ckpt: dict) -> bool:
+def stage_complete(ckpt: dict) -> bool:
     """Whether a checkpoint holds a finished run (one without training state is a final one)."""
     t = ckpt.get("training")
     return t is None or (t.get("total_steps") is not None and t["step"] >= t["total_steps"])
@@ -156,7 +157,7 @@ def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     return NEEDS[stage] + judge
 
 
-def _with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
+def with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
     """``stages`` and every stage they build on, in run order."""
     found, todo = set(), list(stages)
     while todo:
@@ -170,7 +171,7 @@ def _with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...
 def stage_options(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """:data:`STAGE_OPTIONS` of ``stage``, and the feature stage's options when the pixel
     stage's semantic judge is the feature_only classifier (and ``stage`` builds on the pixel stage)."""
-    judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *_with_needs((stage,), config))
+    judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *with_needs((stage,), config))
     feature = stage_option_names("feature") if judged_by_f_t and stage not in ("feature", "feature_only") else ()
     return STAGE_OPTIONS[stage] + feature
 
@@ -189,7 +190,7 @@ def stage_finished(config: CyCADAConfig, stage: str) -> bool:
     """Whether ``stage`` has a complete checkpoint trained with this config's options (stages
     write partial ones along the way); see :func:`stage_checkpoint` for other options."""
     ckpt = stage_checkpoint(config, stage)
-    return ckpt is not None and _complete(ckpt)
+    return ckpt is not None and stage_complete(ckpt)
 
 
 def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | None = None) -> nn.Module:
@@ -199,28 +200,28 @@ def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | No
     runs the stage, one trained with other options an error that names them (see :func:`stage_checkpoint`).
     """
     ckpt = stage_checkpoint(config, stage)
-    if ckpt is None or not _complete(ckpt):
-        raise _not_ready(config, {stage: ckpt})
-    return _network(ckpt, stage_path(config, stage), pick_device(device or config.device))
+    if ckpt is None or not stage_complete(ckpt):
+        raise stages_not_ready(config, {stage: ckpt})
+    return stage_network(ckpt, stage_path(config, stage), pick_device(device or config.device))
 
 
-def _not_ready(config: CyCADAConfig, found: dict[str, dict | None]) -> FileNotFoundError:
+def stages_not_ready(config: CyCADAConfig, found: dict[str, dict | None]) -> FileNotFoundError:
     """The error for stages that must run before others can, each with its checkpoint (None:
     missing, else unfinished); it names each file and the command that runs them."""
     why = [f"{stage_path(config, s)} is missing (the {s!r} stage has not been run)" if ckpt is None else
            f"{stage_path(config, s)} holds an unfinished {s!r} stage ({ckpt['training']['step']} of "
            f"{ckpt['training']['total_steps']} steps)" for s, ckpt in found.items()]
     return FileNotFoundError(f"{'; '.join(why)}; run {'it' if len(found) == 1 else 'them'} first: "
-                             f"{_run_hint(config, tuple(found))}")
+                             f"{run_hint(config, tuple(found))}")
 
 
-def _run_hint(config: CyCADAConfig, stages: tuple[str, ...]) -> str:
+def run_hint(config: CyCADAConfig, stages: tuple[str, ...]) -> str:
     """How to run (or resume) ``stages`` with ``config``'s options, from Python and from the
     command line (:func:`~cyclelib.config.cycada_command`)."""
     return f"run_cycada(config, stages={stages!r}) or `{cycada_command(asdict(config), stages)}`"
 
 
-def _network(ckpt: dict, path: Path, device: torch.device) -> nn.Module:
+def stage_network(ckpt: dict, path: Path, device: torch.device) -> nn.Module:
     """The trained network of a stage checkpoint, in eval mode on ``device``."""
     if ckpt["kind"] == "cyclegan":
         return cyclegan_from_checkpoint(ckpt, str(path)).to(device)
@@ -240,7 +241,7 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
             batch_size=batch_size, epochs=epochs, seed=c.seed, limit=c.max_samples,
             drop_last=True,  # a last batch of one image would break BatchNorm in train mode (DTN)
             num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
-            score=score, resume_hint=_run_hint(c, (stage,)),
+            score=score, resume_hint=run_hint(c, (stage,)),
             overwrite=not resume,  # the caller (run_cycada) decided: continue the stage or train it afresh
             progress=progress, name=stage).fit(resume)
 
@@ -336,7 +337,7 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),
                           meta=_stage_meta(config, "pixel"), overwrite=not resume,
-                          resume_hint=_run_hint(config, ("pixel",)))
+                          resume_hint=run_hint(config, ("pixel",)))
 
 
 def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | None = None,

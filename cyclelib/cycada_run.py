@@ -23,9 +23,9 @@ from torch import nn
 
 from . import distributed, files
 from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name
-from .cycada import (RESULTS, STAGES, _complete, _network, _not_ready, _run_hint, _with_needs, load_domain, load_stage,
-                     needs, parse_stages, stage_checkpoint, stage_finished, stage_path, train_feature, train_oracle,
-                     train_pixel, train_pixel_only, train_source)
+from .cycada import (RESULTS, STAGES, load_domain, load_stage, needs, parse_stages, run_hint, stage_checkpoint,
+                     stage_complete, stage_finished, stage_network, stage_path, stages_not_ready, train_feature,
+                     train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
                       predict, translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
@@ -63,11 +63,11 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         raise RunFolderError(f"{out} holds a run of its own ({found.name}: a CycleGAN run, or a CyCADA stage), "
                              f"not a CyCADA run, whose stages are folders in it: choose another --out (out=...)")
     reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage)
-              for stage in _with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
-    done = {stage for stage, ckpt in reused.items() if ckpt is not None and _complete(ckpt)}
+              for stage in with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
+    done = {stage for stage, ckpt in reused.items() if ckpt is not None and stage_complete(ckpt)}
     missing = {need for stage in set(stages) - done for need in needs(config, stage)} - done - set(stages)
     if missing:  # an earlier stage that was not asked for, and is not there to load
-        raise _not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
+        raise stages_not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with run_folder(out) if writer else contextlib.nullcontext():
         if writer:
             preset = CYCADA_PRESETS.get(config.scale, {})
@@ -100,7 +100,7 @@ def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str,
     }
     wall_times = _read_wall_times(times_path)
     for stage in stages:
-        if reused[stage] is not None and _complete(reused[stage]):
+        if reused[stage] is not None and stage_complete(reused[stage]):
             print(f"cycada: skipping {stage}: {stage_path(config, stage)} is complete (force=True retrains it)")
             continue
         start = time.perf_counter()
@@ -110,7 +110,7 @@ def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str,
             files.write_json(times_path, wall_times)
         # e.g. a SIGTERM stopped the pixel stage early (rank 0 writes the checkpoint: only it can tell)
         if writer and not stage_finished(config, stage):
-            raise RuntimeError(f"the {stage!r} stage stopped before its end; resume it: {_run_hint(config, (stage,))}")
+            raise RuntimeError(f"the {stage!r} stage stopped before its end; resume it: {run_hint(config, (stage,))}")
     return wall_times
 
 
@@ -171,7 +171,7 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
         if stage not in RESULTS:
             continue
         key = RESULTS[stage]
-        classifiers[stage] = _network(ckpt, stage_path(c, stage), device)
+        classifiers[stage] = stage_network(ckpt, stage_path(c, stage), device)
         predictions[key], labels = predict(classifiers[stage], target_test)
         metrics[key] = accuracy(predictions[key], labels)
         per_class[key] = [None if math.isnan(a) else a for a in per_class_accuracy(predictions[key], labels)]
@@ -180,7 +180,7 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
                               title=f"{key} on {c.target} test: {metrics[key]:.3f}")
     if "source" in classifiers:
         metrics["source_test_accuracy"] = accuracy(*predict(classifiers["source"], source_test))
-    translator = _network(finished["pixel"], stage_path(c, "pixel"), device).G_A if "pixel" in finished else None
+    translator = stage_network(finished["pixel"], stage_path(c, "pixel"), device).G_A if "pixel" in finished else None
     if translator is not None:
         # Two judges of the translation: f_S, which the semantic loss optimises, and the oracle, which it cannot.
         judges = {key: classifiers[stage] for stage, key in (("source", "label_preservation"),
@@ -227,7 +227,7 @@ def _finished_stages(config: CyCADAConfig) -> dict[str, dict]:
         except ValueError as e:
             print(f"cycada: not evaluated: {e}", file=sys.stderr)
             continue
-        if ckpt is not None and _complete(ckpt):
+        if ckpt is not None and stage_complete(ckpt):
             finished[stage] = ckpt
     return finished
 
