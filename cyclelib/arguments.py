@@ -58,6 +58,20 @@ def one_of(names) -> str:
     return "{" + ",".join(names) + "}"
 
 
+def choice(what: str, names) -> dict:
+    """The ``add_argument`` keywords of an option that takes one of ``names``: shown as {a,b,c} and
+    checked with the one wording of an invalid choice, "unknown <what> ...; valid values: ..."
+    (argparse's own ``choices`` would say "invalid choice ... (choose from ...)")."""
+    names = tuple(names)
+
+    def check(value: str) -> str:
+        if value not in names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {value!r}; valid values: {', '.join(names)}")
+        return value
+
+    return dict(type=check, metavar=one_of(names))
+
+
 def _text(value, none: str | None = None) -> str:
     if value is None:
         return none or "none"
@@ -167,7 +181,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocation, compilation); "
                                                               "default: 2")
     parser.add_argument("--device", default=None, help="default: CUDA when present, else the CPU")
-    parser.add_argument("--amp", default="auto", choices=AMP_MODES, help="the fast path's precision (the reference "
+    parser.add_argument("--amp", default="auto", **choice("amp", AMP_MODES), help="the fast path's precision (the reference "
                         "is fp32); default: auto (bf16 where the device computes it natively: CUDA, AVX512-BF16/AMX "
                         "CPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")

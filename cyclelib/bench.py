@@ -187,7 +187,9 @@ def _measure(args: argparse.Namespace, batch: int, device: torch.device, machine
 
     for model, _, _ in built.values():
         model.eval()
-    translate = {path: (lambda m=m, a=a: m.translate(a)) for path, (m, a, _) in built.items()}
+    # translation in each path's training precision (translate's default is fp32)
+    translate = {path: (lambda m=m, a=a, amp=m.config.amp if path == "fast" else "none": m.translate(a, amp=amp))
+                 for path, (m, a, _) in built.items()}
     for _ in range(args.warmup):
         for fn in translate.values():
             fn()

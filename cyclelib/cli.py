@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .arguments import add_arch_argument, add_bench_arguments, add_config_options, given_options, one_of, refuse_official_options
+from .arguments import (add_arch_argument, add_bench_arguments, add_config_options, choice, given_options, one_of,
+                        refuse_official_options)
 from .config import CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
@@ -155,7 +156,7 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
                         help="resize to SIZE x SIZE first (default: keep each image's size)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: CUDA when present, else "
                                                        "the CPU)")
-    parser.add_argument("--amp", choices=AMP_MODES, default="none",
+    parser.add_argument("--amp", **choice("amp", AMP_MODES), default="none",
                         help="precision (default: none, fp32; bf16 changes some 8-bit pixels by a few levels)")
     _add_official_options(parser)
 
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     cyclegan = train.add_parser("cyclegan", help="unpaired image translation (Zhu et al. 2017)",
                                 usage="%(prog)s (--data DATA | --resume DIR) [--scale SCALE] [options]")
-    cyclegan.add_argument("--scale", choices=SCALES, default=None,
+    cyclegan.add_argument("--scale", **choice("scale", SCALES), default=None,
                           help="smoke (seconds), cpu (minutes), gpu (paper); default: $CYCLELIB_SCALE, "
                                "else gpu when CUDA is present, else cpu")
     refuse_official_options(cyclegan)
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                               usage="%(prog)s --source DOMAIN --target DOMAIN [--scale SCALE] [options]",
                               description="The pixel stage's options are CycleGAN's, with the source as domain A "
                                           "and the target as domain B.")
-    cycada.add_argument("--scale", choices=SCALES, default=None,
+    cycada.add_argument("--scale", **choice("scale", SCALES), default=None,
                         help="smoke (seconds), cpu (~30 minutes), gpu (paper); default: $CYCLELIB_SCALE, "
                              "else gpu when CUDA is present, else cpu")
     cycada.add_argument("--stages", default=",".join(CYCADA_STAGES),
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--checkpoint", required=True,
                            help="required: a run folder (its latest readable checkpoint), a cyclelib checkpoint.pt, "
                                 "or an official generator .pth (e.g. horse2zebra.pth)")
-    translate.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+    translate.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
                            help="AtoB uses the run's G_A, BtoA its G_B (default: AtoB)")
     translate.add_argument("--input", required=True, help="required: folder of images (searched recursively)")
     translate.add_argument("--output", required=True,
@@ -292,9 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="a run folder or checkpoint.pt whose generator translates --data")
     evaluation.add_argument("--data", metavar="DATASET",
                             help="the dataset folder (testA/testB) or digit pair (mnist5k:mnistm5k)")
-    evaluation.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+    evaluation.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
                             help="AtoB translates <phase>A and compares with <phase>B (default: AtoB)")
-    evaluation.add_argument("--phase", choices=("train", "test"), default="test",
+    evaluation.add_argument("--phase", **choice("phase", ("train", "test")), default="test",
                             help="the split whose images are translated and compared (default: test)")
     evaluation.add_argument("--oracle", metavar="CKPT", help="digits only: a CyCADA oracle stage checkpoint "
                             "(<out>/oracle/checkpoint.pt) for oracle accuracy and label preservation")
@@ -318,10 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "without cyclelib")
     export.add_argument("--checkpoint", required=True,
                         help="required: a cyclelib checkpoint.pt or run folder, or an official generator .pth")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
+    export.add_argument("--format", **choice("export format", EXPORT_FORMATS), default="onnx",
                         help="onnx (default; dynamic batch, height and width), torchscript (torch.jit.load; "
                              "deprecated by PyTorch), safetensors (the weights only)")
-    export.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+    export.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
                         help="AtoB writes the run's G_A, BtoA its G_B (default: AtoB)")
     export.add_argument("--output", required=True, help="required: the file to write")
     export.add_argument("--sha256", default=None, help="the checkpoint's expected SHA-256 (as for translate)")

@@ -22,7 +22,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 
 from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DISCRIMINATORS, GAN_MODES, GENERATORS, INIT_TYPES,
                     NOISE_INJECTIONS, NORMS, PATHS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES, TASK_NETWORKS, Registry,
-                    is_digit_pair)
+                    check_crop, is_digit_pair)
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
 # must stay below 2**64 (torch's largest seed).
@@ -190,10 +190,7 @@ class CycleGANConfig:
         if self.path == "reference" and (self.compile or self.amp not in ("auto", "none")):
             raise ValueError(f"path 'reference' is the official fp32 eager step: it takes neither compile nor amp "
                              f"{self.amp!r}; use path 'fast' for them")
-        if self.crop_size > self.load_size and self.preprocess in ("resize_and_crop", "scale_width_and_crop"):
-            raise ValueError(f"crop_size ({self.crop_size}) must not exceed load_size ({self.load_size}) with "
-                             f"preprocess {self.preprocess!r}, which resizes to load_size and then crops "
-                             f"crop_size; preprocess 'crop' or 'none' do not resize")
+        check_crop(self.preprocess, self.load_size, self.crop_size)
         if self.lambda_identity > 0 and self.input_nc != self.output_nc:
             raise ValueError("the identity loss needs input_nc == output_nc; set lambda_identity=0")
         if self.lambda_mode_seeking > 0 and not self.noise_nc:

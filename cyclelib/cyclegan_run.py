@@ -16,16 +16,17 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-from . import distributed
 from .checkpoints import is_checkpoint
 from .checks import shape_networks
 from .config import CycleGANConfig
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import Unpaired, open_unpaired
-from .names import is_digit_pair
+from .names import check_channels, is_digit_pair
 from .plots import save_image_grid
 from .runs import check_resumable, load_run_checkpoint
-from .runtime import pick_device, seed_everything
+from .distributed import RunContext, run_context
+from .modes import eval_mode
+from .runtime import seed_everything, translating
 from .train import Trainer
 from .watch import Watch
 from .weights import check_cyclegan_shapes
@@ -38,7 +39,7 @@ FIXED_OPTIONS = {f.name: f.metadata["why"] for f in fields(CycleGANConfig) if f.
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
                    extra_generator_losses: GeneratorTerms | None = None, meta: dict | None = None,
                    overwrite: bool = False, resume_hint: str | None = None,
-                   origin: dict[str, str] | None = None) -> CycleGAN:
+                   origin: dict[str, str] | None = None, context: RunContext | None = None) -> CycleGAN:
     """Train a CycleGAN as the official code does and return it (eval mode).
 
     Writes to ``config.out``: ``checkpoints/step_XXXXXXX.pt`` (the last
@@ -63,20 +64,20 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     The run prints its options once (those that differ from the paper's defaults, each under its
     ``origin``, e.g. "command line", and those changed at a resume), saves them as ``config.json``,
     and logs to TensorBoard / W&B with ``config.tensorboard`` / ``config.wandb`` (:mod:`cyclelib.watch`).
+    ``context``: where the run computes (default: :func:`~cyclelib.distributed.run_context` of ``config.device``).
     """
     c = config
     if not c.data:
         raise ValueError("no data given: set data to a folder with trainA/trainB or a digit pair like mnist5k:mnistm5k")
     if c.input_nc != c.output_nc:
         raise ValueError("cyclelib reads both domains with the same channel count: set input_nc == output_nc")
-    if c.input_nc not in (1, 3):
-        raise ValueError(f"input_nc must be 1 (images read as grayscale) or 3 (RGB), got {c.input_nc}")
+    check_channels(c.input_nc, "input_nc")
     checkpoint = read_resumable(c.out, meta) if resume else None  # checked before any network is built
     if checkpoint is not None:
         _check_fixed_options(c, *checkpoint)
     # Under torchrun: this process's rank, the number of ranks and this rank's GPU.
-    rank, _, device = distributed.setup(pick_device(c.device))
-    watch = Watch(c, origin, checkpoint and checkpoint[0]["config"]) if rank == 0 else None  # checks the packages
+    context = context or run_context(c.device)
+    watch = Watch(c, origin, checkpoint and checkpoint[0]["config"]) if context.rank == 0 else None  # checks packages
     seed_everything(c.seed)
     data_options = dict(seed=c.seed, channels=c.input_nc)
     if is_digit_pair(c.data):
@@ -84,8 +85,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     else:
         data_options.update(preprocess=c.preprocess, load_size=c.load_size, crop_size=c.crop_size, flip=c.flip)
     dataset = _open_checked(c, "train", data_options)
-    model = CycleGAN(c, extra_generator_losses).to(device)
-    samples = _fixed_samples(c, dataset, data_options, device)
+    model = CycleGAN(c, extra_generator_losses, context).to(context.device)
+    samples = _fixed_samples(c, dataset, data_options, context.device)
     out = Path(c.out)
     trainer = Trainer(
         model, dataset, out, inputs=lambda batch: (batch["A"], batch["B"]),
@@ -158,19 +159,18 @@ def _fixed_samples(c: CycleGANConfig, train: Unpaired, data_options: dict, devic
 @torch.no_grad()
 def _save_samples(model: CycleGAN, samples: dict[str, list[torch.Tensor]], path: Path) -> torch.Tensor:
     """A grid with rows real A, G_A(A), G_B(G_A(A)), real B, G_B(B), G_A(G_B(B)), one image at a
-    time (sizes may differ), shown at the first image's size; returned as one image [3, H, W] in [0, 1]."""
-    was_training = model.training
-    model.eval()
+    time (sizes may differ), shown at the first image's size; returned as one image [3, H, W] in [0, 1].
+    Translated in eval mode, in the precision of every translation (:func:`~cyclelib.runtime.translating`)."""
     names = ["real A", "G_A(A)", "G_B(G_A(A))", "real B", "G_B(B)", "G_A(G_B(B))"]
     rows: list[list[torch.Tensor]] = [[] for _ in names]
-    for a, b in zip(samples["A"], samples["B"]):
-        a, b = a[None], b[None]  # [1, C, H, W]
-        fake_b, fake_a = model.G_A(a), model.G_B(b)
-        for row, image in zip(rows, (a, fake_b, model.G_B(fake_b), b, fake_a, model.G_A(fake_a))):
-            row.append(image)
+    with eval_mode(model), translating(samples["A"][0].device):
+        for a, b in zip(samples["A"], samples["B"]):
+            a, b = a[None], b[None]  # [1, C, H, W]
+            fake_b, fake_a = model.G_A(a), model.G_B(b)
+            for row, image in zip(rows, (a, fake_b, model.G_B(fake_b), b, fake_a, model.G_A(fake_a))):
+                row.append(image)
     side = samples["A"][0].shape[-2:]
     shown = [torch.cat([im if im.shape[-2:] == side else F.interpolate(im, size=side, mode="bilinear")
                         for im in row]) for row in rows]
     save_image_grid(shown, names, path)
-    model.train(was_training)
     return make_grid(torch.cat(shown), nrow=len(samples["A"]), normalize=True, value_range=(-1, 1))
