@@ -61,7 +61,7 @@ def one_of(names) -> str:
 def choice(what: str, names) -> dict:
     """The ``add_argument`` keywords of an option that takes one of ``names``: shown as {a,b,c} and
     checked with the one wording of an invalid choice, "unknown <what> ...; valid values: ..."
-    (argparse's own ``choices`` would say "invalid choice ... (choose from ...)")."""
+    (argparse's own ``choices`` words it otherwise)."""
     names = tuple(names)
 
     def check(value: str) -> str:
