@@ -8,6 +8,7 @@ something else here, or have no equivalent, are refused with the option to use i
 from __future__ import annotations
 
 import argparse
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -127,7 +128,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls, presets: Mapping[st
                        skip: tuple[str, ...] = ()) -> None:
     """Add one ``--option`` per field of dataclass ``cls`` (default None: "not given"), with the help
     of :func:`option_help`, and the official code's spelling of each (metadata ``official``) as an
-    alias that sets the same field (``--no_flip`` sets flip off)."""
+    alias that sets the same field (``--no_flip`` sets flip off), and each former name of an option
+    (metadata ``renamed_from``, e.g. ``--path`` for ``--implementation``) as a deprecated alias."""
     for option in fields(cls):
         if option.name in skip:
             continue
@@ -145,6 +147,17 @@ def add_config_options(parser: argparse.ArgumentParser, cls, presets: Mapping[st
                 parser.add_argument(f"--{official}", action=action, **alias)
             elif f"--{official}" != flag(option.name):
                 parser.add_argument(f"--{official}", type=kind, **alias)
+        for old in option.metadata.get("renamed_from", ()):  # deprecated: takes a value, says the new name
+            parser.add_argument(flag(old), dest=option.name, type=kind, default=None, action=_Renamed,
+                                help=argparse.SUPPRESS)
+
+
+class _Renamed(argparse.Action):
+    """A former name of an option: sets the option, with a one-line note of its name now."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"cyclelib: note: {option_string} is deprecated; use {flag(self.dest)}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 class _Elsewhere(argparse.Action):

@@ -35,7 +35,7 @@ import torch
 
 from . import files
 from .arguments import add_bench_arguments
-from .config import PATHS, CycleGANConfig
+from .config import IMPLEMENTATIONS as PATHS, CycleGANConfig
 from .cyclegan import CycleGAN
 from .runtime import cudnn_autotune, native_bf16, pick_device
 
@@ -54,7 +54,7 @@ def _settings(args: argparse.Namespace, path: str, batch: int) -> dict:
     """The CycleGANConfig options of one measured model."""
     fast = path == "fast"
     return dict(netG=args.arch, netD=args.netD, ngf=args.ngf, ndf=args.ndf, batch_size=batch,
-                load_size=args.size, crop_size=args.size, device=args.device, path=path,
+                load_size=args.size, crop_size=args.size, device=args.device, implementation=path,
                 amp=args.amp if fast else "none", compile=args.compile and fast)
 
 

@@ -8,14 +8,14 @@ command imports what it runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from . import __version__
 from .arguments import (add_arch_argument, add_bench_arguments, add_config_options, choice, given_options, one_of,
                         refuse_official_options)
-from .config import CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
+from .config import (CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int,
+                     recorded_options)
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
 from .names import AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, KID_SUBSETS, NORMS, SCALES
@@ -38,10 +38,8 @@ def _train_cyclegan(args) -> None:
                              f"copy it to {options['out']} and resume the copy to continue it there")
         # The run's own config, with any option given now on top: those a run keeps for its life
         # must be the run's (train_cyclegan refuses others, naming them), the rest apply from here.
-        saved = read_resumable(args.resume)[0]["config"]
-        known = {f.name for f in dataclasses.fields(CycleGANConfig)}
-        config = CycleGANConfig(**{**{k: v for k, v in saved.items() if k in known}, **options,
-                                   "out": str(args.resume)})
+        saved = recorded_options(read_resumable(args.resume)[0]["config"])
+        config = CycleGANConfig(**{**saved, **options, "out": str(args.resume)})
         origin = dict.fromkeys(options, "command line")
     else:
         if "data" not in options:

@@ -78,7 +78,7 @@ def set_requires_grad(nets: Iterable[nn.Module], requires_grad: bool) -> None:
 class CycleGAN(nn.Module):
     """The four networks of CycleGAN and one training step.
 
-    ``config.path`` chooses how the step runs: ``reference`` as the official code (fp32,
+    ``config.implementation`` chooses how the step runs: ``reference`` as the official code (fp32,
     eager, every network call separate), ``fast`` (default) with the same losses and
     gradients through fewer, batched network calls (:meth:`cycle_images`), fused Adam and,
     on CUDA, bf16 autocast and channels_last. ``context`` (the run's :class:`~cyclelib.distributed.RunContext`;
@@ -105,7 +105,7 @@ class CycleGAN(nn.Module):
             extra.append(extra_generator_losses if isinstance(extra_generator_losses, GeneratorTerms)
                          else GeneratorTerms(extra_generator_losses))
         self.extra_generator_losses = tuple(extra)
-        fast = c.path == "fast"
+        fast = c.implementation == "fast"
         # One call on a concatenated batch equals separate calls only when every layer treats
         # the samples independently: instance norm does, batch norm mixes them.
         self.grouped = fast and c.norm != "batch"

@@ -18,7 +18,7 @@ from torchvision.utils import make_grid
 
 from .checkpoints import is_checkpoint
 from .checks import shape_networks
-from .config import CycleGANConfig
+from .config import CycleGANConfig, recorded_options
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import Unpaired, open_unpaired
 from .names import check_channels, is_digit_pair
@@ -77,7 +77,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
         _check_fixed_options(c, *checkpoint)
     # Under torchrun: this process's rank, the number of ranks and this rank's GPU.
     context = context or run_context(c.device)
-    watch = Watch(c, origin, checkpoint and checkpoint[0]["config"]) if context.rank == 0 else None  # checks packages
+    previous = checkpoint and recorded_options(checkpoint[0]["config"])
+    watch = Watch(c, origin, previous) if context.rank == 0 else None  # checks the packages
     seed_everything(c.seed)
     data_options = dict(seed=c.seed, channels=c.input_nc)
     if is_digit_pair(c.data):
@@ -122,7 +123,7 @@ def read_resumable(folder: str | Path, meta: dict | None = None) -> tuple[dict, 
 def _check_fixed_options(config: CycleGANConfig, ckpt: dict, path: Path) -> None:
     """Refuse to resume ``ckpt`` with ``config`` when an option of :data:`FIXED_OPTIONS` differs,
     naming each and why (options a checkpoint does not record count at their defaults)."""
-    saved = {**{f.name: f.default for f in fields(CycleGANConfig)}, **ckpt["config"]}
+    saved = {**{f.name: f.default for f in fields(CycleGANConfig)}, **recorded_options(ckpt["config"])}
     changed = [f"{name}={saved[name]!r} there, {getattr(config, name)!r} now: {why}"
                for name, why in FIXED_OPTIONS.items() if saved[name] != getattr(config, name)]
     if changed:

@@ -3,6 +3,7 @@ translation, one eval-mode switch, each input rule checked in one place with one
 CyCADA stage checkpoint read once per run, and no private name imported across modules."""
 import ast
 import collections
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from torch import nn
 
 import cyclelib.cyclegan_run as cyclegan_run
 import cyclelib.runs as runs
-from cyclelib import CycleGAN, CycleGANConfig
+from cyclelib import CycleGAN, CycleGANConfig, load_cyclegan, train_cyclegan
+from cyclelib.checkpoints import save_checkpoint
 from cyclelib.cycada_run import run_cycada
 from cyclelib.cycada import train_source
 from cyclelib.data import ImageFolderDomain
@@ -24,7 +26,7 @@ from cyclelib.metrics import predict
 from cyclelib.modes import eval_mode
 from cyclelib.translate import translate_folder, write_image
 
-from helpers import ROOT, cli, cycada_smoke, rgb
+from helpers import ROOT, cli, cycada_smoke, rgb, smoke
 
 TINY = dict(netG="resnet_1blocks", ngf=4, ndf=4, load_size=32, crop_size=32, preprocess="none")
 CPU = RunContext(torch.device("cpu"))
@@ -231,3 +233,37 @@ def test_no_module_imports_a_private_name_of_another():
                 found += [f"{path.name} imports {node.module}.{alias.name}" for alias in node.names
                           if alias.name.startswith("_") and not alias.name.startswith("__")]
     assert not found, found
+
+
+# --------------------------------------------------------------------------- implementation, once path
+
+
+def test_the_step_implementation_keeps_its_former_name_as_a_deprecated_keyword():
+    with pytest.warns(DeprecationWarning, match="implementation"):
+        config = CycleGANConfig(path="reference", amp="none", **TINY)
+    assert config.implementation == "reference" and "path" not in dataclasses.asdict(config)
+    assert not CycleGAN(config).grouped  # the reference step: one network call at a time
+
+
+def test_the_command_line_takes_path_as_a_deprecated_alias(tmp_path):
+    out = tmp_path / "run"
+    code, err = cli("train", "cyclegan", "--data", "mnist5k:mnistm5k", "--scale", "smoke", "--out", str(out),
+                    "--device", "cpu", "--amp", "none", "--max-steps", "1", "--path", "reference")
+    assert code == 0, err
+    assert "cyclelib: note: --path is deprecated; use --implementation" in err
+    assert runs.load_run_checkpoint(out)[0]["config"]["implementation"] == "reference"
+
+
+def test_a_checkpoint_that_recorded_path_loads_and_resumes_with_its_implementation(tmp_path):
+    out = tmp_path / "run"
+    train_cyclegan(smoke(out, implementation="reference", max_steps=1), progress=False)
+    ckpt = runs.load_run_checkpoint(out)[0]
+    config = dict(ckpt["config"])
+    config["path"] = config.pop("implementation")  # as cyclelib recorded it before the rename
+    save_checkpoint({**ckpt, "config": config}, out / "checkpoint.pt")
+    assert load_cyclegan(out / "checkpoint.pt").config.implementation == "reference"
+    code, err = cli("train", "cyclegan", "--resume", str(out), "--max-steps", "2")
+    assert code == 0, err
+    assert "changed at this resume" not in err
+    resumed = runs.load_run_checkpoint(out)[0]
+    assert resumed["training"]["step"] == 2 and resumed["config"]["implementation"] == "reference"
