@@ -3,8 +3,9 @@
 Modules, one idea each, leaves first:
 
 - ``files`` (every file written whole or not at all, damaged JSON named), ``losses`` (every
-  loss with its equation), ``pool`` (image history), ``metrics``, ``plots``, ``runtime``
-  (scale, device, precision, seeds), ``distributed`` (torchrun);
+  loss with its equation), ``modes`` (``eval_mode``), ``pool`` (image history), ``metrics``, ``plots``,
+  ``runtime`` (scale, device, precision, translation's precision, seeds), ``distributed`` (torchrun, the
+  run context);
 - ``images`` (image files and tensors), ``download``, ``digits`` (labelled digit domains),
   ``photos`` (the offline photo pair), ``data`` (unpaired folders, the order of an epoch);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
@@ -44,7 +45,8 @@ _SOURCES = {
     "task_loss": "losses",
     "build_discriminator": "networks", "build_generator": "networks", "init_weights": "networks",
     "ImagePool": "pool",
-    "pick_device": "runtime", "resolve_scale": "runtime", "seed_everything": "runtime",
+    "pick_device": "runtime", "resolve_scale": "runtime", "seed_everything": "runtime", "translating": "runtime",
+    "RunContext": "distributed", "run_context": "distributed", "eval_mode": "modes",
     "Trainable": "train", "Trainer": "train", "TrainingDiverged": "train", "TrainingInterrupted": "train",
     "train_cyclegan": "cyclegan_run",
     "load_pair": "testpage", "write_test_page": "testpage",

@@ -53,11 +53,11 @@ from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
+from .distributed import RunContext, run_context
 from .digits import DigitDomain, digit_domain
 from .metrics import translate_dataset
 from .names import CYCADA_STAGES
 from .runs import LATEST, load_run_checkpoint, run_in
-from .distributed import RunContext, run_context
 from .runtime import seed_everything
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from . import distributed, files
-from .distributed import RunContext, run_context
 from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name
 from .cycada import (RESULTS, STAGES, load_domain, load_stage, needs, parse_stages, run_hint, stage_checkpoint,
                      stage_complete, stage_network, stage_path, stages_not_ready, train_feature,
                      train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
+from .distributed import RunContext, run_context
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
                       predict, translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid

@@ -21,9 +21,9 @@ from torch import nn
 
 from . import distributed, losses
 from .config import CycleGANConfig
+from .distributed import RunContext
 from .networks import build_discriminator, build_generator
 from .pool import ImagePool
-from .distributed import RunContext
 from .runtime import load_optimizer_state, pick_device, translating
 
 # Named generator terms: (real_A, real_B, every generated image by name) -> {name: weighted loss}

@@ -21,10 +21,10 @@ from .checks import shape_networks
 from .config import CycleGANConfig, recorded_options
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import Unpaired, open_unpaired
+from .distributed import RunContext, run_context
 from .names import check_channels, is_digit_pair
 from .plots import save_image_grid
 from .runs import check_resumable, load_run_checkpoint
-from .distributed import RunContext, run_context
 from .modes import eval_mode
 from .runtime import seed_everything, translating
 from .train import Trainer
