@@ -3,8 +3,9 @@
 Modules, one idea each, leaves first:
 
 - ``files`` (every file written whole or not at all, damaged JSON named), ``losses`` (every
-  loss with its equation), ``pool`` (image history), ``metrics``, ``plots``, ``runtime``
-  (scale, device, precision, seeds), ``distributed`` (torchrun);
+  loss with its equation), ``modes`` (``eval_mode``), ``pool`` (image history), ``metrics``, ``plots``,
+  ``runtime`` (scale, device, precision, translation's precision, seeds), ``distributed`` (torchrun, the
+  run context);
 - ``images`` (image files and tensors), ``download``, ``digits`` (labelled digit domains),
   ``photos`` (the offline photo pair), ``data`` (unpaired folders, the order of an epoch);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
@@ -17,8 +18,8 @@ Modules, one idea each, leaves first:
   streamed), ``testpage`` (the official test page), ``evaluate`` (FID and KID), ``export`` (a
   generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``; ``names`` (every name an
   option takes, the architecture registries), ``checks`` (config checks that build networks),
-  ``arguments`` (the command line's options from the configs); ``toy`` (chapter 2's two Gaussian
-  mixtures, trained with the adversarial loss alone);
+  ``arguments`` (the command line's options from the configs); ``toy`` (two Gaussian mixtures,
+  trained with the adversarial loss alone, for the book's "The adversarial loss");
 - ``book`` (what the book reads from the package: its committed results, the time of each chapter).
 """
 import importlib
@@ -48,6 +49,8 @@ _SOURCES = {
     "ImagePool": "pool",
     "pick_device": "runtime", "resolve_scale": "runtime", "seed_everything": "runtime",
     "lr_schedule": "cyclegan", "use_threads": "runtime",
+    "translating": "runtime",
+    "RunContext": "distributed", "run_context": "distributed", "eval_mode": "modes",
     "Trainable": "train", "Trainer": "train", "TrainingDiverged": "train", "TrainingInterrupted": "train",
     "train_cyclegan": "cyclegan_run",
     "load_pair": "testpage", "write_test_page": "testpage",

@@ -8,6 +8,7 @@ something else here, or have no equivalent, are refused with the option to use i
 from __future__ import annotations
 
 import argparse
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -53,6 +54,20 @@ def one_of(names) -> str:
     """The metavar of an option that takes one of ``names``, as argparse writes choices: {a,b,c}. (The
     names are checked by the configs, with the one wording "valid values: ...".)"""
     return "{" + ",".join(names) + "}"
+
+
+def choice(what: str, names) -> dict:
+    """The ``add_argument`` keywords of an option that takes one of ``names``: shown as {a,b,c} and
+    checked with the one wording of an invalid choice, "unknown <what> ...; valid values: ..."
+    (argparse's own ``choices`` words it otherwise)."""
+    names = tuple(names)
+
+    def check(value: str) -> str:
+        if value not in names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {value!r}; valid values: {', '.join(names)}")
+        return value
+
+    return dict(type=check, metavar=one_of(names))
 
 
 def _text(value, none: str | None = None) -> str:
@@ -110,7 +125,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls, presets: Mapping[st
                        skip: tuple[str, ...] = ()) -> None:
     """Add one ``--option`` per field of dataclass ``cls`` (default None: "not given"), with the help
     of :func:`option_help`, and the official code's spelling of each (metadata ``official``) as an
-    alias that sets the same field (``--no_flip`` sets flip off)."""
+    alias that sets the same field (``--no_flip`` sets flip off), and each former name of an option
+    (metadata ``renamed_from``, e.g. ``--path`` for ``--implementation``) as a deprecated alias."""
     for option in fields(cls):
         if option.name in skip:
             continue
@@ -128,6 +144,17 @@ def add_config_options(parser: argparse.ArgumentParser, cls, presets: Mapping[st
                 parser.add_argument(f"--{official}", action=action, **alias)
             elif f"--{official}" != flag(option.name):
                 parser.add_argument(f"--{official}", type=kind, **alias)
+        for old in option.metadata.get("renamed_from", ()):  # deprecated: takes a value, says the new name
+            parser.add_argument(flag(old), dest=option.name, type=kind, default=None, action=_Renamed,
+                                help=argparse.SUPPRESS)
+
+
+class _Renamed(argparse.Action):
+    """A former name of an option: sets the option, with a one-line note of its name now."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"cyclelib: note: {option_string} is deprecated; use {flag(self.dest)}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 class _Elsewhere(argparse.Action):
@@ -164,7 +191,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocation, compilation); "
                                                               "default: 2")
     parser.add_argument("--device", default=None, help="default: CUDA when present, else the CPU")
-    parser.add_argument("--amp", default="auto", choices=AMP_MODES, help="the fast path's precision (the reference "
+    parser.add_argument("--amp", default="auto", **choice("amp", AMP_MODES), help="the fast path's precision (the reference "
                         "is fp32); default: auto (bf16 where the device computes it natively: CUDA, AVX512-BF16/AMX "
                         "CPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's networks")

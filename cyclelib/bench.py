@@ -35,7 +35,7 @@ import torch
 
 from . import files
 from .arguments import add_bench_arguments
-from .config import PATHS, CycleGANConfig
+from .config import IMPLEMENTATIONS as PATHS, CycleGANConfig
 from .cyclegan import CycleGAN
 from .runtime import cudnn_autotune, native_bf16, pick_device
 
@@ -54,7 +54,7 @@ def _settings(args: argparse.Namespace, path: str, batch: int) -> dict:
     """The CycleGANConfig options of one measured model."""
     fast = path == "fast"
     return dict(netG=args.arch, netD=args.netD, ngf=args.ngf, ndf=args.ndf, batch_size=batch,
-                load_size=args.size, crop_size=args.size, device=args.device, path=path,
+                load_size=args.size, crop_size=args.size, device=args.device, implementation=path,
                 amp=args.amp if fast else "none", compile=args.compile and fast)
 
 
@@ -187,7 +187,9 @@ def _measure(args: argparse.Namespace, batch: int, device: torch.device, machine
 
     for model, _, _ in built.values():
         model.eval()
-    translate = {path: (lambda m=m, a=a: m.translate(a)) for path, (m, a, _) in built.items()}
+    # translation in each path's training precision (translate's default is fp32)
+    translate = {path: (lambda m=m, a=a, amp=m.config.amp if path == "fast" else "none": m.translate(a, amp=amp))
+                 for path, (m, a, _) in built.items()}
     for _ in range(args.warmup):
         for fn in translate.values():
             fn()

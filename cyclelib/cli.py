@@ -8,13 +8,14 @@ command imports what it runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from . import __version__
-from .arguments import add_arch_argument, add_bench_arguments, add_config_options, given_options, one_of, refuse_official_options
-from .config import CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int
+from .arguments import (add_arch_argument, add_bench_arguments, add_config_options, choice, given_options, one_of,
+                        refuse_official_options)
+from .config import (CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int,
+                     recorded_options)
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
 from .names import AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, KID_SUBSETS, NORMS, SCALES
@@ -38,10 +39,8 @@ def _train_cyclegan(args) -> None:
                              f"copy it to {options['out']} and resume the copy to continue it there")
         # The run's own config, with any option given now on top: those a run keeps for its life
         # must be the run's (train_cyclegan refuses others, naming them), the rest apply from here.
-        saved = read_resumable(args.resume, step=args.from_step)[0]["config"]
-        known = {f.name for f in dataclasses.fields(CycleGANConfig)}
-        config = CycleGANConfig(**{**{k: v for k, v in saved.items() if k in known}, **options,
-                                   "out": str(args.resume)})
+        saved = recorded_options(read_resumable(args.resume, step=args.from_step)[0]["config"])
+        config = CycleGANConfig(**{**saved, **options, "out": str(args.resume)})
         origin = dict.fromkeys(options, "command line")
     else:
         if args.from_step is not None:
@@ -166,7 +165,7 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
                         help="resize to SIZE x SIZE first (default: keep each image's size)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: CUDA when present, else "
                                                        "the CPU)")
-    parser.add_argument("--amp", choices=AMP_MODES, default="none",
+    parser.add_argument("--amp", **choice("amp", AMP_MODES), default="none",
                         help="precision (default: none, fp32; bf16 changes some 8-bit pixels by a few levels)")
     _add_official_options(parser)
 
@@ -245,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
     cyclegan = train.add_parser("cyclegan", help="unpaired image translation (Zhu et al. 2017)",
                                 usage="%(prog)s (--data DATA | --resume DIR) [--scale SCALE] [options]")
-    cyclegan.add_argument("--scale", choices=SCALES, default=None,
+    cyclegan.add_argument("--scale", **choice("scale", SCALES), default=None,
                           help="smoke (seconds), cpu (minutes), colab (a free Colab T4), gpu (paper); default: "
                                "$CYCLELIB_SCALE, else colab when CUDA is present, else cpu")
     refuse_official_options(cyclegan)
@@ -267,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                               usage="%(prog)s --source DOMAIN --target DOMAIN [--scale SCALE] [options]",
                               description="The pixel stage's options are CycleGAN's, with the source as domain A "
                                           "and the target as domain B.")
-    cycada.add_argument("--scale", choices=SCALES, default=None,
+    cycada.add_argument("--scale", **choice("scale", SCALES), default=None,
                         help="smoke (seconds), cpu (every stage: 7 minutes for uci-digits -> mnist5k, 17 for "
                              "mnist5k -> mnistm5k, one thread of an AMD EPYC), colab (a free Colab T4), gpu (paper); "
                              "default: $CYCLELIB_SCALE, else colab when CUDA is present, else cpu")
@@ -282,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--checkpoint", required=True,
                            help="required: a run folder (its latest readable checkpoint), a cyclelib checkpoint.pt, "
                                 "or an official generator .pth (e.g. horse2zebra.pth)")
-    translate.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+    translate.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
                            help="AtoB translates images like the data's A into B (the run's G_A; its G_B if it "
                                 "was trained with --direction BtoA), BtoA back (default: AtoB)")
     translate.add_argument("--input", required=True, help="required: folder of images (searched recursively)")
@@ -318,9 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="a run folder or checkpoint.pt whose generator translates --data")
     evaluation.add_argument("--data", metavar="DATASET",
                             help="the dataset folder (testA/testB) or digit pair (mnist5k:mnistm5k)")
-    evaluation.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+    evaluation.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
                             help="AtoB translates <phase>A and compares with <phase>B (default: AtoB)")
-    evaluation.add_argument("--phase", choices=("train", "test"), default="test",
+    evaluation.add_argument("--phase", **choice("phase", ("train", "test")), default="test",
                             help="the split whose images are translated and compared (default: test)")
     evaluation.add_argument("--oracle", metavar="CKPT", help="digits only: a CyCADA oracle stage checkpoint "
                             "(<out>/oracle/checkpoint.pt) for oracle accuracy and label preservation")
@@ -344,10 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "without cyclelib")
     export.add_argument("--checkpoint", required=True,
                         help="required: a cyclelib checkpoint.pt or run folder, or an official generator .pth")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
+    export.add_argument("--format", **choice("export format", EXPORT_FORMATS), default="onnx",
                         help="onnx (default; dynamic batch, height and width), torchscript (torch.jit.load; "
                              "deprecated by PyTorch), safetensors (the weights only)")
-    export.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+    export.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
                         help="AtoB writes the generator of the data's A into B (the run's G_A; its G_B if it was "
                              "trained with --direction BtoA), BtoA the other (default: AtoB)")
     export.add_argument("--output", required=True, help="required: the file to write")

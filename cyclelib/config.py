@@ -6,7 +6,8 @@ Each field carries what else is known of its option as ``dataclasses.field`` met
 (one line), ``choices`` (the names it takes, from :mod:`cyclelib.names`), for CycleGAN
 ``on_resume`` ("apply", or "refuse" and ``why``) and ``official`` (the official code's name of
 the same option), for CyCADA ``shapes`` (which stages' results it changes) and ``cyclegan``
-(the pixel stage's CycleGAN options it sets). The command line's flags and help, the resume
+(the pixel stage's CycleGAN options it sets), and ``renamed_from`` (the option's former names, still
+accepted: as keywords, on the command line, in checkpoints). The command line's flags and help, the resume
 rules and the CyCADA stage options are computed from them. Each config checks every option
 when it is built, so a bad value fails before any training, with a message naming the option.
 ``for_scale`` applies a scale's preset (smoke / cpu / colab / gpu, see
@@ -18,12 +19,13 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
-from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DIRECTIONS, DISCRIMINATORS, GAN_MODES, GENERATORS, INIT_TYPES,
-                    LR_POLICIES, NOISE_INJECTIONS, NORMS, PATHS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES, TASK_NETWORKS, Registry,
-                    is_digit_pair)
+from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DIRECTIONS, DISCRIMINATORS, GAN_MODES, GENERATORS,
+                    IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
+                    TASK_NETWORKS, Registry, check_crop, is_digit_pair)
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
 # must stay below 2**64 (torch's largest seed).
@@ -183,8 +185,9 @@ class CycleGANConfig:
     # run
     seed: int = _option(0, "seed of the weights, the data order and every draw", _DATA)
     device: str | None = _option(None, "e.g. cpu, cuda, cuda:1", none="CUDA when present, else the CPU")
-    path: str = _option("fast", "fast (same losses, batched calls, fused Adam, bf16 on CUDA) or reference (the "
-                        "official fp32 eager step)", choices=PATHS)
+    implementation: str = _option("fast", "how the training step runs: fast (same losses, batched calls, fused "
+                                  "Adam, bf16 on CUDA) or reference (the official fp32 eager step)", choices=IMPLEMENTATIONS,
+                                  renamed_from=("path",))
     amp: str = _option("auto", "precision of the fast path: auto is bf16 where native (CUDA, AVX512-BF16/AMX "
                        "CPUs), else fp32", choices=AMP_MODES)
     compile: bool = _option(False, "torch.compile the four networks (fast path; the first steps compile)")
@@ -196,8 +199,13 @@ class CycleGANConfig:
     tensorboard: bool = _option(False, "log losses, learning rates and samples into out/tensorboard")
     wandb: bool = _option(False, "log them, and the options, to Weights & Biases", official=("use_wandb",))
     wandb_project: str = _option("cyclelib", "the W&B project", official=("wandb_project_name",))
+    # implementation's former name, still accepted as a keyword (deprecated): not a field, so not recorded
+    path: InitVar[str | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, path: str | None = None):
+        if path is not None:
+            warnings.warn("CycleGANConfig(path=...) is now implementation=...", DeprecationWarning, stacklevel=3)
+            self.implementation = path
         _check_common(self)
         _check_signs(self, non_negative=("lambda_A", "lambda_B", "lambda_identity", "lambda_gan_A",
                                          "lambda_gan_B", "lambda_gp", "pool_size", "n_epochs_decay",
@@ -210,13 +218,10 @@ class CycleGANConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.path == "reference" and (self.compile or self.amp not in ("auto", "none")):
-            raise ValueError(f"path 'reference' is the official fp32 eager step: it takes neither compile nor amp "
-                             f"{self.amp!r}; use path 'fast' for them")
-        if self.crop_size > self.load_size and self.preprocess in ("resize_and_crop", "scale_width_and_crop"):
-            raise ValueError(f"crop_size ({self.crop_size}) must not exceed load_size ({self.load_size}) with "
-                             f"preprocess {self.preprocess!r}, which resizes to load_size and then crops "
-                             f"crop_size; preprocess 'crop' or 'none' do not resize")
+        if self.implementation == "reference" and (self.compile or self.amp not in ("auto", "none")):
+            raise ValueError(f"implementation 'reference' is the official fp32 eager step: it takes neither compile "
+                             f"nor amp {self.amp!r}; use implementation 'fast' for them")
+        check_crop(self.preprocess, self.load_size, self.crop_size)
         if self.lambda_identity > 0 and self.input_nc != self.output_nc:
             # The official code asserts the same (models/cycle_gan_model.py lines 85-86 at 48ced5e).
             raise ValueError(f"the identity loss compares G_A(b) with b and G_B(a) with a, so it needs input_nc == "
@@ -233,6 +238,19 @@ class CycleGANConfig:
     def for_scale(cls, scale: str | None = None, **options) -> "CycleGANConfig":
         """The config of a scale (smoke / cpu / colab / gpu, see :func:`resolve_scale`); ``options`` win."""
         return cls(**{**cyclegan_preset(scale, options.get("data", "")), **options})
+
+
+# Renamed CycleGAN options: former name -> name (field metadata "renamed_from").
+RENAMED = {old: f.name for f in fields(CycleGANConfig) for old in f.metadata.get("renamed_from", ())}
+
+
+def recorded_options(record: Mapping[str, object]) -> dict:
+    """The CycleGAN options of ``record`` (a checkpoint's ``config``, a ``config.json``), under today's
+    names: an option recorded under a former name (:data:`RENAMED`) comes back under its name, one
+    this cyclelib does not know (e.g. of a newer version) is left out."""
+    known = {f.name for f in fields(CycleGANConfig)}
+    options = {RENAMED.get(name, name): value for name, value in record.items() if name not in known}
+    return {name: value for name, value in {**options, **record}.items() if name in known}
 
 
 def cyclegan_preset(scale: str | None, data: str) -> dict:
@@ -407,8 +425,8 @@ CYCADA_PRESETS = {
                   pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=0, pool_size=8, feature_batch_size=8,
                   feature_epochs=1, log_every=1, sample_every=1000, checkpoint_every=1000),
     # every stage in 7 (uci-digits -> mnist5k) to 17 (mnist5k -> mnistm5k) minutes on one thread of an AMD
-    # EPYC (README, "CyCADA at the cpu scale"); the feature
-    # stage's lr and epochs are those that gave the best pixel_feature accuracy on mnist5k -> mnistm5k
+    # EPYC (README, "CyCADA at the cpu scale"): fewer images and epochs than the paper's, so the feature
+    # stage takes a larger learning rate than the release's 1e-5
     "cpu": dict(netG="resnet_3blocks", ngf=16, ndf=16, max_samples=2000, task_lr=1e-3, task_batch_size=64,
                 task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=3e-4,
                 feature_batch_size=64, feature_epochs=20, log_every=10, sample_every=200, checkpoint_every=200),

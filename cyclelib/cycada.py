@@ -29,9 +29,10 @@ alone). Each stage keeps its checkpoints under ``out/<stage>/``;
 CycleGAN names in this module: A = source, B = target, G_A = G_{S->T}, G_B = G_{T->S},
 D_A = D_T (judges target images), D_B = D_S.
 
-Two defects of the release are avoided on purpose (see the reference facts): f_S is
-pretrained and frozen in eval mode during stages 2 and 3 (the release trains a fresh
-classifier alongside the GAN and leaves the source network in train mode, so dropout and
+Two defects of the release are avoided on purpose: f_S is pretrained and frozen in eval mode
+during stages 2 and 3 (the release's ``CycleGANSemanticModel``, jhoffman/cycada_release at commit
+2fbf16b, ``cyclegan/models/cycle_gan_semantic_model.py``, builds a fresh ``netCLS`` in
+``initialize`` and trains it alongside the GAN in ``backward_CLS``, in train mode, so dropout and
 BatchNorm drift), and the stages pass networks to each other instead of PNG files.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import distributed, losses
+from . import losses
 from .checkpoints import load_weights
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
 from .config import CyCADAConfig, classifier_name, cycada_command, stage_option_names
@@ -52,11 +53,12 @@ from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
 from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
+from .distributed import RunContext, run_context
 from .digits import DigitDomain, digit_domain
 from .metrics import translate_dataset
 from .names import CYCADA_STAGES
 from .runs import LATEST, load_run_checkpoint, run_in
-from .runtime import Precision, amp_dtype, pick_device, seed_everything
+from .runtime import seed_everything
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint
 
@@ -101,13 +103,13 @@ def stage_path(config: CyCADAConfig, stage: str) -> Path:
     return Path(config.out) / stage / LATEST
 
 
-def _complete(ckpt: dict) -> bool:
+def stage_complete(ckpt: dict) -> bool:
     """Whether a checkpoint holds a finished run (one without training state is a final one)."""
     t = ckpt.get("training")
     return t is None or (t.get("total_steps") is not None and t["step"] >= t["total_steps"])
 
 
-def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
+def stage_checkpoint(config: CyCADAConfig, stage: str, context: RunContext | None = None) -> dict | None:
     """The checkpoint of ``stage`` in ``config.out``, None when there is none.
 
     It is the newest readable one, picked as for any run folder
@@ -115,7 +117,8 @@ def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
     step files, with a warning). One trained with other options for the stage
     (:data:`STAGE_OPTIONS`: another pair of domains, network, seed, ...) is a ``ValueError``
     that names each option that differs: reusing it would give results that belong to another
-    configuration.
+    configuration. ``context``: where the run computes (default: that of ``config.device``), whose
+    precision ``amp`` stands for.
     """
     folder = stage_path(config, stage).parent
     if run_in(folder) is None:
@@ -126,7 +129,7 @@ def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
     if recorded is None:
         raise ValueError(f"{path} does not record the options its {stage!r} stage was trained with (it was "
                          f"written by cyclelib 0.1); {redo}")
-    now = _stage_meta(config, stage)
+    now = _stage_meta(config, stage, context)
     # An option the checkpoint does not record did not exist when it was written: that code did what
     # the option's default does (every option added later defaults to the paper's behaviour).
     # The classifier is compared as the network it picked ("auto" is lenet or dtn by the domains).
@@ -143,11 +146,11 @@ def stage_checkpoint(config: CyCADAConfig, stage: str) -> dict | None:
     return ckpt
 
 
-def _stage_meta(config: CyCADAConfig, stage: str) -> dict:
+def _stage_meta(config: CyCADAConfig, stage: str, context: RunContext | None) -> dict:
     """What a stage checkpoint records of its run: the stage, every option, and the precision
-    ``amp`` picked on this machine (its "auto" is bf16 or fp32 by hardware)."""
-    dtype = amp_dtype(config.amp, pick_device(config.device))
-    return {"stage": stage, "cycada": asdict(config), "precision": str(dtype or torch.float32).removeprefix("torch.")}
+    ``amp`` picked on the run's device (its "auto" is bf16 or fp32 by hardware)."""
+    precision = (context or run_context(config.device)).precision(config.amp)
+    return {"stage": stage, "cycada": asdict(config), "precision": precision.name}
 
 
 def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
@@ -156,7 +159,7 @@ def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     return NEEDS[stage] + judge
 
 
-def _with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
+def with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
     """``stages`` and every stage they build on, in run order."""
     found, todo = set(), list(stages)
     while todo:
@@ -170,7 +173,7 @@ def _with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...
 def stage_options(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """:data:`STAGE_OPTIONS` of ``stage``, and the feature stage's options when the pixel
     stage's semantic judge is the feature_only classifier (and ``stage`` builds on the pixel stage)."""
-    judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *_with_needs((stage,), config))
+    judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *with_needs((stage,), config))
     feature = stage_option_names("feature") if judged_by_f_t and stage not in ("feature", "feature_only") else ()
     return STAGE_OPTIONS[stage] + feature
 
@@ -185,42 +188,47 @@ def parse_stages(stages: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in chosen)
 
 
-def stage_finished(config: CyCADAConfig, stage: str) -> bool:
+def stage_finished(config: CyCADAConfig, stage: str, context: RunContext | None = None) -> bool:
     """Whether ``stage`` has a complete checkpoint trained with this config's options (stages
     write partial ones along the way); see :func:`stage_checkpoint` for other options."""
-    ckpt = stage_checkpoint(config, stage)
-    return ckpt is not None and _complete(ckpt)
+    ckpt = stage_checkpoint(config, stage, context)
+    return ckpt is not None and stage_complete(ckpt)
 
 
-def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | None = None) -> nn.Module:
-    """The network a finished stage saved: a classifier, or the CycleGAN for ``pixel`` (eval mode).
+def load_stage(config: CyCADAConfig, stage: str, device: str | torch.device | None = None,
+               ckpt: dict | None = None) -> nn.Module:
+    """The network a finished stage saved: a classifier, or the CycleGAN for ``pixel`` (eval mode),
+    on ``device`` (default: that of ``config.device``).
 
-    A missing or unfinished checkpoint is an error that names the file and the command that
-    runs the stage, one trained with other options an error that names them (see :func:`stage_checkpoint`).
+    ``ckpt``: the stage's checkpoint when the caller has read it already (:func:`stage_checkpoint`),
+    so that a run reads each file once. A missing or unfinished checkpoint is an error that names
+    the file and the command that runs the stage, one trained with other options an error that
+    names them (see :func:`stage_checkpoint`).
     """
-    ckpt = stage_checkpoint(config, stage)
-    if ckpt is None or not _complete(ckpt):
-        raise _not_ready(config, {stage: ckpt})
-    return _network(ckpt, stage_path(config, stage), pick_device(device or config.device))
+    context = run_context(device or config.device)
+    ckpt = ckpt or stage_checkpoint(config, stage, context)
+    if ckpt is None or not stage_complete(ckpt):
+        raise stages_not_ready(config, {stage: ckpt})
+    return stage_network(ckpt, stage_path(config, stage), context.device)
 
 
-def _not_ready(config: CyCADAConfig, found: dict[str, dict | None]) -> FileNotFoundError:
+def stages_not_ready(config: CyCADAConfig, found: dict[str, dict | None]) -> FileNotFoundError:
     """The error for stages that must run before others can, each with its checkpoint (None:
     missing, else unfinished); it names each file and the command that runs them."""
     why = [f"{stage_path(config, s)} is missing (the {s!r} stage has not been run)" if ckpt is None else
            f"{stage_path(config, s)} holds an unfinished {s!r} stage ({ckpt['training']['step']} of "
            f"{ckpt['training']['total_steps']} steps)" for s, ckpt in found.items()]
     return FileNotFoundError(f"{'; '.join(why)}; run {'it' if len(found) == 1 else 'them'} first: "
-                             f"{_run_hint(config, tuple(found))}")
+                             f"{run_hint(config, tuple(found))}")
 
 
-def _run_hint(config: CyCADAConfig, stages: tuple[str, ...]) -> str:
+def run_hint(config: CyCADAConfig, stages: tuple[str, ...]) -> str:
     """How to run (or resume) ``stages`` with ``config``'s options, from Python and from the
     command line (:func:`~cyclelib.config.cycada_command`)."""
     return f"run_cycada(config, stages={stages!r}) or `{cycada_command(asdict(config), stages)}`"
 
 
-def _network(ckpt: dict, path: Path, device: torch.device) -> nn.Module:
+def stage_network(ckpt: dict, path: Path, device: torch.device) -> nn.Module:
     """The trained network of a stage checkpoint, in eval mode on ``device``."""
     if ckpt["kind"] == "cyclegan":
         return cyclegan_from_checkpoint(ckpt, str(path)).to(device)
@@ -231,16 +239,16 @@ def _network(ckpt: dict, path: Path, device: torch.device) -> nn.Module:
 
 
 def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inputs, batch_size: int,
-               epochs: int, resume: bool, progress: bool, score: tuple[str, ...] = ()) -> None:
+               epochs: int, resume: bool, progress: bool, context: RunContext, score: tuple[str, ...] = ()) -> None:
     """Train a classifier stage's ``model`` with the :class:`~cyclelib.train.Trainer` into ``out/<stage>/``."""
     c = config
     kind = "feature" if isinstance(model, FeatureAlignment) else "classifier"
     Trainer(model, dataset, stage_path(c, stage).parent, inputs=inputs,
-            record=dict(kind=kind, config={"classifier": classifier_name(c)}, meta=_stage_meta(c, stage)),
+            record=dict(kind=kind, config={"classifier": classifier_name(c)}, meta=_stage_meta(c, stage, context)),
             batch_size=batch_size, epochs=epochs, seed=c.seed, limit=c.max_samples,
             drop_last=True,  # a last batch of one image would break BatchNorm in train mode (DTN)
             num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
-            score=score, resume_hint=_run_hint(c, (stage,)),
+            score=score, resume_hint=run_hint(c, (stage,)),
             overwrite=not resume,  # the caller (run_cycada) decided: continue the stage or train it afresh
             progress=progress, name=stage).fit(resume)
 
@@ -250,24 +258,26 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
 # --------------------------------------------------------------------------------------
 
 def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progress: bool = True,
-                     resume: bool = False) -> nn.Module:
+                     resume: bool = False, context: RunContext | None = None) -> nn.Module:
     r"""Minimise :math:`\mathcal{L}_{task}(f, X, Y)` with Adam from a fresh network; saves ``out/<stage>/``.
 
     The one classifier stage of CyCADA: f_S on labelled source (``source``), the oracle on
     labelled target (``oracle``) and the pixel-only classifier on translated source
     (``pixel_only``) differ only in their data. ``resume`` continues an unfinished run of the stage.
+    ``context``: where the run computes (default: that of ``config.device``), as for every stage.
     """
     c = config
-    device = pick_device(c.device)
+    context = context or run_context(c.device)
     seed_everything(c.seed)
-    net = build_task_network(classifier_name(c)).to(device).train()
-    model = TaskClassifier(net, c.task_lr, Precision(c.amp, device))
+    net = build_task_network(classifier_name(c)).to(context.device).train()
+    model = TaskClassifier(net, c.task_lr, context.precision(c.amp))
     _fit_stage(c, stage, model, dataset, inputs=lambda batch: batch, batch_size=c.task_batch_size,
-               epochs=c.task_epochs, resume=resume, progress=progress, score=("task",))
+               epochs=c.task_epochs, resume=resume, progress=progress, context=context, score=("task",))
     return model.finish()
 
 
-def train_source(config: CyCADAConfig, progress: bool = True, resume: bool = False) -> nn.Module:
+def train_source(config: CyCADAConfig, progress: bool = True, resume: bool = False,
+                 context: RunContext | None = None) -> nn.Module:
     r"""Stage 1: f_S on labelled source, :math:`\min_{f_S} \mathcal{L}_{task}(f_S, X_S, Y_S)`.
 
     With ``invert_source`` > 0 (beyond the paper), that share of the source images is seen
@@ -276,19 +286,20 @@ def train_source(config: CyCADAConfig, progress: bool = True, resume: bool = Fal
     source = load_domain(config, config.source, "train")
     if config.invert_source:
         source = RandomlyInverted(source, config.invert_source, config.seed)
-    return train_classifier(config, "source", source, progress, resume)
+    return train_classifier(config, "source", source, progress, resume, context)
 
 
-def train_oracle(config: CyCADAConfig, progress: bool = True, resume: bool = False) -> nn.Module:
+def train_oracle(config: CyCADAConfig, progress: bool = True, resume: bool = False,
+                 context: RunContext | None = None) -> nn.Module:
     """The target oracle: the same stage on labelled target images (the only use of target labels)."""
-    return train_classifier(config, "oracle", load_domain(config, config.target, "train"), progress, resume)
+    return train_classifier(config, "oracle", load_domain(config, config.target, "train"), progress, resume, context)
 
 
 def train_pixel_only(config: CyCADAConfig, translator: nn.Module, progress: bool = True,
-                     resume: bool = False) -> nn.Module:
+                     resume: bool = False, context: RunContext | None = None) -> nn.Module:
     r"""Pixel-level adaptation alone: :math:`\min_f \mathcal{L}_{task}(f, G_{S\to T}(X_S), Y_S)`."""
     translated = translate_dataset(translator, load_domain(config, config.source, "train"))
-    return train_classifier(config, "pixel_only", translated, progress, resume)
+    return train_classifier(config, "pixel_only", translated, progress, resume, context)
 
 
 def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms:
@@ -315,7 +326,8 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
     return GeneratorTerms(terms)
 
 
-def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, resume: bool = False) -> CycleGAN:
+def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, resume: bool = False,
+                context: RunContext | None = None) -> CycleGAN:
     r"""Stage 2: CycleGAN between source and target with the semantic consistency loss.
 
     The generators minimise the named terms of :meth:`CycleGAN.generator_losses` plus
@@ -332,15 +344,16 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
     through :func:`~cyclelib.cyclegan_run.train_cyclegan`; ``resume`` continues an unfinished run.
     Under torchrun each rank keeps its f_S on its own device, next to its generators.
     """
-    f_s.to(distributed.setup(pick_device(config.device))[2])
+    context = context or run_context(config.device)
+    f_s.to(context.device)
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),
-                          meta=_stage_meta(config, "pixel"), overwrite=not resume,
-                          resume_hint=_run_hint(config, ("pixel",)))
+                          meta=_stage_meta(config, "pixel", context), overwrite=not resume,
+                          resume_hint=run_hint(config, ("pixel",)), context=context)
 
 
 def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | None = None,
-                  progress: bool = True, resume: bool = False) -> nn.Module:
+                  progress: bool = True, resume: bool = False, context: RunContext | None = None) -> nn.Module:
     r"""Stage 3: f_T on translated source with the source labels, aligned by a feature-level GAN.
 
     The step is :meth:`~cyclelib.classifiers.FeatureAlignment.train_step`: f_T starts as a copy
@@ -355,15 +368,16 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
     """
     c = config
     stage = "feature" if translator is not None else "feature_only"
-    device = pick_device(c.device)
+    context = context or run_context(c.device)
     seed_everything(c.seed)
-    f_s = freeze(f_s.to(device))
+    f_s = freeze(f_s.to(context.device))
     source = load_domain(c, c.source, "train")
     if translator is not None:
-        source = translate_dataset(translator.to(device), source)
+        source = translate_dataset(translator.to(context.device), source)
     pairs = Unpaired(source, load_domain(c, c.target, "train"), seed=c.seed)
-    model = FeatureAlignment(f_s, c.feature_lr, Precision(c.amp, device), c.lambda_task, c.lambda_feature)
+    model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature)
     # Target labels stay unused: the step reads source images and labels, and target images only.
     _fit_stage(c, stage, model, pairs, inputs=lambda batch: (batch["A"], batch["A_label"], batch["B"]),
-               batch_size=c.feature_batch_size, epochs=c.feature_epochs, resume=resume, progress=progress)
+               batch_size=c.feature_batch_size, epochs=c.feature_epochs, resume=resume, progress=progress,
+               context=context)
     return model.finish()

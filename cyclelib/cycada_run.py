@@ -23,14 +23,14 @@ from torch import nn
 
 from . import distributed, files
 from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name
-from .cycada import (RESULTS, STAGES, _complete, _network, _not_ready, _run_hint, _with_needs, load_domain, load_stage,
-                     needs, parse_stages, stage_checkpoint, stage_finished, stage_path, train_feature, train_oracle,
-                     train_pixel, train_pixel_only, train_source)
+from .cycada import (RESULTS, STAGES, load_domain, load_stage, needs, parse_stages, run_hint, stage_checkpoint,
+                     stage_complete, stage_network, stage_path, stages_not_ready, train_feature,
+                     train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
+from .distributed import RunContext, run_context
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
                       predict, translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runs import RunFolderError, run_folder, run_in
-from .runtime import pick_device
 from .watch import describe_options
 
 
@@ -48,7 +48,8 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     Writes ``out/metrics.json``, ``out/samples.png``, ``out/curves.png`` and
     ``out/confusion/<result>.png``; the wall time of each stage run goes to ``out/wall_times.json``.
     Under torchrun, where only the pixel stage may run, rank 0 writes the files and returns
-    the metrics, the other ranks return ``{}``.
+    the metrics, the other ranks return ``{}``. Each stage's checkpoint is read once: the stages and
+    the evaluation are handed the checkpoints read before the run and those the run wrote.
     """
     stages = parse_stages(stages)
     rank, world_size = distributed.launched()
@@ -62,9 +63,10 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     if (found := run_in(out)) is not None:  # run_folder would suggest train cyclegan's --resume, --overwrite
         raise RunFolderError(f"{out} holds a run of its own ({found.name}: a CycleGAN run, or a CyCADA stage), "
                              f"not a CyCADA run, whose stages are folders in it: choose another --out (out=...)")
-    reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage)
-              for stage in _with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
-    done = {stage for stage, ckpt in reused.items() if ckpt is not None and _complete(ckpt)}
+    context = run_context(config.device)
+    reused = {stage: None if force and stage in stages else stage_checkpoint(config, stage, context)
+              for stage in with_needs(stages, config)}  # checked now: no stage trains before a mismatch is found
+    done = {stage for stage, ckpt in reused.items() if ckpt is not None and stage_complete(ckpt)}
     # Every stage not asked for and not done that one to run builds on, directly or through another such
     # stage: with nothing done, `pixel_only` needs `pixel`, which needs `source`; all are named at once.
     missing, todo = set(), [stage for stage in stages if stage not in done]
@@ -74,7 +76,7 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
                 missing.add(need)
                 todo.append(need)
     if missing:  # an earlier stage that was not asked for, and is not there to load
-        raise _not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
+        raise stages_not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with run_folder(out) if writer else contextlib.nullcontext():
         if writer:
             preset = CYCADA_PRESETS.get(config.scale, {})
@@ -82,42 +84,46 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
                       if getattr(config, name) == value}
             print(describe_options(config, origin), flush=True)  # what will train, once, as a CycleGAN run says it
             files.write_json(out / "config.json", asdict(config))
-        wall_times = _run_stages(config, stages, reused, progress, out / "wall_times.json", writer)
-        return evaluate_run(config, wall_times) if writer else {}
+        wall_times = _run_stages(config, stages, reused, progress, out / "wall_times.json", context)
+        return evaluate_run(config, wall_times, context, reused) if writer else {}
 
 
 def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str, dict | None], progress: bool,
-                times_path: Path, writer: bool) -> dict:
+                times_path: Path, context: RunContext) -> dict:
     """Train ``stages`` in order, skipping complete ones and resuming unfinished ones (their
-    checkpoints are ``reused``); returns the wall times of every stage run so far in ``out``."""
+    checkpoints are ``reused``); returns the wall times of every stage run so far in ``out``.
+    The checkpoint each stage writes replaces its entry of ``reused`` (rank 0 only: it writes them)."""
     nets: dict[str, nn.Module] = {}
+    writer = context.rank == 0
 
     def need(stage: str):
         if stage not in nets:
-            nets[stage] = load_stage(config, stage)
+            nets[stage] = load_stage(config, stage, context.device, reused.get(stage))
         return nets[stage]
 
+    run = dict(progress=progress, context=context)
     runners = {  # each takes resume: whether to continue the stage's unfinished checkpoint
-        "source": lambda resume: train_source(config, progress, resume),
-        "pixel": lambda resume: train_pixel(config, need(config.semantic_judge), progress, resume),
-        "pixel_only": lambda resume: train_pixel_only(config, need("pixel").G_A, progress, resume),
-        "feature_only": lambda resume: train_feature(config, need("source"), None, progress, resume),
-        "feature": lambda resume: train_feature(config, need("source"), need("pixel").G_A, progress, resume),
-        "oracle": lambda resume: train_oracle(config, progress, resume),
+        "source": lambda resume: train_source(config, resume=resume, **run),
+        "pixel": lambda resume: train_pixel(config, need(config.semantic_judge), resume=resume, **run),
+        "pixel_only": lambda resume: train_pixel_only(config, need("pixel").G_A, resume=resume, **run),
+        "feature_only": lambda resume: train_feature(config, need("source"), None, resume=resume, **run),
+        "feature": lambda resume: train_feature(config, need("source"), need("pixel").G_A, resume=resume, **run),
+        "oracle": lambda resume: train_oracle(config, resume=resume, **run),
     }
     wall_times = _read_wall_times(times_path)
     for stage in stages:
-        if reused[stage] is not None and _complete(reused[stage]):
+        if reused[stage] is not None and stage_complete(reused[stage]):
             print(f"cycada: skipping {stage}: {stage_path(config, stage)} is complete (force=True retrains it)")
             continue
         start = time.perf_counter()
         nets[stage] = runners[stage](reused[stage] is not None)
         wall_times[stage] = round(time.perf_counter() - start, 1)
-        if writer:
+        if writer:  # rank 0 writes the checkpoints: only it can tell a stage that stopped early (a SIGTERM)
             files.write_json(times_path, wall_times)
-        # e.g. a SIGTERM stopped the pixel stage early (rank 0 writes the checkpoint: only it can tell)
-        if writer and not stage_finished(config, stage):
-            raise RuntimeError(f"the {stage!r} stage stopped before its end; resume it: {_run_hint(config, (stage,))}")
+            reused[stage] = stage_checkpoint(config, stage, context)
+            if reused[stage] is None or not stage_complete(reused[stage]):
+                raise RuntimeError(f"the {stage!r} stage stopped before its end; resume it: "
+                                   f"{run_hint(config, (stage,))}")
     return wall_times
 
 
@@ -149,7 +155,8 @@ def _eval_subset(dataset, config: CyCADAConfig):
     return torch.utils.data.Subset(dataset, keep.tolist())
 
 
-def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
+def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: RunContext | None = None,
+                 checkpoints: dict[str, dict | None] | None = None) -> dict:
     """Evaluate every finished stage on the target test split; write metrics and figures.
 
     ``metrics.json`` holds the accuracy of each result (``source_only``, ``pixel_only``,
@@ -163,22 +170,25 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
     For mnist5k -> mnistm5k, ``dark_digits`` says how many target and translated test digits
     are darker than their background, and each result's accuracy on light and dark ones. With a
     noise input (beyond the paper), ``noise_effect`` says how much the translation moves with it.
+    ``context``: where the networks run (default: that of ``config.device``); ``checkpoints``: stage ->
+    checkpoint of the stages already read and checked (:func:`run_cycada`'s), so that none is read twice.
     """
     c = config
     out = Path(c.out)
-    device = pick_device(c.device)
+    context = context or run_context(c.device)
+    device = context.device
     target_test = _eval_subset(load_domain(c, c.target, "test"), c)
     source_test = _eval_subset(load_domain(c, c.source, "test"), c)
     metrics: dict = {"source": c.source, "target": c.target, "scale": c.scale, "seed": c.seed,
                      "classifier": classifier_name(c), "test_images": {"source": len(source_test),
                                                                         "target": len(target_test)}}
     per_class, confusion, classifiers, predictions = {}, {}, {}, {}
-    finished = _finished_stages(c)
+    finished = _finished_stages(c, context, checkpoints or {})
     for stage, ckpt in finished.items():
         if stage not in RESULTS:
             continue
         key = RESULTS[stage]
-        classifiers[stage] = _network(ckpt, stage_path(c, stage), device)
+        classifiers[stage] = stage_network(ckpt, stage_path(c, stage), device)
         predictions[key], labels = predict(classifiers[stage], target_test)
         metrics[key] = accuracy(predictions[key], labels)
         per_class[key] = [None if math.isnan(a) else a for a in per_class_accuracy(predictions[key], labels)]
@@ -187,7 +197,7 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None) -> dict:
                               title=f"{key} on {c.target} test: {metrics[key]:.3f}")
     if "source" in classifiers:
         metrics["source_test_accuracy"] = accuracy(*predict(classifiers["source"], source_test))
-    translator = _network(finished["pixel"], stage_path(c, "pixel"), device).G_A if "pixel" in finished else None
+    translator = stage_network(finished["pixel"], stage_path(c, "pixel"), device).G_A if "pixel" in finished else None
     if translator is not None:
         # Two judges of the translation: f_S, which the semantic loss optimises, and the oracle, which it cannot.
         judges = {key: classifiers[stage] for stage, key in (("source", "label_preservation"),
@@ -224,17 +234,18 @@ def load_seed_metrics(folder: str | os.PathLike) -> dict[int, dict]:
     return dict(sorted(runs.items()))
 
 
-def _finished_stages(config: CyCADAConfig) -> dict[str, dict]:
-    """stage -> its complete checkpoint trained with this config's options (each file read once);
-    another configuration's stage is left out with a note: it is not a result of this one."""
+def _finished_stages(config: CyCADAConfig, context: RunContext, read: dict[str, dict | None]) -> dict[str, dict]:
+    """stage -> its complete checkpoint trained with this config's options, from ``read`` (the
+    checkpoints read already) or else read now; another configuration's stage is left out with a
+    note: it is not a result of this one."""
     finished = {}
     for stage in STAGES:
         try:
-            ckpt = stage_checkpoint(config, stage)
+            ckpt = read[stage] if stage in read else stage_checkpoint(config, stage, context)
         except ValueError as e:
             print(f"cycada: not evaluated: {e}", file=sys.stderr)
             continue
-        if ckpt is not None and _complete(ckpt):
+        if ckpt is not None and stage_complete(ckpt):
             finished[stage] = ckpt
     return finished
 

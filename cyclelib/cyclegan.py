@@ -22,10 +22,11 @@ from torch import nn
 
 from . import distributed, losses
 from .config import CycleGANConfig
+from .distributed import RunContext
 from .names import BATCH_NORMS, DIRECTIONS
 from .networks import build_discriminator, build_generator
 from .pool import ImagePool
-from .runtime import Precision, load_optimizer_state, pick_device
+from .runtime import load_optimizer_state, pick_device, translating
 
 # Named generator terms: (real_A, real_B, every generated image by name) -> {name: weighted loss}
 Terms = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -79,18 +80,19 @@ def set_requires_grad(nets: Iterable[nn.Module], requires_grad: bool) -> None:
 class CycleGAN(nn.Module):
     """The four networks of CycleGAN and one training step.
 
-    ``config.path`` chooses how the step runs: ``reference`` as the official code (fp32,
+    ``config.implementation`` chooses how the step runs: ``reference`` as the official code (fp32,
     eager, every network call separate), ``fast`` (default) with the same losses and
     gradients through fewer, batched network calls (:meth:`cycle_images`), fused Adam and,
-    on CUDA, bf16 autocast and channels_last. ``config.device`` (default: CUDA when
-    present) decides the per-device choices, at construction.
+    on CUDA, bf16 autocast and channels_last. ``context`` (the run's :class:`~cyclelib.distributed.RunContext`;
+    default: that of ``config.device``) decides the per-device choices, at construction.
 
     ``extra_generator_losses`` (optional) adds more named generator terms (:class:`GeneratorTerms`;
     a function alone is ``GeneratorTerms(function)``); CyCADA adds its semantic consistency loss
     this way. With ``lambda_mode_seeking`` > 0, :func:`mode_seeking` comes first.
     """
 
-    def __init__(self, config: CycleGANConfig, extra_generator_losses: GeneratorTerms | Terms | None = None):
+    def __init__(self, config: CycleGANConfig, extra_generator_losses: GeneratorTerms | Terms | None = None,
+                 context: RunContext | None = None):
         super().__init__()
         c = self.config = config
         gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=c.init, init_gain=c.init_gain)
@@ -105,11 +107,11 @@ class CycleGAN(nn.Module):
             extra.append(extra_generator_losses if isinstance(extra_generator_losses, GeneratorTerms)
                          else GeneratorTerms(extra_generator_losses))
         self.extra_generator_losses = tuple(extra)
-        fast = c.path == "fast"
+        fast = c.implementation == "fast"
         # One call on a concatenated batch equals separate calls only when every layer treats
         # the samples independently: instance norm does, batch norm mixes them.
         self.grouped = fast and c.norm not in BATCH_NORMS
-        device = pick_device(c.device)
+        context = context or RunContext(pick_device(c.device))
         # fused: one kernel updates every tensor (the reference keeps PyTorch's default Adam).
         adam = dict(lr=c.lr, betas=(c.beta1, c.beta2), fused=True if fast else None)
         self.opt_G = torch.optim.Adam([*self.G_A.parameters(), *self.G_B.parameters()], **adam)
@@ -117,8 +119,8 @@ class CycleGAN(nn.Module):
         self._start_schedules()
         self.pool_A = ImagePool(c.pool_size, seed=c.seed)      # fakes of domain A, for D_B
         self.pool_B = ImagePool(c.pool_size, seed=c.seed + 1)  # fakes of domain B, for D_A
-        self.precision = Precision(c.amp, device, fast)
-        self.channels_last = fast and device.type == "cuda"
+        self.precision = context.precision(c.amp, fast)
+        self.channels_last = fast and context.device.type == "cuda"
         if self.channels_last:
             self.to(memory_format=torch.channels_last)  # NHWC, the layout tensor-core convolutions read
         if c.compile:
@@ -273,11 +275,12 @@ class CycleGAN(nn.Module):
         return self.G_A if direction == self.config.direction else self.G_B
 
     @torch.no_grad()
-    def translate(self, images: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+    def translate(self, images: torch.Tensor, direction: str = "AtoB", amp: str = "none") -> torch.Tensor:
         """Translate a batch [N, C, H, W] in [-1, 1] from the data's domain A into B (``AtoB``) or
-        back (``BtoA``), with the generator of :meth:`generator`."""
+        back (``BtoA``), with the generator of :meth:`generator`, in fp32 unless ``amp`` asks for
+        another precision (the one rule of :func:`~cyclelib.runtime.translating`)."""
         net = self.generator(direction)
-        with self.precision.autocast():
+        with translating(images.device, amp):
             return net(images).float()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -19,13 +19,15 @@ from torchvision.utils import make_grid
 from . import distributed
 from .checkpoints import is_checkpoint, load_checkpoint
 from .checks import shape_networks
-from .config import CycleGANConfig
+from .config import CycleGANConfig, recorded_options
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import Unpaired, open_unpaired
-from .names import is_digit_pair
+from .distributed import RunContext, run_context
+from .names import check_channels, is_digit_pair
 from .plots import save_image_grid
 from .runs import check_resumable, load_run_checkpoint, step_checkpoint
-from .runtime import pick_device, seed_everything, use_threads
+from .modes import eval_mode
+from .runtime import seed_everything, translating, use_threads
 from .train import Trainer
 from .watch import Watch
 from .weights import check_cyclegan_shapes
@@ -38,7 +40,8 @@ FIXED_OPTIONS = {f.name: f.metadata["why"] for f in fields(CycleGANConfig) if f.
 def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool = True,
                    extra_generator_losses: GeneratorTerms | None = None, meta: dict | None = None,
                    overwrite: bool = False, resume_hint: str | None = None,
-                   origin: dict[str, str] | None = None, from_step: int | None = None) -> CycleGAN:
+                   origin: dict[str, str] | None = None, from_step: int | None = None,
+                   context: RunContext | None = None) -> CycleGAN:
     """Train a CycleGAN as the official code does and return it (eval mode; its ``stopped_by`` says
     which limit ended the training: ``"max_steps"`` or ``"epochs"``).
 
@@ -68,22 +71,23 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     The run prints its options once (those that differ from the paper's defaults, each under its
     ``origin``, e.g. "command line", and those changed at a resume), saves them as ``config.json``,
     and logs to TensorBoard / W&B with ``config.tensorboard`` / ``config.wandb`` (:mod:`cyclelib.watch`).
+    ``context``: where the run computes (default: :func:`~cyclelib.distributed.run_context` of ``config.device``).
     """
     c = config
     if not c.data:
         raise ValueError("no data given: set data to a folder with trainA/trainB or a digit pair like mnist5k:mnistm5k")
     for name in ("input_nc", "output_nc"):  # the channels images are read with (domain A, domain B)
-        if getattr(c, name) not in (1, 3):
-            raise ValueError(f"{name} must be 1 (images read as grayscale) or 3 (RGB), got {getattr(c, name)}")
+        check_channels(getattr(c, name), name)
     if from_step is not None and not resume:
         raise ValueError(f"from_step {from_step} picks the checkpoint a resumed run goes on from: give resume too")
     checkpoint = read_resumable(c.out, meta, from_step) if resume else None  # checked before any network is built
     if checkpoint is not None:
         _check_fixed_options(c, *checkpoint)
     # Under torchrun: this process's rank, the number of ranks and this rank's GPU.
-    rank, world_size, device = distributed.setup(pick_device(c.device))
-    distributed.check_norm(c.norm, world_size, device)
-    watch = Watch(c, origin, checkpoint and checkpoint[0]["config"]) if rank == 0 else None  # checks the packages
+    context = context or run_context(c.device)
+    distributed.check_norm(c.norm, context.world, context.device)
+    previous = checkpoint and recorded_options(checkpoint[0]["config"])
+    watch = Watch(c, origin, previous) if context.rank == 0 else None  # checks the packages
     use_threads(c.threads)
     seed_everything(c.seed)
     data_options = dict(seed=c.seed, channels=c.input_nc, channels_b=c.output_nc, direction=c.direction,
@@ -93,8 +97,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     else:
         data_options.update(preprocess=c.preprocess, load_size=c.load_size, crop_size=c.crop_size, flip=c.flip)
     dataset = _open_checked(c, "train", data_options)
-    model = CycleGAN(c, extra_generator_losses).to(device)
-    samples = _fixed_samples(c, dataset, data_options, device)
+    model = CycleGAN(c, extra_generator_losses, context).to(context.device)
+    samples = _fixed_samples(c, dataset, data_options, context.device)
     out = Path(c.out)
     trainer = Trainer(
         model, dataset, out, inputs=lambda batch: (batch["A"], batch["B"]),
@@ -137,7 +141,7 @@ def read_resumable(folder: str | Path, meta: dict | None = None, step: int | Non
 def _check_fixed_options(config: CycleGANConfig, ckpt: dict, path: Path) -> None:
     """Refuse to resume ``ckpt`` with ``config`` when an option of :data:`FIXED_OPTIONS` differs,
     naming each and why (options a checkpoint does not record count at their defaults)."""
-    saved = {**{f.name: f.default for f in fields(CycleGANConfig)}, **ckpt["config"]}
+    saved = {**{f.name: f.default for f in fields(CycleGANConfig)}, **recorded_options(ckpt["config"])}
     changed = [f"{name}={saved[name]!r} there, {getattr(config, name)!r} now: {why}"
                for name, why in FIXED_OPTIONS.items() if saved[name] != getattr(config, name)]
     if changed:
@@ -177,20 +181,19 @@ def _fixed_samples(c: CycleGANConfig, train: Unpaired, data_options: dict, devic
 @torch.no_grad()
 def _save_samples(model: CycleGAN, samples: dict[str, list[torch.Tensor]], path: Path) -> torch.Tensor:
     """A grid with rows real A, G_A(A), G_B(G_A(A)), real B, G_B(B), G_A(G_B(B)), one image at a
-    time (sizes may differ), shown at the first image's size; returned as one image [3, H, W] in [0, 1]."""
-    was_training = model.training
-    model.eval()
+    time (sizes may differ), shown at the first image's size; returned as one image [3, H, W] in [0, 1].
+    Translated in eval mode, in the precision of every translation (:func:`~cyclelib.runtime.translating`)."""
     names = ["real A", "G_A(A)", "G_B(G_A(A))", "real B", "G_B(B)", "G_A(G_B(B))"]
     rows: list[list[torch.Tensor]] = [[] for _ in names]
-    for a, b in zip(samples["A"], samples["B"]):
-        a, b = a[None], b[None]  # [1, C, H, W]
-        fake_b, fake_a = model.G_A(a), model.G_B(b)
-        for row, image in zip(rows, (a, fake_b, model.G_B(fake_b), b, fake_a, model.G_A(fake_a))):
-            row.append(image)
+    with eval_mode(model), translating(samples["A"][0].device):
+        for a, b in zip(samples["A"], samples["B"]):
+            a, b = a[None], b[None]  # [1, C, H, W]
+            fake_b, fake_a = model.G_A(a), model.G_B(b)
+            for row, image in zip(rows, (a, fake_b, model.G_B(fake_b), b, fake_a, model.G_A(fake_a))):
+                row.append(image)
     side = samples["A"][0].shape[-2:]
     # grey images shown as RGB beside colour ones (input_nc 1, output_nc 3)
     shown = [torch.cat([(im if im.shape[-2:] == side else F.interpolate(im, size=side, mode="bilinear"))
                         .expand(-1, 3, -1, -1) for im in row]) for row in rows]
     save_image_grid(shown, names, path)
-    model.train(was_training)
     return make_grid(torch.cat(shown), nrow=len(samples["A"]), normalize=True, value_range=(-1, 1))

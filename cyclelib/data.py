@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .digits import digit_domain
-from .names import DIGIT_DOMAINS, DIRECTIONS, is_digit_pair
+from .names import DIGIT_DOMAINS, DIRECTIONS, check_channels, check_crop, is_digit_pair
 from .download import CYCLEGAN_DATASETS
 from .images import IMAGE_EXTENSIONS, PREPROCESS_MODES, list_images, load_image, to_tensor, transform_image
 from .networks import fits, smallest_side
@@ -53,13 +53,9 @@ class ImageFolderDomain:
     def __init__(self, folder, channels: int = 3, preprocess: str = "resize_and_crop",
                  load_size: int = 286, crop_size: int = 256, flip: bool = True):
         if preprocess not in PREPROCESS_MODES:
-            raise ValueError(f"unknown preprocess {preprocess!r}; choose one of {', '.join(PREPROCESS_MODES)}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        if preprocess in ("resize_and_crop", "scale_width_and_crop") and crop_size > load_size:
-            raise ValueError(
-                f"crop_size={crop_size} is larger than load_size={load_size}: preprocess "
-                f"{preprocess!r} resizes to load_size before cropping crop_size")
+            raise ValueError(f"unknown preprocess {preprocess!r}; valid values: {', '.join(PREPROCESS_MODES)}")
+        check_channels(channels)
+        check_crop(preprocess, load_size, crop_size)
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise FileNotFoundError(

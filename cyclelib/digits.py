@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from .download import DIGIT_FILES, DIGIT_SPLITS, data_root, download_digits
 from .images import load_image, luma, scale_levels
-from .names import DIGIT_DOMAINS
+from .names import DIGIT_DOMAINS, check_channels
 
 # Seeds of the offline digit domains: fixed so a split or a MNIST-M background never changes.
 SPLIT_SEED = 0
@@ -167,11 +167,10 @@ def digit_domain(name: str, split: str = "train", size: int = 32, channels: int 
     ``svhn``, ``mnistm``; with ``download=False`` missing files raise FileNotFoundError.
     """
     if name not in DIGIT_DOMAINS:
-        raise ValueError(f"unknown digit domain {name!r}; choose one of {', '.join(DIGIT_DOMAINS)}")
+        raise ValueError(f"unknown digit domain {name!r}; valid values: {', '.join(DIGIT_DOMAINS)}")
     if split not in DIGIT_SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(DIGIT_SPLITS)}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ValueError(f"unknown split {split!r}; valid values: {', '.join(DIGIT_SPLITS)}")
+    check_channels(channels)
     root = data_root(root)
     if name in DIGIT_FILES:
         missing = [root / file for file in DIGIT_FILES[name][split] if not (root / file).is_file()]

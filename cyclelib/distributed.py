@@ -13,16 +13,41 @@ from __future__ import annotations
 
 import atexit
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .names import BATCH_NORMS
+from .runtime import Precision, pick_device
 
 # The group for host-side flags (see any_rank): Gloo, so that agreeing on a flag costs no
 # GPU synchronisation; None means the default group (already Gloo on CPU).
 _flag_group = None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run computes, resolved once (:func:`run_context`) and passed down: the device
+    (under torchrun, this rank's GPU), the rank and the number of ranks. Every device-dependent
+    choice of the run (the precision ``amp="auto"`` picks, channels_last, where stage networks
+    are loaded and evaluated) reads it, not the ``device`` option again."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    def precision(self, amp: str, fast: bool = True) -> Precision:
+        """The mixed precision ``amp`` means on this run's device (see :class:`~cyclelib.runtime.Precision`)."""
+        return Precision(amp, self.device, fast)
+
+
+def run_context(device: str | torch.device | None = None) -> RunContext:
+    """The :class:`RunContext` of the option ``device`` (:func:`~cyclelib.runtime.pick_device`),
+    in this process's torchrun job when there is one (:func:`setup`)."""
+    rank, world, resolved = setup(pick_device(device))
+    return RunContext(resolved, rank, world)
 
 
 def launched() -> tuple[int, int]:

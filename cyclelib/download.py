@@ -86,7 +86,7 @@ def download_digits(name: str, root: str | os.PathLike | None = None) -> Path:
     :func:`data_root`, both splits; files already there are kept. Returns the root. A failure
     raises :class:`DownloadError` naming the URL and the reason."""
     if name not in DIGIT_FILES:
-        raise ValueError(f"{name!r} is not a downloadable digit domain; choose one of {', '.join(DIGIT_FILES)}")
+        raise ValueError(f"{name!r} is not a downloadable digit domain; valid values: {', '.join(DIGIT_FILES)}")
     root = data_root(root)
     if name == "mnistm":
         if not (root / "mnist_m").is_dir():

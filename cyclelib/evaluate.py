@@ -38,7 +38,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .cycada import _network as stage_network
+from .cycada import stage_network
 from .digits import digit_domain
 from .names import is_digit_pair
 from .files import write_text

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
-from .names import PREPROCESS_MODES  # noqa: F401 (also read from here)
+from .names import PREPROCESS_MODES, check_channels  # noqa: F401 (PREPROCESS_MODES also read from here)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 # The most pixels cyclelib reads from one image file (8192 x 8192): a larger image is refused by
@@ -32,8 +32,7 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
     cannot decode (corrupt, truncated, not an image), one with more than :data:`MAX_PIXELS`
     pixels, and float pixels outside [0, 255] raise ``ValueError`` naming the file.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    check_channels(channels)
     try:
         with Image.open(path) as img:
             _check_pixels(img)

@@ -179,7 +179,7 @@ def feature_gan_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor
             \mathbb{E}[\log D_{feat}(f_S(G_{S\to T}(x_s)))]
             + \mathbb{E}[\log(1 - D_{feat}(f_T(x_t)))]
 
-    ``logits``: [N, 2] outputs of :class:`~cyclelib.networks.FeatureDiscriminator`,
+    ``logits``: [N, 2] outputs of :class:`~cyclelib.classifiers.FeatureDiscriminator`,
     whose class 1 means "translated source" (real for this game) and class 0
     "target". The discriminator uses the true domains; f_T is trained with
     ``target_is_real=True`` on its target features (the inverted-label ADDA loss).

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from .modes import eval_mode
+
 
 @torch.no_grad()
 def predict(classifier: nn.Module, dataset: Dataset, batch_size: int = 256,
@@ -26,19 +28,15 @@ def predict(classifier: nn.Module, dataset: Dataset, batch_size: int = 256,
     Returns two LongTensors [N] on the CPU: predictions, labels.
     """
     device = device or _device_of(classifier)
-    was_training = classifier.training
-    classifier.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     predictions, labels = [], []
-    try:
+    with eval_mode(classifier):
         for images, y in loader:
             images = images.to(device)          # [B, C, H, W]
             if transform is not None:
                 images = transform(images)
             predictions.append(classifier(images).argmax(dim=1).cpu())  # [B]
             labels.append(torch.as_tensor(y).long())
-    finally:
-        classifier.train(was_training)
     return torch.cat(predictions), torch.cat(labels)
 
 
@@ -109,15 +107,11 @@ def translate_dataset(translator: nn.Module, dataset: Dataset, batch_size: int =
     release, instead of running the generator again every epoch.
     """
     device = _device_of(translator)
-    was_training = translator.training
-    translator.eval()
     images, labels = [], []
-    try:
+    with eval_mode(translator):
         for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
             images.append(translator(x.to(device)).cpu())  # [B, C, H, W]
             labels.append(torch.as_tensor(y).long())
-    finally:
-        translator.train(was_training)
     return torch.utils.data.TensorDataset(torch.cat(images), torch.cat(labels))
 
 
@@ -191,14 +185,11 @@ def noise_effect(generator: nn.Module, dataset: Dataset, batch_size: int = 256) 
     images of ``dataset`` (items ``(image, label)``) and two independent noise draws per image,
     in the units of the images ([-1, 1]). 0 means the noise is ignored (or erased).
     """
-    device, was_training = _device_of(generator), generator.training
-    generator.eval()
+    device = _device_of(generator)
     total, count = 0.0, 0
-    try:
+    with eval_mode(generator):
         for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
             x = x.to(device)
             total += (generator(x) - generator(x)).abs().mean(dim=(1, 2, 3)).sum().item()
             count += len(x)
-    finally:
-        generator.train(was_training)
     return total / count

@@ -1,7 +1,8 @@
 """The names every option of cyclelib takes, and the registries of network architectures,
 without importing torch: the command line's help and checks read them before any command runs,
 and the modules that hold the networks read them too (and add to the registries how each
-architecture is built), so a name is declared once.
+architecture is built), so a name is declared once. The two rules on image sizes and channel
+counts that the configs, the datasets and the image readers share are here too, stated once.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 NOISE_INJECTIONS = ("constant", "modulate")
 GAN_MODES = ("lsgan", "vanilla", "wgangp", "hinge")
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-PATHS = ("fast", "reference")
+IMPLEMENTATIONS = ("fast", "reference")  # of CycleGAN's training step
 LR_POLICIES = ("linear", "step", "plateau", "cosine")  # the official get_scheduler's, stepped once per epoch
 DIRECTIONS = ("AtoB", "BtoA")
 EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
@@ -29,6 +30,26 @@ COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
 CYCADA_STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
 SEMANTIC_JUDGES = ("source", "feature_only")  # the CyCADA stages whose classifier may judge L_sem
 KID_SUBSETS = 100  # torch-fidelity's default and Binkowski et al.'s (the evaluate command shows it)
+
+
+# Images are read as grayscale (1 channel) or RGB (3).
+CHANNELS = (1, 3)
+# The preprocess modes that resize to load_size and then crop crop_size.
+RESIZE_THEN_CROP = ("resize_and_crop", "scale_width_and_crop")
+
+
+def check_channels(channels: int, name: str = "channels") -> None:
+    """A ``ValueError`` naming option ``name`` unless ``channels`` is one of :data:`CHANNELS`."""
+    if channels not in CHANNELS:
+        raise ValueError(f"{name} must be 1 (images read as grayscale) or 3 (RGB), got {channels}")
+
+
+def check_crop(preprocess: str, load_size: int, crop_size: int) -> None:
+    """A ``ValueError`` when ``preprocess`` resizes to ``load_size`` and then crops a larger ``crop_size``."""
+    if preprocess in RESIZE_THEN_CROP and crop_size > load_size:
+        raise ValueError(f"crop_size ({crop_size}) must not exceed load_size ({load_size}) with preprocess "
+                         f"{preprocess!r}, which resizes to load_size and then crops crop_size; preprocess "
+                         f"'crop' or 'none' do not resize")
 
 
 def is_digit_pair(spec: str) -> bool:

@@ -217,7 +217,7 @@ class NoiseInput(nn.Module):
     - ``constant``: each z_k broadcast over the image as an extra input channel (as PixelDA
       gives its generator a noise vector). Behind an instance-norm layer this is erased
       exactly: a constant channel adds a constant to every feature map of the first conv, and
-      instance norm subtracts each map's mean (book chapter 10 measures it).
+      instance norm subtracts each map's mean (the book's "Beyond the paper: the missing dark digits" measures it).
     - ``modulate``: z_k times the image, C channels per z_k ([z_1 x, ..., z_K x]): a scaled
       (for z_k < 0 inverted) copy of the image, which no normalisation removes.
     """

@@ -158,11 +158,27 @@ class Precision:
     def update(self) -> None:
         self.scaler.update()
 
+    @property
+    def name(self) -> str:
+        """What the run computes in: ``float32``, ``bfloat16`` or ``float16``."""
+        return str(self.dtype or torch.float32).removeprefix("torch.")
+
     def load_state_dict(self, state: dict) -> None:
         """Restore the fp16 loss scale of ``scaler.state_dict()``. A run resumed in another
         precision than it was saved in starts fp16's scale afresh, or has none to restore."""
         if state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state)
+
+
+def translating(device: torch.device, amp: str = "none") -> torch.autocast:
+    """The precision of every translation: fp32 unless ``amp`` asks for another, whatever
+    precision the generator was trained in. The one rule of :meth:`CycleGAN.translate
+    <cyclelib.cyclegan.CycleGAN.translate>`, ``translate_folder``, the test page and the sample
+    grids of a run (the translated datasets of CyCADA's stages, ``metrics.translate_dataset``,
+    run in fp32 as well). Why fp32: a translation is a result, saved as 8-bit pixels, and bf16
+    changes them by more than one level (measured in the README); training's mixed precision buys
+    speed where the step's rounding washes out over many steps. Callers hand results back as fp32."""
+    return Precision(amp, device).autocast()
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from . import files
 from .checkpoints import is_checkpoint
-from .runtime import Precision, pick_device
+from .runtime import pick_device, translating
 from .translate import (cyclegan_in, folder_relation, input_images, load_generator, load_state, plan_batches,
                         read_batch, translate_image, write_image)
 
@@ -85,7 +85,6 @@ def write_test_page(G_A: nn.Module, G_B: nn.Module, dataroot: str | os.PathLike,
         plans[direction] = (there, back, folder, dict(zip(paths, names)),
                             plan_batches(paths, (there, back), size, batch_size))
     dev = pick_device(device)
-    precision = Precision(amp, dev)
     tables = {}
     total = sum(len(plan[3]) for plan in plans.values())
     with tqdm(total=total, unit="image", desc="test", disable=not progress) as bar:
@@ -93,7 +92,7 @@ def write_test_page(G_A: nn.Module, G_B: nn.Module, dataroot: str | os.PathLike,
             there, back = there.to(dev).eval(), back.to(dev).eval()
             for batch in batches:
                 real = read_batch(batch, there.input_nc, size).to(dev)
-                with precision.autocast():
+                with translating(dev, amp):
                     fake = translate_image(there, real).float()
                     rec = translate_image(back, fake).float()
                 for path, *images in zip(batch, real, fake, rec):

@@ -1,4 +1,5 @@
-"""A 2-D toy of the adversarial loss alone (chapter 2): two Gaussian mixtures, tiny MLPs, seconds on a CPU.
+"""A 2-D toy of the adversarial loss alone: two Gaussian mixtures, tiny MLPs, seconds on a CPU (the book's
+"The adversarial loss").
 
 Domain X and domain Y each hold ``K`` Gaussian modes; mode ``k`` of X "means the same" as mode
 ``k`` of Y (its content), as a digit's class does in the book's digit domains. A generator

@@ -20,7 +20,7 @@ from .cyclegan import CycleGAN
 from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image
 from .networks import fits, side_multiple, smallest_side
 from .runs import CHECKPOINT_FOLDER, LATEST, load_run_checkpoint, run_in, step_checkpoint
-from .runtime import Precision, pick_device
+from .runtime import pick_device, translating
 from .tiles import translate_tiled
 from .weights import cyclegan_from_checkpoint, load_official
 
@@ -225,7 +225,6 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
     check_output_folder(input_dir, output_dir, overwrite)
     batches = plan_batches(paths, [generator], size, batch_size)
     dev = pick_device(device)
-    precision = Precision(amp, dev)
     generator = generator.to(dev).eval()
     written = []
     with tqdm(total=len(paths), unit="image", desc="translate", disable=not progress) as bar:
@@ -234,7 +233,7 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
                 images = read_batch(batch, generator.input_nc, size).to(dev)
             except ValueError as e:
                 raise ValueError(f"{e} ({len(written)} of {len(paths)} images were translated before it)") from None
-            with precision.autocast():
+            with translating(dev, amp):
                 if tile:  # one image at a time, a few tiles at a time on the device
                     out = torch.cat([translate_tiled(generator, image[None], tile, overlap) for image in images])
                 else:

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 from . import integrity
 from .checkpoints import (FORMAT_VERSION, is_checkpoint, load_checkpoint, load_weights, make_checkpoint, mismatches,
                           save_checkpoint)
-from .config import CycleGANConfig
+from .config import CycleGANConfig, recorded_options
 from .cyclegan import CycleGAN
 from .files import atomic_write
 from .names import BATCH_NORMS
@@ -46,10 +46,9 @@ def check_cyclegan_shapes(state: dict, source: str = "checkpoint") -> CycleGANCo
     if depth > len(stored):
         raise ValueError(f"{source} does not fit the networks its config declares: {depth} blocks or layers in "
                          f"one network, {len(stored)} tensors in the file")
-    known = {f.name for f in fields(CycleGANConfig)}
     try:
         # compile off: for translating a few images, compiling would only delay the first one
-        c = CycleGANConfig(**{**{k: v for k, v in raw.items() if k in known}, "compile": False})
+        c = CycleGANConfig(**{**recorded_options(raw), "compile": False})
         gen = dict(width=c.ngf, norm=c.norm, dropout=c.dropout, init=None)
         dis = dict(width=c.ndf, n_layers=c.n_layers_D, norm=c.norm, init=None)
         with torch.device("meta"):

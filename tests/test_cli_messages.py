@@ -60,7 +60,7 @@ def test_cycada_hint_repeats_every_option_of_the_command(tmp_path):
 def test_pixel_stage_progress_bar_says_pixel(tmp_path, capsys):
     run_cycada(cycada_smoke(tmp_path), stages="source,pixel", progress=True)
     err = capsys.readouterr().err
-    assert re.search(r"^pixel: +100%", err.replace("\r", "\n"), re.MULTILINE)
+    assert re.search(r"^pixel( \[CPU threads: \d+\])?: +100%", err.replace("\r", "\n"), re.MULTILINE)
     assert "cyclegan:" not in err
 
 

@@ -85,7 +85,7 @@ def images(batch: int = 2, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 def build(path: str = "fast", amp: str = "none", **options) -> CycleGAN:
     options = {"ngf": 4, "ndf": 4, **options}
     torch.manual_seed(0)
-    return CycleGAN(CycleGANConfig(path=path, amp=amp, device=str(DEVICE), **options)).to(DEVICE)
+    return CycleGAN(CycleGANConfig(implementation=path, amp=amp, device=str(DEVICE), **options)).to(DEVICE)
 
 
 def one_step(path: str, amp: str = "none", **options) -> tuple[CycleGAN, dict[str, torch.Tensor]]:

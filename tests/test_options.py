@@ -34,7 +34,7 @@ PIXEL_VALUES = dict(
 # The CycleGAN options the pixel stage fixes, and those it leaves at CycleGAN's defaults.
 FIXED_BY_THE_STAGE = {"data", "out", "input_nc", "output_nc", "preprocess", "flip"}
 CYCLEGAN_DEFAULTS = {"init", "init_gain", "dropout", "lambda_gp", "beta2", "max_steps", "clip_grad_norm",
-                     "skip_bad_images", "path", "compile", "keep_checkpoints", "tensorboard", "wandb", "wandb_project",
+                     "skip_bad_images", "implementation", "compile", "keep_checkpoints", "tensorboard", "wandb", "wandb_project",
                      "direction", "serial_batches",  # the source is domain A, its images in a seeded order
                      "lr_policy", "lr_decay_iters", "threads"}  # the release's linear schedule; torch's threads
 
@@ -178,7 +178,7 @@ def test_every_option_has_a_description_its_choices_and_required_marked():
     assert commands <= seen
     cyclegan, cycada = _help("train", "cyclegan"), _help("train", "cycada")
     for text in ("--norm {instance,batch,syncbatch,none}", "--gan-mode {lsgan,vanilla,wgangp,hinge}",
-                 "--amp {none,bf16,fp16,auto}", "--path {fast,reference}",
+                 "--amp {none,bf16,fp16,auto}", "--implementation {fast,reference}",
                  "--preprocess {resize_and_crop,crop,scale_width,scale_width_and_crop,none}",
                  "--init {normal,xavier,kaiming,orthogonal}", "--noise-injection {constant,modulate}",
                  "--netD {basic,n_layers,pixel}", "resnet_<n>blocks"):

@@ -70,7 +70,7 @@ def test_transforms_give_the_predicted_shape_in_range_deterministically(mode, wi
     with tempfile.TemporaryDirectory() as folder:
         img.save(Path(folder) / f"image{suffix}")
         if preprocess in ("resize_and_crop", "scale_width_and_crop") and crop > load:
-            with pytest.raises(ValueError, match=f"crop_size={crop} is larger than load_size={load}"):
+            with pytest.raises(ValueError, match=rf"crop_size \({crop}\) must not exceed load_size \({load}\)"):
                 ImageFolderDomain(folder, channels, preprocess, load, crop, flip)
             return
         domain = ImageFolderDomain(folder, channels, preprocess, load, crop, flip)

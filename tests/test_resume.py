@@ -8,6 +8,7 @@ trained with.
 Every run is a smoke run on the CPU. The runs resumed here were stopped by a signal at step 5
 (of 8: 4 steps per epoch, two epochs, the second one decaying the learning rate to half).
 """
+import dataclasses
 import json
 import shutil
 import signal
@@ -107,8 +108,8 @@ APPLIED = {
     "skip_bad_images": (True, lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),
     "device": ("cpu:0", lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),
     "compile": (True, lambda ckpt, folder, unchanged: equal_states(ckpt["nets"], unchanged["nets"])),  # see below
-    # the reference path steps PyTorch's default Adam, not the fused one
-    "path": ("reference", lambda ckpt, folder, unchanged: not group(ckpt)["fused"] and group(unchanged)["fused"]),
+    # the reference implementation steps PyTorch's default Adam, not the fused one
+    "implementation": ("reference", lambda ckpt, folder, unchanged: not group(ckpt)["fused"] and group(unchanged)["fused"]),
     "amp": ("fp16", lambda ckpt, folder, unchanged: ckpt["training"]["scaler"]["scale"] > 0),  # loss scaling
     # rows at 2, 4, then 6: the mean of steps 5 and 6, as the run never changed would write it
     "log_every": (3, lambda ckpt, folder, unchanged: ckpt["history"] == unchanged["history"][:3]),
@@ -139,7 +140,7 @@ REFUSED = {
 
 
 def test_every_option_is_declared_applied_or_refused_and_tested_so():
-    declared = {f.name: f.metadata["on_resume"] for f in CycleGANConfig.__dataclass_fields__.values()}
+    declared = {f.name: f.metadata["on_resume"] for f in dataclasses.fields(CycleGANConfig)}
     assert set(APPLIED) | set(REFUSED) == set(declared) and not set(APPLIED) & set(REFUSED)
     assert {name for name, rule in declared.items() if rule == "refuse"} == set(REFUSED) == set(FIXED_OPTIONS)
 

@@ -12,7 +12,7 @@ from cyclelib import CycleGAN, CycleGANConfig
 def one_step(path: str, **options) -> tuple[CycleGAN, dict[str, torch.Tensor]]:
     """A tiny CycleGAN after one training step on fixed images, everything seeded."""
     torch.manual_seed(0)
-    model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, path=path, **{"amp": "none", **options}))
+    model = CycleGAN(CycleGANConfig(ngf=4, ndf=4, implementation=path, **{"amp": "none", **options}))
     g = torch.Generator().manual_seed(1)
     real_A, real_B = (torch.rand(2, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
     torch.manual_seed(2)  # the gradient penalty draws its mixing weights from the global RNG
@@ -33,9 +33,9 @@ def count_calls(model: CycleGAN) -> dict[str, int]:
 def test_fast_path_groups_the_network_calls_unless_batch_norm_forbids_it():
     tiny = dict(netG="resnet_1blocks", ngf=4, ndf=4)
     # reference: G_A on real A, fake A, real B (identity); D once in the G step, twice in the D step
-    assert count_calls(CycleGAN(CycleGANConfig(path="reference", **tiny))) == dict(G_A=3, G_B=3, D_A=3, D_B=3)
-    assert count_calls(CycleGAN(CycleGANConfig(path="fast", **tiny))) == dict(G_A=2, G_B=1, D_A=2, D_B=2)
-    batch_norm = CycleGAN(CycleGANConfig(path="fast", norm="batch", **tiny))
+    assert count_calls(CycleGAN(CycleGANConfig(implementation="reference", **tiny))) == dict(G_A=3, G_B=3, D_A=3, D_B=3)
+    assert count_calls(CycleGAN(CycleGANConfig(implementation="fast", **tiny))) == dict(G_A=2, G_B=1, D_A=2, D_B=2)
+    batch_norm = CycleGAN(CycleGANConfig(implementation="fast", norm="batch", **tiny))
     assert count_calls(batch_norm) == dict(G_A=3, G_B=3, D_A=3, D_B=3)
 
 
@@ -53,10 +53,10 @@ def test_fp16_scales_the_loss_and_keeps_the_fp32_losses():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(path="quick"), "valid values: fast, reference"),
+    (dict(implementation="quick"), "valid values: fast, reference"),
     (dict(amp="fp8"), "valid values: none, bf16, fp16, auto"),
-    (dict(path="reference", compile=True), "path 'reference' is the official fp32 eager step"),
-    (dict(path="reference", amp="bf16"), "path 'reference' is the official fp32 eager step"),
+    (dict(implementation="reference", compile=True), "implementation 'reference' is the official fp32 eager step"),
+    (dict(implementation="reference", amp="bf16"), "implementation 'reference' is the official fp32 eager step"),
 ])
 def test_speed_options_are_checked(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -69,7 +69,7 @@ def test_auto_amp_is_bf16_in_the_fast_path_where_bf16_is_native_and_fp32_elsewhe
 
     monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
     fast = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4))  # amp "auto"
-    reference = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, path="reference"))
+    reference = CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, implementation="reference"))
     assert fast.precision.dtype == (torch.bfloat16 if native else None)
     assert reference.precision.dtype is None  # the official step stays fp32
     assert CycleGAN(CycleGANConfig(netG="resnet_1blocks", ngf=4, ndf=4, amp="none")).precision.dtype is None

@@ -113,7 +113,7 @@ def test_the_reference_step_with_mode_seeking_and_semantic_terms_is_the_official
     out by hand, then mode seeking (real_A under two noise draws, after the six cycle images), then
     CyCADA's semantic terms, summed in that order."""
     cycada = CyCADAConfig(netG="resnet_1blocks", ngf=4, ndf=4, lambda_identity=0.5, **MODE_SEEKING)
-    config = replace(cycada.pixel_config("unused"), path="reference", pool_size=0, amp="none")
+    config = replace(cycada.pixel_config("unused"), implementation="reference", pool_size=0, amp="none")
     torch.manual_seed(0)
     f_s = build_task_network("lenet")
     model = CycleGAN(config, semantic_consistency(cycada, f_s))
