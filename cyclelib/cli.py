@@ -210,6 +210,19 @@ def download_listing() -> str:
     ])
 
 
+def _add_generator_source(command: argparse.ArgumentParser, atob: str) -> None:
+    """Which generator a command uses (translate, export): the file, the direction, its checksum."""
+    command.add_argument("--checkpoint", required=True,
+                         help="required: a run folder (its latest readable checkpoint), a cyclelib checkpoint.pt, "
+                              "or an official generator .pth (e.g. horse2zebra.pth)")
+    command.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
+                         help=f"AtoB {atob} (the run's G_A; its G_B if it was trained with --direction BtoA), "
+                              "BtoA the other way (default: AtoB)")
+    command.add_argument("--sha256", default=None,
+                         help="the checkpoint's expected SHA-256: verify the file before loading it (files in "
+                              "torch's legacy format have no checksum of their own)")
+
+
 def _add_official_options(command: argparse.ArgumentParser) -> None:
     """How to build the generator of an official checkpoint (translate, test, export): the defaults
     are those of the published pretrained models."""
@@ -278,20 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     cycada.set_defaults(run=_train_cycada)
 
     translate = commands.add_parser("translate", help="translate a folder of images with a trained generator")
-    translate.add_argument("--checkpoint", required=True,
-                           help="required: a run folder (its latest readable checkpoint), a cyclelib checkpoint.pt, "
-                                "or an official generator .pth (e.g. horse2zebra.pth)")
-    translate.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
-                           help="AtoB translates images like the data's A into B (the run's G_A; its G_B if it "
-                                "was trained with --direction BtoA), BtoA back (default: AtoB)")
+    _add_generator_source(translate, "translates images like the data's A into B")
     translate.add_argument("--input", required=True, help="required: folder of images (searched recursively)")
     translate.add_argument("--output", required=True,
                            help="required: folder for the results (same relative names)")
     translate.add_argument("--overwrite", action="store_true",
                            help="allow an --output that is, contains or lies inside --input")
-    translate.add_argument("--sha256", default=None,
-                           help="the checkpoint's expected SHA-256: verify the file before loading it (files in "
-                                "torch's legacy format have no checksum of their own)")
     translate.add_argument("--tile", type=positive_int, default=None,
                            help="translate each image in overlapping TILE x TILE tiles, blended (for photos too "
                                 "large for memory: 4000x3000 needs about 2 GB with --tile 512, 11 GB whole)")
@@ -341,16 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(run=_evaluate)
     export = commands.add_parser("export", help="write a generator as ONNX, TorchScript or safetensors, for use "
                                                 "without cyclelib")
-    export.add_argument("--checkpoint", required=True,
-                        help="required: a cyclelib checkpoint.pt or run folder, or an official generator .pth")
+    _add_generator_source(export, "writes the generator of the data's A into B")
     export.add_argument("--format", **choice("export format", EXPORT_FORMATS), default="onnx",
                         help="onnx (default; dynamic batch, height and width), torchscript (torch.jit.load; "
                              "deprecated by PyTorch), safetensors (the weights only)")
-    export.add_argument("--direction", **choice("direction", DIRECTIONS), default="AtoB",
-                        help="AtoB writes the generator of the data's A into B (the run's G_A; its G_B if it was "
-                             "trained with --direction BtoA), BtoA the other (default: AtoB)")
     export.add_argument("--output", required=True, help="required: the file to write")
-    export.add_argument("--sha256", default=None, help="the checkpoint's expected SHA-256 (as for translate)")
     _add_official_options(export)
     export.set_defaults(run=_export)
 
