@@ -264,7 +264,11 @@ class DRN26(nn.Module):
         self.num_classes = num_classes
         if pretrained:
             state = torch.hub.load_state_dict_from_url(DRN26_IMAGENET_URL, map_location="cpu", weights_only=True)
-            self.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+            missing, unexpected = self.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
+                                                       strict=False)
+            if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+                raise ValueError(f"{DRN26_IMAGENET_URL} is not DRN-C-26: missing {sorted(missing)[:3]}, "
+                                 f"unexpected {sorted(unexpected)[:3]}")
 
     def _make_layer(self, planes: int, blocks: int, stride: int, dilation: int, new_level: bool,
                     residual: bool) -> nn.Sequential:
