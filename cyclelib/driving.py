@@ -76,8 +76,6 @@ class DrivingScenes(Dataset):
 
     def __init__(self, pairs: list[tuple[Path, Path]], map_ids: bool, size: int | None = None,
                  crop: int | None = None, flip: bool = False):
-        if not pairs:
-            raise FileNotFoundError("no image and label pairs")
         for name, value in (("size", size), ("crop", crop)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -117,8 +115,10 @@ def _draw(high: int, generator: torch.Generator | None) -> int:
     return high // 2 if generator is None else int(torch.randint(high, (1,), generator=generator))
 
 
-def _pair(images: dict[str, Path], labels: dict[str, Path], what: str) -> list[tuple[Path, Path]]:
+def _pair(images: dict[str, Path], labels: dict[str, Path], what: str, where: Path) -> list[tuple[Path, Path]]:
     """Images and labels matched by key, every one of each side present on the other."""
+    if not images and not labels:
+        raise FileNotFoundError(f"{what}: no image or label files under {where}")
     for have, lack, side in ((images, labels, "label map"), (labels, images, "image")):
         missing = sorted(set(have) - set(lack))
         if missing:
@@ -151,7 +151,7 @@ def gta5(root: str | os.PathLike, split: str = "all", size: int | None = None, c
                                     f"({len(absent)} missing)")
         images = {k: v for k, v in images.items() if k in wanted}
         labels = {k: v for k, v in labels.items() if k in wanted}
-    return DrivingScenes(_pair(images, labels, "GTA5"), map_ids=True, size=size, crop=crop, flip=flip)
+    return DrivingScenes(_pair(images, labels, "GTA5", root), map_ids=True, size=size, crop=crop, flip=flip)
 
 
 def cityscapes(root: str | os.PathLike, split: str = "val", labels: str = "labelIds", size: int | None = None,
@@ -171,5 +171,5 @@ def cityscapes(root: str | os.PathLike, split: str = "val", labels: str = "label
     images = {str(p.relative_to(image_dir)).removesuffix("_leftImg8bit.png"): p
               for p in image_dir.glob("*/*_leftImg8bit.png")}
     label_maps = {str(p.relative_to(label_dir)).removesuffix(suffix): p for p in label_dir.glob(f"*/*{suffix}")}
-    return DrivingScenes(_pair(images, label_maps, "Cityscapes"), map_ids=labels == "labelIds", size=size,
+    return DrivingScenes(_pair(images, label_maps, "Cityscapes", root), map_ids=labels == "labelIds", size=size,
                          crop=crop, flip=flip)

@@ -147,7 +147,8 @@ def test_drn26_scores_every_pixel_of_an_odd_sized_image_and_has_the_release_layo
             expected |= {f"layer{level}.0.downsample.0.weight"} | {f"layer{level}.0.downsample.1.{p}" for p in bn}
     state = net.state_dict()
     assert set(state) == expected
-    assert state["layer6.0.downsample.0.weight"].shape == (512, 256, 1, 1) and state["fc.weight"].shape == (19, 512, 1, 1)
+    assert state["layer6.0.downsample.0.weight"].shape == (512, 256, 1, 1)
+    assert state["fc.weight"].shape == (19, 512, 1, 1)
     assert net.layer6[0].conv1.dilation == (4, 4) and net.layer5[1].conv2.dilation == (2, 2)
     # the release's files come from a torch without num_batches_tracked: they load as they are
     old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}

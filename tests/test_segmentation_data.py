@@ -57,6 +57,15 @@ def test_gta5_names_an_image_without_its_label_map(tmp_path):
         gta5(tmp_path)
 
 
+def test_empty_folders_are_named(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(FileNotFoundError, match=f"GTA5: no image or label files under {tmp_path}"):
+        gta5(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"GTA5: .*nothing/images does not exist"):
+        gta5(tmp_path / "nothing")
+
+
 def test_gta5_splits_come_from_split_mat(tmp_path):
     from scipy.io import savemat
 
