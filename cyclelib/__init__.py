@@ -7,9 +7,11 @@ Modules, one idea each, leaves first:
   ``runtime`` (scale, device, precision, translation's precision, seeds), ``distributed`` (torchrun, the
   run context);
 - ``images`` (image files and tensors), ``download``, ``digits`` (labelled digit domains),
-  ``photos`` (the offline photo pair), ``data`` (unpaired folders, the order of an epoch);
+  ``photos`` (the offline photo pair), ``data`` (unpaired folders, the order of an epoch),
+  ``scenes`` (the offline segmentation pair), ``driving`` (GTA5 and Cityscapes);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
-  networks and their two training steps), ``cyclegan`` (the CycleGAN model and its step);
+  networks and their two training steps), ``segnets`` (segmenters, the output-space
+  discriminator), ``cyclegan`` (the CycleGAN model and its step);
 - ``config`` (every option, scale presets), ``checkpoints`` (the one schema, verified
   files), ``runs`` (run folders and their lock), ``weights`` (official ``.pth``, safetensors,
   ``load_cyclegan``);
@@ -44,7 +46,10 @@ _SOURCES = {
     "export_safetensors": "weights", "load_cyclegan": "weights", "load_official": "weights", "save_official": "weights",
     "cycle_loss": "losses", "discriminator_loss": "losses", "feature_gan_loss": "losses", "gan_loss": "losses",
     "gradient_penalty": "losses", "identity_loss": "losses", "mode_seeking_loss": "losses", "semantic_loss": "losses",
-    "task_loss": "losses",
+    "task_loss": "losses", "segmentation_loss": "losses", "segmentation_metrics": "metrics",
+    "cityscapes": "driving", "gta5": "driving", "SCENE_DOMAINS": "scenes", "scene_domain": "scenes",
+    "DRN26": "segnets", "FCN8s": "segnets", "ScoreDiscriminator": "segnets", "SmallFCN": "segnets",
+    "build_segmenter": "segnets",
     "build_discriminator": "networks", "build_generator": "networks", "init_weights": "networks",
     "ImagePool": "pool",
     "pick_device": "runtime", "resolve_scale": "runtime", "seed_everything": "runtime",

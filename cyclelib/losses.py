@@ -165,10 +165,54 @@ def semantic_loss(classifier: torch.nn.Module, real: torch.Tensor,
     ``requires_grad=False``: the gradient reaches only the generator, through
     ``translated``. ``real`` and ``translated``: [N, C, H, W] in the classifier's
     input format.
+
+    The same function is the per-pixel loss of CyCADA for segmentation when ``classifier``
+    is a segmenter (scores [N, K, H, W]): the target of every pixel of :math:`G(x)` is the
+    frozen :math:`f_S`'s argmax at that pixel of :math:`x`, and the cross-entropy is
+    averaged over the pixels (no pixel is ignored: :math:`f_S` labels every one),
+
+    .. math::
+        \mathcal{L}_{sem} = -\frac{1}{NHW}\sum_{n,h,w}
+            \log \sigma\big(f_S(G(x_n))_{:,h,w}\big)_{p_{nhw}},
+        \qquad p_{nhw} = \arg\max_k f_S(x_n)_{k,h,w},
+
+    the paper's equation per pixel. The release trains its GTA5 -> Cityscapes CycleGAN
+    without it (``--model cycle_gan``, cyclegan/train_gta2cityscapes.sh line 4); its
+    semantic model (cyclegan/models/cycle_gan_semantic_model.py lines 163-167) has the
+    classification form only, with the true source labels as the S -> T target.
     """
     with torch.no_grad():
         labels = classifier(real).argmax(dim=1)  # [N]
     return task_loss(classifier(translated), labels)
+
+
+def segmentation_loss(scores: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None,
+                      ignore_index: int = 255) -> torch.Tensor:
+    r"""Per-pixel task loss of CyCADA for segmentation: cross-entropy over the labelled pixels.
+
+    .. math::
+        \mathcal{L}_{task}(f, X, Y) = -\frac{\sum_{n,h,w} \mathbb{1}[y_{nhw} \ne 255]\,
+            w_{y_{nhw}} \log \sigma\big(f(x_n)_{:,h,w}\big)_{y_{nhw}}}
+            {\sum_{n,h,w} \mathbb{1}[y_{nhw} \ne 255]\, w_{y_{nhw}}}
+
+    ``scores``: [N, K, H, W]; ``labels``: [N, H, W] class indices, ``ignore_index`` (255)
+    for pixels without a class; ``class_weights``: [K] (all 1 without). The weighted mean
+    is the release's ``supervised_loss`` (``NLLLoss(weight, size_average=True,
+    ignore_index=255)`` of ``log_softmax``, scripts/train_fcn_adda.py lines 55-59). A batch
+    with no labelled pixel gives 0 (the release skips it, train_fcn_adda.py lines 27-39 and
+    193-194); a label outside ``0..K-1`` other than ``ignore_index`` raises ``ValueError``.
+    """
+    if scores.dim() != 4 or labels.shape != scores.shape[:1] + scores.shape[2:]:
+        raise ValueError(f"scores must be N x K x H x W and labels N x H x W, got shapes {tuple(scores.shape)} "
+                         f"and {tuple(labels.shape)}")
+    labelled = labels != ignore_index
+    bad = labelled & ((labels < 0) | (labels >= scores.shape[1]))
+    if bad.any():
+        raise ValueError(f"label {int(labels[bad][0])} is neither a class (0..{scores.shape[1] - 1}) nor the "
+                         f"ignore label {ignore_index}")
+    if not labelled.any():
+        return scores.sum() * 0  # keeps the graph: a backward pass through it is a no-op
+    return F.cross_entropy(scores, labels.long(), weight=class_weights, ignore_index=ignore_index)
 
 
 def feature_gan_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
@@ -183,7 +227,19 @@ def feature_gan_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor
     whose class 1 means "translated source" (real for this game) and class 0
     "target". The discriminator uses the true domains; f_T is trained with
     ``target_is_real=True`` on its target features (the inverted-label ADDA loss).
+
+    For segmentation ``logits`` are per-pixel, [N, 2, H, W], from
+    :class:`~cyclelib.segnets.ScoreDiscriminator` on score maps, and the loss is the
+    mean over pixels,
+
+    .. math::
+        -\frac{1}{NHW}\sum_{n,h,w} \log \sigma\big(D(f(x_n))_{:,h,w}\big)_{t},
+        \qquad t = 1 \text{ (source) or } 0 \text{ (target)},
+
+    the release's ``--discrim_score`` game: D learns 1 for source and 0 for target scores
+    (scripts/train_fcn_adda.py lines 231-243), the target network 1 for its target
+    scores (lines 288-296).
     """
-    labels = torch.full((logits.shape[0],), int(target_is_real), dtype=torch.long,
+    labels = torch.full(logits.shape[:1] + logits.shape[2:], int(target_is_real), dtype=torch.long,
                         device=logits.device)
     return F.cross_entropy(logits, labels)

@@ -193,3 +193,101 @@ def noise_effect(generator: nn.Module, dataset: Dataset, batch_size: int = 256) 
             total += (generator(x) - generator(x)).abs().mean(dim=(1, 2, 3)).sum().item()
             count += len(x)
     return total / count
+
+
+# --------------------------------------------------------------------------- semantic segmentation
+
+IGNORE_LABEL = 255  # pixels without a class (Cityscapes' and GTA5's unlabelled or unused ids)
+
+
+def segmentation_confusion(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                           ignore_index: int = IGNORE_LABEL) -> torch.Tensor:
+    """Pixel counts int64 ``[num_classes, num_classes]``: entry (i, j) = pixels of true class i
+    predicted as j, over every pixel whose label is not ``ignore_index``.
+
+    ``predictions`` and ``labels``: class maps of one shape (e.g. ``[N, H, W]``). Matrices of
+    batches add up to the matrix of the whole split, so a test split is measured batch by batch
+    at full resolution. The release's ``fast_hist`` (scripts/eval_fcn.py lines 21-23), except that
+    a label other than ``ignore_index`` outside ``0..num_classes-1``, or a prediction outside the
+    classes, raises ``ValueError`` where ``fast_hist`` drops it silently.
+    """
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions and labels must have the same shape, got {tuple(predictions.shape)} "
+                         f"and {tuple(labels.shape)}")
+    labels, predictions = labels.flatten().long(), predictions.flatten().long()
+    kept = labels != ignore_index
+    labels, predictions = labels[kept], predictions[kept]
+    for name, values in (("label", labels), ("prediction", predictions)):
+        bad = (values < 0) | (values >= num_classes)
+        if bad.any():
+            raise ValueError(f"{name} {int(values[bad][0])} is neither a class (0..{num_classes - 1}) nor "
+                             f"the ignore label {ignore_index}")
+    index = labels * num_classes + predictions
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes).cpu()
+
+
+def class_iou(matrix: torch.Tensor) -> list[float]:
+    r"""Intersection over union of each class from a confusion matrix (rows: truth, columns: prediction).
+
+    .. math::
+        \mathrm{IoU}_k = \frac{C_{kk}}{\sum_j C_{kj} + \sum_i C_{ik} - C_{kk}}
+
+    A class that is neither in the labels nor in the predictions gets ``nan``: there is nothing to
+    overlap. (The release adds 1e-8 to the union, scripts/eval_fcn.py line 28, which gives such a
+    class 0; torchvision's segmentation reference, references/segmentation/utils.py
+    ``ConfusionMatrix.compute``, gives it ``nan`` as here.)
+    """
+    m = matrix.double()
+    union = m.sum(dim=0) + m.sum(dim=1) - m.diag()
+    return [(m[k, k] / union[k]).item() if union[k] > 0 else float("nan") for k in range(len(m))]
+
+
+def mean_iou(matrix: torch.Tensor) -> float:
+    """The mean of :func:`class_iou` over the classes present in the labels or the predictions.
+
+    Absent classes (``nan``) are left out of the mean, as numpy's ``nanmean`` in the release
+    (scripts/eval_fcn.py line 69) would, were their IoU ``nan`` rather than the 0 its 1e-8 gives;
+    torchvision's reference takes the plain mean, ``nan`` then. Over a whole Cityscapes val split
+    every class is present and all three agree. ``nan`` if no class is present.
+    """
+    present = [iou for iou in class_iou(matrix) if iou == iou]
+    return sum(present) / len(present) if present else float("nan")
+
+
+def pixel_accuracy(matrix: torch.Tensor) -> float:
+    """The fraction of labelled pixels predicted right, trace over sum (the release's ``acc_overall``,
+    scripts/eval_fcn.py line 26); ``nan`` without labelled pixels."""
+    total = matrix.sum().item()
+    return matrix.diag().sum().item() / total if total else float("nan")
+
+
+@torch.no_grad()
+def segmentation_metrics(segmenter: nn.Module, dataset: Dataset, num_classes: int, batch_size: int = 8,
+                         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         ignore_index: int = IGNORE_LABEL, device: str | torch.device | None = None) -> dict:
+    """How well ``segmenter`` labels the pixels of ``dataset`` (items ``(image [3, H, W], labels [H, W])``).
+
+    Runs in eval mode (restored afterwards), in batches; ``transform`` (e.g. G_{S->T}) is applied
+    to each image batch first. Scores smaller or larger than the labels are resized bilinearly to
+    the labels' size before the argmax, so every labelled pixel is counted at full resolution.
+    Returns ``{"miou", "pixel_accuracy", "class_iou" (list, nan for absent classes),
+    "confusion" (list of lists)}``.
+    """
+    device = device or _device_of(segmenter)
+    was_training = segmenter.training
+    segmenter.eval()
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    try:
+        for images, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            images = images.to(device)  # [B, 3, H, W]
+            if transform is not None:
+                images = transform(images)
+            scores = segmenter(images)  # [B, K, h, w]
+            if scores.shape[-2:] != labels.shape[-2:]:
+                scores = torch.nn.functional.interpolate(scores, size=labels.shape[-2:], mode="bilinear",
+                                                         align_corners=False)
+            matrix += segmentation_confusion(scores.argmax(dim=1).cpu(), labels, num_classes, ignore_index)
+    finally:
+        segmenter.train(was_training)
+    return {"miou": mean_iou(matrix), "pixel_accuracy": pixel_accuracy(matrix), "class_iou": class_iou(matrix),
+            "confusion": matrix.tolist()}
