@@ -46,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cyclelib
 from cyclelib.classifiers import FeatureAlignment, TaskClassifier, build_task_network
-from cyclelib.config import CYCADA_PRESETS, CYCLEGAN_PRESETS
+from cyclelib.presets import CYCADA_PRESETS, CYCLEGAN_PRESETS
 from cyclelib.cycada import STAGES, classifier_name, semantic_consistency
 from cyclelib.cyclegan import CycleGAN
 from cyclelib.runtime import Precision

@@ -14,8 +14,8 @@ from pathlib import Path
 from . import __version__
 from .arguments import (add_arch_argument, add_bench_arguments, add_config_options, choice, given_options, one_of,
                         refuse_official_options)
-from .config import (CYCADA_PRESETS, CYCLEGAN_PRESETS, CyCADAConfig, CycleGANConfig, cyclegan_preset, positive_int,
-                     recorded_options)
+from .config import CyCADAConfig, CycleGANConfig, positive_int, recorded_options
+from .presets import CYCADA_PRESETS, CYCLEGAN_PRESETS, cyclegan_preset
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
 from .names import AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, KID_SUBSETS, NORMS, SCALES

@@ -10,8 +10,7 @@ the same option), for CyCADA ``shapes`` (which stages' results it changes) and `
 accepted: as keywords, on the command line, in checkpoints). The command line's flags and help, the resume
 rules and the CyCADA stage options are computed from them. Each config checks every option
 when it is built, so a bad value fails before any training, with a message naming the option.
-``for_scale`` applies a scale's preset (smoke / cpu / colab / gpu, see
-:func:`~cyclelib.runtime.resolve_scale`); options given explicitly win over it. This module
+``for_scale`` applies a scale's preset (:mod:`cyclelib.presets`); options given explicitly win over it. This module
 imports no torch: the checks that build networks are in :mod:`cyclelib.checks`.
 """
 from __future__ import annotations
@@ -26,6 +25,7 @@ from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DIRECTIONS, DISCRIMINATORS, GAN_MODES, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
                     TASK_NETWORKS, Registry, check_crop, is_digit_pair)
+from .presets import CYCADA_PRESETS, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
 # must stay below 2**64 (torch's largest seed).
@@ -253,48 +253,6 @@ def recorded_options(record: Mapping[str, object]) -> dict:
     return {name: value for name, value in {**options, **record}.items() if name in known}
 
 
-def cyclegan_preset(scale: str | None, data: str) -> dict:
-    """The options that scale ``scale`` (see :func:`resolve_scale`) sets for a CycleGAN on ``data``."""
-    from .runtime import resolve_scale  # asks torch for CUDA when no scale is given
-    return CYCLEGAN_PRESETS[resolve_scale(scale)]["digits" if is_digit_pair(data) else "images"]
-
-
-# Per scale and kind of data, the options that differ from the paper's defaults.
-# Digits are 32x32 and need no augmentation (a flipped "2" is no digit).
-_DIGITS = dict(load_size=32, crop_size=32, preprocess="none", flip=False)
-CYCLEGAN_PRESETS = {
-    "smoke": {
-        "digits": dict(_DIGITS, netG="resnet_2blocks", ngf=8, ndf=8, batch_size=4, n_epochs=1,
-                       n_epochs_decay=1, max_dataset_size=16, num_workers=0, log_every=1,
-                       sample_every=4, checkpoint_every=4),
-        "images": dict(netG="resnet_2blocks", ngf=8, ndf=8, batch_size=2, n_epochs=1, n_epochs_decay=1,
-                       max_dataset_size=8, load_size=36, crop_size=32, num_workers=0, log_every=1,
-                       sample_every=4, checkpoint_every=4),
-    },
-    "cpu": {
-        "digits": dict(_DIGITS, netG="resnet_6blocks", ngf=32, ndf=32, batch_size=8, n_epochs=3,
-                       n_epochs_decay=2, max_dataset_size=800, log_every=10, sample_every=100,
-                       checkpoint_every=100),
-        "images": dict(netG="resnet_6blocks", ngf=32, ndf=32, load_size=143, crop_size=128,
-                       n_epochs=2, n_epochs_decay=1, max_dataset_size=200, log_every=10,
-                       sample_every=100, checkpoint_every=200),
-    },
-    # a book chapter within about 30 minutes on a free Colab T4 (benchmarks/estimate_gpu_time.py):
-    # the paper's networks at half width on digits, a tenth of the paper's epochs on photos
-    "colab": {
-        "digits": dict(_DIGITS, ngf=32, ndf=32, batch_size=50, n_epochs=10, n_epochs_decay=10, num_workers=2,
-                       log_every=20, sample_every=400, checkpoint_every=400),
-        "images": dict(n_epochs=10, n_epochs_decay=10, max_dataset_size=400, num_workers=2, log_every=50,
-                       sample_every=1000, checkpoint_every=1000),
-    },
-    "gpu": {
-        "digits": dict(_DIGITS, batch_size=100, n_epochs=20, n_epochs_decay=20, num_workers=4,
-                       log_every=50, sample_every=500, checkpoint_every=2000),
-        "images": dict(num_workers=4),
-    },
-}
-
-
 # CyCADA options, tagged by the results they change (metadata "shapes"): "every" stage's (every
 # stage starts from f_S or is a classifier stage), the "pixel" stage's and those built on it, the
 # "feature" stages', or none (where a run writes, on what it runs, what it logs and evaluates).
@@ -415,29 +373,6 @@ class CyCADAConfig:
         options = {name: getattr(self, f.name) for f in fields(self) for name in f.metadata.get("cyclegan", ())}
         return CycleGANConfig(**options, data=f"{self.source}:{self.target}", out=out, input_nc=3, output_nc=3,
                               preprocess="none", flip=False)
-
-
-# Per scale, the CyCADA options that differ from the paper's defaults.
-CYCADA_PRESETS = {
-    # seconds: every stage runs a few steps on a few images (CI, nbval)
-    "smoke": dict(image_size=16, max_samples=24, max_eval_samples=48, task_batch_size=8, task_epochs=1,
-                  netG="resnet_1blocks", ngf=4, netD="n_layers", n_layers_D=2, ndf=4,  # basic D needs >= 32 px
-                  pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=0, pool_size=8, feature_batch_size=8,
-                  feature_epochs=1, log_every=1, sample_every=1000, checkpoint_every=1000),
-    # every stage in 7 (uci-digits -> mnist5k) to 17 (mnist5k -> mnistm5k) minutes on one thread of an AMD
-    # EPYC (README, "CyCADA at the cpu scale"): fewer images and epochs than the paper's, so the feature
-    # stage takes a larger learning rate than the release's 1e-5
-    "cpu": dict(netG="resnet_3blocks", ngf=16, ndf=16, max_samples=2000, task_lr=1e-3, task_batch_size=64,
-                task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=3e-4,
-                feature_batch_size=64, feature_epochs=20, log_every=10, sample_every=200, checkpoint_every=200),
-    # each book chapter within about 30 minutes on a free Colab T4 (benchmarks/estimate_gpu_time.py),
-    # on the offline 5k digit sets: the paper's networks at half width, the cpu scale's learning rates
-    "colab": dict(ngf=32, ndf=32, task_lr=1e-3, task_batch_size=64, task_epochs=10, pixel_batch_size=50,
-                  pixel_epochs=10, pixel_epochs_decay=10, feature_lr=3e-4, feature_batch_size=64, feature_epochs=20,
-                  num_workers=2, log_every=20, sample_every=400, checkpoint_every=400),
-    # the paper's setting
-    "gpu": dict(num_workers=4),
-}
 
 
 def stage_option_names(*shapes: str | None) -> tuple[str, ...]:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from . import distributed, files
-from .config import CYCADA_PRESETS, CyCADAConfig, classifier_name
+from .config import CyCADAConfig, classifier_name
+from .presets import CYCADA_PRESETS
 from .cycada import (RESULTS, STAGES, load_domain, load_stage, needs, parse_stages, run_hint, stage_checkpoint,
                      stage_complete, stage_network, stage_path, stages_not_ready, train_feature,
                      train_oracle, train_pixel, train_pixel_only, train_source, with_needs)

@@ -39,6 +39,7 @@ def test_domains_do_not_overlap():
     assert points.shape == (500, 2) and torch.equal(x_domain.nearest_mode(points), modes)
 
 
+@pytest.mark.slow
 def test_adversarial_training_alone_loses_the_modes_content():
     """Chapter 2's claim on the toy, at the chapter's cpu size: the generator's outputs land on Y's
     modes (the adversarial loss did its job), but no seed keeps even half of the modes' content:

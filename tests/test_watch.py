@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from cyclelib import CycleGANConfig, TrainingInterrupted, run_cycada, train_cyclegan
-from cyclelib.config import CYCLEGAN_PRESETS
+from cyclelib.presets import CYCLEGAN_PRESETS
 from cyclelib.checkpoints import load_checkpoint
 from cyclelib.runs import LATEST
 from cyclelib.train import Trainer

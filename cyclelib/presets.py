@@ -1,0 +1,72 @@
+"""The scale presets: per scale (smoke / cpu / colab / gpu, see
+:func:`~cyclelib.runtime.resolve_scale`), the options of a CycleGAN or CyCADA run that differ from
+the papers' defaults. :meth:`CycleGANConfig.for_scale` and :meth:`CyCADAConfig.for_scale` apply
+them; options given explicitly win over them. No torch: the command line shows them in its help."""
+from __future__ import annotations
+
+from .names import is_digit_pair
+
+
+def cyclegan_preset(scale: str | None, data: str) -> dict:
+    """The options that scale ``scale`` (see :func:`resolve_scale`) sets for a CycleGAN on ``data``."""
+    from .runtime import resolve_scale  # asks torch for CUDA when no scale is given
+    return CYCLEGAN_PRESETS[resolve_scale(scale)]["digits" if is_digit_pair(data) else "images"]
+
+
+# Per scale and kind of data, the options that differ from the paper's defaults.
+# Digits are 32x32 and need no augmentation (a flipped "2" is no digit).
+_DIGITS = dict(load_size=32, crop_size=32, preprocess="none", flip=False)
+CYCLEGAN_PRESETS = {
+    "smoke": {
+        "digits": dict(_DIGITS, netG="resnet_2blocks", ngf=8, ndf=8, batch_size=4, n_epochs=1,
+                       n_epochs_decay=1, max_dataset_size=16, num_workers=0, log_every=1,
+                       sample_every=4, checkpoint_every=4),
+        "images": dict(netG="resnet_2blocks", ngf=8, ndf=8, batch_size=2, n_epochs=1, n_epochs_decay=1,
+                       max_dataset_size=8, load_size=36, crop_size=32, num_workers=0, log_every=1,
+                       sample_every=4, checkpoint_every=4),
+    },
+    "cpu": {
+        "digits": dict(_DIGITS, netG="resnet_6blocks", ngf=32, ndf=32, batch_size=8, n_epochs=3,
+                       n_epochs_decay=2, max_dataset_size=800, log_every=10, sample_every=100,
+                       checkpoint_every=100),
+        "images": dict(netG="resnet_6blocks", ngf=32, ndf=32, load_size=143, crop_size=128,
+                       n_epochs=2, n_epochs_decay=1, max_dataset_size=200, log_every=10,
+                       sample_every=100, checkpoint_every=200),
+    },
+    # a book chapter within about 30 minutes on a free Colab T4 (benchmarks/estimate_gpu_time.py):
+    # the paper's networks at half width on digits, a tenth of the paper's epochs on photos
+    "colab": {
+        "digits": dict(_DIGITS, ngf=32, ndf=32, batch_size=50, n_epochs=10, n_epochs_decay=10, num_workers=2,
+                       log_every=20, sample_every=400, checkpoint_every=400),
+        "images": dict(n_epochs=10, n_epochs_decay=10, max_dataset_size=400, num_workers=2, log_every=50,
+                       sample_every=1000, checkpoint_every=1000),
+    },
+    "gpu": {
+        "digits": dict(_DIGITS, batch_size=100, n_epochs=20, n_epochs_decay=20, num_workers=4,
+                       log_every=50, sample_every=500, checkpoint_every=2000),
+        "images": dict(num_workers=4),
+    },
+}
+
+
+# Per scale, the CyCADA options that differ from the paper's defaults.
+CYCADA_PRESETS = {
+    # seconds: every stage runs a few steps on a few images (CI, nbval)
+    "smoke": dict(image_size=16, max_samples=24, max_eval_samples=48, task_batch_size=8, task_epochs=1,
+                  netG="resnet_1blocks", ngf=4, netD="n_layers", n_layers_D=2, ndf=4,  # basic D needs >= 32 px
+                  pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=0, pool_size=8, feature_batch_size=8,
+                  feature_epochs=1, log_every=1, sample_every=1000, checkpoint_every=1000),
+    # every stage in 7 (uci-digits -> mnist5k) to 17 (mnist5k -> mnistm5k) minutes on one thread of an AMD
+    # EPYC (README, "CyCADA at the cpu scale"): fewer images and epochs than the paper's, so the feature
+    # stage takes a larger learning rate than the release's 1e-5
+    "cpu": dict(netG="resnet_3blocks", ngf=16, ndf=16, max_samples=2000, task_lr=1e-3, task_batch_size=64,
+                task_epochs=5, pixel_batch_size=16, pixel_epochs=3, pixel_epochs_decay=2, feature_lr=3e-4,
+                feature_batch_size=64, feature_epochs=20, log_every=10, sample_every=200, checkpoint_every=200),
+    # each book chapter within about 30 minutes on a free Colab T4 (benchmarks/estimate_gpu_time.py),
+    # on the offline 5k digit sets: the paper's networks at half width, the cpu scale's learning rates
+    "colab": dict(ngf=32, ndf=32, task_lr=1e-3, task_batch_size=64, task_epochs=10, pixel_batch_size=50,
+                  pixel_epochs=10, pixel_epochs_decay=10, feature_lr=3e-4, feature_batch_size=64, feature_epochs=20,
+                  num_workers=2, log_every=20, sample_every=400, checkpoint_every=400),
+    # the paper's setting
+    "gpu": dict(num_workers=4),
+}
