@@ -127,9 +127,9 @@ class ClassifierInput(nn.Module):
         return x  # [N, channels, size, size]
 
 
-def build_task_network(name: str) -> nn.Sequential:
-    """A fresh classifier (``lenet`` or ``dtn``) behind a :class:`ClassifierInput` adapter."""
-    net = build_classifier(name)
+def build_task_network(name: str, num_classes: int = 10) -> nn.Sequential:
+    """A fresh classifier (``lenet`` or ``dtn``) of ``num_classes`` behind a :class:`ClassifierInput` adapter."""
+    net = build_classifier(name, num_classes)
     return nn.Sequential(OrderedDict(input=ClassifierInput(net.channels, net.image_size), net=net))
 
 
@@ -141,7 +141,7 @@ def freeze(net: nn.Module) -> nn.Module:
 
 
 class FeatureDiscriminator(nn.Sequential):
-    """CyCADA's feature-level D: an MLP on the classifier's logits, 10 -> 500 -> 500 -> 2.
+    """CyCADA's feature-level D: an MLP on the classifier's logits, 10 (the classes) -> 500 -> 500 -> 2.
 
     It outputs two logits (source / target), trained with cross-entropy as in the
     release (ADDA style). A plain Sequential, so its keys equal the release's
@@ -238,7 +238,8 @@ class FeatureAlignment(_Training):
         super().__init__()
         object.__setattr__(self, "f_s", freeze(f_s))  # not registered: saved by its own stage
         self.f_t = copy.deepcopy(f_s).requires_grad_(True).train()
-        self.d_feat = FeatureDiscriminator().to(next(f_s.parameters()).device)
+        classes = [m for m in f_s.modules() if isinstance(m, nn.Linear)][-1].out_features  # D_feat reads logits
+        self.d_feat = FeatureDiscriminator(classes).to(next(f_s.parameters()).device)
         self.opt_f = torch.optim.Adam(self.f_t.parameters(), lr=lr)
         self.opt_d = torch.optim.Adam(self.d_feat.parameters(), lr=lr)
         self.precision, self.lambda_task, self.lambda_feature = precision, lambda_task, lambda_feature
