@@ -91,15 +91,34 @@ class DTN(_DigitClassifier):
         self._init_release_weights()
 
 
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (He et al., 2016) with ``num_classes`` outputs, randomly initialised
+    (torchvision's init), for real images: RGB at the run's ``image_size``, not resized (its
+    adaptive pooling takes any side of 16 or more)."""
+
+    channels = 3
+    image_size = None
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        from torchvision.models import resnet18  # torchvision is imported only by who asks for it
+
+        self.resnet = resnet18(weights=None, num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resnet(x)  # [N, num_classes] logits
+
+
 # The registry of task networks (cyclelib.names declares the names the command line shows).
 CLASSIFIERS = TASK_NETWORKS
 CLASSIFIERS.register("lenet", cls=LeNet, build=lambda match, num_classes: LeNet(num_classes))
 CLASSIFIERS.register("dtn", cls=DTN, build=lambda match, num_classes: DTN(num_classes))
+CLASSIFIERS.register("resnet18", cls=ResNet18, build=lambda match, num_classes: ResNet18(num_classes))
 
 
-def build_classifier(name: str, num_classes: int = 10) -> _DigitClassifier:
-    """A fresh CyCADA digit classifier: ``lenet`` (1x28x28) or ``dtn`` (3x32x32), or any task network
-    registered in :data:`CLASSIFIERS`."""
+def build_classifier(name: str, num_classes: int = 10) -> nn.Module:
+    """A fresh CyCADA classifier: ``lenet`` (1x28x28), ``dtn`` (3x32x32), ``resnet18`` (3 x any size),
+    or any task network registered in :data:`CLASSIFIERS`."""
     return CLASSIFIERS.build(name, num_classes)
 
 
@@ -113,14 +132,14 @@ class ClassifierInput(nn.Module):
     through it.
     """
 
-    def __init__(self, channels: int, size: int):
+    def __init__(self, channels: int, size: int | None):
         super().__init__()
-        self.channels, self.size = channels, size
+        self.channels, self.size = channels, size  # size None: kept as it comes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
             x = luma(x) if self.channels == 1 else x.expand(-1, self.channels, -1, -1)
-        if x.shape[-2:] != (self.size, self.size):
+        if self.size is not None and x.shape[-2:] != (self.size, self.size):
             # in fp32: CPUs have no antialiased resize in bf16 (a generator under bf16 autocast hands bf16 images)
             x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True)

@@ -385,7 +385,7 @@ class CyCADAConfig:
                                "max_eval_samples"))
         for name in ("source", "target"):
             if getattr(self, name) not in DOMAINS:
-                raise ValueError(f"unknown {name} domain {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
         if not 0 <= self.pixel_beta1 < 1:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
         if not 0 <= self.invert_source <= 1:

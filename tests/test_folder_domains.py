@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -101,3 +102,18 @@ def test_cycada_runs_end_to_end_on_folders(tmp_path, labelled, capsys):
         assert not (out / "oracle").exists()
         printed = capsys.readouterr().out
         assert "skipping oracle" in printed and "no accuracy on the target" in printed
+
+
+def test_resnet18_is_a_task_network_for_any_number_of_classes_and_image_size(tmp_path):
+    from cyclelib.classifiers import build_task_network
+
+    net = build_task_network("resnet18", num_classes=3)
+    assert net(torch.rand(2, 3, 40, 40) * 2 - 1).shape == (2, 3)  # read at its size, not resized
+    a = write_domain(tmp_path / "a", dark_on_light=False)
+    b = write_domain(tmp_path / "b", dark_on_light=True)
+    code, err = cli("train", "cycada", "--source", f"folder:{a}", "--target", f"folder:{b}", "--scale", "smoke",
+                    "--out", str(tmp_path / "run"), "--device", "cpu", "--amp", "none", "--classifier", "resnet18",
+                    "--stages", "source,feature_only")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["classifier"] == "resnet18" and 0 <= metrics["feature_only"] <= 1
