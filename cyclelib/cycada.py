@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 
 from . import losses
 from .checkpoints import load_weights
-from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
+from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze, load_pretrained
 from .config import CyCADAConfig, classifier_name, cycada_command, stage_option_names
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
@@ -271,7 +271,7 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progres
     c = config
     context = context or run_context(c.device)
     seed_everything(c.seed)
-    net = build_task_network(classifier_name(c), num_classes(c.source)).to(context.device).train()
+    net = load_pretrained(build_task_network(classifier_name(c), num_classes(c.source))).to(context.device).train()
     model = TaskClassifier(net, c.task_lr, context.precision(c.amp))
     _fit_stage(c, stage, model, dataset, inputs=lambda batch: batch, batch_size=c.task_batch_size,
                epochs=c.task_epochs, resume=resume, progress=progress, context=context, score=("task",))

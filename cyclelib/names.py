@@ -161,7 +161,8 @@ DISCRIMINATORS = Registry(
 DOMAINS = Registry("domain", digits=Architecture("|".join(map(re.escape, DIGIT_DOMAINS)), ", ".join(DIGIT_DOMAINS)),
                    folder=Architecture(r"folder:.+", "folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)"))
 TASK_NETWORKS = Registry("classifier", lenet=Architecture("lenet", "lenet"), dtn=Architecture("dtn", "dtn"),
-                         resnet18=Architecture("resnet18", "resnet18"))
+                         resnet18=Architecture("resnet18", "resnet18"),
+                         resnet18_imagenet=Architecture("resnet18_imagenet", "resnet18_imagenet"))
 # The official names, which a config takes without building a network to check them.
 GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 DISCRIMINATOR_ARCHS = tuple(DISCRIMINATORS.families)

@@ -117,3 +117,23 @@ def test_resnet18_is_a_task_network_for_any_number_of_classes_and_image_size(tmp
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["classifier"] == "resnet18" and 0 <= metrics["feature_only"] <= 1
+
+
+def test_resnet18_imagenet_starts_from_the_imagenet_weights_or_says_why_it_cannot(monkeypatch):
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    from cyclelib.classifiers import build_task_network, load_pretrained
+
+    imagenet = resnet18(weights=None).state_dict()  # stands for the download: tests never download
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", lambda self, **kw: imagenet)
+    net = load_pretrained(build_task_network("resnet18_imagenet", num_classes=3)).net.resnet
+    assert torch.equal(net.conv1.weight, imagenet["conv1.weight"]) and net.fc.out_features == 3
+    assert not torch.equal(build_task_network("resnet18", 3).net.resnet.conv1.weight, imagenet["conv1.weight"])
+    assert CyCADAConfig(source="mnist5k", target="mnistm5k", classifier="resnet18_imagenet")  # an option's value
+
+    def offline(self, **kw):
+        raise OSError("no network")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match="could not be had.*no network.*--classifier resnet18"):
+        load_pretrained(build_task_network("resnet18_imagenet", num_classes=3))
