@@ -91,15 +91,60 @@ class DTN(_DigitClassifier):
         self._init_release_weights()
 
 
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (He et al., 2016) with ``num_classes`` outputs, for real images: RGB
+    at the run's ``image_size``, not resized (its adaptive pooling takes any side of 16 or more).
+
+    Built randomly initialised (torchvision's init). ``imagenet`` (``resnet18_imagenet``): it is
+    meant to start from torchvision's ImageNet weights (:meth:`load_imagenet`, called by a fresh
+    classifier stage: a stage's checkpoint holds its own weights) and reads its inputs normalised
+    as they were trained with.
+    """
+
+    channels = 3
+    image_size = None
+    IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's IMAGENET1K_V1
+
+    def __init__(self, num_classes: int = 10, imagenet: bool = False):
+        super().__init__()
+        from torchvision.models import resnet18  # torchvision is imported only by who asks for it
+
+        self.resnet, self.imagenet = resnet18(weights=None, num_classes=num_classes), imagenet
+
+    def load_imagenet(self) -> None:
+        """torchvision's ImageNet weights (downloaded once into torch hub's cache), all but the last
+        layer, which keeps its fresh ``num_classes`` outputs; an error that says what to do if they
+        cannot be had (offline, say)."""
+        from torchvision.models import ResNet18_Weights
+
+        weights = ResNet18_Weights.IMAGENET1K_V1
+        try:
+            state = weights.get_state_dict(progress=False)
+        except Exception as e:  # urllib's, ssl's, a hash mismatch: all mean "not available here"
+            raise RuntimeError(f"the classifier resnet18_imagenet starts from torchvision's ImageNet weights, which "
+                               f"could not be had ({weights.url}: {e}); put the file in torch hub's cache "
+                               f"(torch.hub.get_dir()/checkpoints) or use --classifier resnet18 (random init)") from e
+        self.resnet.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.imagenet:  # [-1, 1] -> [0, 1] -> ImageNet's normalisation
+            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (self.IMAGENET_MEAN,
+                                                                                   self.IMAGENET_STD))
+            x = ((x + 1) / 2 - mean) / std
+        return self.resnet(x)  # [N, num_classes] logits
+
+
 # The registry of task networks (cyclelib.names declares the names the command line shows).
 CLASSIFIERS = TASK_NETWORKS
 CLASSIFIERS.register("lenet", cls=LeNet, build=lambda match, num_classes: LeNet(num_classes))
 CLASSIFIERS.register("dtn", cls=DTN, build=lambda match, num_classes: DTN(num_classes))
+CLASSIFIERS.register("resnet18", cls=ResNet18, build=lambda match, num_classes: ResNet18(num_classes))
+CLASSIFIERS.register("resnet18_imagenet", cls=ResNet18, build=lambda match, num_classes: ResNet18(num_classes, True))
 
 
-def build_classifier(name: str, num_classes: int = 10) -> _DigitClassifier:
-    """A fresh CyCADA digit classifier: ``lenet`` (1x28x28) or ``dtn`` (3x32x32), or any task network
-    registered in :data:`CLASSIFIERS`."""
+def build_classifier(name: str, num_classes: int = 10) -> nn.Module:
+    """A fresh CyCADA classifier: ``lenet`` (1x28x28), ``dtn`` (3x32x32), ``resnet18`` (3 x any size),
+    or any task network registered in :data:`CLASSIFIERS`."""
     return CLASSIFIERS.build(name, num_classes)
 
 
@@ -113,24 +158,33 @@ class ClassifierInput(nn.Module):
     through it.
     """
 
-    def __init__(self, channels: int, size: int):
+    def __init__(self, channels: int, size: int | None):
         super().__init__()
-        self.channels, self.size = channels, size
+        self.channels, self.size = channels, size  # size None: kept as it comes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.channels:
             x = luma(x) if self.channels == 1 else x.expand(-1, self.channels, -1, -1)
-        if x.shape[-2:] != (self.size, self.size):
+        if self.size is not None and x.shape[-2:] != (self.size, self.size):
             # in fp32: CPUs have no antialiased resize in bf16 (a generator under bf16 autocast hands bf16 images)
             x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True)
         return x  # [N, channels, size, size]
 
 
-def build_task_network(name: str) -> nn.Sequential:
-    """A fresh classifier (``lenet`` or ``dtn``) behind a :class:`ClassifierInput` adapter."""
-    net = build_classifier(name)
+def build_task_network(name: str, num_classes: int = 10) -> nn.Sequential:
+    """A fresh classifier (``lenet`` or ``dtn``) of ``num_classes`` behind a :class:`ClassifierInput` adapter."""
+    net = build_classifier(name, num_classes)
     return nn.Sequential(OrderedDict(input=ClassifierInput(net.channels, net.image_size), net=net))
+
+
+def load_pretrained(net: nn.Module) -> nn.Module:
+    """``net`` with the pretrained weights its name asked for loaded (``resnet18_imagenet``: ImageNet's), in
+    place; only a fresh classifier stage calls it, so a stage's checkpoint never downloads anything."""
+    for module in net.modules():
+        if isinstance(module, ResNet18) and module.imagenet:
+            module.load_imagenet()
+    return net
 
 
 def freeze(net: nn.Module) -> nn.Module:
@@ -141,7 +195,7 @@ def freeze(net: nn.Module) -> nn.Module:
 
 
 class FeatureDiscriminator(nn.Sequential):
-    """CyCADA's feature-level D: an MLP on the classifier's logits, 10 -> 500 -> 500 -> 2.
+    """CyCADA's feature-level D: an MLP on the classifier's logits, 10 (the classes) -> 500 -> 500 -> 2.
 
     It outputs two logits (source / target), trained with cross-entropy as in the
     release (ADDA style). A plain Sequential, so its keys equal the release's
@@ -238,7 +292,8 @@ class FeatureAlignment(_Training):
         super().__init__()
         object.__setattr__(self, "f_s", freeze(f_s))  # not registered: saved by its own stage
         self.f_t = copy.deepcopy(f_s).requires_grad_(True).train()
-        self.d_feat = FeatureDiscriminator().to(next(f_s.parameters()).device)
+        classes = [m for m in f_s.modules() if isinstance(m, nn.Linear)][-1].out_features  # D_feat reads logits
+        self.d_feat = FeatureDiscriminator(classes).to(next(f_s.parameters()).device)
         self.opt_f = torch.optim.Adam(self.f_t.parameters(), lr=lr)
         self.opt_d = torch.optim.Adam(self.d_feat.parameters(), lr=lr)
         self.precision, self.lambda_task, self.lambda_feature = precision, lambda_task, lambda_feature

@@ -76,7 +76,7 @@ def _train_cycada(args) -> None:
     missing = [f"--{name}" for name in ("source", "target") if name not in options]
     if missing:
         raise ValueError(f"train cycada: {' and '.join(missing)} required (digit domains such as "
-                         "mnist5k, uci-digits, mnistm5k, mnist, usps, svhn, mnistm)")
+                         "mnist5k, uci-digits, mnistm5k, mnist, usps, svhn, mnistm, or folder:PATH)")
     config = CyCADAConfig.for_scale(args.scale, **options)
     print(f"CyCADA {config.source} -> {config.target} ({config.scale} scale) -> {config.out}")
     metrics = run_cycada(config, stages=args.stages, force=args.force)

@@ -22,9 +22,9 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
-from .names import (AMP_MODES, COLOUR_DOMAINS, DIGIT_DOMAINS, DIRECTIONS, DISCRIMINATORS, GAN_MODES, GENERATORS,
+from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, GAN_MODES, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
-                    TASK_NETWORKS, Registry, check_crop, is_digit_pair)
+                    TASK_NETWORKS, Registry, check_crop, is_digit_pair, is_folder_domain)
 from .presets import CYCADA_PRESETS, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
@@ -78,7 +78,7 @@ def _check_signs(config, non_negative=(), positive=()) -> None:
 
 def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
     """The task network of a run (a config, or its options as a dict: a stage's record): DTN
-    (3x32x32) when either domain is in colour, else LeNet.
+    (3x32x32) when either domain is in colour or a folder of the user's images, else LeNet.
 
     This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
     grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
@@ -86,7 +86,8 @@ def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
     c = config if isinstance(config, Mapping) else vars(config)
     if c["classifier"] != "auto":
         return c["classifier"]
-    return "dtn" if {c["source"], c["target"]} & set(COLOUR_DOMAINS) else "lenet"
+    domains = (c["source"], c["target"])
+    return "dtn" if set(domains) & set(COLOUR_DOMAINS) or any(map(is_folder_domain, domains)) else "lenet"
 
 
 # What a resumed run does with an option given another value than the run's (metadata "on_resume",
@@ -274,9 +275,9 @@ def _pixel(name: str, default=MISSING, shapes: str | None = "pixel") -> Field:
 class CyCADAConfig:
     """Every option of a CyCADA run; the defaults are the paper's and release's digit setting."""
 
-    source: str = _stage("mnist", "the labelled source domain", "every", choices=DIGIT_DOMAINS, required="required")
-    target: str = _stage("usps", "the target domain (its labels are used by the oracle only)", "every",
-                         choices=DIGIT_DOMAINS, required="required")
+    source: str = _stage("mnist", "the labelled source domain", "every", choices=DOMAINS, required="required")
+    target: str = _stage("usps", "the target domain (its labels are used by the oracle and the evaluation only; "
+                         "a folder may have none)", "every", choices=DOMAINS, required="required")
     out: str = _stage("runs/cycada", "the run folder: out/<stage>/checkpoint.pt, metrics.json, figures", None)
     classifier: str = _stage("auto", "the task network; auto: dtn when a domain is in colour, else lenet", "every",
                              choices=lambda: ("auto", *TASK_NETWORKS.families))
@@ -340,6 +341,9 @@ class CyCADAConfig:
                                "pixel_lr", "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
                                "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples",
                                "max_eval_samples"))
+        for name in ("source", "target"):
+            if getattr(self, name) not in DOMAINS:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
         if not 0 <= self.pixel_beta1 < 1:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
         if not 0 <= self.invert_source <= 1:

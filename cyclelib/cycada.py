@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 
 from . import losses
 from .checkpoints import load_weights
-from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze
+from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze, load_pretrained
 from .config import CyCADAConfig, classifier_name, cycada_command, stage_option_names
 from .cyclegan import CycleGAN
 from .cyclegan import GeneratorTerms
@@ -55,6 +55,7 @@ from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
 from .distributed import RunContext, run_context
 from .digits import DigitDomain, digit_domain
+from .folders import num_classes
 from .metrics import translate_dataset
 from .names import CYCADA_STAGES
 from .runs import LATEST, load_run_checkpoint, run_in
@@ -87,7 +88,7 @@ NEUTRAL_OPTIONS = stage_option_names(None)
 # --------------------------------------------------------------------------------------
 
 def load_domain(config: CyCADAConfig, name: str, split: str) -> DigitDomain:
-    """Digit domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label)`` pairs."""
+    """Digit domain or folder ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label)`` pairs."""
     return digit_domain(name, split, size=config.image_size, channels=3)
 
 
@@ -233,7 +234,7 @@ def stage_network(ckpt: dict, path: Path, device: torch.device) -> nn.Module:
     if ckpt["kind"] == "cyclegan":
         return cyclegan_from_checkpoint(ckpt, str(path)).to(device)
     prefix = {"classifier": "net.", "feature": "f_t."}[ckpt["kind"]]  # f_T without D_feat
-    net = build_task_network(ckpt["config"]["classifier"])
+    net = build_task_network(ckpt["config"]["classifier"], ckpt["config"].get("num_classes", 10))  # digits: 10
     load_weights(net, {k[len(prefix):]: v for k, v in ckpt["nets"].items() if k.startswith(prefix)}, str(path))
     return net.to(device).eval()
 
@@ -244,7 +245,8 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
     c = config
     kind = "feature" if isinstance(model, FeatureAlignment) else "classifier"
     Trainer(model, dataset, stage_path(c, stage).parent, inputs=inputs,
-            record=dict(kind=kind, config={"classifier": classifier_name(c)}, meta=_stage_meta(c, stage, context)),
+            record=dict(kind=kind, config={"classifier": classifier_name(c), "num_classes": num_classes(c.source)},
+                        meta=_stage_meta(c, stage, context)),
             batch_size=batch_size, epochs=epochs, seed=c.seed, limit=c.max_samples,
             drop_last=True,  # a last batch of one image would break BatchNorm in train mode (DTN)
             num_workers=c.num_workers, log_every=c.log_every, checkpoint_every=c.checkpoint_every,
@@ -269,7 +271,7 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progres
     c = config
     context = context or run_context(c.device)
     seed_everything(c.seed)
-    net = build_task_network(classifier_name(c)).to(context.device).train()
+    net = load_pretrained(build_task_network(classifier_name(c), num_classes(c.source))).to(context.device).train()
     model = TaskClassifier(net, c.task_lr, context.precision(c.amp))
     _fit_stage(c, stage, model, dataset, inputs=lambda batch: batch, batch_size=c.task_batch_size,
                epochs=c.task_epochs, resume=resume, progress=progress, context=context, score=("task",))

@@ -28,6 +28,7 @@ from .cycada import (RESULTS, STAGES, load_domain, load_stage, needs, parse_stag
                      stage_complete, stage_network, stage_path, stages_not_ready, train_feature,
                      train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
 from .distributed import RunContext, run_context
+from .folders import check_folder_domains, has_labels, num_classes
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
                       predict, translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
@@ -53,6 +54,9 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     the evaluation are handed the checkpoints read before the run and those the run wrote.
     """
     stages = parse_stages(stages)
+    if not check_folder_domains(config.source, config.target, config.image_size) and "oracle" in stages:
+        print(f"cycada: skipping oracle: the target {config.target} has no labels to train it on")
+        stages = tuple(s for s in stages if s != "oracle")
     rank, world_size = distributed.launched()
     writer = rank == 0  # under torchrun, rank 0 writes and evaluates
     if world_size > 1 and stages != ("pixel",):
@@ -185,15 +189,21 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: 
                                                                         "target": len(target_test)}}
     per_class, confusion, classifiers, predictions = {}, {}, {}, {}
     finished = _finished_stages(c, context, checkpoints or {})
+    labelled, classes = has_labels(c.target), num_classes(c.source)
+    if not labelled:
+        print(f"cycada: no accuracy on the target: {c.target} has no labels")
+    metrics["target_labels"] = labelled
     for stage, ckpt in finished.items():
         if stage not in RESULTS:
             continue
         key = RESULTS[stage]
         classifiers[stage] = stage_network(ckpt, stage_path(c, stage), device)
+        if not labelled:
+            continue
         predictions[key], labels = predict(classifiers[stage], target_test)
         metrics[key] = accuracy(predictions[key], labels)
-        per_class[key] = [None if math.isnan(a) else a for a in per_class_accuracy(predictions[key], labels)]
-        confusion[key] = confusion_matrix(predictions[key], labels).tolist()
+        per_class[key] = [None if math.isnan(a) else a for a in per_class_accuracy(predictions[key], labels, classes)]
+        confusion[key] = confusion_matrix(predictions[key], labels, classes).tolist()
         plot_confusion_matrix(confusion[key], out / "confusion" / f"{key}.png",
                               title=f"{key} on {c.target} test: {metrics[key]:.3f}")
     if "source" in classifiers:

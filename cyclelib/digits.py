@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .download import DIGIT_FILES, DIGIT_SPLITS, data_root, download_digits
+from .folders import read_folder
 from .images import load_image, luma, scale_levels
-from .names import DIGIT_DOMAINS, check_channels
+from .names import DIGIT_DOMAINS, check_channels, is_folder_domain
 
 # Seeds of the offline digit domains: fixed so a split or a MNIST-M background never changes.
 SPLIT_SEED = 0
@@ -165,7 +166,11 @@ def digit_domain(name: str, split: str = "train", size: int = 32, channels: int 
     (scikit-learn's 1,797 8x8 digits, 80/20), ``mnistm5k`` (MNIST-M made from mnist5k,
     same split and labels). Downloaded into :func:`data_root`: ``mnist``, ``usps``,
     ``svhn``, ``mnistm``; with ``download=False`` missing files raise FileNotFoundError.
+    ``folder:PATH``: the user's labelled images (:mod:`cyclelib.folders`).
     """
+    if is_folder_domain(name):  # the user's own labelled images, read alike
+        check_channels(channels)
+        return DigitDomain(*read_folder(name, split, size), name, split, size, channels)
     if name not in DIGIT_DOMAINS:
         raise ValueError(f"unknown digit domain {name!r}; valid values: {', '.join(DIGIT_DOMAINS)}")
     if split not in DIGIT_SPLITS:

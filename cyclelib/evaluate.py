@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .cycada import stage_network
 from .digits import digit_domain
-from .names import is_digit_pair
+from .names import domain_pair, is_digit_pair
 from .files import write_text
 from .images import IMAGE_EXTENSIONS, list_images, load_image
 from .checkpoints import is_checkpoint, load_checkpoint
@@ -338,7 +338,7 @@ def evaluate_run(checkpoint: str | os.PathLike, data: str, direction: str = "Ato
     generator = load_generator(path, direction)
     source, target = ("A", "B") if direction == "AtoB" else ("B", "A")
     if is_digit_pair(data):
-        names = dict(zip("AB", str(data).split(":")))
+        names = dict(zip("AB", domain_pair(data)))
         config = state["config"]
         domains = {side: digit_domain(names[side], phase, config["crop_size"], config["input_nc"]) for side in "AB"}
         return _evaluate_digits(generator, domains[source], domains[target], extractor or inception_features(device),

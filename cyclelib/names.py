@@ -24,6 +24,8 @@ LR_POLICIES = ("linear", "step", "plateau", "cosine")  # the official get_schedu
 DIRECTIONS = ("AtoB", "BtoA")
 EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 DIGIT_DOMAINS = ("mnist5k", "uci-digits", "mnistm5k", "mnist", "usps", "svhn", "mnistm")
+# A labelled image folder given as a domain: "folder:PATH" (cyclelib.folders).
+FOLDER_PREFIX = "folder:"
 # Digit domains whose colour carries information; every other one is grey digits.
 COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
 # CyCADA's stages in the order they run (cyclelib.cycada says what each needs and stands for).
@@ -52,10 +54,27 @@ def check_crop(preprocess: str, load_size: int, crop_size: int) -> None:
                          f"'crop' or 'none' do not resize")
 
 
+def is_folder_domain(name: str) -> bool:
+    """Whether ``name`` is a labelled image folder, ``folder:PATH`` (:mod:`cyclelib.folders`)."""
+    return str(name).startswith(FOLDER_PREFIX) and len(str(name)) > len(FOLDER_PREFIX)
+
+
+def domain_pair(spec: str) -> tuple[str, str] | None:
+    """The two domains of ``spec`` = ``"a:b"``, each a digit domain or ``folder:PATH`` (e.g.
+    ``"mnist5k:mnistm5k"``, ``"folder:shop:folder:/data/field"``), None if it is not such a pair.
+    A folder's path must hold no colon."""
+    parts, names = str(spec).split(":"), []
+    while parts:
+        word = parts.pop(0)
+        names.append(f"{FOLDER_PREFIX}{parts.pop(0)}" if word == "folder" and parts else word)
+    ok = len(names) == 2 and all(n in DIGIT_DOMAINS or is_folder_domain(n) for n in names)
+    return (names[0], names[1]) if ok else None
+
+
 def is_digit_pair(spec: str) -> bool:
-    """Whether ``spec`` names two digit domains, ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``)."""
-    parts = str(spec).split(":")
-    return len(parts) == 2 and all(p in DIGIT_DOMAINS for p in parts)
+    """Whether ``spec`` names two labelled domains, ``"a:b"`` (:func:`domain_pair`): digit domains
+    or image folders, read alike as ``(image, label)`` items."""
+    return domain_pair(spec) is not None
 
 
 @dataclass
@@ -138,7 +157,12 @@ GENERATORS = Registry(
 DISCRIMINATORS = Registry(
     "discriminator arch", basic=Architecture("basic", "basic"), n_layers=Architecture("n_layers", "n_layers"),
     pixel=Architecture("pixel", "pixel"))
-TASK_NETWORKS = Registry("classifier", lenet=Architecture("lenet", "lenet"), dtn=Architecture("dtn", "dtn"))
+# What --source and --target of CyCADA take (a registry: a folder's name is a pattern).
+DOMAINS = Registry("domain", digits=Architecture("|".join(map(re.escape, DIGIT_DOMAINS)), ", ".join(DIGIT_DOMAINS)),
+                   folder=Architecture(r"folder:.+", "folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)"))
+TASK_NETWORKS = Registry("classifier", lenet=Architecture("lenet", "lenet"), dtn=Architecture("dtn", "dtn"),
+                         resnet18=Architecture("resnet18", "resnet18"),
+                         resnet18_imagenet=Architecture("resnet18_imagenet", "resnet18_imagenet"))
 # The official names, which a config takes without building a network to check them.
 GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 DISCRIMINATOR_ARCHS = tuple(DISCRIMINATORS.families)

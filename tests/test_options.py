@@ -142,8 +142,8 @@ def test_a_registered_task_network_is_built_and_taken_by_the_config(registries):
                            build=lambda m, num_classes: nn.Linear(4, num_classes))
     assert isinstance(build_classifier("tiny"), nn.Linear)
     assert CyCADAConfig(classifier="tiny").classifier == "tiny"
-    assert "{auto,lenet,dtn,tiny}" in _help("train", "cycada")
-    with pytest.raises(ValueError, match="unknown classifier 'huge'; valid values: auto, lenet, dtn, tiny"):
+    assert "{auto,lenet,dtn,resnet18,resnet18_imagenet,tiny}" in _help("train", "cycada")
+    with pytest.raises(ValueError, match="unknown classifier 'huge'; valid values: auto, lenet, dtn, resnet18, resnet18_imagenet, tiny"):
         CyCADAConfig(classifier="huge")
 
 
@@ -183,7 +183,8 @@ def test_every_option_has_a_description_its_choices_and_required_marked():
                  "--init {normal,xavier,kaiming,orthogonal}", "--noise-injection {constant,modulate}",
                  "--netD {basic,n_layers,pixel}", "resnet_<n>blocks"):
         assert text in cyclegan, text
-    for text in ("--classifier {auto,lenet,dtn}", "--semantic-judge {source,feature_only}", "resnet_<n>blocks"):
+    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet}", "--semantic-judge {source,feature_only}",
+                 "resnet_<n>blocks", "folder:PATH"):
         assert text in cycada, text
     for command in commands:
         assert "``" not in _help(*command) and ":func:" not in _help(*command)
