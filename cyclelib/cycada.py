@@ -55,9 +55,9 @@ from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
 from .distributed import RunContext, run_context
 from .digits import DigitDomain, digit_domain
-from .folders import num_classes
+from .folders import folder_fingerprint, num_classes
 from .metrics import translate_dataset
-from .names import CYCADA_STAGES
+from .names import CYCADA_STAGES, is_folder_domain
 from .runs import LATEST, load_run_checkpoint, run_in
 from .runtime import seed_everything
 from .train import Trainer
@@ -141,6 +141,9 @@ def stage_checkpoint(config: CyCADAConfig, stage: str, context: RunContext | Non
     if ckpt["meta"].get("precision", now["precision"]) != now["precision"]:  # "auto" is bf16 or fp32 by hardware
         differ.append(f"amp={recorded.get('amp')!r} ({ckpt['meta']['precision']}) there, {config.amp!r} "
                       f"({now['precision']}) now")
+    differ += [f"the images of {name} (files added, removed or edited since the stage was trained)"
+               for name, fingerprint in now.get("folders", {}).items()
+               if ckpt["meta"].get("folders", {}).get(name) != fingerprint]
     if differ:
         raise ValueError(f"the {stage!r} stage in {path} was trained with other options ({'; '.join(differ)}); "
                          f"{redo}")
@@ -151,7 +154,9 @@ def _stage_meta(config: CyCADAConfig, stage: str, context: RunContext | None) ->
     """What a stage checkpoint records of its run: the stage, every option, and the precision
     ``amp`` picked on the run's device (its "auto" is bf16 or fp32 by hardware)."""
     precision = (context or run_context(config.device)).precision(config.amp)
-    return {"stage": stage, "cycada": asdict(config), "precision": precision.name}
+    meta = {"stage": stage, "cycada": asdict(config), "precision": precision.name}
+    folders = {name: folder_fingerprint(name) for name in (config.source, config.target) if is_folder_domain(name)}
+    return {**meta, "folders": folders} if folders else meta  # the images a folder domain held
 
 
 def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:

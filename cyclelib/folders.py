@@ -21,6 +21,7 @@ error names the folder or file.
 """
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,6 +88,19 @@ def read_folder(name: str, split: str, size: int) -> tuple[np.ndarray, np.ndarra
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid values: {', '.join(SPLITS)}")
     return _read(folder_path(name), split, size)
+
+
+@lru_cache(maxsize=16)
+def folder_fingerprint(name: str) -> str:
+    """SHA-256 over the relative path and the bytes of every image of domain ``folder:PATH`` (both
+    splits), once per process: a CyCADA stage records it, so a stage trained on other files (added,
+    removed or edited since) is not reused as if it had seen these."""
+    root = folder_path(name)
+    digest = hashlib.sha256()
+    for path in list_images(root):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def folder_classes(name: str) -> tuple[str, ...] | None:

@@ -1,5 +1,6 @@
 """CyCADA on the user's own labelled folders (issue 25, part 2): ``--source folder:A --target folder:B``."""
 import json
+import re
 
 import numpy as np
 import torch
@@ -10,7 +11,8 @@ from sklearn.datasets import load_digits
 from cyclelib import CyCADAConfig
 from cyclelib.cycada_run import run_cycada
 from cyclelib.digits import digit_domain
-from cyclelib.folders import check_folder_domains
+from cyclelib.cycada import stage_checkpoint
+from cyclelib.folders import check_folder_domains, folder_fingerprint
 from helpers import cli
 
 CLASSES = ("zero", "one", "two")
@@ -137,3 +139,18 @@ def test_resnet18_imagenet_starts_from_the_imagenet_weights_or_says_why_it_canno
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
     with pytest.raises(RuntimeError, match="could not be had.*no network.*--classifier resnet18"):
         load_pretrained(build_task_network("resnet18_imagenet", num_classes=3))
+
+
+def test_a_stage_trained_on_other_images_of_a_folder_is_not_reused(tmp_path):
+    """A stage records what its folder domains held: after a file of the target is edited, the
+    finished stages are refused (naming the folder) instead of being reused as if they had seen it."""
+    a = write_domain(tmp_path / "a", dark_on_light=False)
+    b = write_domain(tmp_path / "b", dark_on_light=True)
+    c = config(tmp_path, a, b)
+    run_cycada(c, stages=("source",), progress=False)
+    assert stage_checkpoint(c, "source") is not None  # the same images: reused
+    edited = sorted((b / "train" / "one").iterdir())[0]
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(edited)
+    folder_fingerprint.cache_clear()  # a new process would read the folder afresh
+    with pytest.raises(ValueError, match=rf"images of folder:{re.escape(str(b))} \(files added, removed or edited"):
+        stage_checkpoint(c, "source")
