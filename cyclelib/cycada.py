@@ -76,7 +76,7 @@ RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": 
 # (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
 _SHAPED_BY = {"source": ("every",), "oracle": ("every",), "pixel": ("every", "pixel"),
               "pixel_only": ("every", "pixel"), "feature_only": ("every", "feature"),
-              "feature": ("every", "pixel", "feature")}
+              "feature": ("every", "pixel", "feature", "pixel_feature")}
 STAGE_OPTIONS = {stage: stage_option_names(*shapes) for stage, shapes in _SHAPED_BY.items()}
 _DEFAULTS = {f.name: f.default for f in fields(CyCADAConfig)}
 # The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
@@ -160,9 +160,10 @@ def _stage_meta(config: CyCADAConfig, stage: str, context: RunContext | None) ->
 
 
 def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
-    """The stages ``stage`` builds on: :data:`NEEDS`, and the semantic loss's judge for the pixel stage."""
-    judge = (config.semantic_judge,) if stage == "pixel" and config.semantic_judge not in NEEDS[stage] else ()
-    return NEEDS[stage] + judge
+    """The stages ``stage`` builds on: :data:`NEEDS`, the semantic loss's judge for the pixel stage,
+    and the classifier the feature stage starts from."""
+    chosen = {"pixel": config.semantic_judge, "feature": config.feature_start}.get(stage)
+    return NEEDS[stage] + ((chosen,) if chosen is not None and chosen not in NEEDS[stage] else ())
 
 
 def with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
@@ -372,6 +373,14 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
 
     ``translator=None`` trains on untranslated source: the ``feature_only`` baseline (ADDA).
     Saves ``out/feature/`` (or ``out/feature_only/``).
+
+    ``f_s`` is the classifier of the stage ``config.feature_start`` names (for the feature stage):
+    f_S, the paper's, or the ``pixel_only`` classifier, as the release ran it. The release's
+    ``scripts/train_adda.py`` (jhoffman/cycada_release at 2fbf16b) starts both ADDA networks from
+    the classifier trained on its ``src`` data (lines 45, 58 and 72; ``AddaNet.load_src_net``,
+    ``cycada/models/adda_net.py`` lines 66-70), and its translated-source runs give ``src`` as e.g.
+    ``svhn2mnist`` (line 28 reads the base domain from such a name; the script as committed has
+    ``src = 'mnist'``, line 24). ``config.feature_gate``: see :class:`~cyclelib.classifiers.FeatureAlignment`.
     """
     c = config
     stage = "feature" if translator is not None else "feature_only"
@@ -382,7 +391,8 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
     if translator is not None:
         source = translate_dataset(translator.to(context.device), source)
     pairs = Unpaired(source, load_domain(c, c.target, "train"), seed=c.seed)
-    model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature)
+    model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature,
+                             c.feature_gate)
     # Target labels stay unused: the step reads source images and labels, and target images only.
     _fit_stage(c, stage, model, pairs, inputs=lambda batch: (batch["A"], batch["A_label"], batch["B"]),
                batch_size=c.feature_batch_size, epochs=c.feature_epochs, resume=resume, progress=progress,

@@ -69,6 +69,7 @@ _PIXEL = {"netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise
           "semantic_judge", "lambda_mode_seeking", "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size",
           "pixel_epochs", "pixel_epochs_decay"}
 _FEATURE = {"feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature"}
+_RELEASE = {"feature_gate", "feature_start"}  # the release's form (issue 25), added since
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
             "max_eval_samples"}
 
@@ -76,10 +77,12 @@ _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every"
 def test_stage_options_computed_from_the_tags_are_todays():
     assert {stage: set(options) for stage, options in STAGE_OPTIONS.items()} == {
         "source": _SHARED, "oracle": _SHARED, "pixel": _SHARED | _PIXEL, "pixel_only": _SHARED | _PIXEL,
-        "feature_only": _SHARED | _FEATURE, "feature": _SHARED | _PIXEL | _FEATURE}
+        "feature_only": _SHARED | _FEATURE | {"feature_gate"},
+        "feature": _SHARED | _PIXEL | _FEATURE | _RELEASE}
     assert set(NEUTRAL_OPTIONS) == _NEUTRAL
     # a stage records asdict(config): the same flat names as before, so existing stage checkpoints are reused
-    assert set(asdict(CyCADAConfig())) == _SHARED | _PIXEL | _FEATURE | _NEUTRAL
+    # (one that lacks the release's options, added later, was trained as their defaults, the paper's, train)
+    assert set(asdict(CyCADAConfig())) == _SHARED | _PIXEL | _FEATURE | _RELEASE | _NEUTRAL
 
 
 def test_keyword_construction_and_resume_rules_read_the_fields():

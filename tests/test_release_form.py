@@ -1,0 +1,92 @@
+"""The release's form of CyCADA's stages (jhoffman/cycada_release), as options beside the paper's (issue 25)."""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cyclelib import CyCADAConfig, classifiers, cycada, run_cycada
+from cyclelib.classifiers import FeatureAlignment, build_task_network, discriminator_accuracy
+from cyclelib.config import cycada_command
+from cyclelib.runtime import Precision
+
+from helpers import cli, cycada_smoke
+
+
+def _step(gate: float | None, accuracy: float, monkeypatch) -> tuple[FeatureAlignment, dict, dict]:
+    """One feature step with D_feat's accuracy pinned to ``accuracy``: the model, and f_T's and
+    D_feat's weights before it."""
+    monkeypatch.setattr(classifiers, "discriminator_accuracy", lambda judged_s, judged_t: accuracy)
+    torch.manual_seed(0)
+    model = FeatureAlignment(build_task_network("lenet"), 1e-3, Precision("none", torch.device("cpu")),
+                             lambda_task=0.0, gate=gate)
+    before = copy.deepcopy(model.f_t.state_dict()), copy.deepcopy(model.d_feat.state_dict())
+    x_s, y_s, x_t = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(0, 10, (8,)), torch.rand(8, 3, 32, 32) * 2 - 1
+    model.train_step(x_s, y_s, x_t)
+    return model, *before
+
+
+def _changed(net: torch.nn.Module, before: dict) -> bool:
+    return any(not torch.equal(v, before[k]) for k, v in net.state_dict().items() if v.is_floating_point())
+
+
+def test_feature_gate_updates_f_t_only_where_d_feat_is_accurate_enough(monkeypatch):
+    model, f_t, d_feat = _step(0.6, 0.5, monkeypatch)  # D_feat no better than 0.6: f_T is left as it was
+    assert not _changed(model.f_t, f_t) and _changed(model.d_feat, d_feat)
+    model, f_t, d_feat = _step(0.6, 0.7, monkeypatch)
+    assert _changed(model.f_t, f_t) and _changed(model.d_feat, d_feat)
+    model, f_t, _ = _step(None, 0.0, monkeypatch)  # no gate (the paper): f_T learns on every batch
+    assert _changed(model.f_t, f_t)
+
+
+def test_discriminator_accuracy_counts_source_as_class_1_and_target_as_class_0():
+    source_right, target_wrong = torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert discriminator_accuracy(source_right, target_wrong) == 0.75
+
+
+def test_release_options_are_checked_and_recorded_by_the_stages_they_change(tmp_path):
+    config = cycada_smoke(tmp_path)
+    assert (config.feature_start, config.feature_gate) == ("source", None)  # the paper's form
+    with pytest.raises(ValueError, match="unknown feature_start 'oracle'; valid values: source, pixel_only"):
+        replace(config, feature_start="oracle")
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="feature_gate must be in"):
+            replace(config, feature_gate=bad)
+    # f_T's start changes the feature stage alone; the gate both feature stages
+    assert "feature_start" in cycada.stage_options(config, "feature")
+    assert all("feature_start" not in cycada.stage_options(config, s) for s in cycada.STAGES if s != "feature")
+    assert {s for s in cycada.STAGES if "feature_gate" in cycada.stage_options(config, s)} == {"feature",
+                                                                                              "feature_only"}
+    release = replace(config, feature_start="pixel_only", feature_gate=0.6, lambda_task=0.0)
+    assert cycada.with_needs(("feature",), release) == ("source", "pixel", "pixel_only", "feature")
+    assert cycada.with_needs(("feature",), config) == ("source", "pixel", "feature")
+    assert "--feature-start pixel_only --feature-gate 0.6" in cycada_command(vars(release), ("feature",))
+
+
+def test_cli_takes_and_explains_the_release_options(capsys):
+    code, err = cli("train", "cycada", "--source", "mnist5k", "--target", "mnistm5k", "--feature-start", "x")
+    assert code == 2 and "unknown feature_start 'x'; valid values: source, pixel_only" in err
+    assert cli("train", "cycada", "--help")[0] == 0
+    help = " ".join(capsys.readouterr().out.split())
+    assert "--feature-gate" in help and "the release: 0.6" in help and "pixel_only (trained on translated" in help
+
+
+def test_feature_stage_starts_from_pixel_only_and_reuse_checks_it(tmp_path, monkeypatch):
+    started = {}
+
+    class Spy(FeatureAlignment):  # records the classifier f_T starts from
+        def __init__(self, f_s, *args, **kwargs):
+            started["f_s"] = copy.deepcopy(f_s.state_dict())
+            super().__init__(f_s, *args, **kwargs)
+
+    monkeypatch.setattr(cycada, "FeatureAlignment", Spy)
+    config = cycada_smoke(tmp_path, feature_start="pixel_only", feature_gate=0.6)
+    run_cycada(config, stages="source,pixel,pixel_only,feature", progress=False)
+    pixel_only = cycada.load_stage(config, "pixel_only").state_dict()
+    assert all(torch.equal(started["f_s"][k], v) for k, v in pixel_only.items())
+    assert cycada.stage_finished(config, "feature") and cycada.stage_finished(config, "pixel_only")
+    for change in (dict(feature_start="source"), dict(feature_gate=None)):
+        with pytest.raises(ValueError, match=rf"{next(iter(change))}=.* there"):
+            cycada.stage_checkpoint(replace(config, **change), "feature")
