@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
-from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, GENERATORS,
+from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
                     TASK_NETWORKS, Registry, check_crop, is_digit_pair, is_folder_domain)
 from .presets import CYCADA_PRESETS, cyclegan_preset
@@ -318,6 +318,15 @@ class CyCADAConfig:
     lambda_mode_seeking: float = _pixel("lambda_mode_seeking")
     semantic_judge: str = _stage("source", "pixel stage: the classifier of the semantic loss: f_S (the paper) or, "
                                  "beyond it, feature_only's f_T", "pixel", choices=SEMANTIC_JUDGES)
+    # The release's semantic terms (jhoffman/cycada_release at 2fbf16b, cyclegan/models/cycle_gan_semantic_model.py):
+    # S->T asks for the true source labels (line 164; the argmax, line 165, is commented out), and both terms are
+    # multiplied by 0 while the classifier's loss is above 1.0 (lines 171-173).
+    semantic_target: str = _stage("argmax", "pixel stage: what the S->T semantic loss asks the judge to read in "
+                                  "G_{S->T}(x_s): its argmax on x_s (the paper) or x_s's true label (the release)",
+                                  "pixel", choices=SEMANTIC_TARGETS)
+    semantic_gate: float | None = _stage(None, "pixel stage: both semantic terms count 0 on batches where the judge's "
+                                         "loss on the real source images (true labels) is above this (the release: "
+                                         "1.0)", "pixel", none="off (the paper)")
     pixel_lr: float = _pixel("lr")
     pixel_beta1: float = _pixel("beta1")
     pixel_batch_size: int = _pixel("batch_size", 100)
@@ -353,7 +362,8 @@ class CyCADAConfig:
     def __post_init__(self):
         _check_common(self)
         _check_signs(self, non_negative=[*(f.name for f in fields(self) if f.name.startswith("lambda_")),
-                                         "pool_size", "pixel_epochs_decay", "num_workers", "noise_nc"],
+                                         "pool_size", "pixel_epochs_decay", "num_workers", "noise_nc",
+                                         "semantic_gate"],
                      positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "n_layers_D",
                                "pixel_lr", "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
                                "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples",

@@ -317,21 +317,32 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
         \mathcal{L}_{sem} = \lambda_{sem,A}\, \mathcal{L}_{task}(f_S, G_{S\to T}(X_S), p(f_S, X_S))
             + \lambda_{sem,B}\, \mathcal{L}_{task}(f_S, G_{T\to S}(X_T), p(f_S, X_T))
 
-    with :math:`p(f, X) = \arg\max f(X)`. ``f_s`` is frozen here (eval mode, no gradient
+    with :math:`p(f, X) = \arg\max f(X)`. ``semantic_target="labels"`` (the release's,
+    ``cycle_gan_semantic_model.py`` line 164) puts :math:`Y_S` for :math:`p(f_S, X_S)`;
+    ``semantic_gate`` (the release's 1.0, lines 171-173) multiplies both terms by 0 on batches where
+    :math:`\mathcal{L}_{task}(f_S, X_S, Y_S)` is above it (the release's classifier is trained online, so
+    its loss falls; a frozen f_S's is low from the start). ``f_s`` is frozen here (eval mode, no gradient
     to its weights): the loss may only change the generators, never move f_S towards them.
     The two terms are returned by name; the generator step sums them with CycleGAN's terms.
     """
     f_s = freeze(f_s)
+    c = config
 
     def terms(real_A: torch.Tensor, real_B: torch.Tensor, fakes: dict[str, torch.Tensor]) -> dict:
         out = {}
-        if config.lambda_sem_A > 0:  # S -> T keeps f_S's reading of the source image
-            out["sem_A"] = config.lambda_sem_A * losses.semantic_loss(f_s, real_A, fakes["fake_B"])
-        if config.lambda_sem_B > 0:  # T -> S keeps f_S's reading of the target image
-            out["sem_B"] = config.lambda_sem_B * losses.semantic_loss(f_s, real_B, fakes["fake_A"])
+        if c.lambda_sem_A > 0:  # S -> T keeps f_S's reading of the source image (or, the release, its label)
+            out["sem_A"] = c.lambda_sem_A * (losses.task_loss(f_s(fakes["fake_B"]), fakes["A_label"])
+                                             if c.semantic_target == "labels" else
+                                             losses.semantic_loss(f_s, real_A, fakes["fake_B"]))
+        if c.lambda_sem_B > 0:  # T -> S keeps f_S's reading of the target image
+            out["sem_B"] = c.lambda_sem_B * losses.semantic_loss(f_s, real_B, fakes["fake_A"])
+        if c.semantic_gate is not None:  # the release's gate: the terms count once the judge reads source well
+            with torch.no_grad():
+                judged = losses.task_loss(f_s(real_A), fakes["A_label"]).item()  # a host sync, gate only
+            out = {name: term * float(judged <= c.semantic_gate) for name, term in out.items()}
         return out
 
-    return GeneratorTerms(terms)
+    return GeneratorTerms(terms, labels=c.semantic_target == "labels" or c.semantic_gate is not None)
 
 
 def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, resume: bool = False,

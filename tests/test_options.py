@@ -57,7 +57,7 @@ def test_every_pixel_option_reaches_the_pixel_stage():
     # the pixel stage's own terms (L_sem), which CycleGAN has not, are the only untagged pixel options
     untagged = {f.name for f in fields(CyCADAConfig)
                 if f.metadata["shapes"] == "pixel" and "cyclegan" not in f.metadata}
-    assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge"}
+    assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge", "semantic_target", "semantic_gate"}
 
 
 # The stage options before the tags (cycada.py's hand-written _SHARED, _PIXEL, _FEATURE): the checkpoints
@@ -69,20 +69,23 @@ _PIXEL = {"netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise
           "semantic_judge", "lambda_mode_seeking", "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size",
           "pixel_epochs", "pixel_epochs_decay"}
 _FEATURE = {"feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature"}
-_RELEASE = {"feature_gate", "feature_start"}  # the release's form (issue 25), added since
+# the release's form (issue 25), added since
+_RELEASE_PIXEL = {"semantic_target", "semantic_gate"}
+_RELEASE = {"feature_gate", "feature_start"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
             "max_eval_samples"}
 
 
 def test_stage_options_computed_from_the_tags_are_todays():
     assert {stage: set(options) for stage, options in STAGE_OPTIONS.items()} == {
-        "source": _SHARED, "oracle": _SHARED, "pixel": _SHARED | _PIXEL, "pixel_only": _SHARED | _PIXEL,
+        "source": _SHARED, "oracle": _SHARED, "pixel": _SHARED | _PIXEL | _RELEASE_PIXEL,
+        "pixel_only": _SHARED | _PIXEL | _RELEASE_PIXEL,
         "feature_only": _SHARED | _FEATURE | {"feature_gate"},
-        "feature": _SHARED | _PIXEL | _FEATURE | _RELEASE}
+        "feature": _SHARED | _PIXEL | _FEATURE | _RELEASE | _RELEASE_PIXEL}
     assert set(NEUTRAL_OPTIONS) == _NEUTRAL
     # a stage records asdict(config): the same flat names as before, so existing stage checkpoints are reused
     # (one that lacks the release's options, added later, was trained as their defaults, the paper's, train)
-    assert set(asdict(CyCADAConfig())) == _SHARED | _PIXEL | _FEATURE | _RELEASE | _NEUTRAL
+    assert set(asdict(CyCADAConfig())) == _SHARED | _PIXEL | _FEATURE | _RELEASE | _RELEASE_PIXEL | _NEUTRAL
 
 
 def test_keyword_construction_and_resume_rules_read_the_fields():

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cyclelib import CyCADAConfig, classifiers, cycada, run_cycada
+from cyclelib import CyCADAConfig, classifiers, cycada, losses, run_cycada
 from cyclelib.classifiers import FeatureAlignment, build_task_network, discriminator_accuracy
 from cyclelib.config import cycada_command
 from cyclelib.runtime import Precision
@@ -90,3 +90,61 @@ def test_feature_stage_starts_from_pixel_only_and_reuse_checks_it(tmp_path, monk
     for change in (dict(feature_start="source"), dict(feature_gate=None)):
         with pytest.raises(ValueError, match=rf"{next(iter(change))}=.* there"):
             cycada.stage_checkpoint(replace(config, **change), "feature")
+
+
+# --------------------------------------------------------------------------- stage 2: the semantic terms
+
+
+def _semantic_terms(config: CyCADAConfig) -> tuple[dict, dict, torch.nn.Module]:
+    """The semantic terms of one batch whose true source labels are none of f_S's readings."""
+    torch.manual_seed(0)
+    f_s = build_task_network("lenet")
+    real_A, real_B = torch.rand(6, 3, 32, 32) * 2 - 1, torch.rand(6, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        wrong = (f_s(real_A).argmax(1) + 1) % 10
+    images = {"fake_B": torch.rand(6, 3, 32, 32) * 2 - 1, "fake_A": torch.rand(6, 3, 32, 32) * 2 - 1, "A_label": wrong}
+    plug_in = cycada.semantic_consistency(config, f_s)
+    return plug_in.terms(real_A, real_B, images), {"real_A": real_A, "real_B": real_B, **images}, plug_in
+
+
+def test_semantic_target_labels_asks_for_the_true_source_labels(tmp_path):
+    paper, seen, plug_in = _semantic_terms(cycada_smoke(tmp_path))
+    assert not plug_in.labels  # the paper's terms need no labels: the pixel step reads none
+    release, seen, plug_in = _semantic_terms(cycada_smoke(tmp_path, semantic_target="labels"))
+    assert plug_in.labels
+    f_s = cycada.freeze(build_task_network("lenet"))
+    torch.manual_seed(0)
+    f_s.load_state_dict(build_task_network("lenet").state_dict())
+    assert torch.allclose(release["sem_A"], losses.task_loss(f_s(seen["fake_B"]), seen["A_label"]))
+    assert not torch.allclose(release["sem_A"], paper["sem_A"])
+    assert torch.equal(release["sem_B"], paper["sem_B"])  # T -> S keeps the argmax on real target
+
+
+def test_semantic_gate_zeroes_both_terms_while_the_judges_loss_is_above_it(tmp_path):
+    open_terms, seen, _ = _semantic_terms(cycada_smoke(tmp_path))  # no gate: nothing is zeroed
+    assert all(t > 0 for t in open_terms.values())
+    f_s = cycada.freeze(build_task_network("lenet"))
+    torch.manual_seed(0)
+    f_s.load_state_dict(build_task_network("lenet").state_dict())
+    judged = losses.task_loss(f_s(seen["real_A"]), seen["A_label"]).item()
+    below, _, plug_in = _semantic_terms(cycada_smoke(tmp_path, semantic_gate=judged * 0.9))
+    assert plug_in.labels and set(below) == {"sem_A", "sem_B"} and all(t == 0 for t in below.values())
+    above, _, _ = _semantic_terms(cycada_smoke(tmp_path, semantic_gate=judged * 1.1))
+    assert all(torch.equal(above[name], open_terms[name]) for name in open_terms)
+
+
+def test_pixel_stage_hands_the_source_labels_to_the_semantic_terms(tmp_path, monkeypatch):
+    seen = []
+    real = cycada.semantic_consistency
+
+    def spy(config, f_s):
+        plug_in = real(config, f_s)
+        return replace(plug_in, terms=lambda a, b, images: seen.append(images.get("A_label")) or
+                       plug_in.terms(a, b, images))
+
+    monkeypatch.setattr(cycada, "semantic_consistency", spy)
+    config = cycada_smoke(tmp_path, semantic_target="labels", semantic_gate=1.0)
+    run_cycada(config, stages="source,pixel", progress=False)
+    assert seen and all(labels is not None and labels.dtype == torch.int64 for labels in seen)
+    with pytest.raises(ValueError, match="semantic_gate=1.0 there"):
+        cycada.stage_checkpoint(replace(config, semantic_gate=None), "pixel")
