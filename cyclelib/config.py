@@ -141,7 +141,8 @@ class CycleGANConfig:
     lambda_B: float = _option(10.0, "weight of the cycle loss B -> A -> B", _OBJECTIVE, official=("lambda_B",))
     lambda_identity: float = _option(0.5, "identity loss, times lambda_A / lambda_B (0: off)", _OBJECTIVE,
                                      official=("lambda_identity",))
-    lambda_gan_A: float = _option(1.0, "weight of G_A's adversarial loss (CyCADA uses 2)", _OBJECTIVE)
+    lambda_gan_A: float = _option(1.0, "weight of G_A's adversarial loss (the CyCADA release's "
+                                  "pixel stage uses 2)", _OBJECTIVE)
     lambda_gan_B: float = _option(1.0, "weight of G_B's adversarial loss", _OBJECTIVE)
     lambda_gp: float = _option(10.0, "gradient penalty weight, gan_mode wgangp only", _OBJECTIVE)
     lambda_mode_seeking: float = _option(0.0, "beyond the paper: mode seeking on G_A's noise (needs noise_nc > 0)",

@@ -34,6 +34,10 @@ during stages 2 and 3 (the release's ``CycleGANSemanticModel``, jhoffman/cycada_
 2fbf16b, ``cyclegan/models/cycle_gan_semantic_model.py``, builds a fresh ``netCLS`` in
 ``initialize`` and trains it alongside the GAN in ``backward_CLS``, in train mode, so dropout and
 BatchNorm drift), and the stages pass networks to each other instead of PNG files.
+
+The release's other departures from the paper are options, the paper's form their default
+(:class:`~cyclelib.config.CyCADAConfig`): ``semantic_target`` and ``semantic_gate`` (stage 2),
+``feature_start``, ``lambda_task`` 0 and ``feature_gate`` (stage 3).
 """
 from __future__ import annotations
 
