@@ -317,8 +317,9 @@ class CyCADAConfig:
     lambda_sem_A: float = _stage(1.0, "pixel stage: semantic loss of G_{S->T}, judged by f_S", "pixel")
     lambda_sem_B: float = _stage(1.0, "pixel stage: semantic loss of G_{T->S}, judged by f_S", "pixel")
     lambda_mode_seeking: float = _pixel("lambda_mode_seeking")
-    semantic_judge: str = _stage("source", "pixel stage: the classifier of the semantic loss: f_S (the paper) or, "
-                                 "beyond it, feature_only's f_T", "pixel", choices=SEMANTIC_JUDGES)
+    semantic_judge: str = _stage("source", "pixel stage: the classifier of the semantic loss: f_S, frozen (the "
+                                 "paper), online (a fresh one trained alongside on real source with its labels, "
+                                 "Adam 1e-3: the release) or, beyond both, feature_only's f_T", "pixel", choices=SEMANTIC_JUDGES)
     # The release's semantic terms (jhoffman/cycada_release at 2fbf16b, cyclegan/models/cycle_gan_semantic_model.py):
     # S->T asks for the true source labels (line 164; the argmax, line 165, is commented out), and both terms are
     # multiplied by 0 while the classifier's loss is above 1.0 (lines 171-173).

@@ -167,7 +167,7 @@ def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """The stages ``stage`` builds on: :data:`NEEDS`, the semantic loss's judge for the pixel stage,
     and the classifier the feature stage starts from."""
     chosen = {"pixel": config.semantic_judge, "feature": config.feature_start}.get(stage)
-    return NEEDS[stage] + ((chosen,) if chosen is not None and chosen not in NEEDS[stage] else ())
+    return NEEDS[stage] + ((chosen,) if chosen in STAGES and chosen not in NEEDS[stage] else ())
 
 
 def with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
@@ -329,8 +329,8 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
     to its weights): the loss may only change the generators, never move f_S towards them.
     The two terms are returned by name; the generator step sums them with CycleGAN's terms.
     """
-    f_s = freeze(f_s)
     c = config
+    f_s, after_step = online_judge(c, f_s) if c.semantic_judge == "online" else (freeze(f_s), None)
 
     def terms(real_A: torch.Tensor, real_B: torch.Tensor, fakes: dict[str, torch.Tensor]) -> dict:
         out = {}
@@ -346,10 +346,32 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
             out = {name: term * float(judged <= c.semantic_gate) for name, term in out.items()}
         return out
 
-    return GeneratorTerms(terms, labels=c.semantic_target == "labels" or c.semantic_gate is not None)
+    labels = c.semantic_target == "labels" or c.semantic_gate is not None or after_step is not None
+    return GeneratorTerms(terms, labels=labels, after_step=after_step)
 
 
-def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, resume: bool = False,
+def online_judge(config: CyCADAConfig, judge: nn.Module):
+    """The release's semantic classifier: ``judge`` (a fresh network) in train mode, and the step
+    that trains it, one after each G/D step, on the real source images with their true labels with
+    Adam at lr 1e-3 and betas (pixel_beta1, 0.999) (jhoffman/cycada_release at 2fbf16b,
+    ``cyclegan/models/cycle_gan_semantic_model.py`` lines 71, 121-125 and 193-198). The generators'
+    terms read it without gradient to its weights (the release's ``optimizer_CLS.zero_grad()``,
+    line 197, drops those). Unlike the release's ``netCLS`` (its own conv net, ``networks.py``
+    ``define_C``, lines 112-118), the judge is the run's task network."""
+    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3, betas=(config.pixel_beta1, 0.999))
+    judge.train().requires_grad_(False)
+
+    def after_step(real_A: torch.Tensor, label_A: torch.Tensor) -> None:
+        judge.requires_grad_(True)
+        optimizer.zero_grad(set_to_none=True)
+        losses.task_loss(judge(real_A), label_A).backward()
+        optimizer.step()
+        judge.requires_grad_(False)
+
+    return judge, after_step
+
+
+def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = True, resume: bool = False,
                 context: RunContext | None = None) -> CycleGAN:
     r"""Stage 2: CycleGAN between source and target with the semantic consistency loss.
 
@@ -363,11 +385,19 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
         + \mathcal{L}_{sem}(G_{S\to T}, G_{T\to S}, X_S, X_T, f_S)
 
     ``f_s`` (the stage 1 classifier; with ``semantic_judge="feature_only"``, beyond the paper,
-    that stage's f_T) is frozen in place. Writes ``out/pixel/`` (checkpoint, samples, history)
+    that stage's f_T) is frozen in place; with ``semantic_judge="online"`` (the release's) it is
+    None and a fresh classifier is trained alongside (:func:`online_judge`). Writes ``out/pixel/`` (checkpoint, samples, history)
     through :func:`~cyclelib.cyclegan_run.train_cyclegan`; ``resume`` continues an unfinished run.
     Under torchrun each rank keeps its f_S on its own device, next to its generators.
     """
     context = context or run_context(config.device)
+    if config.semantic_judge == "online":
+        if resume:  # the judge's weights and optimiser are not in the pixel stage's checkpoints
+            raise ValueError(f"an unfinished pixel stage with semantic_judge 'online' cannot be resumed (its "
+                             f"judge is not checkpointed); retrain it: {run_hint(config, ('pixel',))} with --force")
+        with torch.random.fork_rng(devices=[]):  # the generators' initial weights stay those of the seed
+            torch.manual_seed(config.seed)
+            f_s = build_task_network(classifier_name(config), num_classes(config.source))
     f_s.to(context.device)
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),

@@ -49,6 +49,8 @@ class GeneratorTerms:
     images: Callable[[CycleGAN, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None = None
     # whether ``terms`` reads the labels of the A images (the batch's "A_label", passed as images["A_label"])
     labels: bool = False
+    # called with (real_A, label_A) after the step of G and D, e.g. to train a network the terms read
+    after_step: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
 
 
 def mode_seeking(weight: float) -> GeneratorTerms:
@@ -253,6 +255,9 @@ class CycleGAN(nn.Module):
                                                            self.pool_B.query(images["fake_B"]))
         self.precision.step(loss_D_A + loss_D_B, self.opt_D, self.config.clip_grad_norm)
         self.precision.update()  # once per iteration, after both optimizers (torch.amp's multi-optimizer rule)
+        for extra in self.extra_generator_losses:
+            if extra.after_step is not None:
+                extra.after_step(real_A, label_A)
         return {**{name: t.detach() for name, t in terms.items()},
                 "G": loss_G.detach(), "D_A": loss_D_A.detach(), "D_B": loss_D_B.detach()}
 

@@ -29,7 +29,8 @@ def _step(gate: float | None, accuracy: float, monkeypatch) -> tuple[FeatureAlig
 
 
 def _changed(net: torch.nn.Module, before: dict) -> bool:
-    return any(not torch.equal(v, before[k]) for k, v in net.state_dict().items() if v.is_floating_point())
+    """Whether a weight of ``net`` differs from ``before`` (its state dict): a step, not BatchNorm's statistics."""
+    return any(not torch.equal(p, before[name]) for name, p in net.named_parameters())
 
 
 def test_feature_gate_updates_f_t_only_where_d_feat_is_accurate_enough(monkeypatch):
@@ -148,3 +149,40 @@ def test_pixel_stage_hands_the_source_labels_to_the_semantic_terms(tmp_path, mon
     assert seen and all(labels is not None and labels.dtype == torch.int64 for labels in seen)
     with pytest.raises(ValueError, match="semantic_gate=1.0 there"):
         cycada.stage_checkpoint(replace(config, semantic_gate=None), "pixel")
+
+
+def test_online_judge_learns_during_the_pixel_stage_and_f_s_does_not(tmp_path, monkeypatch):
+    judges = []
+    real = cycada.online_judge
+
+    def spy(config, judge):
+        judges.append((judge, copy.deepcopy(judge.state_dict())))
+        return real(config, judge)
+
+    monkeypatch.setattr(cycada, "online_judge", spy)
+    config = cycada_smoke(tmp_path, semantic_judge="online", semantic_target="labels", semantic_gate=1.0)
+    assert cycada.needs(config, "pixel") == ("source",)  # no stage judges: the judge is trained in the stage
+    run_cycada(config, stages="source", progress=False)
+    f_s = copy.deepcopy(cycada.load_stage(config, "source").state_dict())
+    run_cycada(config, stages="pixel", progress=False)
+    (judge, before), = judges
+    assert _changed(judge, before)  # trained online, on real source with its labels
+    assert not _changed(cycada.load_stage(config, "source"), f_s)
+    with pytest.raises(ValueError, match="semantic_judge='online' there, 'source' now"):
+        cycada.stage_checkpoint(replace(config, semantic_judge="source"), "pixel")
+
+
+def test_the_frozen_judge_stays_as_it_was(tmp_path, monkeypatch):
+    judges = []
+    real = cycada.semantic_consistency
+    monkeypatch.setattr(cycada, "semantic_consistency",
+                        lambda config, f_s: judges.append((f_s, copy.deepcopy(f_s.state_dict()))) or real(config, f_s))
+    run_cycada(cycada_smoke(tmp_path), stages="source,pixel", progress=False)
+    (judge, before), = judges
+    assert not _changed(judge, before)
+
+
+def test_a_pixel_stage_with_the_online_judge_is_refused_resume_not_resumed_without_it(tmp_path):
+    config = cycada_smoke(tmp_path, semantic_judge="online")
+    with pytest.raises(ValueError, match="semantic_judge 'online' cannot be resumed"):
+        cycada.train_pixel(config, None, resume=True)
