@@ -189,7 +189,7 @@ def test_every_option_has_a_description_its_choices_and_required_marked():
                  "--init {normal,xavier,kaiming,orthogonal}", "--noise-injection {constant,modulate}",
                  "--netD {basic,n_layers,pixel}", "resnet_<n>blocks"):
         assert text in cyclegan, text
-    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet}", "--semantic-judge {source,feature_only}",
+    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet}", "--semantic-judge {source,feature_only,online}",
                  "resnet_<n>blocks", "folder:PATH"):
         assert text in cycada, text
     for command in commands:
