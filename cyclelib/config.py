@@ -26,7 +26,7 @@ from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
                     TASK_NETWORKS, Registry, check_crop, is_digit_pair, is_folder_domain)
-from .presets import CYCADA_PRESETS, cyclegan_preset
+from .presets import CYCADA_FORMS, CYCADA_PRESETS, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
 # must stay below 2**64 (torch's largest seed).
@@ -395,11 +395,15 @@ class CyCADAConfig:
         self.pixel_config("")  # every option of the pixel stage, checked as CycleGAN checks it
 
     @classmethod
-    def for_scale(cls, scale: str | None = None, **options) -> "CyCADAConfig":
-        """The config of a scale (smoke / cpu / colab / gpu, see :func:`resolve_scale`); ``options`` win."""
+    def for_scale(cls, scale: str | None = None, form: str = "paper", **options) -> "CyCADAConfig":
+        """The config of a scale (smoke / cpu / colab / gpu, see :func:`resolve_scale`) in a ``form``
+        (:data:`~cyclelib.presets.CYCADA_FORMS`: ``paper``, the defaults, or ``release``, the
+        release's choices where it departs from the paper); ``options`` win over both."""
         from .runtime import resolve_scale  # asks torch for CUDA when no scale is given
+        if form not in CYCADA_FORMS:
+            raise ValueError(f"unknown form {form!r}; valid values: {', '.join(CYCADA_FORMS)}")
         scale = resolve_scale(scale)
-        return cls(**{**CYCADA_PRESETS[scale], "scale": scale, **options})
+        return cls(**{**CYCADA_PRESETS[scale], **CYCADA_FORMS[form], "scale": scale, **options})
 
     def pixel_config(self, out: str) -> CycleGANConfig:
         """The CycleGAN options of the pixel stage, writing to ``out``: each option tagged

@@ -186,3 +186,32 @@ def test_a_pixel_stage_with_the_online_judge_is_refused_resume_not_resumed_witho
     config = cycada_smoke(tmp_path, semantic_judge="online")
     with pytest.raises(ValueError, match="semantic_judge 'online' cannot be resumed"):
         cycada.train_pixel(config, None, resume=True)
+
+
+# --------------------------------------------------------------------------- the release as a whole
+
+
+def test_form_release_selects_every_release_choice_and_given_options_win(tmp_path):
+    paper, release = cycada_smoke(tmp_path), CyCADAConfig.for_scale("smoke", form="release", source="mnist5k",
+                                                                     target="mnistm5k", out=str(tmp_path))
+    assert paper == CyCADAConfig.for_scale("smoke", form="paper", source="mnist5k", target="mnistm5k",
+                                           out=str(tmp_path), device="cpu", amp="none")  # the default form
+    assert (release.semantic_judge, release.semantic_target, release.semantic_gate) == ("online", "labels", 1.0)
+    assert (release.feature_start, release.lambda_task, release.feature_gate) == ("pixel_only", 0.0, 0.6)
+    assert release.feature_lr == paper.feature_lr  # the scale's
+    assert CyCADAConfig.for_scale("smoke", form="release", lambda_task=0.5).lambda_task == 0.5
+    with pytest.raises(ValueError, match="unknown form 'x'; valid values: paper, release"):
+        CyCADAConfig.for_scale("smoke", form="x")
+
+
+def test_cli_form_release_is_recorded_by_the_stages(tmp_path):
+    code, err = cli("train", "cycada", "--source", "mnist5k", "--target", "mnistm5k", "--form", "x")
+    assert code == 2 and "unknown form 'x'; valid values: paper, release" in err
+    code, _ = cli("train", "cycada", "--source", "mnist5k", "--target", "mnistm5k", "--scale", "smoke", "--device",
+                  "cpu", "--form", "release", "--out", str(tmp_path), "--stages", "source")
+    config = CyCADAConfig.for_scale("smoke", form="release", source="mnist5k", target="mnistm5k", out=str(tmp_path),
+                                    device="cpu")
+    assert code == 0 and cycada.stage_finished(config, "source")
+    recorded = cycada.stage_checkpoint(config, "source")["meta"]["cycada"]
+    assert (recorded["semantic_judge"], recorded["feature_start"], recorded["feature_gate"]) == ("online",
+                                                                                                "pixel_only", 0.6)
