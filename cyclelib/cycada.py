@@ -35,8 +35,9 @@ during stages 2 and 3 (the release's ``CycleGANSemanticModel``, jhoffman/cycada_
 ``initialize`` and trains it alongside the GAN in ``backward_CLS``, in train mode, so dropout and
 BatchNorm drift), and the stages pass networks to each other instead of PNG files.
 
-The release's other departures from the paper are options, the paper's form their default
-(:class:`~cyclelib.config.CyCADAConfig`): ``semantic_target`` and ``semantic_gate`` (stage 2),
+The release's departures from the paper are options, the paper's form their default
+(:class:`~cyclelib.config.CyCADAConfig`; ``form="release"`` selects them all): ``semantic_judge``
+online (its netCLS, trained alongside), ``semantic_target`` and ``semantic_gate`` (stage 2),
 ``feature_start``, ``lambda_task`` 0 and ``feature_gate`` (stage 3).
 """
 from __future__ import annotations
@@ -325,7 +326,9 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
     ``cycle_gan_semantic_model.py`` line 164) puts :math:`Y_S` for :math:`p(f_S, X_S)`;
     ``semantic_gate`` (the release's 1.0, lines 171-173) multiplies both terms by 0 on batches where
     :math:`\mathcal{L}_{task}(f_S, X_S, Y_S)` is above it (the release's classifier is trained online, so
-    its loss falls; a frozen f_S's is low from the start). ``f_s`` is frozen here (eval mode, no gradient
+    its loss falls; a frozen f_S's is low from the start). The release reads the loss of its
+    classifier's previous step (and zeroes the terms before the first); the gate here reads the
+    judge's loss on this batch, before its own step. ``f_s`` is frozen here (eval mode, no gradient
     to its weights): the loss may only change the generators, never move f_S towards them.
     The two terms are returned by name; the generator step sums them with CycleGAN's terms.
     """
