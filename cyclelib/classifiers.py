@@ -272,6 +272,13 @@ class TaskClassifier(_Training):
         return self.net.eval()
 
 
+def discriminator_accuracy(judged_s: torch.Tensor, judged_t: torch.Tensor) -> float:
+    """The share of images :math:`D_{feat}` puts in their true domain (its logits: class 1 source,
+    class 0 target, as the release's ``train_adda_net.py`` lines 58-61 and 71-72)."""
+    right = torch.cat([judged_s.argmax(1) == 1, judged_t.argmax(1) == 0])
+    return right.float().mean().item()
+
+
 class FeatureAlignment(_Training):
     r"""CyCADA's feature-level adaptation: f_T, started as a copy of f_S, and :math:`D_{feat}`.
 
@@ -285,10 +292,15 @@ class FeatureAlignment(_Training):
     where the GAN term asks :math:`D_{feat}` to take f_T's target outputs for source ones
     (ADDA's inverted labels). f_S is frozen in eval mode and belongs to the source stage: it
     is not part of this module's weights.
+
+    ``gate`` (None: off, the paper): f_T steps only on batches where :math:`D_{feat}`'s accuracy,
+    on the logits of its own step before that step, is above ``gate``, as the release's ADDA loop
+    does with 0.6 (jhoffman/cycada_release at 2fbf16b, ``cycada/tools/train_adda_net.py`` lines
+    70-72 and 81-82). :math:`D_{feat}` steps on every batch.
     """
 
     def __init__(self, f_s: nn.Module, lr: float, precision: Precision, lambda_task: float = 1.0,
-                 lambda_feature: float = 1.0):
+                 lambda_feature: float = 1.0, gate: float | None = None):
         super().__init__()
         object.__setattr__(self, "f_s", freeze(f_s))  # not registered: saved by its own stage
         self.f_t = copy.deepcopy(f_s).requires_grad_(True).train()
@@ -297,6 +309,7 @@ class FeatureAlignment(_Training):
         self.opt_f = torch.optim.Adam(self.f_t.parameters(), lr=lr)
         self.opt_d = torch.optim.Adam(self.d_feat.parameters(), lr=lr)
         self.precision, self.lambda_task, self.lambda_feature = precision, lambda_task, lambda_feature
+        self.gate = gate
 
     def train_step(self, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step on source images ``x_s`` [N, 3, H, W] with labels ``y_s`` [N] and target
@@ -308,15 +321,17 @@ class FeatureAlignment(_Training):
             # One pass over both domains, so f_T's BatchNorm statistics mix them as at test time.
             out_s, out_t = self.f_t(torch.cat([x_s, x_t])).split([len(x_s), len(x_t)])  # [N, 10], [M, 10]
             self.d_feat.requires_grad_(True)
-            loss_d = losses.discriminator_loss(self.d_feat(feat_s), self.d_feat(out_t.detach()),
-                                               losses.feature_gan_loss)
+            judged_s, judged_t = self.d_feat(feat_s), self.d_feat(out_t.detach())  # [N, 2], [M, 2]
+            loss_d = losses.discriminator_loss(judged_s, judged_t, losses.feature_gan_loss)
         self.precision.step(loss_d, self.opt_d)
+        learns = self.gate is None or discriminator_accuracy(judged_s, judged_t) > self.gate
 
         self.d_feat.requires_grad_(False)  # f_T's step must not build gradients into D_feat
         with autocast():
             terms = {"task": self.lambda_task * losses.task_loss(out_s, y_s),
                      "feature_gan": self.lambda_feature * losses.feature_gan_loss(self.d_feat(out_t), True)}
-        self.precision.step(sum(terms.values()), self.opt_f)
+        if learns:
+            self.precision.step(sum(terms.values()), self.opt_f)
         self.precision.update()
         return {**{name: t.detach() for name, t in terms.items()}, "D_feat": loss_d.detach()}
 

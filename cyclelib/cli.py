@@ -15,7 +15,7 @@ from . import __version__
 from .arguments import (add_arch_argument, add_bench_arguments, add_config_options, choice, given_options, one_of,
                         refuse_official_options)
 from .config import CyCADAConfig, CycleGANConfig, positive_int, recorded_options
-from .presets import CYCADA_PRESETS, CYCLEGAN_PRESETS, cyclegan_preset
+from .presets import CYCADA_FORMS, CYCADA_PRESETS, CYCLEGAN_PRESETS, cyclegan_preset
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
 from .names import AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, KID_SUBSETS, NORMS, SCALES
@@ -77,7 +77,7 @@ def _train_cycada(args) -> None:
     if missing:
         raise ValueError(f"train cycada: {' and '.join(missing)} required (digit domains such as "
                          "mnist5k, uci-digits, mnistm5k, mnist, usps, svhn, mnistm, or folder:PATH)")
-    config = CyCADAConfig.for_scale(args.scale, **options)
+    config = CyCADAConfig.for_scale(args.scale, args.form, **options)
     print(f"CyCADA {config.source} -> {config.target} ({config.scale} scale) -> {config.out}")
     metrics = run_cycada(config, stages=args.stages, force=args.force)
     for key in (*RESULTS.values(), "label_preservation", "oracle_label_preservation"):
@@ -287,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated stages to run (default: all, {','.join(CYCADA_STAGES)}); finished "
                              "ones are skipped, earlier ones are loaded from --out")
     cycada.add_argument("--force", action="store_true", help="retrain the chosen stages even if finished")
+    cycada.add_argument("--form", default="paper", metavar="{" + ",".join(CYCADA_FORMS) + "}",
+                        help="paper (its equations) or release (the official code's choices where it departs: "
+                             + ", ".join(f"{k} {v}" for k, v in CYCADA_FORMS["release"].items())
+                             + "); options given win; default: paper")
     add_config_options(cycada, CyCADAConfig, CYCADA_PRESETS, skip=("scale",))
     cycada.set_defaults(run=_train_cycada)
 

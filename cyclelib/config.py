@@ -1,7 +1,8 @@
 """Every option of a run, declared once, as dataclasses with the papers' defaults, and the scale presets.
 
 :class:`CycleGANConfig` holds a CycleGAN run (Zhu et al. 2017, the official code's options),
-:class:`CyCADAConfig` a CyCADA run on digits (Hoffman et al. 2018, the release's options).
+:class:`CyCADAConfig` a CyCADA run on digits (Hoffman et al. 2018: the paper's form, with the release's
+settings where the paper gives none; the options that select the release's form say so).
 Each field carries what else is known of its option as ``dataclasses.field`` metadata: ``help``
 (one line), ``choices`` (the names it takes, from :mod:`cyclelib.names`), for CycleGAN
 ``on_resume`` ("apply", or "refuse" and ``why``) and ``official`` (the official code's name of
@@ -22,10 +23,10 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
-from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, GAN_MODES, GENERATORS,
+from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
                     TASK_NETWORKS, Registry, check_crop, is_digit_pair, is_folder_domain)
-from .presets import CYCADA_PRESETS, cyclegan_preset
+from .presets import CYCADA_FORMS, CYCADA_PRESETS, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
 # must stay below 2**64 (torch's largest seed).
@@ -140,7 +141,8 @@ class CycleGANConfig:
     lambda_B: float = _option(10.0, "weight of the cycle loss B -> A -> B", _OBJECTIVE, official=("lambda_B",))
     lambda_identity: float = _option(0.5, "identity loss, times lambda_A / lambda_B (0: off)", _OBJECTIVE,
                                      official=("lambda_identity",))
-    lambda_gan_A: float = _option(1.0, "weight of G_A's adversarial loss (CyCADA uses 2)", _OBJECTIVE)
+    lambda_gan_A: float = _option(1.0, "weight of G_A's adversarial loss (the CyCADA release's "
+                                  "pixel stage uses 2)", _OBJECTIVE)
     lambda_gan_B: float = _option(1.0, "weight of G_B's adversarial loss", _OBJECTIVE)
     lambda_gp: float = _option(10.0, "gradient penalty weight, gan_mode wgangp only", _OBJECTIVE)
     lambda_mode_seeking: float = _option(0.0, "beyond the paper: mode seeking on G_A's noise (needs noise_nc > 0)",
@@ -256,7 +258,8 @@ def recorded_options(record: Mapping[str, object]) -> dict:
 
 # CyCADA options, tagged by the results they change (metadata "shapes"): "every" stage's (every
 # stage starts from f_S or is a classifier stage), the "pixel" stage's and those built on it, the
-# "feature" stages', or none (where a run writes, on what it runs, what it logs and evaluates).
+# "feature" stages', the "pixel_feature" stage's alone (the feature stage, on translated source), or none
+# (where a run writes, on what it runs, what it logs and evaluates).
 def _stage(default, help: str, shapes: str | None, **metadata) -> Field:
     return field(default=default, metadata={"help": help, "shapes": shapes, **metadata})
 
@@ -273,7 +276,12 @@ def _pixel(name: str, default=MISSING, shapes: str | None = "pixel") -> Field:
 
 @dataclass
 class CyCADAConfig:
-    """Every option of a CyCADA run; the defaults are the paper's and release's digit setting."""
+    """Every option of a CyCADA run; the defaults are the paper's form (its equations) with the
+    release's digit settings (networks, learning rates, batch sizes, epochs, ``lambda_gan_A`` 2).
+
+    Where the release's form departs from the paper's, the default is the paper's and an option
+    selects the release's (jhoffman/cycada_release at commit 2fbf16b): ``feature_start``,
+    ``lambda_task`` 0 and ``feature_gate`` for stage 3 (``cycada/tools/train_adda_net.py``)."""
 
     source: str = _stage("mnist", "the labelled source domain", "every", choices=DOMAINS, required="required")
     target: str = _stage("usps", "the target domain (its labels are used by the oracle and the evaluation only; "
@@ -309,20 +317,40 @@ class CyCADAConfig:
     lambda_sem_A: float = _stage(1.0, "pixel stage: semantic loss of G_{S->T}, judged by f_S", "pixel")
     lambda_sem_B: float = _stage(1.0, "pixel stage: semantic loss of G_{T->S}, judged by f_S", "pixel")
     lambda_mode_seeking: float = _pixel("lambda_mode_seeking")
-    semantic_judge: str = _stage("source", "pixel stage: the classifier of the semantic loss: f_S (the paper) or, "
-                                 "beyond it, feature_only's f_T", "pixel", choices=SEMANTIC_JUDGES)
+    semantic_judge: str = _stage("source", "pixel stage: the classifier of the semantic loss: f_S, frozen (the "
+                                 "paper), online (a fresh one trained alongside on real source with its labels, "
+                                 "Adam 1e-3: the release) or, beyond both, feature_only's f_T", "pixel", choices=SEMANTIC_JUDGES)
+    # The release's semantic terms (jhoffman/cycada_release at 2fbf16b, cyclegan/models/cycle_gan_semantic_model.py):
+    # S->T asks for the true source labels (line 164; the argmax, line 165, is commented out), and both terms are
+    # multiplied by 0 while the classifier's loss is above 1.0 (lines 171-173).
+    semantic_target: str = _stage("argmax", "pixel stage: what the S->T semantic loss asks the judge to read in "
+                                  "G_{S->T}(x_s): its argmax on x_s (the paper) or x_s's true label (the release)",
+                                  "pixel", choices=SEMANTIC_TARGETS)
+    semantic_gate: float | None = _stage(None, "pixel stage: both semantic terms count 0 on batches where the judge's "
+                                         "loss on the real source images (true labels) is above this (the release: "
+                                         "1.0)", "pixel", none="off (the paper)")
     pixel_lr: float = _pixel("lr")
     pixel_beta1: float = _pixel("beta1")
     pixel_batch_size: int = _pixel("batch_size", 100)
     pool_size: int = _pixel("pool_size")
     pixel_epochs: int = _pixel("n_epochs")
     pixel_epochs_decay: int = _pixel("n_epochs_decay")
-    # stages feature, feature_only (release ADDA: Adam 1e-5 for f_T and D_feat, batch 128, 200 epochs)
+    # stages feature, feature_only (release ADDA: Adam 1e-5 for f_T and D_feat, batch 128, 200 epochs:
+    # jhoffman/cycada_release at 2fbf16b, scripts/train_adda.py lines 40 and 46-47)
     feature_lr: float = _stage(1e-5, "feature stages: learning rate of Adam (f_T and D_feat)", "feature")
     feature_batch_size: int = _stage(128, "feature stages: images per step", "feature")
     feature_epochs: int = _stage(200, "feature stages: epochs", "feature")
-    lambda_task: float = _stage(1.0, "feature stages: weight of f_T's task loss on translated source", "feature")
+    # The paper's objective has the task term; the release's ADDA step has none (train_adda_net.py lines 81-104):
+    # lambda_task 0 is the release's.
+    lambda_task: float = _stage(1.0, "feature stages: weight of f_T's task loss on translated source (the paper; "
+                                "0: off, the release)", "feature")
     lambda_feature: float = _stage(1.0, "feature stages: weight of f_T's feature GAN loss", "feature")
+    feature_start: str = _stage("source", "feature stage: the classifier that f_T starts from and D_feat reads "
+                                "(translated) source through: source (f_S, the paper) or pixel_only (trained on "
+                                "translated source, the release)", "pixel_feature", choices=FEATURE_STARTS)
+    feature_gate: float | None = _stage(None, "feature stages: update f_T only on batches where D_feat's accuracy "
+                                        "is above this (the release: 0.6)", "feature", none="off, every batch (the "
+                                        "paper)")
     # run
     scale: str = _stage("custom", "the preset this config came from (for_scale sets it)", None)
     seed: int = _pixel("seed", shapes="every")
@@ -336,7 +364,8 @@ class CyCADAConfig:
     def __post_init__(self):
         _check_common(self)
         _check_signs(self, non_negative=[*(f.name for f in fields(self) if f.name.startswith("lambda_")),
-                                         "pool_size", "pixel_epochs_decay", "num_workers", "noise_nc"],
+                                         "pool_size", "pixel_epochs_decay", "num_workers", "noise_nc",
+                                         "semantic_gate"],
                      positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "n_layers_D",
                                "pixel_lr", "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
                                "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples",
@@ -346,6 +375,9 @@ class CyCADAConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
         if not 0 <= self.pixel_beta1 < 1:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
+        if self.feature_gate is not None and not 0 <= self.feature_gate < 1:
+            raise ValueError(f"feature_gate must be in [0, 1) (an accuracy; at 1 f_T would never learn), "
+                             f"got {self.feature_gate}")
         if not 0 <= self.invert_source <= 1:
             raise ValueError(f"invert_source must be in [0, 1] (a share of the images), got {self.invert_source}")
         if classifier_name(self) == "dtn":
@@ -363,11 +395,15 @@ class CyCADAConfig:
         self.pixel_config("")  # every option of the pixel stage, checked as CycleGAN checks it
 
     @classmethod
-    def for_scale(cls, scale: str | None = None, **options) -> "CyCADAConfig":
-        """The config of a scale (smoke / cpu / colab / gpu, see :func:`resolve_scale`); ``options`` win."""
+    def for_scale(cls, scale: str | None = None, form: str = "paper", **options) -> "CyCADAConfig":
+        """The config of a scale (smoke / cpu / colab / gpu, see :func:`resolve_scale`) in a ``form``
+        (:data:`~cyclelib.presets.CYCADA_FORMS`: ``paper``, the defaults, or ``release``, the
+        release's choices where it departs from the paper); ``options`` win over both."""
         from .runtime import resolve_scale  # asks torch for CUDA when no scale is given
+        if form not in CYCADA_FORMS:
+            raise ValueError(f"unknown form {form!r}; valid values: {', '.join(CYCADA_FORMS)}")
         scale = resolve_scale(scale)
-        return cls(**{**CYCADA_PRESETS[scale], "scale": scale, **options})
+        return cls(**{**CYCADA_PRESETS[scale], **CYCADA_FORMS[form], "scale": scale, **options})
 
     def pixel_config(self, out: str) -> CycleGANConfig:
         """The CycleGAN options of the pixel stage, writing to ``out``: each option tagged
@@ -380,7 +416,8 @@ class CyCADAConfig:
 
 
 def stage_option_names(*shapes: str | None) -> tuple[str, ...]:
-    """The CyCADA options tagged with any of ``shapes`` ("every", "pixel", "feature", or None: none)."""
+    """The CyCADA options tagged with any of ``shapes`` ("every", "pixel", "feature", "pixel_feature", or
+    None: none)."""
     return tuple(f.name for f in fields(CyCADAConfig) if f.metadata["shapes"] in shapes)
 
 

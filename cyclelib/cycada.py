@@ -34,6 +34,11 @@ during stages 2 and 3 (the release's ``CycleGANSemanticModel``, jhoffman/cycada_
 2fbf16b, ``cyclegan/models/cycle_gan_semantic_model.py``, builds a fresh ``netCLS`` in
 ``initialize`` and trains it alongside the GAN in ``backward_CLS``, in train mode, so dropout and
 BatchNorm drift), and the stages pass networks to each other instead of PNG files.
+
+The release's departures from the paper are options, the paper's form their default
+(:class:`~cyclelib.config.CyCADAConfig`; ``form="release"`` selects them all): ``semantic_judge``
+online (its netCLS, trained alongside), ``semantic_target`` and ``semantic_gate`` (stage 2),
+``feature_start``, ``lambda_task`` 0 and ``feature_gate`` (stage 3).
 """
 from __future__ import annotations
 
@@ -76,7 +81,7 @@ RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": 
 # (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
 _SHAPED_BY = {"source": ("every",), "oracle": ("every",), "pixel": ("every", "pixel"),
               "pixel_only": ("every", "pixel"), "feature_only": ("every", "feature"),
-              "feature": ("every", "pixel", "feature")}
+              "feature": ("every", "pixel", "feature", "pixel_feature")}
 STAGE_OPTIONS = {stage: stage_option_names(*shapes) for stage, shapes in _SHAPED_BY.items()}
 _DEFAULTS = {f.name: f.default for f in fields(CyCADAConfig)}
 # The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
@@ -160,9 +165,10 @@ def _stage_meta(config: CyCADAConfig, stage: str, context: RunContext | None) ->
 
 
 def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
-    """The stages ``stage`` builds on: :data:`NEEDS`, and the semantic loss's judge for the pixel stage."""
-    judge = (config.semantic_judge,) if stage == "pixel" and config.semantic_judge not in NEEDS[stage] else ()
-    return NEEDS[stage] + judge
+    """The stages ``stage`` builds on: :data:`NEEDS`, the semantic loss's judge for the pixel stage,
+    and the classifier the feature stage starts from."""
+    chosen = {"pixel": config.semantic_judge, "feature": config.feature_start}.get(stage)
+    return NEEDS[stage] + ((chosen,) if chosen in STAGES and chosen not in NEEDS[stage] else ())
 
 
 def with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
@@ -316,24 +322,59 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
         \mathcal{L}_{sem} = \lambda_{sem,A}\, \mathcal{L}_{task}(f_S, G_{S\to T}(X_S), p(f_S, X_S))
             + \lambda_{sem,B}\, \mathcal{L}_{task}(f_S, G_{T\to S}(X_T), p(f_S, X_T))
 
-    with :math:`p(f, X) = \arg\max f(X)`. ``f_s`` is frozen here (eval mode, no gradient
+    with :math:`p(f, X) = \arg\max f(X)`. ``semantic_target="labels"`` (the release's,
+    ``cycle_gan_semantic_model.py`` line 164) puts :math:`Y_S` for :math:`p(f_S, X_S)`;
+    ``semantic_gate`` (the release's 1.0, lines 171-173) multiplies both terms by 0 on batches where
+    :math:`\mathcal{L}_{task}(f_S, X_S, Y_S)` is above it (the release's classifier is trained online, so
+    its loss falls; a frozen f_S's is low from the start). The release reads the loss of its
+    classifier's previous step (and zeroes the terms before the first); the gate here reads the
+    judge's loss on this batch, before its own step. ``f_s`` is frozen here (eval mode, no gradient
     to its weights): the loss may only change the generators, never move f_S towards them.
     The two terms are returned by name; the generator step sums them with CycleGAN's terms.
     """
-    f_s = freeze(f_s)
+    c = config
+    f_s, after_step = online_judge(c, f_s) if c.semantic_judge == "online" else (freeze(f_s), None)
 
     def terms(real_A: torch.Tensor, real_B: torch.Tensor, fakes: dict[str, torch.Tensor]) -> dict:
         out = {}
-        if config.lambda_sem_A > 0:  # S -> T keeps f_S's reading of the source image
-            out["sem_A"] = config.lambda_sem_A * losses.semantic_loss(f_s, real_A, fakes["fake_B"])
-        if config.lambda_sem_B > 0:  # T -> S keeps f_S's reading of the target image
-            out["sem_B"] = config.lambda_sem_B * losses.semantic_loss(f_s, real_B, fakes["fake_A"])
+        if c.lambda_sem_A > 0:  # S -> T keeps f_S's reading of the source image (or, the release, its label)
+            out["sem_A"] = c.lambda_sem_A * (losses.task_loss(f_s(fakes["fake_B"]), fakes["A_label"])
+                                             if c.semantic_target == "labels" else
+                                             losses.semantic_loss(f_s, real_A, fakes["fake_B"]))
+        if c.lambda_sem_B > 0:  # T -> S keeps f_S's reading of the target image
+            out["sem_B"] = c.lambda_sem_B * losses.semantic_loss(f_s, real_B, fakes["fake_A"])
+        if c.semantic_gate is not None:  # the release's gate: the terms count once the judge reads source well
+            with torch.no_grad():
+                judged = losses.task_loss(f_s(real_A), fakes["A_label"]).item()  # a host sync, gate only
+            out = {name: term * float(judged <= c.semantic_gate) for name, term in out.items()}
         return out
 
-    return GeneratorTerms(terms)
+    labels = c.semantic_target == "labels" or c.semantic_gate is not None or after_step is not None
+    return GeneratorTerms(terms, labels=labels, after_step=after_step)
 
 
-def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, resume: bool = False,
+def online_judge(config: CyCADAConfig, judge: nn.Module):
+    """The release's semantic classifier: ``judge`` (a fresh network) in train mode, and the step
+    that trains it, one after each G/D step, on the real source images with their true labels with
+    Adam at lr 1e-3 and betas (pixel_beta1, 0.999) (jhoffman/cycada_release at 2fbf16b,
+    ``cyclegan/models/cycle_gan_semantic_model.py`` lines 71, 121-125 and 193-198). The generators'
+    terms read it without gradient to its weights (the release's ``optimizer_CLS.zero_grad()``,
+    line 197, drops those). Unlike the release's ``netCLS`` (its own conv net, ``networks.py``
+    ``define_C``, lines 112-118), the judge is the run's task network."""
+    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3, betas=(config.pixel_beta1, 0.999))
+    judge.train().requires_grad_(False)
+
+    def after_step(real_A: torch.Tensor, label_A: torch.Tensor) -> None:
+        judge.requires_grad_(True)
+        optimizer.zero_grad(set_to_none=True)
+        losses.task_loss(judge(real_A), label_A).backward()
+        optimizer.step()
+        judge.requires_grad_(False)
+
+    return judge, after_step
+
+
+def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = True, resume: bool = False,
                 context: RunContext | None = None) -> CycleGAN:
     r"""Stage 2: CycleGAN between source and target with the semantic consistency loss.
 
@@ -347,11 +388,19 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module, progress: bool = True, res
         + \mathcal{L}_{sem}(G_{S\to T}, G_{T\to S}, X_S, X_T, f_S)
 
     ``f_s`` (the stage 1 classifier; with ``semantic_judge="feature_only"``, beyond the paper,
-    that stage's f_T) is frozen in place. Writes ``out/pixel/`` (checkpoint, samples, history)
+    that stage's f_T) is frozen in place; with ``semantic_judge="online"`` (the release's) it is
+    None and a fresh classifier is trained alongside (:func:`online_judge`). Writes ``out/pixel/`` (checkpoint, samples, history)
     through :func:`~cyclelib.cyclegan_run.train_cyclegan`; ``resume`` continues an unfinished run.
     Under torchrun each rank keeps its f_S on its own device, next to its generators.
     """
     context = context or run_context(config.device)
+    if config.semantic_judge == "online":
+        if resume:  # the judge's weights and optimiser are not in the pixel stage's checkpoints
+            raise ValueError(f"an unfinished pixel stage with semantic_judge 'online' cannot be resumed (its "
+                             f"judge is not checkpointed); retrain it: {run_hint(config, ('pixel',))} with --force")
+        with torch.random.fork_rng(devices=[]):  # the generators' initial weights stay those of the seed
+            torch.manual_seed(config.seed)
+            f_s = build_task_network(classifier_name(config), num_classes(config.source))
     f_s.to(context.device)
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),
@@ -372,6 +421,14 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
 
     ``translator=None`` trains on untranslated source: the ``feature_only`` baseline (ADDA).
     Saves ``out/feature/`` (or ``out/feature_only/``).
+
+    ``f_s`` is the classifier of the stage ``config.feature_start`` names (for the feature stage):
+    f_S, the paper's, or the ``pixel_only`` classifier, as the release ran it. The release's
+    ``scripts/train_adda.py`` (jhoffman/cycada_release at 2fbf16b) starts both ADDA networks from
+    the classifier trained on its ``src`` data (lines 45, 58 and 72; ``AddaNet.load_src_net``,
+    ``cycada/models/adda_net.py`` lines 66-70), and its translated-source runs give ``src`` as e.g.
+    ``svhn2mnist`` (line 28 reads the base domain from such a name; the script as committed has
+    ``src = 'mnist'``, line 24). ``config.feature_gate``: see :class:`~cyclelib.classifiers.FeatureAlignment`.
     """
     c = config
     stage = "feature" if translator is not None else "feature_only"
@@ -382,7 +439,8 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
     if translator is not None:
         source = translate_dataset(translator.to(context.device), source)
     pairs = Unpaired(source, load_domain(c, c.target, "train"), seed=c.seed)
-    model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature)
+    model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature,
+                             c.feature_gate)
     # Target labels stay unused: the step reads source images and labels, and target images only.
     _fit_stage(c, stage, model, pairs, inputs=lambda batch: (batch["A"], batch["A_label"], batch["B"]),
                batch_size=c.feature_batch_size, epochs=c.feature_epochs, resume=resume, progress=progress,

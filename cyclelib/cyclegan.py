@@ -47,6 +47,10 @@ class GeneratorTerms:
 
     terms: Terms
     images: Callable[[CycleGAN, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None = None
+    # whether ``terms`` reads the labels of the A images (the batch's "A_label", passed as images["A_label"])
+    labels: bool = False
+    # called with (real_A, label_A) after the step of G and D, e.g. to train a network the terms read
+    after_step: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
 
 
 def mode_seeking(weight: float) -> GeneratorTerms:
@@ -107,6 +111,7 @@ class CycleGAN(nn.Module):
             extra.append(extra_generator_losses if isinstance(extra_generator_losses, GeneratorTerms)
                          else GeneratorTerms(extra_generator_losses))
         self.extra_generator_losses = tuple(extra)
+        self.reads_labels = any(e.labels for e in extra)  # train_step then takes the A images' labels
         fast = c.implementation == "fast"
         # One call on a concatenated batch equals separate calls only when every layer treats
         # the samples independently: instance norm does, batch norm mixes them.
@@ -172,11 +177,11 @@ class CycleGAN(nn.Module):
                 images.update(extra.images(self, real_A, real_B))
         return images
 
-    def generator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor,
+    def generator_losses(self, real_A: torch.Tensor, real_B: torch.Tensor, label_A: torch.Tensor | None = None,
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The named, weighted terms of the full objective for G_A and G_B (``backward_G``, lines
         151-178 of the official step) and those of ``extra_generator_losses``, and the images of
-        :meth:`generator_images`.
+        :meth:`generator_images`. ``label_A``: the A images' labels, for extra terms that read them.
 
         .. math::
             \\mathcal{L}(G, F, D_X, D_Y) = \\mathcal{L}_{GAN}(G, D_Y, X, Y) + \\mathcal{L}_{GAN}(F, D_X, Y, X)
@@ -195,8 +200,9 @@ class CycleGAN(nn.Module):
             # G_A fed a B image should leave it alone (and G_B an A image).
             terms["idt_A"] = c.lambda_B * c.lambda_identity * losses.identity_loss(images["idt_A"], real_B)
             terms["idt_B"] = c.lambda_A * c.lambda_identity * losses.identity_loss(images["idt_B"], real_A)
+        known = images if label_A is None else {**images, "A_label": label_A}
         for extra in self.extra_generator_losses:  # beyond the paper: mode seeking, CyCADA's semantic terms
-            terms.update(extra.terms(real_A, real_B, images))
+            terms.update(extra.terms(real_A, real_B, known))
         return terms, images
 
     def discriminator_loss(self, D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -226,7 +232,8 @@ class CycleGAN(nn.Module):
                               fake_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.discriminator_loss(self.D_A, real_B, fake_B), self.discriminator_loss(self.D_B, real_A, fake_A)
 
-    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor,
+                   label_A: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One official iteration (``optimize_parameters``, lines 180-194 of the official step):
         a step of both generators with both discriminators frozen, then a step of both
         discriminators on fakes drawn from the image pools.
@@ -238,7 +245,7 @@ class CycleGAN(nn.Module):
         # G_A and G_B
         set_requires_grad([self.D_A, self.D_B], False)  # the G step builds no graph into D's weights
         with self.precision.autocast():
-            terms, images = self.generator_losses(real_A, real_B)
+            terms, images = self.generator_losses(real_A, real_B, label_A)
             loss_G = sum(terms.values())
         self.precision.step(loss_G, self.opt_G, self.config.clip_grad_norm)
         # D_A and D_B
@@ -248,6 +255,9 @@ class CycleGAN(nn.Module):
                                                            self.pool_B.query(images["fake_B"]))
         self.precision.step(loss_D_A + loss_D_B, self.opt_D, self.config.clip_grad_norm)
         self.precision.update()  # once per iteration, after both optimizers (torch.amp's multi-optimizer rule)
+        for extra in self.extra_generator_losses:
+            if extra.after_step is not None:
+                extra.after_step(real_A, label_A)
         return {**{name: t.detach() for name, t in terms.items()},
                 "G": loss_G.detach(), "D_A": loss_D_A.detach(), "D_B": loss_D_B.detach()}
 

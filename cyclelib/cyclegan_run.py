@@ -101,7 +101,8 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     samples = _fixed_samples(c, dataset, data_options, context.device)
     out = Path(c.out)
     trainer = Trainer(
-        model, dataset, out, inputs=lambda batch: (batch["A"], batch["B"]),
+        model, dataset, out,
+        inputs=lambda batch: (batch["A"], batch["B"], *([batch["A_label"]] if model.reads_labels else [])),
         record=dict(kind="cyclegan", config=asdict(c), meta=meta or {}), batch_size=c.batch_size,
         epochs=c.n_epochs + c.n_epochs_decay, seed=c.seed, max_steps=c.max_steps, limit=c.max_dataset_size,
         shuffle=not c.serial_batches,

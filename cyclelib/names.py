@@ -30,7 +30,10 @@ FOLDER_PREFIX = "folder:"
 COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
 # CyCADA's stages in the order they run (cyclelib.cycada says what each needs and stands for).
 CYCADA_STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "oracle")
-SEMANTIC_JUDGES = ("source", "feature_only")  # the CyCADA stages whose classifier may judge L_sem
+# The judges of CyCADA's L_sem: a stage's classifier (source, feature_only), or one trained online (the release's)
+SEMANTIC_JUDGES = ("source", "feature_only", "online")
+SEMANTIC_TARGETS = ("argmax", "labels")  # what the S->T semantic term asks of G_{S->T}(x_s): f_S's reading, y_s
+FEATURE_STARTS = ("source", "pixel_only")  # the CyCADA stages whose classifier the feature stage may start from
 KID_SUBSETS = 100  # torch-fidelity's default and Binkowski et al.'s (the evaluate command shows it)
 
 

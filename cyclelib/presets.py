@@ -70,3 +70,12 @@ CYCADA_PRESETS = {
     # the paper's setting
     "gpu": dict(num_workers=4),
 }
+
+# CyCADA's forms (train cycada --form, CyCADAConfig.for_scale(form=...)): the paper's is the options' defaults;
+# the release's is its choices where it departs from the paper (jhoffman/cycada_release at commit 2fbf16b; each
+# option's help says which, its field in config.py cites file and line). A scale's learning rates stay the scale's.
+CYCADA_FORMS = {
+    "paper": {},
+    "release": dict(semantic_judge="online", semantic_target="labels", semantic_gate=1.0,  # stage 2
+                    feature_start="pixel_only", lambda_task=0.0, feature_gate=0.6),  # stage 3
+}

@@ -57,7 +57,7 @@ def test_every_pixel_option_reaches_the_pixel_stage():
     # the pixel stage's own terms (L_sem), which CycleGAN has not, are the only untagged pixel options
     untagged = {f.name for f in fields(CyCADAConfig)
                 if f.metadata["shapes"] == "pixel" and "cyclegan" not in f.metadata}
-    assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge"}
+    assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge", "semantic_target", "semantic_gate"}
 
 
 # The stage options before the tags (cycada.py's hand-written _SHARED, _PIXEL, _FEATURE): the checkpoints
@@ -69,17 +69,23 @@ _PIXEL = {"netG", "ngf", "netD", "ndf", "n_layers_D", "norm", "noise_nc", "noise
           "semantic_judge", "lambda_mode_seeking", "pixel_lr", "pixel_beta1", "pixel_batch_size", "pool_size",
           "pixel_epochs", "pixel_epochs_decay"}
 _FEATURE = {"feature_lr", "feature_batch_size", "feature_epochs", "lambda_task", "lambda_feature"}
+# the release's form (issue 25), added since
+_RELEASE_PIXEL = {"semantic_target", "semantic_gate"}
+_RELEASE = {"feature_gate", "feature_start"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
             "max_eval_samples"}
 
 
 def test_stage_options_computed_from_the_tags_are_todays():
     assert {stage: set(options) for stage, options in STAGE_OPTIONS.items()} == {
-        "source": _SHARED, "oracle": _SHARED, "pixel": _SHARED | _PIXEL, "pixel_only": _SHARED | _PIXEL,
-        "feature_only": _SHARED | _FEATURE, "feature": _SHARED | _PIXEL | _FEATURE}
+        "source": _SHARED, "oracle": _SHARED, "pixel": _SHARED | _PIXEL | _RELEASE_PIXEL,
+        "pixel_only": _SHARED | _PIXEL | _RELEASE_PIXEL,
+        "feature_only": _SHARED | _FEATURE | {"feature_gate"},
+        "feature": _SHARED | _PIXEL | _FEATURE | _RELEASE | _RELEASE_PIXEL}
     assert set(NEUTRAL_OPTIONS) == _NEUTRAL
     # a stage records asdict(config): the same flat names as before, so existing stage checkpoints are reused
-    assert set(asdict(CyCADAConfig())) == _SHARED | _PIXEL | _FEATURE | _NEUTRAL
+    # (one that lacks the release's options, added later, was trained as their defaults, the paper's, train)
+    assert set(asdict(CyCADAConfig())) == _SHARED | _PIXEL | _FEATURE | _RELEASE | _RELEASE_PIXEL | _NEUTRAL
 
 
 def test_keyword_construction_and_resume_rules_read_the_fields():
@@ -183,7 +189,7 @@ def test_every_option_has_a_description_its_choices_and_required_marked():
                  "--init {normal,xavier,kaiming,orthogonal}", "--noise-injection {constant,modulate}",
                  "--netD {basic,n_layers,pixel}", "resnet_<n>blocks"):
         assert text in cyclegan, text
-    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet}", "--semantic-judge {source,feature_only}",
+    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet}", "--semantic-judge {source,feature_only,online}",
                  "resnet_<n>blocks", "folder:PATH"):
         assert text in cycada, text
     for command in commands:

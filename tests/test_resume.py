@@ -403,6 +403,8 @@ CYCADA_CHANGES = {
     "pixel_epochs": dict(pixel_epochs=2), "pixel_epochs_decay": dict(pixel_epochs_decay=1),
     "feature_lr": dict(feature_lr=2e-5), "feature_batch_size": dict(feature_batch_size=9),
     "feature_epochs": dict(feature_epochs=2), "lambda_task": dict(lambda_task=0.5), "lambda_feature": dict(lambda_feature=0.5),
+    "semantic_target": dict(semantic_target="labels"), "semantic_gate": dict(semantic_gate=1.0),
+    "feature_start": dict(feature_start="pixel_only"), "feature_gate": dict(feature_gate=0.6),
 }
 
 
