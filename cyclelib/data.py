@@ -33,9 +33,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .digits import digit_domain
-from .names import DIGIT_DOMAINS, DIRECTIONS, check_channels, check_crop, domain_pair, is_digit_pair
+from .names import DIGIT_DOMAINS, DIRECTIONS, PREPROCESS_MODES, check_channels, check_crop, domain_pair, is_digit_pair
 from .download import CYCLEGAN_DATASETS
-from .images import IMAGE_EXTENSIONS, PREPROCESS_MODES, list_images, load_image, to_tensor, transform_image
+from .images import IMAGE_EXTENSIONS, list_images, load_image, to_tensor, transform_image
 from .networks import fits, smallest_side
 
 

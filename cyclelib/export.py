@@ -27,7 +27,7 @@ from torch import nn
 from .checkpoints import is_checkpoint, load_checkpoint
 from .cyclegan import CycleGAN
 from .files import write_bytes
-from .names import DIRECTIONS, EXPORT_FORMATS as FORMATS  # noqa: F401 (also read from here)
+from .names import DIRECTIONS, EXPORT_FORMATS as FORMATS
 from .networks import NoiseInput, ResnetBlock, ResnetGenerator, UnetGenerator, side_multiple
 from .runs import LATEST
 from .weights import cyclegan_from_checkpoint, export_safetensors, load_official

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
-from .names import PREPROCESS_MODES, check_channels  # noqa: F401 (PREPROCESS_MODES also read from here)
+from .names import check_channels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 # The most pixels cyclelib reads from one image file (8192 x 8192): a larger image is refused by

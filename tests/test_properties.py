@@ -25,7 +25,7 @@ from cyclelib import CycleGANConfig
 from cyclelib.data import ImageFolderDomain
 from cyclelib.names import PREPROCESS_MODES
 from cyclelib.losses import GAN_MODES
-from cyclelib.networks import DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS
+from cyclelib.names import DISCRIMINATOR_ARCHS, GENERATOR_ARCHS, INIT_TYPES, NORMS
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
