@@ -25,7 +25,7 @@ from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
 from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
-                    TASK_NETWORKS, Registry, check_crop, is_digit_pair, is_folder_domain)
+                    TASK_NETWORKS, Registry, check_crop, is_labelled_pair, is_folder_domain)
 from .presets import CYCADA_FORMS, CYCADA_PRESETS, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
@@ -233,7 +233,7 @@ class CycleGANConfig:
         if self.lambda_mode_seeking > 0 and not self.noise_nc:
             raise ValueError("lambda_mode_seeking needs a generator that takes noise: set noise_nc > 0")
         # Cropped training images are crop_size x crop_size; other sizes are checked per file (data.Unpaired.check).
-        cropped = self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") or is_digit_pair(self.data)
+        cropped = self.preprocess in ("resize_and_crop", "crop", "scale_width_and_crop") or is_labelled_pair(self.data)
         from .checks import check_networks  # builds networks: torch is imported when a config is, not before
         check_networks(self, "crop_size", self.crop_size if cropped else None, self.batch_size, self.input_nc)
 

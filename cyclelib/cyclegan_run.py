@@ -23,7 +23,7 @@ from .config import CycleGANConfig, recorded_options
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import Unpaired, open_unpaired
 from .distributed import RunContext, run_context
-from .names import check_channels, is_digit_pair
+from .names import check_channels, is_labelled_pair
 from .plots import save_image_grid
 from .runs import check_resumable, load_run_checkpoint, step_checkpoint
 from .modes import eval_mode
@@ -92,7 +92,7 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     seed_everything(c.seed)
     data_options = dict(seed=c.seed, channels=c.input_nc, channels_b=c.output_nc, direction=c.direction,
                         serial=c.serial_batches)
-    if is_digit_pair(c.data):
+    if is_labelled_pair(c.data):
         data_options.update(size=c.crop_size)
     else:
         data_options.update(preprocess=c.preprocess, load_size=c.load_size, crop_size=c.crop_size, flip=c.flip)

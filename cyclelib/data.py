@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .digits import digit_domain
-from .names import DIGIT_DOMAINS, DIRECTIONS, PREPROCESS_MODES, check_channels, check_crop, domain_pair, is_digit_pair
+from .names import DIGIT_DOMAINS, DIRECTIONS, PREPROCESS_MODES, check_channels, check_crop, domain_pair, is_labelled_pair
 from .download import CYCLEGAN_DATASETS
 from .images import IMAGE_EXTENSIONS, list_images, load_image, to_tensor, transform_image
 from .networks import fits, smallest_side
@@ -283,7 +283,7 @@ def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | No
     ``direction="BtoA"`` makes the second domain A (``b:a``, or ``trainB`` read as A); A is read
     with ``channels``, B with ``channels_b`` (default: ``channels``); ``serial``: see :class:`Unpaired`.
     """
-    if is_digit_pair(spec):
+    if is_labelled_pair(spec):
         names = dict(zip("AB", domain_pair(spec)))
         if folder_options:
             raise ValueError(f"options {', '.join(folder_options)} apply to image folders, not to digits ({spec!r})")

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .cycada import stage_network
 from .digits import digit_domain
-from .names import domain_pair, is_digit_pair
+from .names import domain_pair, is_labelled_pair
 from .files import write_text
 from .images import IMAGE_EXTENSIONS, list_images, load_image
 from .checkpoints import is_checkpoint, load_checkpoint
@@ -330,14 +330,14 @@ def evaluate_run(checkpoint: str | os.PathLike, data: str, direction: str = "Ato
         raise ValueError(f"invalid phase {phase!r}; valid values: train, test")
     path = Path(checkpoint)
     state, path = load_run_checkpoint(path) if path.is_dir() else (load_checkpoint(path), path)
-    if is_digit_pair(data) and not is_checkpoint(state, "cyclegan"):
+    if is_labelled_pair(data) and not is_checkpoint(state, "cyclegan"):
         raise ValueError(f"{path} is not a cyclelib CycleGAN checkpoint: digit pairs are evaluated with a run's own "
                          f"checkpoint, whose config gives the image size and channels")
     step = state.get("training", {}).get("step") if is_checkpoint(state) else None
     protocol = {"checkpoint": str(path), "step": step, "direction": direction, "data": str(data), "split": phase}
     generator = load_generator(path, direction)
     source, target = ("A", "B") if direction == "AtoB" else ("B", "A")
-    if is_digit_pair(data):
+    if is_labelled_pair(data):
         names = dict(zip("AB", domain_pair(data)))
         config = state["config"]
         domains = {side: digit_domain(names[side], phase, config["crop_size"], config["input_nc"]) for side in "AB"}

@@ -74,7 +74,7 @@ def domain_pair(spec: str) -> tuple[str, str] | None:
     return (names[0], names[1]) if ok else None
 
 
-def is_digit_pair(spec: str) -> bool:
+def is_labelled_pair(spec: str) -> bool:
     """Whether ``spec`` names two labelled domains, ``"a:b"`` (:func:`domain_pair`): digit domains
     or image folders, read alike as ``(image, label)`` items."""
     return domain_pair(spec) is not None

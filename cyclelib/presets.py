@@ -4,13 +4,13 @@ the papers' defaults. :meth:`CycleGANConfig.for_scale` and :meth:`CyCADAConfig.f
 them; options given explicitly win over them. No torch: the command line shows them in its help."""
 from __future__ import annotations
 
-from .names import is_digit_pair
+from .names import is_labelled_pair
 
 
 def cyclegan_preset(scale: str | None, data: str) -> dict:
     """The options that scale ``scale`` (see :func:`resolve_scale`) sets for a CycleGAN on ``data``."""
     from .runtime import resolve_scale  # asks torch for CUDA when no scale is given
-    return CYCLEGAN_PRESETS[resolve_scale(scale)]["digits" if is_digit_pair(data) else "images"]
+    return CYCLEGAN_PRESETS[resolve_scale(scale)]["digits" if is_labelled_pair(data) else "images"]
 
 
 # Per scale and kind of data, the options that differ from the paper's defaults.
