@@ -79,3 +79,13 @@ CYCADA_FORMS = {
     "release": dict(semantic_judge="online", semantic_target="labels", semantic_gate=1.0,  # stage 2
                     feature_start="pixel_only", lambda_task=0.0, feature_gate=0.6),  # stage 3
 }
+
+# The forms the book compares (issue 25; benchmarks/cycada_forms.py runs them, chapter 9 shows them): the two
+# whole forms and the single change of each stage that moves the release furthest from the paper. Each is a
+# form of CYCADA_FORMS and the options set on top of it.
+FORM_VARIANTS = {
+    "paper": ("paper", {}),
+    "release": ("release", {}),
+    "stage3-release": ("paper", dict(feature_start="pixel_only", lambda_task=0.0)),  # f_T from pixel_only, GAN only
+    "stage2-online": ("paper", dict(semantic_judge="online")),  # the semantic judge trained alongside
+}
