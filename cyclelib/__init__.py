@@ -22,7 +22,8 @@ Modules, one idea each, leaves first:
   option takes, the architecture registries), ``checks`` (config checks that build networks),
   ``arguments`` (the command line's options from the configs); ``toy`` (two Gaussian mixtures,
   trained with the adversarial loss alone, for the book's "The adversarial loss");
-- ``book`` (what the book reads from the package: its committed results, the time of each chapter).
+- ``book`` (what the book reads from the package: its committed results, the time of each chapter, the
+  comparison of CyCADA's forms).
 """
 import importlib
 import importlib.util
@@ -30,7 +31,7 @@ import importlib.util
 # Where each public name lives. They are imported on first use (PEP 562), so that `import cyclelib`
 # and the command line's --help need no torch; `from cyclelib import X` works as before.
 _SOURCES = {
-    "book_results": "book", "chapter_time": "book",
+    "book_results": "book", "chapter_time": "book", "form_comparison": "book",
     "DTN": "classifiers", "FeatureDiscriminator": "classifiers", "LeNet": "classifiers",
     "build_classifier": "classifiers",
     "CyCADAConfig": "config", "CycleGANConfig": "config", "DIGIT_DOMAINS": "names",
