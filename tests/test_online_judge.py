@@ -11,9 +11,11 @@ import sys
 import pytest
 import torch
 
-from cyclelib import TrainingInterrupted, load_checkpoint, run_cycada
+from cyclelib import TrainingInterrupted, cycada, load_checkpoint, run_cycada
 from cyclelib.checkpoints import save_checkpoint
 from cyclelib.cycada import stage_path
+from cyclelib.cycada_run import _eval_subset
+from cyclelib.metrics import accuracy, predict
 from cyclelib.runs import step_checkpoints
 
 from helpers import cycada_smoke, equal_states, package_env, stop_at
@@ -78,6 +80,19 @@ def test_a_checkpoint_without_the_judges_state_resumes_only_the_frozen_judge(tmp
                                          r"of the online semantic judge.*retrain the stage: .*--stages pixel.*--force"):
         run_cycada(config, stages="pixel", progress=False)
     assert {path: path.read_bytes() for path in folder.rglob("*.pt")} == before
+
+
+def test_the_evaluation_reports_the_trained_judges_source_accuracy(tmp_path, monkeypatch):
+    judges = []
+    real = cycada.online_judge
+    monkeypatch.setattr(cycada, "online_judge", lambda config, judge: judges.append(judge) or real(config, judge))
+    config = cycada_smoke(tmp_path, semantic_judge="online")
+    metrics = run_cycada(config, stages="source,pixel", progress=False)
+    (judge,) = judges  # as the stage left it, read from its checkpoint by the evaluation
+    source_test = _eval_subset(cycada.load_domain(config, config.source, "test"), config)
+    assert metrics["online_judge_source_accuracy"] == accuracy(*predict(judge, source_test))
+    assert "online_judge_source_accuracy" not in run_cycada(cycada_smoke(tmp_path / "paper"), stages="source,pixel",
+                                                            progress=False)  # a frozen judge: f_S's is reported
 
 
 # Each rank trains its judge on its own batches (and dropout masks) for a few steps, then saves it.
