@@ -15,7 +15,8 @@ is checked in every file read (format, checksums, finite values) is in :mod:`cyc
     nets      the model's state_dict
     meta      where it comes from, e.g. {"stage": "source", "cycada": {...}} for a CyCADA stage
     history   the loss rows of the run
-    training  (optional) what an exact resume needs: step, epoch, optimisers, RNG states, ...
+    training  (optional) what an exact resume needs: step, epoch, optimisers, RNG states, ...; a
+              CycleGAN's plug-ins' own states under "generator_terms" (e.g. CyCADA's online judge)
 
 Format-1 files (cyclelib 0.1) are upgraded when read (:func:`load_checkpoint`).
 

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import losses
+from . import distributed, losses
 from .checkpoints import load_weights
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze, load_pretrained
 from .config import CyCADAConfig, classifier_name, cycada_command, stage_option_names
@@ -64,7 +64,7 @@ from .folders import folder_fingerprint, num_classes
 from .metrics import translate_dataset
 from .names import CYCADA_STAGES, is_folder_domain
 from .runs import LATEST, load_run_checkpoint, run_in
-from .runtime import seed_everything
+from .runtime import load_optimizer_state, seed_everything
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint
 
@@ -333,7 +333,7 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
     The two terms are returned by name; the generator step sums them with CycleGAN's terms.
     """
     c = config
-    f_s, after_step = online_judge(c, f_s) if c.semantic_judge == "online" else (freeze(f_s), None)
+    f_s, hooks = online_judge(c, f_s) if c.semantic_judge == "online" else (freeze(f_s), {})
 
     def terms(real_A: torch.Tensor, real_B: torch.Tensor, fakes: dict[str, torch.Tensor]) -> dict:
         out = {}
@@ -349,17 +349,21 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
             out = {name: term * float(judged <= c.semantic_gate) for name, term in out.items()}
         return out
 
-    labels = c.semantic_target == "labels" or c.semantic_gate is not None or after_step is not None
-    return GeneratorTerms(terms, labels=labels, after_step=after_step)
+    labels = c.semantic_target == "labels" or c.semantic_gate is not None or bool(hooks)
+    return GeneratorTerms(terms, labels=labels, **hooks)
 
 
-def online_judge(config: CyCADAConfig, judge: nn.Module):
-    """The release's semantic classifier: ``judge`` (a fresh network) in train mode, and the step
-    that trains it, one after each G/D step, on the real source images with their true labels with
-    Adam at lr 1e-3 and betas (pixel_beta1, 0.999) (jhoffman/cycada_release at 2fbf16b,
-    ``cyclegan/models/cycle_gan_semantic_model.py`` lines 71, 121-125 and 193-198). The generators'
-    terms read it without gradient to its weights (the release's ``optimizer_CLS.zero_grad()``,
-    line 197, drops those). Unlike the release's ``netCLS`` (its own conv net, ``networks.py``
+def online_judge(config: CyCADAConfig, judge: nn.Module) -> tuple[nn.Module, dict]:
+    """The release's semantic classifier: ``judge`` (a fresh network) in train mode, and the hooks of
+    :class:`~cyclelib.cyclegan.GeneratorTerms` that train it, one step after each G/D step, on real
+    source images with their true labels, Adam at lr 1e-3, betas (pixel_beta1, 0.999) (jhoffman/cycada_release
+    at 2fbf16b, ``cyclegan/models/cycle_gan_semantic_model.py`` lines 71, 121-125 and 193-198), and keep
+    its weights and Adam state in the stage's checkpoints for an exact resume (the release saves its
+    weights, line 31, but no optimiser: ``models/base_model.py`` lines 84-95). The generators' terms read
+    it without gradient to its weights (the release's ``optimizer_CLS.zero_grad()``, line 197, drops
+    those). Under torchrun the ranks' copies start alike (the seed) and step on their averaged gradients
+    (:func:`~cyclelib.distributed.sync_replica`): one step on the whole batch, as the release's one
+    ``netCLS`` under DataParallel (``networks.py`` lines 63-69). Unlike that ``netCLS`` (its own conv net,
     ``define_C``, lines 112-118), the judge is the run's task network."""
     optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3, betas=(config.pixel_beta1, 0.999))
     judge.train().requires_grad_(False)
@@ -368,10 +372,20 @@ def online_judge(config: CyCADAConfig, judge: nn.Module):
         judge.requires_grad_(True)
         optimizer.zero_grad(set_to_none=True)
         losses.task_loss(judge(real_A), label_A).backward()
+        distributed.sync_replica(judge)
         optimizer.step()
         judge.requires_grad_(False)
 
-    return judge, after_step
+    def load_state_dict(state: dict | None) -> None:
+        if state is None:
+            raise ValueError(f"cannot resume the pixel stage in {stage_path(config, 'pixel').parent}: its checkpoint "
+                             "holds no state of the online semantic judge (it was written before cyclelib kept "
+                             f"one); retrain the stage: {run_hint(config, ('pixel',))} with --force")
+        load_weights(judge, state["weights"], "the online semantic judge's weights")
+        load_optimizer_state(optimizer, state["optimizer"])
+
+    return judge, dict(after_step=after_step, load_state_dict=load_state_dict,
+                       state_dict=lambda: {"weights": judge.state_dict(), "optimizer": optimizer.state_dict()})
 
 
 def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = True, resume: bool = False,
@@ -389,15 +403,13 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = Tr
 
     ``f_s`` (the stage 1 classifier; with ``semantic_judge="feature_only"``, beyond the paper,
     that stage's f_T) is frozen in place; with ``semantic_judge="online"`` (the release's) it is
-    None and a fresh classifier is trained alongside (:func:`online_judge`). Writes ``out/pixel/`` (checkpoint, samples, history)
-    through :func:`~cyclelib.cyclegan_run.train_cyclegan`; ``resume`` continues an unfinished run.
+    None and a fresh classifier is trained alongside (:func:`online_judge`), its state in the stage's
+    checkpoints. Writes ``out/pixel/`` (checkpoint, samples, history) through
+    :func:`~cyclelib.cyclegan_run.train_cyclegan`; ``resume`` continues an unfinished run.
     Under torchrun each rank keeps its f_S on its own device, next to its generators.
     """
     context = context or run_context(config.device)
     if config.semantic_judge == "online":
-        if resume:  # the judge's weights and optimiser are not in the pixel stage's checkpoints
-            raise ValueError(f"an unfinished pixel stage with semantic_judge 'online' cannot be resumed (its "
-                             f"judge is not checkpointed); retrain it: {run_hint(config, ('pixel',))} with --force")
         with torch.random.fork_rng(devices=[]):  # the generators' initial weights stay those of the seed
             torch.manual_seed(config.seed)
             f_s = build_task_network(classifier_name(config), num_classes(config.source))

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from . import distributed, files
+from .checkpoints import load_weights
+from .classifiers import build_task_network
 from .config import CyCADAConfig, classifier_name
 from .presets import CYCADA_PRESETS
 from .cycada import (RESULTS, STAGES, load_domain, load_stage, needs, parse_stages, run_hint, stage_checkpoint,
@@ -177,6 +179,9 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: 
     For mnist5k -> mnistm5k, ``dark_digits`` says how many target and translated test digits
     are darker than their background, and each result's accuracy on light and dark ones. With a
     noise input (beyond the paper), ``noise_effect`` says how much the translation moves with it.
+    With the release's online semantic judge, ``online_judge_source_accuracy`` is that judge's accuracy
+    on the source test images as the pixel stage left it: how well the classifier that the semantic
+    terms read knew the digits.
     ``context``: where the networks run (default: that of ``config.device``); ``checkpoints``: stage ->
     checkpoint of the stages already read and checked (:func:`run_cycada`'s), so that none is read twice.
     """
@@ -210,6 +215,8 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: 
                               title=f"{key} on {c.target} test: {metrics[key]:.3f}")
     if "source" in classifiers:
         metrics["source_test_accuracy"] = accuracy(*predict(classifiers["source"], source_test))
+    if (judge := _online_judge(c, finished, device)) is not None:
+        metrics["online_judge_source_accuracy"] = accuracy(*predict(judge, source_test))
     translator = stage_network(finished["pixel"], stage_path(c, "pixel"), device).G_A if "pixel" in finished else None
     if translator is not None:
         # Two judges of the translation: f_S, which the semantic loss optimises, and the oracle, which it cannot.
@@ -261,6 +268,18 @@ def _finished_stages(config: CyCADAConfig, context: RunContext, read: dict[str, 
         if ckpt is not None and stage_complete(ckpt):
             finished[stage] = ckpt
     return finished
+
+
+def _online_judge(config: CyCADAConfig, finished: dict[str, dict], device: torch.device) -> nn.Module | None:
+    """The online semantic judge as the finished pixel stage's checkpoint keeps it (the last plug-in of its
+    generator terms, see :func:`~cyclelib.cycada.online_judge`); None without one: another semantic judge, no
+    finished pixel stage, or a checkpoint written before cyclelib kept the judge."""
+    saved = config.semantic_judge == "online" and "pixel" in finished and finished["pixel"]["training"].get(
+        "generator_terms")
+    if not saved:
+        return None
+    judge = build_task_network(classifier_name(config), num_classes(config.source))
+    return load_weights(judge, saved[-1]["weights"], f"{stage_path(config, 'pixel')} (its online judge)").to(device)
 
 
 def _polarity(source_test, target_test, translator: nn.Module | None, predictions: dict) -> dict:

@@ -51,6 +51,12 @@ class GeneratorTerms:
     labels: bool = False
     # called with (real_A, label_A) after the step of G and D, e.g. to train a network the terms read
     after_step: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None
+    # the plug-in's own training state (e.g. the weights and optimiser of the network after_step trains), for
+    # an exact resume: state_dict() returns it as a checkpoint holds it (tensors, numbers, strings, lists,
+    # dicts), and every checkpoint of the run keeps it (CycleGAN.training_state); load_state_dict(state) restores
+    # it on resume, given None where the checkpoint has none (written before the plug-in kept one)
+    state_dict: Callable[[], dict] | None = None
+    load_state_dict: Callable[[dict | None], None] | None = None
 
 
 def mode_seeking(weight: float) -> GeneratorTerms:
@@ -297,16 +303,20 @@ class CycleGAN(nn.Module):
         return {"G": self.opt_G, "D": self.opt_D}
 
     def training_state(self) -> dict:
-        """Everything besides the weights that an exact resume needs."""
+        """Everything besides the weights that an exact resume needs, the plug-ins' states included."""
         return {
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
             "lr_scores": list(self.lr_scores),
             "pools": {"A": self.pool_A.state_dict(), "B": self.pool_B.state_dict()},
             "scaler": self.precision.scaler.state_dict(),  # fp16 loss scale ({} when off)
+            # one entry per plug-in of extra_generator_losses (kept for the run's life), None for those without state
+            "generator_terms": [extra.state_dict() if extra.state_dict else None
+                                for extra in self.extra_generator_losses],
         }
 
     def load_training_state(self, state: dict, device: torch.device | None = None) -> None:
-        """Restore :meth:`training_state`; the pools' images go to ``device`` (default: the model's).
+        """Restore :meth:`training_state`; the pools' images go to ``device`` (default: the model's), the
+        state of each plug-in of ``extra_generator_losses`` to its ``load_state_dict`` (:class:`GeneratorTerms`).
 
         What the config sets stays this model's: the optimisers' hyperparameters (lr, betas), the
         learning-rate schedule (lr_policy and its options, replayed through the saved epochs'
@@ -324,6 +334,10 @@ class CycleGAN(nn.Module):
         self.pool_A.load_state_dict(state["pools"]["A"], device)
         self.pool_B.load_state_dict(state["pools"]["B"], device)
         self.precision.load_state_dict(state["scaler"])
+        saved = state.get("generator_terms")  # checkpoints before plug-ins kept a state have none
+        for i, extra in enumerate(self.extra_generator_losses):
+            if extra.load_state_dict is not None:
+                extra.load_state_dict(saved[i] if saved else None)
 
     def end_epoch(self, score: float | None = None) -> None:
         """One step of both learning-rate schedules; ``score`` is the epoch's mean cycle loss, which

@@ -116,6 +116,27 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
 
 
+def sync_replica(module: nn.Module) -> None:
+    """Keep the copies of ``module`` that the ranks train alike, without DistributedDataParallel:
+    call it after backward, before the optimiser step. Each parameter's gradient becomes the mean
+    over the ranks (one all-reduce), and every rank takes rank 0's buffers (BatchNorm's running
+    statistics), as DDP's ``broadcast_buffers`` does. Identity without a process group.
+
+    For a network trained beside the units DDP wraps, read in between without gradient to its
+    weights (CyCADA's online semantic judge): DDP needs one forward of the wrapped module per backward."""
+    if not dist.is_initialized():
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)  # a sum: Gloo has no average
+        flat /= dist.get_world_size()
+        for grad, mean in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(mean.view_as(grad))
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each scalar of ``values`` averaged over the ranks (identity without a process group).
 

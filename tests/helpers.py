@@ -2,6 +2,7 @@
 this process or as a subprocess, small random images and image folders, damaged checkpoint files,
 and a pickle that would run code."""
 import os
+import signal
 import struct
 import sys
 import zipfile
@@ -15,6 +16,7 @@ from PIL import Image
 
 from cyclelib import CyCADAConfig, CycleGANConfig, train_cyclegan
 from cyclelib.cli import main
+from cyclelib.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = "mnist5k:mnistm5k"
@@ -31,6 +33,19 @@ def two_step_run(out) -> Path:
     ``step_0000002.pt``, ``checkpoint.pt`` the second)."""
     train_cyclegan(smoke(out, max_steps=2, checkpoint_every=1), progress=False)
     return out
+
+
+def stop_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
+    """Training stops after ``step`` as after a Ctrl-C (``signum``; SIGTERM: as a cluster's preemption):
+    the trainer's own handler runs."""
+    after_step = Trainer._after_step
+
+    def raise_signal_at_step(self, *args):
+        if self.step == step:
+            signal.raise_signal(signum)
+        after_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_after_step", raise_signal_at_step)
 
 
 def cycada_smoke(out, **options) -> CyCADAConfig:

@@ -182,12 +182,6 @@ def test_the_frozen_judge_stays_as_it_was(tmp_path, monkeypatch):
     assert not _changed(judge, before)
 
 
-def test_a_pixel_stage_with_the_online_judge_is_refused_resume_not_resumed_without_it(tmp_path):
-    config = cycada_smoke(tmp_path, semantic_judge="online")
-    with pytest.raises(ValueError, match="semantic_judge 'online' cannot be resumed"):
-        cycada.train_pixel(config, None, resume=True)
-
-
 # --------------------------------------------------------------------------- the release as a whole
 
 

@@ -11,7 +11,6 @@ Every run is a smoke run on the CPU. The runs resumed here were stopped by a sig
 import dataclasses
 import json
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -26,24 +25,11 @@ from cyclelib.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoin
 from cyclelib.runs import LATEST, load_run_checkpoint, step_checkpoints
 from cyclelib.weights import save_official
 from cyclelib.cyclegan_run import FIXED_OPTIONS
-from cyclelib.train import Trainer
 
-from helpers import cli, corrupt, cycada_smoke, equal_states, smoke, train_pair
+from helpers import cli, corrupt, cycada_smoke, equal_states, smoke, stop_at, train_pair
 
 STOP = 5
 BASE = dict(n_epochs=1, n_epochs_decay=1, log_every=2, checkpoint_every=4)
-
-
-def stop_at(monkeypatch, step: int) -> None:
-    """Training stops after ``step`` as after a Ctrl-C: the trainer's own handler runs."""
-    after_step = Trainer._after_step
-
-    def raise_sigint_at_step(self, *args):
-        if self.step == step:
-            signal.raise_signal(signal.SIGINT)
-        after_step(self, *args)
-
-    monkeypatch.setattr(Trainer, "_after_step", raise_sigint_at_step)
 
 
 @pytest.fixture(scope="module")
