@@ -88,4 +88,8 @@ FORM_VARIANTS = {
     "release": ("release", {}),
     "stage3-release": ("paper", dict(feature_start="pixel_only", lambda_task=0.0)),  # f_T from pixel_only, GAN only
     "stage2-online": ("paper", dict(semantic_judge="online")),  # the semantic judge trained alongside
+    # the release's stage 3 whole, with its learning rate (scripts/train_adda.py line 46): whether the GAN term
+    # alone needs the release's small steps
+    "stage3-release-lr": ("paper", dict(feature_start="pixel_only", lambda_task=0.0, feature_gate=0.6,
+                                        feature_lr=1e-5)),
 }
