@@ -1,4 +1,4 @@
-r"""CyCADA (Hoffman et al., ICML 2018): cycle-consistent adversarial domain adaptation on digits.
+r"""CyCADA (Hoffman et al., ICML 2018): cycle-consistent adversarial domain adaptation (digits, segmentation).
 
 The full objective of the notes,
 
@@ -23,7 +23,8 @@ and hands its network to the next:
 Three baselines say what each part buys: ``oracle`` (a classifier trained on labelled
 target: the upper bound), ``pixel_only`` (the task loss on translated source, nothing
 else) and ``feature_only`` (stage 3 on untranslated source: ADDA-style feature alignment
-alone). Each stage keeps its checkpoints under ``out/<stage>/``;
+alone). ``task="segmentation"`` runs the same stages per pixel (:mod:`cyclelib.segmentation`
+holds what differs). Each stage keeps its checkpoints under ``out/<stage>/``;
 :func:`~cyclelib.cycada_run.run_cycada` runs the stages in order and evaluates them.
 
 CycleGAN names in this module: A = source, B = target, G_A = G_{S->T}, G_B = G_{T->S},
@@ -65,6 +66,7 @@ from .metrics import translate_dataset
 from .names import CYCADA_STAGES, is_folder_domain
 from .runs import LATEST, load_run_checkpoint, run_in
 from .runtime import seed_everything
+from .segmentation import feature_game, task_loss
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint
 
@@ -283,7 +285,7 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progres
     context = context or run_context(c.device)
     seed_everything(c.seed)
     net = load_pretrained(build_task_network(classifier_name(c), num_classes(c.source))).to(context.device).train()
-    model = TaskClassifier(net, c.task_lr, context.precision(c.amp))
+    model = TaskClassifier(net, c.task_lr, context.precision(c.amp), task_loss(c))
     _fit_stage(c, stage, model, dataset, inputs=lambda batch: batch, batch_size=c.task_batch_size,
                epochs=c.task_epochs, resume=resume, progress=progress, context=context, score=("task",))
     return model.finish()
@@ -332,20 +334,20 @@ def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms
     to its weights): the loss may only change the generators, never move f_S towards them.
     The two terms are returned by name; the generator step sums them with CycleGAN's terms.
     """
-    c = config
+    c, loss = config, task_loss(config)  # the task's: per pixel for segmentation
     f_s, after_step = online_judge(c, f_s) if c.semantic_judge == "online" else (freeze(f_s), None)
 
     def terms(real_A: torch.Tensor, real_B: torch.Tensor, fakes: dict[str, torch.Tensor]) -> dict:
         out = {}
         if c.lambda_sem_A > 0:  # S -> T keeps f_S's reading of the source image (or, the release, its label)
-            out["sem_A"] = c.lambda_sem_A * (losses.task_loss(f_s(fakes["fake_B"]), fakes["A_label"])
+            out["sem_A"] = c.lambda_sem_A * (loss(f_s(fakes["fake_B"]), fakes["A_label"])
                                              if c.semantic_target == "labels" else
                                              losses.semantic_loss(f_s, real_A, fakes["fake_B"]))
         if c.lambda_sem_B > 0:  # T -> S keeps f_S's reading of the target image
             out["sem_B"] = c.lambda_sem_B * losses.semantic_loss(f_s, real_B, fakes["fake_A"])
         if c.semantic_gate is not None:  # the release's gate: the terms count once the judge reads source well
             with torch.no_grad():
-                judged = losses.task_loss(f_s(real_A), fakes["A_label"]).item()  # a host sync, gate only
+                judged = loss(f_s(real_A), fakes["A_label"]).item()  # a host sync, gate only
             out = {name: term * float(judged <= c.semantic_gate) for name, term in out.items()}
         return out
 
@@ -367,7 +369,7 @@ def online_judge(config: CyCADAConfig, judge: nn.Module):
     def after_step(real_A: torch.Tensor, label_A: torch.Tensor) -> None:
         judge.requires_grad_(True)
         optimizer.zero_grad(set_to_none=True)
-        losses.task_loss(judge(real_A), label_A).backward()
+        task_loss(config)(judge(real_A), label_A).backward()
         optimizer.step()
         judge.requires_grad_(False)
 
@@ -440,7 +442,7 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
         source = translate_dataset(translator.to(context.device), source)
     pairs = Unpaired(source, load_domain(c, c.target, "train"), seed=c.seed)
     model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature,
-                             c.feature_gate)
+                             c.feature_gate, **feature_game(c))  # segmentation: the score discriminator
     # Target labels stay unused: the step reads source images and labels, and target images only.
     _fit_stage(c, stage, model, pairs, inputs=lambda batch: (batch["A"], batch["A_label"], batch["B"]),
                batch_size=c.feature_batch_size, epochs=c.feature_epochs, resume=resume, progress=progress,

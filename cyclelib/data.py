@@ -153,8 +153,8 @@ def _mix(seed: int, epoch: int, index: int) -> int:
 def _fetch_item(key: str, domain, index: int, generator: torch.Generator) -> dict:
     item = domain.get(index, generator) if hasattr(domain, "get") else domain[index]
     sample = {f"{key}_index": index}
-    if isinstance(item, tuple):  # a labelled domain: (image, label)
-        item, sample[f"{key}_label"] = item[0], int(item[1])
+    if isinstance(item, tuple):  # a labelled domain: (image, label), or (image, label map) for segmentation
+        item, sample[f"{key}_label"] = item[0], item[1] if isinstance(item[1], torch.Tensor) else int(item[1])
     sample[key] = item
     if hasattr(domain, "paths"):
         sample[f"{key}_path"] = str(domain.paths[index])
