@@ -6,6 +6,8 @@ import copy
 import json
 import math
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from cyclelib.runtime import Precision
 from cyclelib.scenes import SCENE_CLASSES
 from cyclelib.segmentation import feature_game
 from cyclelib.segnets import ScoreDiscriminator, SmallFCN
-from helpers import cli
+from helpers import ROOT, cli, package_env
 from test_signals import StopAt
 
 SCENES = dict(task="segmentation", source="mnist-scenes", target="mnistm-scenes")
@@ -194,3 +196,16 @@ def test_the_cli_refuses_segmentation_with_a_digit_domain_with_exit_2(tmp_path):
                     "--scale", "smoke", "--out", str(tmp_path / "run"))
     assert code == 2 and "cyclelib: error:" in err and "source 'mnist5k' is not a segmentation domain" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # a subprocess running every stage at smoke size
+def test_the_gpu_check_runs_a_smoke_segmentation_step_which_its_cpu_dry_run_checks(tmp_path):
+    out = tmp_path / "gpu-check.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--only",
+                           "segmentation", "--json", str(out)], cwd=tmp_path, env=package_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    (step,) = json.loads(out.read_text())["steps"]
+    assert step["name"] == "segmentation" and step["status"] == "passed" and step["problems"] == []
+    assert all(0 <= step["numbers"][key] <= 1 for key in RESULTS.values())
+    assert set(step["numbers"]["wall_s"]) == set(RESULTS) | {"pixel"}
