@@ -287,8 +287,8 @@ class CyCADAConfig:
     target: str = _stage("usps", "the target domain (its labels are used by the oracle and the evaluation only; "
                          "a folder may have none)", "every", choices=DOMAINS, required="required")
     out: str = _stage("runs/cycada", "the run folder: out/<stage>/checkpoint.pt, metrics.json, figures", None)
-    task: str = _stage("classification", "classification (digits, folders) or segmentation (per-pixel classes: "
-                       "the digit scenes, gta5:PATH -> cityscapes:PATH)", "every", choices=TASKS)
+    task: str = _stage("classification", "classification (digits, folders) or segmentation (per pixel: digit scenes, "
+                       "gta5:PATH, cityscapes:PATH; scale presets: presets.SEGMENTATION_PRESETS)", "every", choices=TASKS)
     classifier: str = _stage("auto", "the task network; auto: dtn when a domain is in colour, else lenet; small_fcn "
                              "for segmentation", "every",
                              choices=lambda: ("auto", *TASK_NETWORKS.families))
