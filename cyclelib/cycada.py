@@ -60,13 +60,12 @@ from .cyclegan import GeneratorTerms
 from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
 from .distributed import RunContext, run_context
-from .digits import DigitDomain, digit_domain
-from .folders import folder_fingerprint, num_classes
+from .folders import folder_fingerprint
 from .metrics import translate_dataset
 from .names import CYCADA_STAGES, is_folder_domain
 from .runs import LATEST, load_run_checkpoint, run_in
 from .runtime import seed_everything
-from .segmentation import feature_game, task_loss
+from .segmentation import domain_classes, feature_game, labelled_domain, task_loss
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint
 
@@ -94,9 +93,9 @@ NEUTRAL_OPTIONS = stage_option_names(None)
 # Task networks and data
 # --------------------------------------------------------------------------------------
 
-def load_domain(config: CyCADAConfig, name: str, split: str) -> DigitDomain:
-    """Digit domain or folder ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label)`` pairs."""
-    return digit_domain(name, split, size=config.image_size, channels=3)
+def load_domain(config: CyCADAConfig, name: str, split: str) -> Dataset:
+    """Domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label or label map)`` pairs."""
+    return labelled_domain(name, split, size=config.image_size, channels=3)
 
 
 # --------------------------------------------------------------------------------------
@@ -258,7 +257,7 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
     c = config
     kind = "feature" if isinstance(model, FeatureAlignment) else "classifier"
     Trainer(model, dataset, stage_path(c, stage).parent, inputs=inputs,
-            record=dict(kind=kind, config={"classifier": classifier_name(c), "num_classes": num_classes(c.source)},
+            record=dict(kind=kind, config={"classifier": classifier_name(c), "num_classes": domain_classes(c.source)},
                         meta=_stage_meta(c, stage, context)),
             batch_size=batch_size, epochs=epochs, seed=c.seed, limit=c.max_samples,
             drop_last=True,  # a last batch of one image would break BatchNorm in train mode (DTN)
@@ -284,7 +283,7 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progres
     c = config
     context = context or run_context(c.device)
     seed_everything(c.seed)
-    net = load_pretrained(build_task_network(classifier_name(c), num_classes(c.source))).to(context.device).train()
+    net = load_pretrained(build_task_network(classifier_name(c), domain_classes(c.source))).to(context.device).train()
     model = TaskClassifier(net, c.task_lr, context.precision(c.amp), task_loss(c))
     _fit_stage(c, stage, model, dataset, inputs=lambda batch: batch, batch_size=c.task_batch_size,
                epochs=c.task_epochs, resume=resume, progress=progress, context=context, score=("task",))
@@ -402,7 +401,7 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = Tr
                              f"judge is not checkpointed); retrain it: {run_hint(config, ('pixel',))} with --force")
         with torch.random.fork_rng(devices=[]):  # the generators' initial weights stay those of the seed
             torch.manual_seed(config.seed)
-            f_s = build_task_network(classifier_name(config), num_classes(config.source))
+            f_s = build_task_network(classifier_name(config), domain_classes(config.source))
     f_s.to(context.device)
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from .download import DIGIT_FILES, DIGIT_SPLITS, data_root, download_digits
 from .folders import read_folder
 from .images import load_image, luma, scale_levels
-from .names import DIGIT_DOMAINS, check_channels, is_folder_domain, is_segmentation_domain
+from .names import DIGIT_DOMAINS, check_channels, is_folder_domain
 
 # Seeds of the offline digit domains: fixed so a split or a MNIST-M background never changes.
 SPLIT_SEED = 0
@@ -166,13 +166,8 @@ def digit_domain(name: str, split: str = "train", size: int = 32, channels: int 
     (scikit-learn's 1,797 8x8 digits, 80/20), ``mnistm5k`` (MNIST-M made from mnist5k,
     same split and labels). Downloaded into :func:`data_root`: ``mnist``, ``usps``,
     ``svhn``, ``mnistm``; with ``download=False`` missing files raise FileNotFoundError.
-    ``folder:PATH``: the user's labelled images (:mod:`cyclelib.folders`). A segmentation domain
-    (``mnist-scenes``, ``gta5:PATH``, ...) gives ``(image, label map)`` items instead
-    (:func:`~cyclelib.segmentation.segmentation_domain`).
+    ``folder:PATH``: the user's labelled images (:mod:`cyclelib.folders`).
     """
-    if is_segmentation_domain(name):  # (image, label map) items: digit scenes, GTA5, Cityscapes
-        from .segmentation import segmentation_domain  # which imports this module
-        return segmentation_domain(name, split, size, channels)
     if is_folder_domain(name):  # the user's own labelled images, read alike
         check_channels(channels)
         return DigitDomain(*read_folder(name, split, size), name, split, size, channels)

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .images import IMAGE_EXTENSIONS, list_images, load_image
-from .names import FOLDER_PREFIX, is_folder_domain, is_segmentation_domain
+from .names import FOLDER_PREFIX, is_folder_domain
 
 UNLABELLED = -1  # the label of an image of an unlabelled target folder
 SPLITS = ("train", "test")
@@ -148,9 +148,5 @@ def has_labels(name: str) -> bool:
 
 
 def num_classes(source: str) -> int:
-    """The classes of a source domain: its class folders, a segmentation domain's
-    (:func:`~cyclelib.segmentation.class_names`), or the 10 digits."""
-    if is_segmentation_domain(source):
-        from .segmentation import class_names  # which reads domains through this module
-        return len(class_names(source))
+    """The classes of a source domain: its class folders, or the 10 digits."""
     return len(folder_classes(source)) if is_folder_domain(source) else 10

@@ -31,12 +31,13 @@ from torch import nn
 
 from . import losses
 from .classifiers import FeatureDiscriminator
-from .driving import CITYSCAPES_CLASSES, cityscapes, gta5
+from .digits import DigitDomain, digit_domain
+from .driving import CITYSCAPES_CLASSES, DrivingScenes, cityscapes, gta5
 from .folders import num_classes
 from .metrics import segmentation_metrics
 from .names import SCENE_DOMAINS, is_segmentation_domain
 from .plots import plot_confusion_matrix, save_image_grid
-from .scenes import SCENE_CLASS_WEIGHTS, SCENE_NAMES, scene_domain
+from .scenes import SCENE_CLASS_WEIGHTS, SCENE_NAMES, SceneDomain, scene_domain
 from .segnets import ScoreDiscriminator
 
 # The split each CyCADA split reads: GTA5 is all training data in the release (its split.mat is optional
@@ -45,7 +46,17 @@ from .segnets import ScoreDiscriminator
 DRIVING_SPLITS = {"gta5": {"train": "all", "test": "all"}, "cityscapes": {"train": "train", "test": "val"}}
 
 
-def segmentation_domain(name: str, split: str, size: int, channels: int = 3):
+def labelled_domain(name: str, split: str = "train", size: int = 32, channels: int = 3, root=None,
+                    download: bool = False) -> DigitDomain | SceneDomain | DrivingScenes:
+    """A labelled domain by name, of either task: a digit domain or ``folder:PATH``
+    (:func:`~cyclelib.digits.digit_domain`, with its ``root`` and ``download``), or a segmentation
+    domain (:func:`segmentation_domain`), whose items are ``(image, label map)``."""
+    if is_segmentation_domain(name):
+        return segmentation_domain(name, split, size, channels)
+    return digit_domain(name, split, size, channels, root, download)
+
+
+def segmentation_domain(name: str, split: str, size: int, channels: int = 3) -> SceneDomain | DrivingScenes:
     """Segmentation domain ``name`` of ``split`` (``train``/``test``) at ``size``: digit scenes of
     ``size`` x ``size`` pixels, or driving scenes resized to a shorter side of ``size`` with a
     ``size`` x ``size`` crop (random where the reader passes a generator, as the pixel stage's, else
@@ -58,6 +69,12 @@ def segmentation_domain(name: str, split: str, size: int, channels: int = 3):
     if split not in DRIVING_SPLITS[kind]:
         raise ValueError(f"unknown split {split!r}; valid values: {', '.join(DRIVING_SPLITS[kind])}")
     return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind][split], size=size, crop=size)
+
+
+def domain_classes(name: str) -> int:
+    """How many classes a source domain of either task has: a segmentation domain's (:func:`class_names`),
+    else :func:`~cyclelib.folders.num_classes` (its class folders, or the 10 digits)."""
+    return len(class_names(name)) if is_segmentation_domain(name) else num_classes(name)
 
 
 def class_names(name: str) -> tuple[str, ...]:
@@ -88,7 +105,7 @@ def feature_game(config) -> dict:
     the feature-level discriminator (digits: the release's MLP on logits, 500 hidden units;
     segmentation: :class:`~cyclelib.segnets.ScoreDiscriminator` on score maps, width 512), each of
     width ``d_feat_width`` when given; and for segmentation its task loss and shared weights."""
-    k, width = num_classes(config.source), config.d_feat_width
+    k, width = domain_classes(config.source), config.d_feat_width
     if config.task != "segmentation":
         return {"discriminator": FeatureDiscriminator(k, hidden_dim=width or 500)}
     return {"discriminator": ScoreDiscriminator(k, width=width or 512), "task_loss": task_loss(config), "shared": True}
@@ -108,7 +125,7 @@ def evaluate_segmentation(config, results: dict[str, nn.Module], judges: dict[st
     scenes against their labels) and ``oracle_label_preservation`` (the oracle's), from ``judges``
     (``{"source": f_S, "oracle": ...}``, those finished). Writes ``out/confusion/<result>.png`` and
     ``out/samples.png`` (scenes, translations, predictions and ground truth)."""
-    k = num_classes(config.source)
+    k = domain_classes(config.source)
     metrics: dict = {"metric": "miou", "classes": list(class_names(config.source)), "pixel_accuracy": {},
                      "class_iou": {}, "confusion": {}}
     for key, net in results.items():
