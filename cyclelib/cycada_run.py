@@ -178,6 +178,8 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: 
     For mnist5k -> mnistm5k, ``dark_digits`` says how many target and translated test digits
     are darker than their background, and each result's accuracy on light and dark ones. With a
     noise input (beyond the paper), ``noise_effect`` says how much the translation moves with it.
+    With ``task="segmentation"`` each result is its mIoU instead, with pixel accuracy, per-class IoU and
+    label preservation in mIoU terms (:func:`~cyclelib.segmentation.evaluate_segmentation`).
     ``context``: where the networks run (default: that of ``config.device``); ``checkpoints``: stage ->
     checkpoint of the stages already read and checked (:func:`run_cycada`'s), so that none is read twice.
     """
