@@ -209,3 +209,11 @@ def test_the_gpu_check_runs_a_smoke_segmentation_step_which_its_cpu_dry_run_chec
     assert step["name"] == "segmentation" and step["status"] == "passed" and step["problems"] == []
     assert all(0 <= step["numbers"][key] <= 1 for key in RESULTS.values())
     assert set(step["numbers"]["wall_s"]) == set(RESULTS) | {"pixel"}
+
+
+def test_a_pair_of_segmentation_domains_opens_unpaired_with_label_maps_for_the_pixel_stage():
+    from cyclelib.data import open_unpaired
+
+    sample = open_unpaired("mnist-scenes:mnistm-scenes", size=32)[0]
+    assert sample["A"].shape == sample["B"].shape == (3, 32, 32)
+    assert sample["A_label"].shape == (32, 32) and sample["A_label"].dtype == torch.long
