@@ -3,7 +3,7 @@
     make gpu-check                                   # = python benchmarks/gpu_check.py
     python benchmarks/gpu_check.py --json out.json --only bench,torchrun
 
-In under 8 minutes on one GPU, it runs five steps, each in a process of its own
+In under 8 minutes on one GPU, it runs six steps, each in a process of its own
 with its own time box (a step that overruns is killed and fails):
 
   device-tests  tests/test_device.py with CYCLELIB_TEST_DEVICE=cuda: fast path = reference in
@@ -12,6 +12,8 @@ with its own time box (a step that overruns is killed and fails):
   bench         cyclelib bench: resnet_9blocks at 256x256, batch 1 and 8, fast and reference
                 paths; steps/s, images/s, peak memory, TFLOP/s against the GPU's bf16 peak
   cycada        cyclelib train cycada --scale smoke --device cuda: every stage, then evaluation
+  segmentation  the same with --task segmentation on the digit scenes (mnist-scenes -> mnistm-scenes):
+                every stage per pixel, then mIoU per stage
   torchrun      torchrun --standalone --nproc_per_node 1 -m cyclelib train cyclegan --scale smoke:
                 one rank joins a process group (NCCL on the GPU), all-reduces its losses every
                 step and writes the checkpoint; NCCL_DEBUG=INFO shows that NCCL initialised
@@ -26,8 +28,8 @@ that checks the check, not a GPU.
 
 Time on an H200 (estimate; nothing here has met a GPU yet): device tests ~30 s, bench
 ~45 s (1.9 TFLOP per reference step at batch 1, 15 at batch 8, plus cuDNN autotuning),
-CyCADA ~40 s, torchrun ~25 s, FID ~20 s: about 3 minutes. The boxes (150 + 150 + 90 + 60 + 90 s) and a
-budget of 450 s for the whole run bound it below 8 minutes whatever happens.
+CyCADA ~40 s, CyCADA for segmentation ~30 s, torchrun ~25 s, FID ~20 s: about 3.5 minutes. The boxes
+(150 + 150 + 90 + 60 + 60 + 90 s) and a budget of 450 s for the whole run bound it below 8 minutes whatever happens.
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ if str(ROOT) not in sys.path:
 BUDGET_S = 450  # the whole run; each step also has its own box
 # CyCADA and the torchrun step train on the offline digit domains (no download).
 CYCADA_DOMAINS = ("mnist5k", "mnistm5k")
+# CyCADA for segmentation: its run folder and options, on the offline digit scenes
+SEGMENTATION = ("segmentation", ["--task", "segmentation", "--source", "mnist-scenes", "--target", "mnistm-scenes"])
 TORCHRUN_DATA = "mnist5k:mnistm5k"
 TORCHRUN_STEPS = 4
 
@@ -195,23 +199,25 @@ def _bench_summary(numbers: dict) -> str:
 
 # --------------------------------------------------------------------------- CyCADA
 
-def _cycada_command(ctx: Context) -> list[str]:
-    source, target = CYCADA_DOMAINS
-    return [ctx.python, "-m", "cyclelib", "train", "cycada", "--source", source, "--target", target,
-            "--scale", "smoke", "--device", ctx.device, "--out", str(ctx.work / "cycada")]
+def _cycada_command(ctx: Context, run: tuple[str, list[str]] | None = None) -> list[str]:
+    """The smoke CyCADA run on the digits, or ``run`` (its folder, its options: :data:`SEGMENTATION`)."""
+    folder, options = run or ("cycada", ["--source", CYCADA_DOMAINS[0], "--target", CYCADA_DOMAINS[1]])
+    return [ctx.python, "-m", "cyclelib", "train", "cycada", *options, "--scale", "smoke", "--device", ctx.device,
+            "--out", str(ctx.work / folder)]
 
 
-def _read_cycada(ctx: Context, log: str) -> tuple[dict, list[str]]:
+def _read_cycada(ctx: Context, log: str, folder: str = "cycada") -> tuple[dict, list[str]]:
+    """Every result of the run in ``folder`` (an accuracy, or for segmentation an mIoU) and each stage's wall time."""
     from cyclelib.cycada import RESULTS, STAGES
 
-    path = ctx.work / "cycada" / "metrics.json"
+    path = ctx.work / folder / "metrics.json"
     if not path.is_file():
         return {}, ["no metrics.json (see the log)"]
     metrics = json.loads(path.read_text())
     keys = [*RESULTS.values(), "label_preservation"]
     numbers = {key: metrics.get(key) for key in keys}
     numbers["wall_s"] = metrics.get("wall_s", {})
-    problems = [f"{key}: {metrics.get(key)!r} is no accuracy" for key in keys
+    problems = [f"{key}: {metrics.get(key)!r} is no accuracy (mIoU)" for key in keys
                 if not (isinstance(metrics.get(key), (int, float)) and 0 <= metrics[key] <= 1)]
     problems += [f"stage {stage} has no wall time (did it run?)" for stage in STAGES if stage not in numbers["wall_s"]]
     return numbers, problems
@@ -320,6 +326,9 @@ def default_steps() -> list[Step]:
              _device_tests_summary),
         Step("bench", "cyclelib bench, both paths", 150, _bench_command, _read_bench, summary=_bench_summary),
         Step("cycada", "CyCADA, every stage at smoke scale", 90, _cycada_command, _read_cycada,
+             summary=_cycada_summary),
+        Step("segmentation", "CyCADA for segmentation (digit scenes), every stage at smoke scale", 60,
+             lambda ctx: _cycada_command(ctx, SEGMENTATION), lambda ctx, log: _read_cycada(ctx, log, SEGMENTATION[0]),
              summary=_cycada_summary),
         Step("torchrun", "one-process torchrun, CycleGAN smoke", 60, _torchrun_command, _read_torchrun,
              _torchrun_env, _torchrun_summary),

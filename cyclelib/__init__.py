@@ -16,8 +16,8 @@ Modules, one idea each, leaves first:
   files), ``runs`` (run folders and their lock), ``weights`` (official ``.pth``, safetensors,
   ``load_cyclegan``);
 - ``train`` (the one training loop), ``cyclegan_run`` (a CycleGAN training run), ``cycada`` (the stages),
-  ``cycada_run`` (the stages in order, their evaluation), ``translate`` (any image size,
-  streamed), ``testpage`` (the official test page), ``evaluate`` (FID and KID), ``export`` (a
+  ``segmentation`` (what the stages do per pixel), ``cycada_run`` (the stages in order, their evaluation),
+  ``translate`` (any image size, streamed), ``testpage`` (the official test page), ``evaluate`` (FID and KID), ``export`` (a
   generator as ONNX, TorchScript, safetensors), ``bench``, ``cli``; ``names`` (every name an
   option takes, the architecture registries), ``checks`` (config checks that build networks),
   ``arguments`` (the command line's options from the configs); ``toy`` (two Gaussian mixtures,
@@ -50,7 +50,7 @@ _SOURCES = {
     "task_loss": "losses", "segmentation_loss": "losses", "segmentation_metrics": "metrics",
     "cityscapes": "driving", "gta5": "driving", "SCENE_DOMAINS": "scenes", "scene_domain": "scenes",
     "DRN26": "segnets", "FCN8s": "segnets", "ScoreDiscriminator": "segnets", "SmallFCN": "segnets",
-    "build_segmenter": "segnets",
+    "build_segmenter": "segnets", "evaluate_segmentation": "segmentation", "segmentation_domain": "segmentation",
     "build_discriminator": "networks", "build_generator": "networks", "init_weights": "networks",
     "ImagePool": "pool",
     "pick_device": "runtime", "resolve_scale": "runtime", "seed_everything": "runtime",

@@ -28,6 +28,7 @@ from . import losses
 from .images import luma
 from .names import TASK_NETWORKS
 from .runtime import Precision, load_optimizer_state
+from .segnets import DRN26, FCN8s, SmallFCN
 
 
 class _DigitClassifier(nn.Module):
@@ -140,6 +141,11 @@ CLASSIFIERS.register("lenet", cls=LeNet, build=lambda match, num_classes: LeNet(
 CLASSIFIERS.register("dtn", cls=DTN, build=lambda match, num_classes: DTN(num_classes))
 CLASSIFIERS.register("resnet18", cls=ResNet18, build=lambda match, num_classes: ResNet18(num_classes))
 CLASSIFIERS.register("resnet18_imagenet", cls=ResNet18, build=lambda match, num_classes: ResNet18(num_classes, True))
+# Segmenters (task segmentation): the small FCN at the width benchmarks/segmentation_gap.py measured, and the
+# release's networks, randomly initialised.
+CLASSIFIERS.register("small_fcn", cls=SmallFCN, build=lambda match, num_classes: SmallFCN(num_classes, width=16))
+CLASSIFIERS.register("fcn8s", cls=FCN8s, build=lambda match, num_classes: FCN8s(num_classes))
+CLASSIFIERS.register("drn26", cls=DRN26, build=lambda match, num_classes: DRN26(num_classes))
 
 
 def build_classifier(name: str, num_classes: int = 10) -> nn.Module:
@@ -246,19 +252,20 @@ class TaskClassifier(_Training):
 
     :meth:`train_step` takes one step on :math:`\mathcal{L}_{task}(f, X, Y)`. The same step
     trains f_S (source images), the target oracle (target images) and the pixel-only
-    classifier (translated source images): they differ only in their data.
+    classifier (translated source images): they differ only in their data. ``task_loss``: a segmenter's
+    is per pixel (:func:`cyclelib.segmentation.task_loss`).
     """
 
-    def __init__(self, net: nn.Module, lr: float, precision: Precision):
+    def __init__(self, net: nn.Module, lr: float, precision: Precision, task_loss=losses.task_loss):
         super().__init__()
         self.net = net
         self.optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-        self.precision = precision
+        self.precision, self.task_loss = precision, task_loss
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step on a batch: ``images`` [N, 3, H, W], ``labels`` [N]; returns the detached loss."""
         with self.precision.autocast():
-            terms = {"task": losses.task_loss(self.net(images), labels)}
+            terms = {"task": self.task_loss(self.net(images), labels)}
         self.precision.step(sum(terms.values()), self.optimizer)
         self.precision.update()
         return {name: t.detach() for name, t in terms.items()}
@@ -293,6 +300,13 @@ class FeatureAlignment(_Training):
     (ADDA's inverted labels). f_S is frozen in eval mode and belongs to the source stage: it
     is not part of this module's weights.
 
+    For segmentation (:mod:`cyclelib.segmentation`), ``discriminator`` is the release's
+    :class:`~cyclelib.segnets.ScoreDiscriminator` on score maps, ``task_loss`` the per-pixel one, and with
+    ``shared`` the source side of :math:`D_{feat}`'s game is f_T's own scores on (translated) source, as
+    the release's ``--weights_shared`` (``scripts/train_fcn_adda.py`` lines 136-137: ``net_src = net``), not
+    the frozen f_S's. The release steps f_T twice per batch, on its GAN term and then on its task term
+    (lines 267-302 and 307-329); here f_T takes one step on their sum, as for digits.
+
     ``gate`` (None: off, the paper): f_T steps only on batches where :math:`D_{feat}`'s accuracy,
     on the logits of its own step before that step, is above ``gate``, as the release's ADDA loop
     does with 0.6 (jhoffman/cycada_release at 2fbf16b, ``cycada/tools/train_adda_net.py`` lines
@@ -300,16 +314,19 @@ class FeatureAlignment(_Training):
     """
 
     def __init__(self, f_s: nn.Module, lr: float, precision: Precision, lambda_task: float = 1.0,
-                 lambda_feature: float = 1.0, gate: float | None = None):
+                 lambda_feature: float = 1.0, gate: float | None = None, discriminator: nn.Module | None = None,
+                 task_loss=losses.task_loss, shared: bool = False):
         super().__init__()
         object.__setattr__(self, "f_s", freeze(f_s))  # not registered: saved by its own stage
         self.f_t = copy.deepcopy(f_s).requires_grad_(True).train()
-        classes = [m for m in f_s.modules() if isinstance(m, nn.Linear)][-1].out_features  # D_feat reads logits
-        self.d_feat = FeatureDiscriminator(classes).to(next(f_s.parameters()).device)
+        if discriminator is None:
+            classes = [m for m in f_s.modules() if isinstance(m, nn.Linear)][-1].out_features  # D_feat reads logits
+            discriminator = FeatureDiscriminator(classes)
+        self.d_feat = discriminator.to(next(f_s.parameters()).device)
         self.opt_f = torch.optim.Adam(self.f_t.parameters(), lr=lr)
         self.opt_d = torch.optim.Adam(self.d_feat.parameters(), lr=lr)
         self.precision, self.lambda_task, self.lambda_feature = precision, lambda_task, lambda_feature
-        self.gate = gate
+        self.gate, self.task_loss, self.shared = gate, task_loss, shared
 
     def train_step(self, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step on source images ``x_s`` [N, 3, H, W] with labels ``y_s`` [N] and target
@@ -317,9 +334,10 @@ class FeatureAlignment(_Training):
         autocast = self.precision.autocast
         with autocast():
             with torch.no_grad():
-                feat_s = self.f_s(x_s)  # [N, 10] f_S on (translated) source
+                feat_s = None if self.shared else self.f_s(x_s)  # [N, 10] f_S on (translated) source
             # One pass over both domains, so f_T's BatchNorm statistics mix them as at test time.
             out_s, out_t = self.f_t(torch.cat([x_s, x_t])).split([len(x_s), len(x_t)])  # [N, 10], [M, 10]
+            feat_s = out_s.detach() if self.shared else feat_s
             self.d_feat.requires_grad_(True)
             judged_s, judged_t = self.d_feat(feat_s), self.d_feat(out_t.detach())  # [N, 2], [M, 2]
             loss_d = losses.discriminator_loss(judged_s, judged_t, losses.feature_gan_loss)
@@ -328,7 +346,7 @@ class FeatureAlignment(_Training):
 
         self.d_feat.requires_grad_(False)  # f_T's step must not build gradients into D_feat
         with autocast():
-            terms = {"task": self.lambda_task * losses.task_loss(out_s, y_s),
+            terms = {"task": self.lambda_task * self.task_loss(out_s, y_s),
                      "feature_gan": self.lambda_feature * losses.feature_gan_loss(self.d_feat(out_t), True)}
         if learns:
             self.precision.step(sum(terms.values()), self.opt_f)

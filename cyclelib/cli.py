@@ -76,7 +76,8 @@ def _train_cycada(args) -> None:
     missing = [f"--{name}" for name in ("source", "target") if name not in options]
     if missing:
         raise ValueError(f"train cycada: {' and '.join(missing)} required (digit domains such as "
-                         "mnist5k, uci-digits, mnistm5k, mnist, usps, svhn, mnistm, or folder:PATH)")
+                         "mnist5k, uci-digits, mnistm5k, mnist, usps, svhn, mnistm, or folder:PATH; with --task "
+                         "segmentation mnist-scenes, mnistm-scenes, gta5:PATH or cityscapes:PATH)")
     config = CyCADAConfig.for_scale(args.scale, args.form, **options)
     print(f"CyCADA {config.source} -> {config.target} ({config.scale} scale) -> {config.out}")
     metrics = run_cycada(config, stages=args.stages, force=args.force)
@@ -275,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(cyclegan, CycleGANConfig, CYCLEGAN_PRESETS)
     cyclegan.set_defaults(run=_train_cyclegan)
 
-    cycada = train.add_parser("cycada", help="domain adaptation on digits, stage by stage (Hoffman et al. 2018)",
+    cycada = train.add_parser("cycada", help="domain adaptation on digits or, with --task segmentation, per pixel, "
+                                             "stage by stage (Hoffman et al. 2018)",
                               usage="%(prog)s --source DOMAIN --target DOMAIN [--scale SCALE] [options]",
                               description="The pixel stage's options are CycleGAN's, with the source as domain A "
                                           "and the target as domain B.")

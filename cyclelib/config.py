@@ -25,8 +25,8 @@ from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
 from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
-                    TASK_NETWORKS, Registry, check_crop, is_labelled_pair, is_folder_domain)
-from .presets import CYCADA_FORMS, CYCADA_PRESETS, cyclegan_preset
+                    TASK_NETWORKS, TASKS, Registry, check_crop, is_labelled_pair, is_folder_domain, task_mismatch)
+from .presets import CYCADA_FORMS, cycada_preset, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
 # must stay below 2**64 (torch's largest seed).
@@ -85,8 +85,8 @@ def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
     grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
     """
     c = config if isinstance(config, Mapping) else vars(config)
-    if c["classifier"] != "auto":
-        return c["classifier"]
+    if c["classifier"] != "auto" or c.get("task") == "segmentation":  # segmentation's auto: small_fcn
+        return c["classifier"] if c["classifier"] != "auto" else "small_fcn"
     domains = (c["source"], c["target"])
     return "dtn" if set(domains) & set(COLOUR_DOMAINS) or any(map(is_folder_domain, domains)) else "lenet"
 
@@ -287,7 +287,10 @@ class CyCADAConfig:
     target: str = _stage("usps", "the target domain (its labels are used by the oracle and the evaluation only; "
                          "a folder may have none)", "every", choices=DOMAINS, required="required")
     out: str = _stage("runs/cycada", "the run folder: out/<stage>/checkpoint.pt, metrics.json, figures", None)
-    classifier: str = _stage("auto", "the task network; auto: dtn when a domain is in colour, else lenet", "every",
+    task: str = _stage("classification", "classification (digits, folders) or segmentation (per pixel: digit scenes, "
+                       "gta5:PATH, cityscapes:PATH; scale presets: presets.SEGMENTATION_PRESETS)", "every", choices=TASKS)
+    classifier: str = _stage("auto", "the task network; auto: dtn when a domain is in colour, else lenet; small_fcn "
+                             "for segmentation", "every",
                              choices=lambda: ("auto", *TASK_NETWORKS.families))
     image_size: int = _stage(32, "both domains are read as RGB images of this side", "every",
                              cyclegan=("load_size", "crop_size"))
@@ -345,6 +348,8 @@ class CyCADAConfig:
     lambda_task: float = _stage(1.0, "feature stages: weight of f_T's task loss on translated source (the paper; "
                                 "0: off, the release)", "feature")
     lambda_feature: float = _stage(1.0, "feature stages: weight of f_T's feature GAN loss", "feature")
+    d_feat_width: int | None = _stage(None, "feature stages: width of D_feat's hidden layers", "feature",
+                                      none="the release's: 500 (digits), 512 (segmentation's score discriminator)")
     feature_start: str = _stage("source", "feature stage: the classifier that f_T starts from and D_feat reads "
                                 "(translated) source through: source (f_S, the paper) or pixel_only (trained on "
                                 "translated source, the release)", "pixel_feature", choices=FEATURE_STARTS)
@@ -368,11 +373,13 @@ class CyCADAConfig:
                                          "semantic_gate"],
                      positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "n_layers_D",
                                "pixel_lr", "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
-                               "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples",
+                               "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples", "d_feat_width",
                                "max_eval_samples"))
         for name in ("source", "target"):
             if getattr(self, name) not in DOMAINS:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
+        if problem := task_mismatch(self.task, self.source, self.target, classifier_name(self)):
+            raise ValueError(problem)
         if not 0 <= self.pixel_beta1 < 1:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
         if self.feature_gate is not None and not 0 <= self.feature_gate < 1:
@@ -403,7 +410,7 @@ class CyCADAConfig:
         if form not in CYCADA_FORMS:
             raise ValueError(f"unknown form {form!r}; valid values: {', '.join(CYCADA_FORMS)}")
         scale = resolve_scale(scale)
-        return cls(**{**CYCADA_PRESETS[scale], **CYCADA_FORMS[form], "scale": scale, **options})
+        return cls(**{**cycada_preset(scale, options.get("task")), **CYCADA_FORMS[form], "scale": scale, **options})
 
     def pixel_config(self, out: str) -> CycleGANConfig:
         """The CycleGAN options of the pixel stage, writing to ``out``: each option tagged
@@ -431,9 +438,9 @@ def cycada_command(options: Mapping[str, object], stages: Iterable[str]) -> str:
     defaults = {f.name: f.default for f in fields(CyCADAConfig)}
     options = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
     scale = options["scale"] if options["scale"] in SCALES else "gpu"
-    preset = {**defaults, **CYCADA_PRESETS[scale]}
+    preset = {**defaults, **cycada_preset(scale, options["task"])}
     if any(options[k] is None and preset[k] is not None for k in options):  # None has no option
-        scale, preset = "gpu", {**defaults, **CYCADA_PRESETS["gpu"]}
+        scale, preset = "gpu", {**defaults, **cycada_preset("gpu", options["task"])}
     words = ["cyclelib", "train", "cycada", "--source", options["source"], "--target", options["target"],
              "--out", str(options["out"]), "--scale", scale]
     for name, value in options.items():

@@ -1,4 +1,4 @@
-r"""CyCADA (Hoffman et al., ICML 2018): cycle-consistent adversarial domain adaptation on digits.
+r"""CyCADA (Hoffman et al., ICML 2018): cycle-consistent adversarial domain adaptation (digits, segmentation).
 
 The full objective of the notes,
 
@@ -23,7 +23,8 @@ and hands its network to the next:
 Three baselines say what each part buys: ``oracle`` (a classifier trained on labelled
 target: the upper bound), ``pixel_only`` (the task loss on translated source, nothing
 else) and ``feature_only`` (stage 3 on untranslated source: ADDA-style feature alignment
-alone). Each stage keeps its checkpoints under ``out/<stage>/``;
+alone). ``task="segmentation"`` runs the same stages per pixel (:mod:`cyclelib.segmentation`
+holds what differs). Each stage keeps its checkpoints under ``out/<stage>/``;
 :func:`~cyclelib.cycada_run.run_cycada` runs the stages in order and evaluates them.
 
 CycleGAN names in this module: A = source, B = target, G_A = G_{S->T}, G_B = G_{T->S},
@@ -50,21 +51,20 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import distributed, losses
 from .checkpoints import load_weights
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze, load_pretrained
 from .config import CyCADAConfig, classifier_name, cycada_command, stage_option_names
 from .cyclegan import CycleGAN
-from .cyclegan import GeneratorTerms
 from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
 from .distributed import RunContext, run_context
-from .digits import DigitDomain, digit_domain
-from .folders import folder_fingerprint, num_classes
+from .folders import folder_fingerprint
 from .metrics import translate_dataset
 from .names import CYCADA_STAGES, is_folder_domain
 from .runs import LATEST, load_run_checkpoint, run_in
-from .runtime import load_optimizer_state, seed_everything
+from .runtime import seed_everything
+from .segmentation import domain_classes, feature_game, labelled_domain, task_loss
+from .semantic import semantic_consistency
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint
 
@@ -92,9 +92,9 @@ NEUTRAL_OPTIONS = stage_option_names(None)
 # Task networks and data
 # --------------------------------------------------------------------------------------
 
-def load_domain(config: CyCADAConfig, name: str, split: str) -> DigitDomain:
-    """Digit domain or folder ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label)`` pairs."""
-    return digit_domain(name, split, size=config.image_size, channels=3)
+def load_domain(config: CyCADAConfig, name: str, split: str) -> Dataset:
+    """Domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label or label map)`` pairs."""
+    return labelled_domain(name, split, size=config.image_size, channels=3)
 
 
 # --------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
     c = config
     kind = "feature" if isinstance(model, FeatureAlignment) else "classifier"
     Trainer(model, dataset, stage_path(c, stage).parent, inputs=inputs,
-            record=dict(kind=kind, config={"classifier": classifier_name(c), "num_classes": num_classes(c.source)},
+            record=dict(kind=kind, config={"classifier": classifier_name(c), "num_classes": domain_classes(c.source)},
                         meta=_stage_meta(c, stage, context)),
             batch_size=batch_size, epochs=epochs, seed=c.seed, limit=c.max_samples,
             drop_last=True,  # a last batch of one image would break BatchNorm in train mode (DTN)
@@ -282,8 +282,8 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progres
     c = config
     context = context or run_context(c.device)
     seed_everything(c.seed)
-    net = load_pretrained(build_task_network(classifier_name(c), num_classes(c.source))).to(context.device).train()
-    model = TaskClassifier(net, c.task_lr, context.precision(c.amp))
+    net = load_pretrained(build_task_network(classifier_name(c), domain_classes(c.source))).to(context.device).train()
+    model = TaskClassifier(net, c.task_lr, context.precision(c.amp), task_loss(c))
     _fit_stage(c, stage, model, dataset, inputs=lambda batch: batch, batch_size=c.task_batch_size,
                epochs=c.task_epochs, resume=resume, progress=progress, context=context, score=("task",))
     return model.finish()
@@ -315,85 +315,12 @@ def train_pixel_only(config: CyCADAConfig, translator: nn.Module, progress: bool
     return train_classifier(config, "pixel_only", translated, progress, resume, context)
 
 
-def semantic_consistency(config: CyCADAConfig, f_s: nn.Module) -> GeneratorTerms:
-    r"""The generator terms CyCADA adds to CycleGAN, for ``CycleGAN(extra_generator_losses=...)``.
-
-    .. math::
-        \mathcal{L}_{sem} = \lambda_{sem,A}\, \mathcal{L}_{task}(f_S, G_{S\to T}(X_S), p(f_S, X_S))
-            + \lambda_{sem,B}\, \mathcal{L}_{task}(f_S, G_{T\to S}(X_T), p(f_S, X_T))
-
-    with :math:`p(f, X) = \arg\max f(X)`. ``semantic_target="labels"`` (the release's,
-    ``cycle_gan_semantic_model.py`` line 164) puts :math:`Y_S` for :math:`p(f_S, X_S)`;
-    ``semantic_gate`` (the release's 1.0, lines 171-173) multiplies both terms by 0 on batches where
-    :math:`\mathcal{L}_{task}(f_S, X_S, Y_S)` is above it (the release's classifier is trained online, so
-    its loss falls; a frozen f_S's is low from the start). The release reads the loss of its
-    classifier's previous step (and zeroes the terms before the first); the gate here reads the
-    judge's loss on this batch, before its own step. ``f_s`` is frozen here (eval mode, no gradient
-    to its weights): the loss may only change the generators, never move f_S towards them.
-    The two terms are returned by name; the generator step sums them with CycleGAN's terms.
-    """
-    c = config
-    f_s, hooks = online_judge(c, f_s) if c.semantic_judge == "online" else (freeze(f_s), {})
-
-    def terms(real_A: torch.Tensor, real_B: torch.Tensor, fakes: dict[str, torch.Tensor]) -> dict:
-        out = {}
-        if c.lambda_sem_A > 0:  # S -> T keeps f_S's reading of the source image (or, the release, its label)
-            out["sem_A"] = c.lambda_sem_A * (losses.task_loss(f_s(fakes["fake_B"]), fakes["A_label"])
-                                             if c.semantic_target == "labels" else
-                                             losses.semantic_loss(f_s, real_A, fakes["fake_B"]))
-        if c.lambda_sem_B > 0:  # T -> S keeps f_S's reading of the target image
-            out["sem_B"] = c.lambda_sem_B * losses.semantic_loss(f_s, real_B, fakes["fake_A"])
-        if c.semantic_gate is not None:  # the release's gate: the terms count once the judge reads source well
-            with torch.no_grad():
-                judged = losses.task_loss(f_s(real_A), fakes["A_label"]).item()  # a host sync, gate only
-            out = {name: term * float(judged <= c.semantic_gate) for name, term in out.items()}
-        return out
-
-    labels = c.semantic_target == "labels" or c.semantic_gate is not None or bool(hooks)
-    return GeneratorTerms(terms, labels=labels, **hooks)
-
-
-def online_judge(config: CyCADAConfig, judge: nn.Module) -> tuple[nn.Module, dict]:
-    """The release's semantic classifier: ``judge`` (a fresh network) in train mode, and the hooks of
-    :class:`~cyclelib.cyclegan.GeneratorTerms` that train it, one step after each G/D step, on real
-    source images with their true labels, Adam at lr 1e-3, betas (pixel_beta1, 0.999) (jhoffman/cycada_release
-    at 2fbf16b, ``cyclegan/models/cycle_gan_semantic_model.py`` lines 71, 121-125 and 193-198), and keep
-    its weights and Adam state in the stage's checkpoints for an exact resume (the release saves its
-    weights, line 31, but no optimiser: ``models/base_model.py`` lines 84-95). The generators' terms read
-    it without gradient to its weights (the release's ``optimizer_CLS.zero_grad()``, line 197, drops
-    those). Under torchrun the ranks' copies start alike (the seed) and step on their averaged gradients
-    (:func:`~cyclelib.distributed.sync_replica`): one step on the whole batch, as the release's one
-    ``netCLS`` under DataParallel (``networks.py`` lines 63-69). Unlike that ``netCLS`` (its own conv net,
-    ``define_C``, lines 112-118), the judge is the run's task network."""
-    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3, betas=(config.pixel_beta1, 0.999))
-    judge.train().requires_grad_(False)
-
-    def after_step(real_A: torch.Tensor, label_A: torch.Tensor) -> None:
-        judge.requires_grad_(True)
-        optimizer.zero_grad(set_to_none=True)
-        losses.task_loss(judge(real_A), label_A).backward()
-        distributed.sync_replica(judge)
-        optimizer.step()
-        judge.requires_grad_(False)
-
-    def load_state_dict(state: dict | None) -> None:
-        if state is None:
-            raise ValueError(f"cannot resume the pixel stage in {stage_path(config, 'pixel').parent}: its checkpoint "
-                             "holds no state of the online semantic judge (it was written before cyclelib kept "
-                             f"one); retrain the stage: {run_hint(config, ('pixel',))} with --force")
-        load_weights(judge, state["weights"], "the online semantic judge's weights")
-        load_optimizer_state(optimizer, state["optimizer"])
-
-    return judge, dict(after_step=after_step, load_state_dict=load_state_dict,
-                       state_dict=lambda: {"weights": judge.state_dict(), "optimizer": optimizer.state_dict()})
-
-
 def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = True, resume: bool = False,
                 context: RunContext | None = None) -> CycleGAN:
     r"""Stage 2: CycleGAN between source and target with the semantic consistency loss.
 
     The generators minimise the named terms of :meth:`CycleGAN.generator_losses` plus
-    :func:`semantic_consistency`:
+    :func:`~cyclelib.semantic.semantic_consistency`:
 
     .. math::
         \lambda_{GAN,A} \mathcal{L}_{GAN}(G_{S\to T}, D_T, X_T, X_S)
@@ -403,7 +330,7 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = Tr
 
     ``f_s`` (the stage 1 classifier; with ``semantic_judge="feature_only"``, beyond the paper,
     that stage's f_T) is frozen in place; with ``semantic_judge="online"`` (the release's) it is
-    None and a fresh classifier is trained alongside (:func:`online_judge`), its state in the stage's
+    None and a fresh classifier is trained alongside (:func:`~cyclelib.semantic.online_judge`), its state in the stage's
     checkpoints. Writes ``out/pixel/`` (checkpoint, samples, history) through
     :func:`~cyclelib.cyclegan_run.train_cyclegan`; ``resume`` continues an unfinished run.
     Under torchrun each rank keeps its f_S on its own device, next to its generators.
@@ -412,7 +339,7 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = Tr
     if config.semantic_judge == "online":
         with torch.random.fork_rng(devices=[]):  # the generators' initial weights stay those of the seed
             torch.manual_seed(config.seed)
-            f_s = build_task_network(classifier_name(config), num_classes(config.source))
+            f_s = build_task_network(classifier_name(config), domain_classes(config.source))
     f_s.to(context.device)
     return train_cyclegan(config.pixel_config(str(stage_path(config, "pixel").parent)), resume=resume,
                           progress=progress, extra_generator_losses=semantic_consistency(config, f_s),
@@ -452,7 +379,7 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
         source = translate_dataset(translator.to(context.device), source)
     pairs = Unpaired(source, load_domain(c, c.target, "train"), seed=c.seed)
     model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature,
-                             c.feature_gate)
+                             c.feature_gate, **feature_game(c))  # segmentation: the score discriminator
     # Target labels stay unused: the step reads source images and labels, and target images only.
     _fit_stage(c, stage, model, pairs, inputs=lambda batch: (batch["A"], batch["A_label"], batch["B"]),
                batch_size=c.feature_batch_size, epochs=c.feature_epochs, resume=resume, progress=progress,

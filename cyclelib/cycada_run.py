@@ -25,7 +25,7 @@ from . import distributed, files
 from .checkpoints import load_weights
 from .classifiers import build_task_network
 from .config import CyCADAConfig, classifier_name
-from .presets import CYCADA_PRESETS
+from .presets import CYCADA_PRESETS, cycada_preset
 from .cycada import (RESULTS, STAGES, load_domain, load_stage, needs, parse_stages, run_hint, stage_checkpoint,
                      stage_complete, stage_network, stage_path, stages_not_ready, train_feature,
                      train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
@@ -35,6 +35,7 @@ from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservatio
                       predict, translate_dataset)
 from .plots import plot_confusion_matrix, plot_histories, save_image_grid
 from .runs import RunFolderError, run_folder, run_in
+from .segmentation import domain_classes, evaluate_segmentation
 from .watch import describe_options
 
 
@@ -86,7 +87,7 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         raise stages_not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with run_folder(out) if writer else contextlib.nullcontext():
         if writer:
-            preset = CYCADA_PRESETS.get(config.scale, {})
+            preset = cycada_preset(config.scale, config.task) if config.scale in CYCADA_PRESETS else {}
             origin = {name: f"scale {config.scale} preset" for name, value in preset.items()
                       if getattr(config, name) == value}
             print(describe_options(config, origin), flush=True)  # what will train, once, as a CycleGAN run says it
@@ -182,6 +183,8 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: 
     With the release's online semantic judge, ``online_judge_source_accuracy`` is that judge's accuracy
     on the source test images as the pixel stage left it: how well the classifier that the semantic
     terms read knew the digits.
+    With ``task="segmentation"`` each result is its mIoU instead, with pixel accuracy, per-class IoU and
+    label preservation in mIoU terms (:func:`~cyclelib.segmentation.evaluate_segmentation`).
     ``context``: where the networks run (default: that of ``config.device``); ``checkpoints``: stage ->
     checkpoint of the stages already read and checked (:func:`run_cycada`'s), so that none is read twice.
     """
@@ -194,8 +197,10 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: 
     metrics: dict = {"source": c.source, "target": c.target, "scale": c.scale, "seed": c.seed,
                      "classifier": classifier_name(c), "test_images": {"source": len(source_test),
                                                                         "target": len(target_test)}}
-    per_class, confusion, classifiers, predictions = {}, {}, {}, {}
     finished = _finished_stages(c, context, checkpoints or {})
+    if c.task == "segmentation":
+        return _evaluate_segmentation_run(c, metrics, finished, source_test, target_test, wall_times, device)
+    per_class, confusion, classifiers, predictions = {}, {}, {}, {}
     labelled, classes = has_labels(c.target), num_classes(c.source)
     if not labelled:
         print(f"cycada: no accuracy on the target: {c.target} has no labels")
@@ -230,11 +235,29 @@ def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: 
     if (c.source, c.target) == ("mnist5k", "mnistm5k"):  # the same digits: mnistm5k is drawn from mnist5k
         metrics["dark_digits"] = _polarity(source_test, target_test, translator, predictions)
     metrics.update(per_class=per_class, confusion=confusion, wall_s=wall_times or {})
+    return _write_metrics(out, metrics, finished)
+
+
+def _write_metrics(out: Path, metrics: dict, finished: dict[str, dict]) -> dict:
+    """Write ``out/metrics.json`` and the training curves of the ``finished`` stages; returns ``metrics``."""
     files.write_json(out / "metrics.json", metrics)
     histories = {stage: ckpt["history"] for stage, ckpt in finished.items()}
     if any(histories.values()):
         plot_histories(histories, out / "curves.png")
     return metrics
+
+
+def _evaluate_segmentation_run(config: CyCADAConfig, metrics: dict, finished: dict[str, dict], source_test,
+                               target_test, wall_times: dict | None, device) -> dict:
+    """:func:`evaluate_run` for ``task="segmentation"``: ``metrics`` and those of
+    :func:`~cyclelib.segmentation.evaluate_segmentation`, written to ``out/metrics.json`` with the curves."""
+    nets = {stage: stage_network(ckpt, stage_path(config, stage), device) for stage, ckpt in finished.items()}
+    translator = nets.pop("pixel").G_A if "pixel" in nets else None
+    results = {RESULTS[stage]: net for stage, net in nets.items()}
+    judges = {stage: nets[stage] for stage in ("source", "oracle") if stage in nets}
+    metrics.update(task="segmentation", **evaluate_segmentation(config, results, judges, translator, source_test,
+                                                                 target_test, Path(config.out)), wall_s=wall_times or {})
+    return _write_metrics(Path(config.out), metrics, finished)
 
 
 def load_seed_metrics(folder: str | os.PathLike) -> dict[int, dict]:
@@ -272,13 +295,13 @@ def _finished_stages(config: CyCADAConfig, context: RunContext, read: dict[str, 
 
 def _online_judge(config: CyCADAConfig, finished: dict[str, dict], device: torch.device) -> nn.Module | None:
     """The online semantic judge as the finished pixel stage's checkpoint keeps it (the last plug-in of its
-    generator terms, see :func:`~cyclelib.cycada.online_judge`); None without one: another semantic judge, no
+    generator terms, see :func:`~cyclelib.semantic.online_judge`); None without one: another semantic judge, no
     finished pixel stage, or a checkpoint written before cyclelib kept the judge."""
     saved = config.semantic_judge == "online" and "pixel" in finished and finished["pixel"]["training"].get(
         "generator_terms")
     if not saved:
         return None
-    judge = build_task_network(classifier_name(config), num_classes(config.source))
+    judge = build_task_network(classifier_name(config), domain_classes(config.source))
     return load_weights(judge, saved[-1]["weights"], f"{stage_path(config, 'pixel')} (its online judge)").to(device)
 
 

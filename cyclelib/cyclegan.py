@@ -36,7 +36,7 @@ Terms = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], dict[str
 class GeneratorTerms:
     """Generator terms beyond the paper's objective, named and already weighted: a plug-in of
     :class:`CycleGAN` (its ``extra_generator_losses``), as :func:`mode_seeking` and CyCADA's
-    :func:`~cyclelib.cycada.semantic_consistency` are.
+    :func:`~cyclelib.semantic.semantic_consistency` are.
 
     ``terms(real_A, real_B, images)`` computes them from the real images and every generated image.
     ``images(model, real_A, real_B)`` (optional) makes the images they need besides those of

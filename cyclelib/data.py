@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .digits import digit_domain
 from .names import DIGIT_DOMAINS, DIRECTIONS, PREPROCESS_MODES, check_channels, check_crop, domain_pair, is_labelled_pair
 from .download import CYCLEGAN_DATASETS
 from .images import IMAGE_EXTENSIONS, list_images, load_image, to_tensor, transform_image
 from .networks import fits, smallest_side
+from .segmentation import labelled_domain
 
 
 # --------------------------------------------------------------------------- image folders
@@ -153,8 +153,8 @@ def _mix(seed: int, epoch: int, index: int) -> int:
 def _fetch_item(key: str, domain, index: int, generator: torch.Generator) -> dict:
     item = domain.get(index, generator) if hasattr(domain, "get") else domain[index]
     sample = {f"{key}_index": index}
-    if isinstance(item, tuple):  # a labelled domain: (image, label)
-        item, sample[f"{key}_label"] = item[0], int(item[1])
+    if isinstance(item, tuple):  # a labelled domain: (image, label), or (image, label map) for segmentation
+        item, sample[f"{key}_label"] = item[0], item[1] if isinstance(item[1], torch.Tensor) else int(item[1])
     sample[key] = item
     if hasattr(domain, "paths"):
         sample[f"{key}_path"] = str(domain.paths[index])
@@ -276,9 +276,10 @@ def _sides(direction: str) -> str:
 def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | None = None, channels: int = 3,
                   root: str | os.PathLike | None = None, download: bool = False, direction: str = "AtoB",
                   channels_b: int | None = None, serial: bool = False, **folder_options) -> Unpaired:
-    """Open an unpaired dataset from a spec: a digit pair ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``,
+    """Open an unpaired dataset from a spec: a digit pair ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``, or of
+    segmentation domains, ``"mnist-scenes:mnistm-scenes"``: :func:`~cyclelib.segmentation.labelled_domain`),
     split ``train`` in the train phase, ``test`` otherwise, ``size`` default 32; ``root`` and
-    ``download`` as :func:`digit_domain`) or a dataset folder (:class:`UnpairedImageFolder`;
+    ``download`` as :func:`~cyclelib.digits.digit_domain`) or a dataset folder (:class:`UnpairedImageFolder`;
     ``size`` sets ``crop_size`` and, unless given, ``load_size`` in the official 286/256 ratio).
     ``direction="BtoA"`` makes the second domain A (``b:a``, or ``trainB`` read as A); A is read
     with ``channels``, B with ``channels_b`` (default: ``channels``); ``serial``: see :class:`Unpaired`.
@@ -288,7 +289,7 @@ def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | No
         if folder_options:
             raise ValueError(f"options {', '.join(folder_options)} apply to image folders, not to digits ({spec!r})")
         split = "train" if phase == "train" else "test"
-        a, b = (digit_domain(names[side], split, size or 32, nc, root, download)
+        a, b = (labelled_domain(names[side], split, size or 32, nc, root, download)
                 for side, nc in zip(_sides(direction), (channels, channels_b or channels)))
         return Unpaired(a, b, seed, serial)
     if Path(spec).expanduser().is_dir():

@@ -160,7 +160,7 @@ def semantic_loss(classifier: torch.nn.Module, real: torch.Tensor,
 
     where :math:`p(f, X) = \arg\max f(X)` are the labels the frozen, pretrained
     source classifier gives the real images. This function returns one term;
-    :func:`cyclelib.cycada.semantic_consistency` weights both and adds them to the
+    :func:`cyclelib.semantic.semantic_consistency` weights both and adds them to the
     generator's terms. The classifier must be in eval mode with
     ``requires_grad=False``: the gradient reaches only the generator, through
     ``translated``. ``real`` and ``translated``: [N, C, H, W] in the classifier's

@@ -26,6 +26,12 @@ EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 DIGIT_DOMAINS = ("mnist5k", "uci-digits", "mnistm5k", "mnist", "usps", "svhn", "mnistm")
 # A labelled image folder given as a domain: "folder:PATH" (cyclelib.folders).
 FOLDER_PREFIX = "folder:"
+# CyCADA's tasks, and the domains of the segmentation one: the offline digit scenes (cyclelib.scenes) and the
+# driving scenes read from their official layouts, "gta5:PATH" and "cityscapes:PATH" (cyclelib.driving).
+TASKS = ("classification", "segmentation")
+SCENE_DOMAINS = ("mnist-scenes", "mnistm-scenes")
+DRIVING_PREFIXES = ("gta5:", "cityscapes:")
+SEGMENTERS = ("small_fcn", "fcn8s", "drn26")  # the task networks of segmentation (cyclelib.segnets)
 # Digit domains whose colour carries information; every other one is grey digits.
 COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
 # CyCADA's stages in the order they run (cyclelib.cycada says what each needs and stands for).
@@ -62,15 +68,36 @@ def is_folder_domain(name: str) -> bool:
     return str(name).startswith(FOLDER_PREFIX) and len(str(name)) > len(FOLDER_PREFIX)
 
 
+def is_segmentation_domain(name: str) -> bool:
+    """Whether ``name`` is a domain of (image, label map) items: a digit-scene domain, ``gta5:PATH`` or
+    ``cityscapes:PATH``."""
+    return name in SCENE_DOMAINS or any(str(name).startswith(p) and len(str(name)) > len(p) for p in DRIVING_PREFIXES)
+
+
+def task_mismatch(task: str, source: str, target: str, network: str) -> str | None:
+    """What of a CyCADA run's domains and task network does not fit its ``task`` (naming the option), None
+    if all fit: segmentation takes segmentation domains and :data:`SEGMENTERS`, classification neither."""
+    segmenting = task == "segmentation"
+    for option, name in (("source", source), ("target", target), ("classifier", network)):
+        if (is_segmentation_domain(name) or name in SEGMENTERS) != segmenting:
+            kind = "segmentation domain" if option != "classifier" else "segmenter"
+            return (f"{option} {name!r} is {'not ' if segmenting else ''}a {kind}, and task {task!r} needs "
+                    f"{'one' if segmenting else 'none'}: use --task {'classification' if segmenting else 'segmentation'}"
+                    f" or another --{option} (segmentation domains: {', '.join(SCENE_DOMAINS)}, gta5:PATH, "
+                    f"cityscapes:PATH; segmenters: {', '.join(SEGMENTERS)})")
+    return None
+
+
 def domain_pair(spec: str) -> tuple[str, str] | None:
-    """The two domains of ``spec`` = ``"a:b"``, each a digit domain or ``folder:PATH`` (e.g.
-    ``"mnist5k:mnistm5k"``, ``"folder:shop:folder:/data/field"``), None if it is not such a pair.
-    A folder's path must hold no colon."""
+    """The two domains of ``spec`` = ``"a:b"``, each a digit domain, ``folder:PATH``, a digit-scene domain,
+    ``gta5:PATH`` or ``cityscapes:PATH`` (e.g. ``"mnist5k:mnistm5k"``, ``"folder:shop:folder:/data/field"``),
+    None if it is not such a pair. A folder's path must hold no colon."""
+    prefixes = {p.rstrip(":") for p in (FOLDER_PREFIX, *DRIVING_PREFIXES)}
     parts, names = str(spec).split(":"), []
     while parts:
         word = parts.pop(0)
-        names.append(f"{FOLDER_PREFIX}{parts.pop(0)}" if word == "folder" and parts else word)
-    ok = len(names) == 2 and all(n in DIGIT_DOMAINS or is_folder_domain(n) for n in names)
+        names.append(f"{word}:{parts.pop(0)}" if word in prefixes and parts else word)
+    ok = len(names) == 2 and all(n in DIGIT_DOMAINS or is_folder_domain(n) or is_segmentation_domain(n) for n in names)
     return (names[0], names[1]) if ok else None
 
 
@@ -162,10 +189,13 @@ DISCRIMINATORS = Registry(
     pixel=Architecture("pixel", "pixel"))
 # What --source and --target of CyCADA take (a registry: a folder's name is a pattern).
 DOMAINS = Registry("domain", digits=Architecture("|".join(map(re.escape, DIGIT_DOMAINS)), ", ".join(DIGIT_DOMAINS)),
-                   folder=Architecture(r"folder:.+", "folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)"))
+                   folder=Architecture(r"folder:.+", "folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)"),
+                   scenes=Architecture("|".join(SCENE_DOMAINS), ", ".join(SCENE_DOMAINS)),
+                   driving=Architecture(r"(gta5|cityscapes):.+", "gta5:PATH, cityscapes:PATH (their official layouts)"))
 TASK_NETWORKS = Registry("classifier", lenet=Architecture("lenet", "lenet"), dtn=Architecture("dtn", "dtn"),
                          resnet18=Architecture("resnet18", "resnet18"),
-                         resnet18_imagenet=Architecture("resnet18_imagenet", "resnet18_imagenet"))
+                         resnet18_imagenet=Architecture("resnet18_imagenet", "resnet18_imagenet"),
+                         **{name: Architecture(name, name) for name in SEGMENTERS})
 # The official names, which a config takes without building a network to check them.
 GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 DISCRIMINATOR_ARCHS = tuple(DISCRIMINATORS.families)

@@ -71,6 +71,26 @@ CYCADA_PRESETS = {
     "gpu": dict(num_workers=4),
 }
 
+# Per scale, the options of a segmentation run (task segmentation) that differ from those of CYCADA_PRESETS.
+SEGMENTATION_PRESETS = {
+    # seconds: 32x32 scenes, every stage a few steps (CI, nbval)
+    "smoke": dict(image_size=32, max_samples=16, max_eval_samples=16, task_batch_size=4, pixel_batch_size=4,
+                  feature_batch_size=4, d_feat_width=16),
+    # the digit scenes (64x64, 2,000 train and 500 test per domain) in about ten minutes on one thread: the small FCN
+    # as benchmarks/segmentation_gap.py trains it, a short CycleGAN and two epochs of each feature stage with a
+    # narrow score discriminator (the release's 512 channels cost about 100 ms per scene on one thread)
+    "cpu": dict(image_size=64, task_lr=1e-3, task_batch_size=16, task_epochs=5, netG="resnet_3blocks",
+                ngf=8, ndf=16, pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=1, feature_lr=1e-4,
+                feature_batch_size=16, feature_epochs=2, d_feat_width=64, log_every=20, sample_every=500,
+                checkpoint_every=200),
+}
+
+
+def cycada_preset(scale: str, task: str | None = None) -> dict:
+    """The options that scale ``scale`` sets for a CyCADA run of ``task`` (None: classification)."""
+    return {**CYCADA_PRESETS[scale], **(SEGMENTATION_PRESETS.get(scale, {}) if task == "segmentation" else {})}
+
+
 # CyCADA's forms (train cycada --form, CyCADAConfig.for_scale(form=...)): the paper's is the options' defaults;
 # the release's is its choices where it departs from the paper (jhoffman/cycada_release at commit 2fbf16b; each
 # option's help says which, its field in config.py cites file and line). A scale's learning rates stay the scale's.

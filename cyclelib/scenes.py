@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 
 from .digits import digit_domain
 from .images import scale_levels
+from .names import SCENE_DOMAINS
 
-SCENE_DOMAINS = ("mnist-scenes", "mnistm-scenes")
 SCENE_CLASSES = 11  # background + the ten digits
 SCENE_NAMES = ("background",) + tuple(str(d) for d in range(10))
 SCENE_SPLITS = ("train", "test")

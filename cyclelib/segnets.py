@@ -61,6 +61,8 @@ class SmallFCN(nn.Module):
     stage, doubled in each of the next two.
     """
 
+    channels, image_size = 3, None  # RGB of any size (classifiers.build_task_network reads them)
+
     def __init__(self, num_classes: int, width: int = 32):
         super().__init__()
 
@@ -134,6 +136,8 @@ class FCN8s(nn.Module):
     torchvision's ImageNet weights (downloaded once into torch's cache;
     :func:`vgg16_state_to_fcn`).
     """
+
+    channels, image_size = 3, None  # RGB of any size (classifiers.build_task_network reads them)
 
     def __init__(self, num_classes: int = 19, pretrained: bool = False):
         super().__init__()
@@ -237,6 +241,8 @@ class DRN26(nn.Module):
     authors (:data:`DRN26_IMAGENET_URL`, downloaded once into torch's cache) and ``fc`` stays
     new, as the release's ``finetune`` (drn.py lines 168-171).
     """
+
+    channels, image_size = 3, None  # RGB of any size (classifiers.build_task_network reads them)
 
     LEVELS = (1, 1, 2, 2, 2, 2, 1, 1)
     CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)

@@ -92,7 +92,7 @@ def test_a_one_process_torchrun_joins_a_process_group(tmp_path):
     assert json.loads(line[len("PROBE "):]) == {"backend": "gloo", "rank": 0, "world": 1, "sum": [1.0, 2.0]}
 
 
-@pytest.mark.slow  # the five steps at smoke size: about a minute on 2 cores
+@pytest.mark.slow  # the six steps at smoke size: about a minute on 2 cores
 def test_the_cpu_dry_run_passes_every_step_and_writes_the_summary(tmp_path):
     out = tmp_path / "gpu-check.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--json", str(out)], cwd=tmp_path,
@@ -104,13 +104,14 @@ def test_the_cpu_dry_run_passes_every_step_and_writes_the_summary(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["passed"] is True and summary["dry_run"] is True and summary["device"] == "cpu"
     steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps) == ["device-tests", "bench", "cycada", "torchrun", "fid"]
+    assert list(steps) == ["device-tests", "bench", "cycada", "segmentation", "torchrun", "fid"]
     for step in steps.values():
         assert step["status"] == "passed" and step["problems"] == [] and 0 < step["seconds"] <= step["box_s"]
     tests = steps["device-tests"]["numbers"]
     assert tests["counts"]["passed"] >= 7 and tests["counts"]["failure"] == tests["counts"]["error"] == 0
     assert {row["path"] for row in steps["bench"]["numbers"]["rows"]} == {"fast", "reference"}
     assert 0 <= steps["cycada"]["numbers"]["pixel_feature"] <= 1
+    assert 0 <= steps["segmentation"]["numbers"]["pixel_feature"] <= 1
     assert steps["torchrun"]["numbers"] | {"last_losses": None} == {"expected_backend": "gloo", "steps": 4,
                                                                    "last_losses": None}
     fid = steps["fid"]["numbers"]  # the real Inception-v3 where its weights can be had, else a reason

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from cyclelib import TrainingInterrupted, cycada, load_checkpoint, run_cycada
+from cyclelib import TrainingInterrupted, cycada, load_checkpoint, run_cycada, semantic
 from cyclelib.checkpoints import save_checkpoint
 from cyclelib.cycada import stage_path
 from cyclelib.cycada_run import _eval_subset
@@ -84,8 +84,8 @@ def test_a_checkpoint_without_the_judges_state_resumes_only_the_frozen_judge(tmp
 
 def test_the_evaluation_reports_the_trained_judges_source_accuracy(tmp_path, monkeypatch):
     judges = []
-    real = cycada.online_judge
-    monkeypatch.setattr(cycada, "online_judge", lambda config, judge: judges.append(judge) or real(config, judge))
+    real = semantic.online_judge
+    monkeypatch.setattr(semantic, "online_judge", lambda config, judge: judges.append(judge) or real(config, judge))
     config = cycada_smoke(tmp_path, semantic_judge="online")
     metrics = run_cycada(config, stages="source,pixel", progress=False)
     (judge,) = judges  # as the stage left it, read from its checkpoint by the evaluation
@@ -100,7 +100,7 @@ RANKS = """
 import sys, torch
 from cyclelib import CyCADAConfig, distributed
 from cyclelib.classifiers import build_task_network
-from cyclelib.cycada import online_judge
+from cyclelib.semantic import online_judge
 
 rank, world, _ = distributed.setup(torch.device("cpu"))
 config = CyCADAConfig.for_scale("smoke", source="mnist5k", target="mnistm5k", device="cpu")

@@ -72,20 +72,23 @@ _FEATURE = {"feature_lr", "feature_batch_size", "feature_epochs", "lambda_task",
 # the release's form (issue 25), added since
 _RELEASE_PIXEL = {"semantic_target", "semantic_gate"}
 _RELEASE = {"feature_gate", "feature_start"}
+# segmentation (issue 26), added since: a checkpoint without them was a classification stage with the release's D_feat
+_TASK, _SEG_FEATURE = {"task"}, {"d_feat_width"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
             "max_eval_samples"}
 
 
 def test_stage_options_computed_from_the_tags_are_todays():
     assert {stage: set(options) for stage, options in STAGE_OPTIONS.items()} == {
-        "source": _SHARED, "oracle": _SHARED, "pixel": _SHARED | _PIXEL | _RELEASE_PIXEL,
-        "pixel_only": _SHARED | _PIXEL | _RELEASE_PIXEL,
-        "feature_only": _SHARED | _FEATURE | {"feature_gate"},
-        "feature": _SHARED | _PIXEL | _FEATURE | _RELEASE | _RELEASE_PIXEL}
+        "source": _SHARED | _TASK, "oracle": _SHARED | _TASK, "pixel": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL,
+        "pixel_only": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL,
+        "feature_only": _SHARED | _TASK | _FEATURE | _SEG_FEATURE | {"feature_gate"},
+        "feature": _SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL}
     assert set(NEUTRAL_OPTIONS) == _NEUTRAL
     # a stage records asdict(config): the same flat names as before, so existing stage checkpoints are reused
     # (one that lacks the release's options, added later, was trained as their defaults, the paper's, train)
-    assert set(asdict(CyCADAConfig())) == _SHARED | _PIXEL | _FEATURE | _RELEASE | _RELEASE_PIXEL | _NEUTRAL
+    assert set(asdict(CyCADAConfig())) == (_SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL
+                                           | _NEUTRAL)
 
 
 def test_keyword_construction_and_resume_rules_read_the_fields():
@@ -148,8 +151,9 @@ def test_a_registered_task_network_is_built_and_taken_by_the_config(registries):
                            build=lambda m, num_classes: nn.Linear(4, num_classes))
     assert isinstance(build_classifier("tiny"), nn.Linear)
     assert CyCADAConfig(classifier="tiny").classifier == "tiny"
-    assert "{auto,lenet,dtn,resnet18,resnet18_imagenet,tiny}" in _help("train", "cycada")
-    with pytest.raises(ValueError, match="unknown classifier 'huge'; valid values: auto, lenet, dtn, resnet18, resnet18_imagenet, tiny"):
+    assert "{auto,lenet,dtn,resnet18,resnet18_imagenet,small_fcn,fcn8s,drn26,tiny}" in _help("train", "cycada")
+    with pytest.raises(ValueError, match="unknown classifier 'huge'; valid values: auto, lenet, dtn, resnet18, "
+                                         "resnet18_imagenet, small_fcn, fcn8s, drn26, tiny"):
         CyCADAConfig(classifier="huge")
 
 
@@ -189,7 +193,8 @@ def test_every_option_has_a_description_its_choices_and_required_marked():
                  "--init {normal,xavier,kaiming,orthogonal}", "--noise-injection {constant,modulate}",
                  "--netD {basic,n_layers,pixel}", "resnet_<n>blocks"):
         assert text in cyclegan, text
-    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet}", "--semantic-judge {source,feature_only,online}",
+    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet,small_fcn,fcn8s,drn26}",
+                 "--task {classification,segmentation}", "--semantic-judge {source,feature_only,online}",
                  "resnet_<n>blocks", "folder:PATH"):
         assert text in cycada, text
     for command in commands:

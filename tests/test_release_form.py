@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cyclelib import CyCADAConfig, classifiers, cycada, losses, run_cycada
+from cyclelib import CyCADAConfig, classifiers, cycada, losses, run_cycada, semantic
 from cyclelib.classifiers import FeatureAlignment, build_task_network, discriminator_accuracy
 from cyclelib.config import cycada_command
 from cyclelib.runtime import Precision
@@ -153,13 +153,13 @@ def test_pixel_stage_hands_the_source_labels_to_the_semantic_terms(tmp_path, mon
 
 def test_online_judge_learns_during_the_pixel_stage_and_f_s_does_not(tmp_path, monkeypatch):
     judges = []
-    real = cycada.online_judge
+    real = semantic.online_judge
 
     def spy(config, judge):
         judges.append((judge, copy.deepcopy(judge.state_dict())))
         return real(config, judge)
 
-    monkeypatch.setattr(cycada, "online_judge", spy)
+    monkeypatch.setattr(semantic, "online_judge", spy)
     config = cycada_smoke(tmp_path, semantic_judge="online", semantic_target="labels", semantic_gate=1.0)
     assert cycada.needs(config, "pixel") == ("source",)  # no stage judges: the judge is trained in the stage
     run_cycada(config, stages="source", progress=False)

@@ -375,6 +375,7 @@ def test_a_resume_is_bit_exact_where_the_training_draws_random_numbers(tmp_path,
 # (with the options it needs to be valid): the next test reruns the stages with each.
 CYCADA_CHANGES = {
     "source": dict(source="uci-digits"), "target": dict(target="mnist5k"), "classifier": dict(classifier="lenet"),
+    "task": dict(task="segmentation", source="mnist-scenes", target="mnistm-scenes"), "d_feat_width": dict(d_feat_width=8),
     "image_size": dict(image_size=32), "max_samples": dict(max_samples=25), "seed": dict(seed=1),
     "amp": dict(amp="bf16"), "task_lr": dict(task_lr=2e-4), "task_batch_size": dict(task_batch_size=9),
     "task_epochs": dict(task_epochs=2), "invert_source": dict(invert_source=0.5), "netG": dict(netG="resnet_2blocks"),

@@ -1,0 +1,182 @@
+r"""What CyCADA's stages do differently for semantic segmentation (``task="segmentation"``).
+
+The stages are those of :mod:`cyclelib.cycada`, run by the same :class:`~cyclelib.train.Trainer`;
+this module holds what depends on the task:
+
+- the domains (:func:`segmentation_domain`): the offline digit scenes ``mnist-scenes`` ->
+  ``mnistm-scenes`` (:mod:`cyclelib.scenes`) and ``gta5:PATH`` -> ``cityscapes:PATH``
+  (:mod:`cyclelib.driving`), items ``(image [3, S, S], labels [S, S])``;
+- the task loss (:func:`task_loss`): per pixel, with the ignore label 255 and, on the digit
+  scenes, :data:`~cyclelib.scenes.SCENE_CLASS_WEIGHTS` (the release's ``supervised_loss``,
+  jhoffman/cycada_release ``scripts/train_fcn.py`` lines 41-45 and ``scripts/train_fcn_adda.py``
+  lines 55-59, whose ``--cls_weights`` file, lines 157-160, weights the classes);
+- the feature-level game (:func:`feature_game`): the release's output-space discriminator
+  (``--discrim_score``, train_fcn_adda.py lines 143-149) on the score maps, with the source and
+  target networks sharing their weights (``--weights_shared``, lines 136-137, as
+  ``scripts/train_fcn_adda.sh`` runs it);
+- the evaluation (:func:`evaluate_segmentation`): mIoU, pixel accuracy and per-class IoU on the
+  whole target test split (:func:`~cyclelib.metrics.segmentation_metrics`).
+
+The pixel stage needs nothing here: :func:`~cyclelib.losses.semantic_loss` is per pixel when its
+judge is a segmenter (the frozen f_S's per-pixel argmax is the target of G(x)'s scores).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import losses
+from .classifiers import FeatureDiscriminator
+from .digits import DigitDomain, digit_domain
+from .driving import CITYSCAPES_CLASSES, DrivingScenes, cityscapes, gta5
+from .folders import num_classes
+from .metrics import segmentation_metrics
+from .names import SCENE_DOMAINS, is_segmentation_domain
+from .plots import plot_confusion_matrix, save_image_grid
+from .scenes import SCENE_CLASS_WEIGHTS, SCENE_NAMES, SceneDomain, scene_domain
+from .segnets import ScoreDiscriminator
+
+# The split each CyCADA split reads: GTA5 is all training data in the release (its split.mat is optional
+# here), so the source "test" images (f_S's source mIoU, label preservation) are training images; Cityscapes'
+# test split has no public labels, so its val split is the test split, as in the release (scripts/eval_fcn.py).
+DRIVING_SPLITS = {"gta5": {"train": "all", "test": "all"}, "cityscapes": {"train": "train", "test": "val"}}
+
+
+def labelled_domain(name: str, split: str = "train", size: int = 32, channels: int = 3, root=None,
+                    download: bool = False) -> DigitDomain | SceneDomain | DrivingScenes:
+    """A labelled domain by name, of either task: a digit domain or ``folder:PATH``
+    (:func:`~cyclelib.digits.digit_domain`, with its ``root`` and ``download``), or a segmentation
+    domain (:func:`segmentation_domain`), whose items are ``(image, label map)``."""
+    if is_segmentation_domain(name):
+        return segmentation_domain(name, split, size, channels)
+    return digit_domain(name, split, size, channels, root, download)
+
+
+def segmentation_domain(name: str, split: str, size: int, channels: int = 3) -> SceneDomain | DrivingScenes:
+    """Segmentation domain ``name`` of ``split`` (``train``/``test``) at ``size``: digit scenes of
+    ``size`` x ``size`` pixels, or driving scenes resized to a shorter side of ``size`` with a
+    ``size`` x ``size`` crop (random where the reader passes a generator, as the pixel stage's, else
+    centred). Always RGB: ``channels`` must be 3."""
+    if channels != 3:
+        raise ValueError(f"segmentation domain {name!r} is read in RGB only (channels 3), got channels {channels}")
+    if name in SCENE_DOMAINS:
+        return scene_domain(name, split, size=size)
+    kind, root = name.split(":", 1)
+    if split not in DRIVING_SPLITS[kind]:
+        raise ValueError(f"unknown split {split!r}; valid values: {', '.join(DRIVING_SPLITS[kind])}")
+    return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind][split], size=size, crop=size)
+
+
+def domain_classes(name: str) -> int:
+    """How many classes a source domain of either task has: a segmentation domain's (:func:`class_names`),
+    else :func:`~cyclelib.folders.num_classes` (its class folders, or the 10 digits)."""
+    return len(class_names(name)) if is_segmentation_domain(name) else num_classes(name)
+
+
+def class_names(name: str) -> tuple[str, ...]:
+    """The classes of segmentation domain ``name``: background and the ten digits, or Cityscapes' 19."""
+    if not is_segmentation_domain(name):
+        raise ValueError(f"{name!r} is not a segmentation domain")
+    return SCENE_NAMES if name in SCENE_DOMAINS else CITYSCAPES_CLASSES
+
+
+def task_loss(config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    r"""The task loss of ``config``'s stages: :func:`~cyclelib.losses.task_loss` for classification;
+    for segmentation :func:`~cyclelib.losses.segmentation_loss` (ignore label 255) weighted by
+    :data:`~cyclelib.scenes.SCENE_CLASS_WEIGHTS` when the source is a digit-scene domain (their
+    background covers about 97% of the pixels), unweighted on GTA5 (the release's script runs without
+    ``--cls_weights``)."""
+    if config.task != "segmentation":
+        return losses.task_loss
+    weights = torch.tensor(SCENE_CLASS_WEIGHTS) if config.source in SCENE_DOMAINS else None
+    return partial(_weighted_loss, weights)
+
+
+def _weighted_loss(weights: torch.Tensor | None, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return losses.segmentation_loss(scores, labels, None if weights is None else weights.to(scores.device))
+
+
+def feature_game(config) -> dict:
+    """The keyword arguments of :class:`~cyclelib.classifiers.FeatureAlignment` for ``config``'s task:
+    the feature-level discriminator (digits: the release's MLP on logits, 500 hidden units;
+    segmentation: :class:`~cyclelib.segnets.ScoreDiscriminator` on score maps, width 512), each of
+    width ``d_feat_width`` when given; and for segmentation its task loss and shared weights."""
+    k, width = domain_classes(config.source), config.d_feat_width
+    if config.task != "segmentation":
+        return {"discriminator": FeatureDiscriminator(k, hidden_dim=width or 500)}
+    return {"discriminator": ScoreDiscriminator(k, width=width or 512), "task_loss": task_loss(config), "shared": True}
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    return [None if v != v else v for v in values]  # JSON has no nan: an absent class is null
+
+
+def evaluate_segmentation(config, results: dict[str, nn.Module], judges: dict[str, nn.Module],
+                          translator: nn.Module | None, source_test, target_test, out: Path) -> dict:
+    """The segmentation part of ``metrics.json``: per result (``source_only``, ... ``target_oracle``,
+    its network in ``results``), its mIoU on the target test split under the result's name (the headline,
+    as a classifier's accuracy is), and its ``pixel_accuracy``, ``class_iou`` (null for a class neither
+    in the labels nor predicted) and ``confusion`` under those keys; ``source_test_miou`` (f_S on the
+    source test split); with a translator, ``label_preservation`` (f_S's mIoU on translated source test
+    scenes against their labels) and ``oracle_label_preservation`` (the oracle's), from ``judges``
+    (``{"source": f_S, "oracle": ...}``, those finished). Writes ``out/confusion/<result>.png`` and
+    ``out/samples.png`` (scenes, translations, predictions and ground truth)."""
+    k = domain_classes(config.source)
+    metrics: dict = {"metric": "miou", "classes": list(class_names(config.source)), "pixel_accuracy": {},
+                     "class_iou": {}, "confusion": {}}
+    for key, net in results.items():
+        found = segmentation_metrics(net, target_test, k)
+        metrics[key] = found["miou"]
+        metrics["pixel_accuracy"][key], metrics["confusion"][key] = found["pixel_accuracy"], found["confusion"]
+        metrics["class_iou"][key] = _finite(found["class_iou"])
+        plot_confusion_matrix(found["confusion"], out / "confusion" / f"{key}.png",
+                              title=f"{key} on {config.target} test: mIoU {found['miou']:.3f}")
+    if "source" in judges:
+        metrics["source_test_miou"] = segmentation_metrics(judges["source"], source_test, k)["miou"]
+    if translator is not None:
+        for stage, key in (("source", "label_preservation"), ("oracle", "oracle_label_preservation")):
+            if stage in judges:
+                metrics[key] = segmentation_metrics(judges[stage], source_test, k, transform=translator)["miou"]
+    _save_samples(results, translator, source_test, target_test, k, out / "samples.png")
+    return metrics
+
+
+def colour_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Label maps ``[N, H, W]`` as images ``[N, 3, H, W]`` in ``[-1, 1]``: one colour per class of
+    matplotlib's ``tab20`` (background, class 0, black on the digit scenes' black), 255 white."""
+    from matplotlib import colormaps
+
+    palette = torch.tensor([colormaps["tab20"](i % 20)[:3] for i in range(num_classes)] + [(1.0, 1.0, 1.0)])
+    palette[0] = 0.0
+    index = torch.where(labels == 255, num_classes, labels.clamp(0, num_classes - 1))
+    return (palette[index] * 2 - 1).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def _save_samples(results: dict[str, nn.Module], translator: nn.Module | None, source_test, target_test,
+                  k: int, path: Path, n: int = 4) -> None:
+    """The first ``n`` source test scenes with their translation and labels, and the first ``n`` target
+    test scenes with each result's prediction and their labels, one row each."""
+    (x_s, y_s), (x_t, y_t) = (map(torch.stack, zip(*(split[i] for i in range(min(n, len(source_test),
+                                                                                    len(target_test))))))
+                              for split in (source_test, target_test))
+    rows, names = [x_s, colour_labels(y_s, k)], ["source", "source labels"]
+    if translator is not None:
+        device = next(translator.parameters()).device
+        rows.insert(1, translator(x_s.to(device)).float().cpu())
+        names.insert(1, "G_S->T(source)")
+    rows.append(x_t)
+    names.append("target")
+    for key, net in results.items():
+        was_training = net.training
+        net.eval()
+        rows.append(colour_labels(net(x_t.to(next(net.parameters()).device)).argmax(1).cpu(), k))
+        net.train(was_training)
+        names.append(key)
+    rows.append(colour_labels(y_t, k))
+    names.append("target labels")
+    save_image_grid(rows, names, path)
