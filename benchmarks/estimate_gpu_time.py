@@ -10,7 +10,8 @@ No GPU has measured it yet, so this script estimates it on the CPU, without trai
    batch)`` for the classifier stages (they drop an epoch's last partial batch) and
    ``epochs x ceil(train size / batch)`` for the pixel stage and CycleGAN runs, where an epoch of
    two domains is as long as the larger one; train sizes: MNIST 60000, USPS 7291, SVHN 73257,
-   the offline mnist5k and mnistm5k 4000, chapter 4's photo crops 400, at most ``max_samples``;
+   the offline mnist5k and mnistm5k 4000, chapter 4's photo crops 400, the digit scenes of chapter 11
+   (``mnist-scenes``, ``mnistm-scenes``) 2000, at most ``max_samples``;
 3. divides the FLOPs by an **assumed** achieved throughput, ``--fraction`` (default 0.3) of the
    GPU's dense peak at the precision it would run (T4: 8.1 TFLOP/s fp32, for it has no bf16
    tensor cores; A100: 312, H100: 989 TFLOP/s bf16), and adds an **assumed** cost per
@@ -18,7 +19,7 @@ No GPU has measured it yet, so this script estimates it on the CPU, without trai
    for the small classifiers that cost, not arithmetic, sets the pace).
 
 It reports the six stages of ``run_cycada`` at the ``gpu`` scale (the paper's setting) for the
-paper's pairs, and what each chapter's notebook trains when run alone at the ``colab`` and ``gpu``
+paper's digit pairs, and what each chapter's notebook trains when run alone at the ``colab`` and ``gpu``
 scales; it fails when a chapter of the ``colab`` scale exceeds ``COLAB_MINUTES`` on a T4 (a free
 Colab session). The two assumptions are printed with the table; a measurement on a GPU (``make
 gpu-check`` for the CycleGAN step, or timing a run) replaces them. Not counted: data loading,
@@ -50,10 +51,12 @@ from cyclelib.presets import CYCADA_PRESETS, CYCLEGAN_PRESETS
 from cyclelib.cycada import STAGES, classifier_name, semantic_consistency
 from cyclelib.cyclegan import CycleGAN
 from cyclelib.runtime import Precision
+from cyclelib.segmentation import domain_classes, feature_game, task_loss
 
 # Training images per domain: the torchvision train splits the gpu scale downloads, the offline 5k
 # digit sets (4000 of each 5000 are the train split) and chapter 4's photo crops (400 a domain).
-TRAIN_SIZES = {"mnist": 60000, "usps": 7291, "svhn": 73257, "mnist5k": 4000, "mnistm5k": 4000, "photos": 400}
+TRAIN_SIZES = {"mnist": 60000, "usps": 7291, "svhn": 73257, "mnist5k": 4000, "mnistm5k": 4000, "photos": 400,
+               "mnist-scenes": 2000, "mnistm-scenes": 2000}
 # Dense peak TFLOP/s at the precision each GPU would train in: bf16 tensor cores where the GPU has
 # them (amp "auto"), fp32 on a T4, whose bf16 is emulated (its fp16 tensor cores need --amp fp16).
 GPUS = {"T4": (8.1, "fp32"), "A100": (312.0, "bf16"), "H100": (989.0, "bf16")}
@@ -90,8 +93,11 @@ def images(n: int, size: int) -> torch.Tensor:
     return torch.rand(n, 3, size, size) * 2 - 1  # [n, 3, size, size] in [-1, 1]
 
 
-def labels(n: int) -> torch.Tensor:
-    return torch.randint(0, 10, (n,))
+def labels(n: int, config: cyclelib.CyCADAConfig | None = None) -> torch.Tensor:
+    """``n`` random labels: digits [n], or for a segmentation ``config`` label maps [n, size, size]."""
+    if config is None or config.task != "segmentation":
+        return torch.randint(0, 10, (n,))
+    return torch.randint(0, domain_classes(config.source), (n, config.image_size, config.image_size))
 
 
 def cyclegan_model(config: cyclelib.CycleGANConfig, extra_generator_losses=None) -> CycleGAN:
@@ -120,17 +126,20 @@ _STEP_COSTS: dict[str, dict[str, tuple[int, int]]] = {}
 def _measure_stages(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
     cpu = torch.device("cpu")
     precision = Precision("none", cpu)
-    size, name = config.image_size, classifier_name(config)
+    size, name, k = config.image_size, classifier_name(config), domain_classes(config.source)
+    # segmentation: per-pixel task loss and the score discriminator with shared weights, as run_cycada's stages
+    game = feature_game(config) if config.task == "segmentation" else {}
     torch.manual_seed(0)
-    f_s = build_task_network(name).to(cpu).eval()
-    task = TaskClassifier(build_task_network(name).train(), config.task_lr, precision)
-    feature = FeatureAlignment(f_s, config.feature_lr, precision, config.lambda_task, config.lambda_feature)
+    f_s = build_task_network(name, k).to(cpu).eval()
+    task = TaskClassifier(build_task_network(name, k).train(), config.task_lr, precision, task_loss(config))
+    feature = FeatureAlignment(f_s, config.feature_lr, precision, config.lambda_task, config.lambda_feature, **game)
     pixel = cyclegan_model(config.pixel_config(""), semantic_consistency(config, f_s))
     b_task, b_pix, b_feat = config.task_batch_size, config.pixel_batch_size, config.feature_batch_size
     return {
-        "classifier": measure(lambda: task.train_step(images(b_task, size), labels(b_task))),
+        "classifier": measure(lambda: task.train_step(images(b_task, size), labels(b_task, config))),
         "pixel": cyclegan_cost(pixel, b_pix, size),
-        "feature": measure(lambda: feature.train_step(images(b_feat, size), labels(b_feat), images(b_feat, size))),
+        "feature": measure(lambda: feature.train_step(images(b_feat, size), labels(b_feat, config),
+                                                      images(b_feat, size))),
     }
 
 
@@ -219,6 +228,9 @@ def chapter_rows(scale: str, fraction: float, op_us: float) -> dict[str, list[di
     offline = cyclelib.CyCADAConfig.for_scale(scale, source="mnist5k", target="mnistm5k", device="cpu")
     oracle = dataclasses.replace(offline, classifier="lenet")  # chapters 2-3 read translations with it
     remedy = dataclasses.replace(offline, **REMEDY)  # chapter 10: the offline pair at every scale
+    # chapter 11: the offline digit scenes at every scale (no preset sizes a GTA5 -> Cityscapes run yet)
+    scenes = cyclelib.CyCADAConfig.for_scale(scale, task="segmentation", source="mnist-scenes",
+                                             target="mnistm-scenes", device="cpu")
     # chapters 6-9: the paper's first pair at the gpu scale (their configuration cell), else the offline one
     cycada = dataclasses.replace(offline, source="mnist", target="usps") if scale == "gpu" else offline
     c = lambda *a: cyclegan_row(*a, fraction, op_us)  # noqa: E731
@@ -238,6 +250,7 @@ def chapter_rows(scale: str, fraction: float, op_us: float) -> dict[str, list[di
         "08_cycada_feature_level": cycada_rows(cycada, ("source", "pixel", "pixel_only", "feature"), fraction, op_us),
         "09_cycada_results": cycada_rows(cycada, STAGES, fraction, op_us),
         "10_beyond_the_paper": cycada_rows(remedy, STAGES, fraction, op_us),
+        "11_cycada_segmentation": cycada_rows(scenes, STAGES, fraction, op_us),
     }
 
 
