@@ -359,7 +359,7 @@ def evaluate_run(checkpoint: str | os.PathLike, data: str, direction: str = "Ato
 def _evaluate_digits(generator: nn.Module, source: Dataset, target: Dataset, extractor: FeatureExtractor,
                      oracle: str | os.PathLike | None, batch_size: int, device: str | None,
                      out: str | os.PathLike | None, protocol: dict, kid_options: dict) -> dict:
-    generator = generator.to(pick_device(device)).eval()
+    generator = generator.to(pick_device(device))  # translate_dataset and label_preservation use eval mode
     translated = translate_dataset(generator, source, batch_size)  # (G(x), y), on the CPU
     fake = compute_features((to_levels(x) for x, _ in DataLoader(translated, batch_size)), extractor)
     real = compute_features((to_levels(x) for x, _ in DataLoader(target, batch_size)), extractor)

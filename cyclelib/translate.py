@@ -18,6 +18,7 @@ from . import files
 from .checkpoints import is_checkpoint, load_checkpoint
 from .cyclegan import CycleGAN
 from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image
+from .modes import eval_mode
 from .networks import fits, side_multiple, smallest_side
 from .runs import CHECKPOINT_FOLDER, LATEST, load_run_checkpoint, run_in, step_checkpoint
 from .runtime import pick_device, translating
@@ -225,9 +226,10 @@ def translate_folder(generator: nn.Module, input_dir: str | os.PathLike, output_
     check_output_folder(input_dir, output_dir, overwrite)
     batches = plan_batches(paths, [generator], size, batch_size)
     dev = pick_device(device)
-    generator = generator.to(dev).eval()
+    generator = generator.to(dev)
     written = []
-    with tqdm(total=len(paths), unit="image", desc="translate", disable=not progress) as bar:
+    # eval mode for the translation, each module's own mode given back afterwards (a caller may be training it)
+    with eval_mode(generator), tqdm(total=len(paths), unit="image", desc="translate", disable=not progress) as bar:
         for batch in batches:
             try:
                 images = read_batch(batch, generator.input_nc, size).to(dev)
