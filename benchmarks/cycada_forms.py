@@ -6,7 +6,7 @@ each other form then starts from a copy of the paper run's stage folders that it
 unchanged (the reuse checks of :func:`cyclelib.cycada.stage_checkpoint` decide), so the runs of one
 seed share their earlier stages and their differences can be read per seed. Every run's
 ``metrics.json`` is copied to ``RESULTS/<pair>/<form>/seed<K>/metrics.json``, with the command
-that made it in ``command.txt``. ``cyclelib.cycada_run.form_comparison`` reads them.
+that made it in ``command.txt``. ``cyclelib.book.form_comparison`` reads them.
 
     OMP_NUM_THREADS=1 python benchmarks/cycada_forms.py --source uci-digits --target mnist5k \\
         --seeds 0 1 2 --runs runs/forms --results cyclelib/results/cycada/forms

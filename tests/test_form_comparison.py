@@ -51,3 +51,27 @@ def test_forms_must_have_the_baseline_seeds(tmp_path):
         form_comparison(tmp_path)
     with pytest.raises(FileNotFoundError, match="no 'baseline' form"):
         form_comparison(tmp_path, baseline="baseline")
+
+
+@pytest.mark.slow
+def test_the_forms_script_starts_each_form_from_the_paper_runs_unchanged_stages(tmp_path):
+    """benchmarks/cycada_forms.py at the smoke scale: a stage-3 form reuses the paper run's source and pixel
+    stages byte for byte, retrains its feature stages, and keeps its metrics.json with its command."""
+    import subprocess
+    import sys
+    from helpers import ROOT, package_env
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cycada_forms.py"), "--source", "uci-digits",
+                    "--target", "mnist5k", "--seeds", "0", "--scale", "smoke", "--forms", "paper", "stage3-release",
+                    "--runs", str(runs), "--results", str(results)], check=True, env=package_env(), cwd=tmp_path,
+                   capture_output=True)
+    seed = runs / "uci-digits-to-mnist5k" / "seed0"
+    for stage in ("source", "pixel", "pixel_only", "oracle"):
+        assert (seed / "stage3-release" / stage / "checkpoint.pt").read_bytes() == \
+            (seed / "paper" / stage / "checkpoint.pt").read_bytes()
+    assert (seed / "stage3-release" / "feature" / "checkpoint.pt").read_bytes() != \
+        (seed / "paper" / "feature" / "checkpoint.pt").read_bytes()
+    kept = results / "uci-digits-to-mnist5k" / "stage3-release" / "seed0"
+    assert "--feature-start=pixel_only --lambda-task=0" in (kept / "command.txt").read_text()
+    compared = form_comparison(results / "uci-digits-to-mnist5k")
+    assert compared["stage3-release"]["pixel_only"]["vs"]["seeds"] == {0: 0.0}
