@@ -44,12 +44,16 @@ CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
 # Cityscapes is in the official list but not on the server: its licence allows no redistribution.
 # The official datasets/download_pix2pix_dataset.sh (lines 8-12; download_cyclegan_dataset.sh has the
 # same lines) prints these manual steps and exits 1; the official datasets/prepare_cityscapes_dataset.py
-# writes trainA (photos), trainB (label colour maps) and testA/testB (the val split) at 256x256.
+# writes trainA (photos), trainB (label colour maps) and testA/testB (the val split) at 256x256. The two
+# zips unzipped into one folder are also what cyclelib.driving.cityscapes reads (leftImg8bit/, gtFine/).
 CITYSCAPES_STEPS = (
     "cityscapes is not downloaded automatically: its licence does not allow redistribution. Register at "
-    "https://www.cityscapes-dataset.com, download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip, unzip "
-    "them, and run the official CycleGAN repository's datasets/prepare_cityscapes_dataset.py --gtFine_dir gtFine "
-    "--leftImg8bit_dir leftImg8bit --output_dir datasets/cityscapes (it writes trainA, trainB, testA, testB)")
+    "https://www.cityscapes-dataset.com and download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip. "
+    "For segmentation (cyclelib train cycada --task segmentation --target cityscapes:DIR): unzip both into one "
+    "folder DIR, which then holds leftImg8bit/ and gtFine/. For the CycleGAN pair (photos <-> label colour maps, "
+    "--data datasets/cityscapes): run the official CycleGAN repository's datasets/prepare_cityscapes_dataset.py "
+    "--gtFine_dir DIR/gtFine --leftImg8bit_dir DIR/leftImg8bit --output_dir datasets/cityscapes (it writes "
+    "trainA, trainB, testA, testB)")
 DIGIT_SPLITS = ("train", "test")
 
 # Ganin's "unpacked version of MNIST-M" (mnist_m.tar.gz: mnist_m/mnist_m_{train,test}/*.png
