@@ -18,8 +18,8 @@ from .config import CyCADAConfig, CycleGANConfig, positive_int, recorded_options
 from .presets import CYCADA_FORMS, CYCADA_PRESETS, CYCLEGAN_PRESETS, cyclegan_preset
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
-from .driving_downloads import GTA5_PARTS, download_cyclegta5, download_gta5
-from .names import AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, KID_SUBSETS, NORMS, SCALES
+from .names import (AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, GTA5_PARTS, KID_SUBSETS,
+                    NORMS, SCALES)
 
 
 def _train_cyclegan(args) -> None:
@@ -188,6 +188,7 @@ def _download(args) -> None:
     elif args.name in DIGIT_FILES:
         print(f"downloaded to {download_digits(args.name, args.root)}")
     elif args.name in ("gta5", "cyclegta5"):
+        from .driving import download_cyclegta5, download_gta5
         root = args.root or "datasets"
         path = download_gta5(root, map(int, args.parts or GTA5_PARTS)) if args.name == "gta5" else download_cyclegta5(root)
         print(f"downloaded to {path}\ntrain with: cyclelib train cycada --task segmentation --source gta5:{path} "
@@ -208,14 +209,15 @@ def download_listing() -> str:
 
     return "\n\n".join([
         group("CycleGAN datasets (into ./datasets or --root; sizes not stated by the official pages):",
-              [*CYCLEGAN_DATASETS, "cityscapes  (manual download: its licence allows no redistribution)"]),
+              [*CYCLEGAN_DATASETS, "cityscapes  (manual download: its licence allows no redistribution; steps printed, for the pair and "
+               "for segmentation)"]),
         group("digit domains (into $CYCLELIB_DATA or ~/.cache/cyclelib, or --root):",
               [*DIGIT_FILES, *(f"{name}  (ships with cyclelib: nothing to download)"
                                for name in DIGIT_DOMAINS if name not in DIGIT_FILES)]),
-        group("driving scenes for CyCADA's segmentation, read as gta5:PATH (into ./datasets/NAME or --root/NAME):",
+        group("CyCADA segmentation sources, read as gta5:PATH (into ./datasets/NAME or --root/NAME; the target, "
+              "cityscapes, is listed above):",
               ["gta5  (GTA5's images and labels; --parts N ... picks some of its parts 1 to 10, default all)",
-               "cyclegta5  (the CyCADA release's GTA5 translated to look like Cityscapes, with GTA5's labels)",
-               "cityscapes  (the target: manual download, steps printed)"]),
+               "cyclegta5  (the CyCADA release's GTA5 translated to look like Cityscapes, with GTA5's labels)"]),
         group("pretrained CycleGAN generators, with --pretrained (into $CYCLELIB_CACHE or ~/.cache/cyclelib/models, "
               "or --root; sizes where recorded, else unknown until first download):",
               [f"{name}  ({PRETRAINED_SIZES[name] / 1e6:.1f} MB)" if name in PRETRAINED_SIZES else name

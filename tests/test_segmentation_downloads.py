@@ -1,4 +1,4 @@
-"""Downloads of the driving scenes (cyclelib.driving_downloads), offline: a local HTTP server on
+"""Downloads of the driving scenes (cyclelib.driving's download_gta5, download_cyclegta5), offline: a local HTTP server on
 127.0.0.1 stands in for the GTA5 site and the release's server, serving tiny archives in their
 official layouts (``images/NNNNN.png``, ``labels/NNNNN.png`` palette label maps of Cityscapes ids)
 written here; what lands on disk is read back with cyclelib.driving.gta5."""
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cyclelib import download, driving_downloads, gta5
+from cyclelib import download, driving, gta5
 from cyclelib.download import DownloadError
-from cyclelib.driving_downloads import download_cyclegta5, download_gta5
+from cyclelib.driving import download_cyclegta5, download_gta5
 from helpers import RangeServer, cli, rgb
 
 ROAD, CAR = 7, 26  # Cityscapes label ids of train ids 0 and 13
@@ -54,8 +54,8 @@ def sites(monkeypatch):
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     with RangeServer() as server:
-        monkeypatch.setattr(driving_downloads, "GTA5_URL", server.base + "/{part:02d}_{kind}.zip")
-        monkeypatch.setattr(driving_downloads, "CYCLEGTA5_URL", server.base + "/cyclegta.zip")
+        monkeypatch.setattr(driving, "GTA5_URL", server.base + "/{part:02d}_{kind}.zip")
+        monkeypatch.setattr(driving, "CYCLEGTA5_URL", server.base + "/cyclegta.zip")
         monkeypatch.setattr(download, "tqdm", None)
         for part in range(1, 11):
             frames = _frames(part)
