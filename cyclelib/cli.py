@@ -174,7 +174,7 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
 
 def _download(args) -> None:
     if args.parts is not None and args.name != "gta5":
-        raise ValueError(f"--parts picks the parts of gta5; {args.name or 'no NAME'} has none")
+        raise ValueError("--parts picks parts of gta5 only" + (f", and {args.name} has none" if args.name else ""))
     if args.list:
         print(download_listing())
     elif args.name is None:

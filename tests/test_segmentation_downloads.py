@@ -145,7 +145,7 @@ def test_a_part_out_of_range_is_refused(tmp_path, offline):
     code, err = cli("download", "gta5", "--root", str(tmp_path), "--parts", "11")
     assert code == 2 and "cyclelib: error: argument --parts: unknown GTA5 part '11'; valid values: 1, 2," in err
     code, err = cli("download", "cyclegta5", "--root", str(tmp_path), "--parts", "1")
-    assert code == 2 and "cyclelib: error: --parts picks the parts of gta5; cyclegta5 has none" in err
+    assert code == 2 and "cyclelib: error: --parts picks parts of gta5 only, and cyclegta5 has none" in err
     assert list(tmp_path.iterdir()) == []
 
 
