@@ -8,7 +8,7 @@ Modules, one idea each, leaves first:
   run context);
 - ``images`` (image files and tensors), ``download``, ``digits`` (labelled digit domains),
   ``photos`` (the offline photo pair), ``data`` (unpaired folders, the order of an epoch),
-  ``scenes`` (the offline segmentation pair), ``driving`` (GTA5 and Cityscapes);
+  ``scenes`` (the offline segmentation pair), ``driving`` (GTA5 and Cityscapes, their downloads);
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
   networks and their two training steps), ``segnets`` (segmenters, the output-space
   discriminator), ``cyclegan`` (the CycleGAN model and its step);
@@ -41,6 +41,7 @@ _SOURCES = {
     "open_unpaired": "data", "digit_domain": "digits", "poster_paint": "photos", "write_photo_pair": "photos",
     "CYCLEGAN_DATASETS": "download", "PRETRAINED_MODELS": "download", "download_dataset": "download",
     "download_digits": "download", "download_pretrained": "download",
+    "download_cyclegta5": "driving", "download_gta5": "driving",
     "evaluate_folders": "evaluate", "evaluate_run": "evaluate", "fid": "evaluate", "kid": "evaluate",
     "export_generator": "export",
     "load_checkpoint": "checkpoints", "load_safetensors": "checkpoints", "save_checkpoint": "checkpoints",

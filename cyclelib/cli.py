@@ -18,7 +18,8 @@ from .config import CyCADAConfig, CycleGANConfig, positive_int, recorded_options
 from .presets import CYCADA_FORMS, CYCADA_PRESETS, CYCLEGAN_PRESETS, cyclegan_preset
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
-from .names import AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, KID_SUBSETS, NORMS, SCALES
+from .names import (AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, GTA5_PARTS, KID_SUBSETS,
+                    NORMS, SCALES)
 
 
 def _train_cyclegan(args) -> None:
@@ -172,6 +173,8 @@ def _add_translation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _download(args) -> None:
+    if args.parts is not None and args.name != "gta5":
+        raise ValueError("--parts picks parts of gta5 only" + (f", and {args.name} has none" if args.name else ""))
     if args.list:
         print(download_listing())
     elif args.name is None:
@@ -184,12 +187,18 @@ def _download(args) -> None:
         print(f"downloaded to {download_dataset(args.name, args.root or 'datasets')}")
     elif args.name in DIGIT_FILES:
         print(f"downloaded to {download_digits(args.name, args.root)}")
+    elif args.name in ("gta5", "cyclegta5"):
+        from .driving import download_cyclegta5, download_gta5
+        root = args.root or "datasets"
+        path = download_gta5(root, map(int, args.parts or GTA5_PARTS)) if args.name == "gta5" else download_cyclegta5(root)
+        print(f"downloaded to {path}\ntrain with: cyclelib train cycada --task segmentation --source gta5:{path} "
+              f"--target cityscapes:DIR (cyclelib download cityscapes says how to get DIR)")
     elif args.name in DIGIT_DOMAINS:
         print(f"{args.name} ships with cyclelib: nothing to download (train with --data {args.name}:...)")
     else:
         hint = "; it is a pretrained model: add --pretrained" if args.name in PRETRAINED_MODELS else ""
         raise ValueError(f"download: unknown dataset {args.name!r}{hint}; valid values: "
-                         f"{', '.join((*CYCLEGAN_DATASETS, 'cityscapes', *DIGIT_DOMAINS))} "
+                         f"{', '.join((*CYCLEGAN_DATASETS, 'cityscapes', *DIGIT_DOMAINS, 'gta5', 'cyclegta5'))} "
                          f"(pretrained models with --pretrained: {', '.join(PRETRAINED_MODELS)})")
 
 
@@ -200,10 +209,15 @@ def download_listing() -> str:
 
     return "\n\n".join([
         group("CycleGAN datasets (into ./datasets or --root; sizes not stated by the official pages):",
-              [*CYCLEGAN_DATASETS, "cityscapes  (manual download: its licence allows no redistribution)"]),
+              [*CYCLEGAN_DATASETS, "cityscapes  (manual download: its licence allows no redistribution; steps printed, for the pair and "
+               "for segmentation)"]),
         group("digit domains (into $CYCLELIB_DATA or ~/.cache/cyclelib, or --root):",
               [*DIGIT_FILES, *(f"{name}  (ships with cyclelib: nothing to download)"
                                for name in DIGIT_DOMAINS if name not in DIGIT_FILES)]),
+        group("CyCADA segmentation sources, read as gta5:PATH (into ./datasets/NAME or --root/NAME; the target, "
+              "cityscapes, is listed above):",
+              ["gta5  (GTA5's images and labels; --parts N ... picks some of its parts 1 to 10, default all)",
+               "cyclegta5  (the CyCADA release's GTA5 translated to look like Cityscapes, with GTA5's labels)"]),
         group("pretrained CycleGAN generators, with --pretrained (into $CYCLELIB_CACHE or ~/.cache/cyclelib/models, "
               "or --root; sizes where recorded, else unknown until first download):",
               [f"{name}  ({PRETRAINED_SIZES[name] / 1e6:.1f} MB)" if name in PRETRAINED_SIZES else name
@@ -366,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("name", nargs="?", help="a name listed below")
     download.add_argument("--pretrained", action="store_true",
                           help="NAME is an official pretrained CycleGAN generator (horse2zebra, style_monet, ...)")
+    download.add_argument("--parts", nargs="+", **choice("GTA5 part", map(str, GTA5_PARTS)), default=None,
+                          help="gta5 only: which of its parts (default: all ten)")
     download.add_argument("--list", action="store_true", help="list the names, in groups, and exit")
-    download.add_argument("--root", default=None, help="where to put it (default: ./datasets for CycleGAN zips, "
+    download.add_argument("--root", default=None, help="where to put it (default: ./datasets for CycleGAN zips "
+                                                       "and driving scenes, "
                                                        "$CYCLELIB_DATA or ~/.cache/cyclelib for digits, "
                                                        "$CYCLELIB_CACHE or ~/.cache/cyclelib/models for models)")
     download.set_defaults(run=_download)

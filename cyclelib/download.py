@@ -44,12 +44,16 @@ CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
 # Cityscapes is in the official list but not on the server: its licence allows no redistribution.
 # The official datasets/download_pix2pix_dataset.sh (lines 8-12; download_cyclegan_dataset.sh has the
 # same lines) prints these manual steps and exits 1; the official datasets/prepare_cityscapes_dataset.py
-# writes trainA (photos), trainB (label colour maps) and testA/testB (the val split) at 256x256.
+# writes trainA (photos), trainB (label colour maps) and testA/testB (the val split) at 256x256. The two
+# zips unzipped into one folder are also what cyclelib.driving.cityscapes reads (leftImg8bit/, gtFine/).
 CITYSCAPES_STEPS = (
     "cityscapes is not downloaded automatically: its licence does not allow redistribution. Register at "
-    "https://www.cityscapes-dataset.com, download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip, unzip "
-    "them, and run the official CycleGAN repository's datasets/prepare_cityscapes_dataset.py --gtFine_dir gtFine "
-    "--leftImg8bit_dir leftImg8bit --output_dir datasets/cityscapes (it writes trainA, trainB, testA, testB)")
+    "https://www.cityscapes-dataset.com and download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip. "
+    "For segmentation (cyclelib train cycada --task segmentation --target cityscapes:DIR): unzip both into one "
+    "folder DIR, which then holds leftImg8bit/ and gtFine/. For the CycleGAN pair (photos <-> label colour maps, "
+    "--data datasets/cityscapes): run the official CycleGAN repository's datasets/prepare_cityscapes_dataset.py "
+    "--gtFine_dir DIR/gtFine --leftImg8bit_dir DIR/leftImg8bit --output_dir datasets/cityscapes (it writes "
+    "trainA, trainB, testA, testB)")
 DIGIT_SPLITS = ("train", "test")
 
 # Ganin's "unpacked version of MNIST-M" (mnist_m.tar.gz: mnist_m/mnist_m_{train,test}/*.png
@@ -93,7 +97,7 @@ def download_digits(name: str, root: str | os.PathLike | None = None) -> Path:
             _download_and_unpack(MNISTM_URL, root / "mnist_m", md5=MNISTM_MD5)
         return root
     files = _torchvision_files(name, root)
-    with _removed_if_left_empty({path.parent for _, path, _ in files}):
+    with removed_if_left_empty({path.parent for _, path, _ in files}):
         _download_torchvision(name, root, files)
     return root
 
@@ -134,7 +138,7 @@ def _reason(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _removed_if_left_empty(folders):
+def removed_if_left_empty(folders):
     """On an error in the block, remove each of ``folders`` (and their parents) that did not exist
     before and is empty after: a failed download leaves no empty folder behind."""
     new = {p for folder in folders for p in (folder, *folder.parents) if not p.exists()}
@@ -277,7 +281,7 @@ def _check_member_names(names, source: str) -> None:
             raise ValueError(f"refusing to extract {source}: member {name!r} points outside the target folder")
 
 
-def _unpack(archive: Path, dest: Path, source: str) -> None:
+def unpack(archive: Path, dest: Path, source: str) -> None:
     """Extract a zip or tar archive so that `dest` appears complete, in one rename.
 
     Official archives hold one top folder named like `dest` (horse2zebra.zip ->
@@ -315,11 +319,11 @@ def _unpack(archive: Path, dest: Path, source: str) -> None:
 
 
 def _download_and_unpack(url: str, dest: Path, md5: str | None = None) -> Path:
-    with _removed_if_left_empty([dest.parent]):
+    with removed_if_left_empty([dest.parent]):
         archive = dest.parent / f"{dest.name}.archive"
         fetch(url, archive, "md5", md5)
         try:
-            _unpack(archive, dest, url)
+            unpack(archive, dest, url)
         finally:
             archive.unlink(missing_ok=True)  # the extracted folder is what is kept
     return dest
@@ -392,7 +396,7 @@ def download_pretrained(name: str, root: str | os.PathLike | None = None) -> Pat
     if path.is_file():
         return path
     url = PRETRAINED_URL.format(name=name)
-    with _removed_if_left_empty([path.parent]):
+    with removed_if_left_empty([path.parent]):
         sha256 = fetch(url, path, "sha256", PRETRAINED_SHA256.get(name))
     if name not in PRETRAINED_SHA256:
         print(f"note: {name} is unverified (no SHA-256 recorded in cyclelib); it has SHA-256 {sha256} and "

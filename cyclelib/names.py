@@ -31,6 +31,7 @@ FOLDER_PREFIX = "folder:"
 TASKS = ("classification", "segmentation")
 SCENE_DOMAINS = ("mnist-scenes", "mnistm-scenes")
 DRIVING_PREFIXES = ("gta5:", "cityscapes:")
+GTA5_PARTS = tuple(range(1, 11))  # the GTA5 site's parts 01_images.zip ... 10_images.zip (cyclelib.driving)
 SEGMENTERS = ("small_fcn", "fcn8s", "drn26")  # the task networks of segmentation (cyclelib.segnets)
 # Digit domains whose colour carries information; every other one is grey digits.
 COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")

@@ -1,10 +1,13 @@
 """Helpers shared by the test files: the repository root, smoke-sized configs, the CLI run in
 this process or as a subprocess, small random images and image folders, damaged checkpoint files,
 and a pickle that would run code."""
+import http.server
 import os
+import re
 import signal
 import struct
 import sys
+import threading
 import zipfile
 from contextlib import redirect_stderr
 from io import StringIO
@@ -142,3 +145,51 @@ class Payload:
 
     def __reduce__(self):
         return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+class RangeServer:
+    """An HTTP server on 127.0.0.1, serving in a thread inside ``with``: ``files`` (URL path -> bytes)
+    with Range support; a path in ``cut`` is sent only half (with the full Content-Length) once, then
+    the connection is closed. ``paths`` records each request's path and ``ranges`` its Range header (None
+    without one); with
+    ``range_support`` off, Range is ignored. ``base`` is its URL."""
+
+    def __init__(self):
+        self.files, self.cut, self.paths, self.ranges, self.range_support = {}, set(), [], [], True
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.paths.append(self.path)
+                server.ranges.append(self.headers.get("Range"))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                wanted = server.range_support and self.headers["Range"]
+                start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1]) if wanted else 0
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if self.path in server.cut:
+                    server.cut.discard(self.path)
+                    self.wfile.write(body[start:len(body) // 2])
+                    self.close_connection = True
+                else:
+                    self.wfile.write(body[start:])
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

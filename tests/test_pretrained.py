@@ -2,55 +2,16 @@
 on 127.0.0.1 (with Range requests, and a transfer it cuts short on request) stands in for the
 official server."""
 import hashlib
-import http.server
 import re
-import threading
 
 import pytest
 
 from cyclelib import build_generator, download, download_pretrained, load_generator, save_official
 from cyclelib.cli import download_listing
 from cyclelib.download import PRETRAINED_MODELS, DownloadError
-from helpers import cli, equal_states, rgb
+from helpers import RangeServer, cli, equal_states, rgb
 
 WIDTH = 4  # a small official-format generator: ResNet-9 with ngf 4 (the published ones have 64)
-
-
-class _Server:
-    """Serves ``files`` (URL path -> bytes) with Range support; a path in ``cut`` is sent only half
-    (with the full Content-Length) once, then the connection is closed. ``ranges`` records each
-    request's Range header (None without one); with ``range_support`` off, Range is ignored."""
-
-    def __init__(self):
-        self.files, self.cut, self.ranges, self.range_support = {}, set(), [], True
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.ranges.append(self.headers.get("Range"))
-                body = server.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                wanted = server.range_support and self.headers["Range"]
-                start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1]) if wanted else 0
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                if self.path in server.cut:
-                    server.cut.discard(self.path)
-                    self.wfile.write(body[start:len(body) // 2])
-                    self.close_connection = True
-                else:
-                    self.wfile.write(body[start:])
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
 
 @pytest.fixture
@@ -59,16 +20,12 @@ def official(tmp_path, monkeypatch):
     generator (``.generator``) in the published files' format, written by save_official."""
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    server = _Server()
-    thread = threading.Thread(target=server.httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    monkeypatch.setattr(download, "PRETRAINED_URL", server.base + "/{name}.pth")
-    monkeypatch.setattr(download, "tqdm", None)  # stderr holds only the messages these tests read
-    server.generator = build_generator(width=WIDTH)
-    server.files["/horse2zebra.pth"] = save_official(server.generator, tmp_path / "served.pth").read_bytes()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    with RangeServer() as server:
+        monkeypatch.setattr(download, "PRETRAINED_URL", server.base + "/{name}.pth")
+        monkeypatch.setattr(download, "tqdm", None)  # stderr holds only the messages these tests read
+        server.generator = build_generator(width=WIDTH)
+        server.files["/horse2zebra.pth"] = save_official(server.generator, tmp_path / "served.pth").read_bytes()
+        yield server
 
 
 def test_a_pretrained_model_lands_in_the_official_layout_and_translates(tmp_path, official, monkeypatch, capsys):
@@ -187,15 +144,19 @@ def test_every_listed_name_is_accepted_and_the_errors_list_the_same_names(tmp_pa
     monkeypatch.setattr("cyclelib.cli.download_dataset", lambda name, root: called.append(("dataset", name)) or root)
     monkeypatch.setattr("cyclelib.cli.download_digits", lambda name, root: called.append(("digits", name)) or root)
     monkeypatch.setattr("cyclelib.cli.download_pretrained", lambda name, root: called.append(("model", name)) or root)
+    monkeypatch.setattr("cyclelib.driving.download_gta5", lambda root, parts: called.append(("scenes", "gta5")) or root)
+    monkeypatch.setattr("cyclelib.driving.download_cyclegta5", lambda root: called.append(("scenes", "cyclegta5")) or root)
     assert cli("download", "--list") == (0, "")
     groups = _listed(capsys.readouterr().out)
     assert _listed(download_listing()) == groups
-    assert list(groups) == ["CycleGAN datasets", "digit domains", "pretrained CycleGAN generators, with --pretrained"]
+    sources = "CyCADA segmentation sources, read as gta5:PATH"
+    assert list(groups) == ["CycleGAN datasets", "digit domains", sources,
+                            "pretrained CycleGAN generators, with --pretrained"]
     models = groups.pop("pretrained CycleGAN generators, with --pretrained")
     assert models == list(PRETRAINED_MODELS) and len(models) == 18
     monkeypatch.setitem(download.PRETRAINED_SIZES, "zebra2horse", 45_527_315)  # once recorded, the size is shown
     assert "\n  zebra2horse  (45.5 MB)\n" in download_listing() and "\n  horse2zebra\n" in download_listing()
-    names = groups["CycleGAN datasets"] + groups["digit domains"]
+    names = groups["CycleGAN datasets"] + groups["digit domains"] + groups[sources]
 
     for name in names:
         assert cli("download", name)[0] == 0, name
@@ -203,7 +164,8 @@ def test_every_listed_name_is_accepted_and_the_errors_list_the_same_names(tmp_pa
         assert cli("download", "--pretrained", name)[0] == 0, name
     offline_digits = {"mnist5k", "uci-digits", "mnistm5k"}
     assert called == [("dataset", n) for n in groups["CycleGAN datasets"]] + \
-        [("digits", n) for n in groups["digit domains"] if n not in offline_digits] + [("model", n) for n in models]
+        [("digits", n) for n in groups["digit domains"] if n not in offline_digits] + \
+        [("scenes", n) for n in groups[sources]] + [("model", n) for n in models]
     assert "ships with cyclelib" in capsys.readouterr().out
 
     code, err = cli("download", "foo")
