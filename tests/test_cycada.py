@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import cyclelib
-from cyclelib import CycleGAN, CyCADAConfig, cycada, cycada_run, export_safetensors, load_checkpoint, run_cycada
+from cyclelib import CycleGAN, CyCADAConfig, cycada, cycada_run, export_safetensors, load_checkpoint, losses, run_cycada
 from cyclelib.cli import main
 from cyclelib.classifiers import build_task_network
 from cyclelib.data import RandomlyInverted
@@ -131,8 +131,8 @@ def test_classifier_stages_train_under_bf16_autocast(tmp_path, monkeypatch):
     config = smoke_config(tmp_path, amp="bf16")
     assert config.pixel_config(str(tmp_path / "pixel")).amp == "bf16"
     logit_dtypes = set()
-    task_loss = cycada.losses.task_loss
-    monkeypatch.setattr(cycada.losses, "task_loss", lambda logits, y: logit_dtypes.add(logits.dtype)
+    task_loss = losses.task_loss
+    monkeypatch.setattr(losses, "task_loss", lambda logits, y: logit_dtypes.add(logits.dtype)
                         or task_loss(logits, y))
     f_s = train_source(config, progress=False)
     f_t = train_feature(config, f_s, progress=False)
