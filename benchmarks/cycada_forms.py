@@ -46,6 +46,9 @@ def main() -> None:
                        "--scale", args.scale, "--seed", str(seed), "--out", str(out), "--form", base,
                        *(f"--{name.replace('_', '-')}={value:g}" if isinstance(value, float)
                          else f"--{name.replace('_', '-')}={value}" for name, value in options.items())]
+            if form != "paper" and not (paper / "metrics.json").exists():  # nothing to pair it with
+                parser.error(f"{paper} holds no finished run of the paper's form: run it first (--forms paper), "
+                             "the other forms start from its stages")
             if form != "paper" and not out.exists():
                 _copy_shared_stages(paper, out, CyCADAConfig.for_scale(
                     args.scale, base, source=args.source, target=args.target, seed=seed, out=str(paper), **options))

@@ -61,8 +61,9 @@ def form_comparison(folder: str | Path, baseline: str = "paper") -> dict[str, di
     it), so the paired differences ``d_K = form_K - baseline_K`` are what a form changes, without the
     seed-to-seed spread of the stages they share. ``vs`` holds ``"seeds"`` (each ``d_K``), ``"mean"``, ``"sd"``
     and ``"beyond_spread"``: whether ``|mean| > sd`` (mean +- sd of the paired differences excludes 0),
-    a rough screen over three seeds, not a significance test (None with one seed: there is no spread). ``sd`` is the sample standard deviation
-    (n - 1). A form whose seeds are not the baseline's is an error naming both sets.
+    a rough screen over three seeds, not a significance test (None with one seed: there is no spread).
+    ``sd`` is the sample standard deviation (n - 1). A form whose seeds are not the baseline's is an error
+    naming both sets.
     """
     from .cycada_run import load_seed_metrics  # torch: only when a comparison is asked for
     folder = Path(folder)

@@ -75,3 +75,16 @@ def test_the_forms_script_starts_each_form_from_the_paper_runs_unchanged_stages(
     assert "--feature-start=pixel_only --lambda-task=0" in (kept / "command.txt").read_text()
     compared = form_comparison(results / "uci-digits-to-mnist5k")
     assert compared["stage3-release"]["pixel_only"]["vs"]["seeds"] == {0: 0.0}
+
+
+def test_the_forms_script_refuses_a_form_without_the_paper_run_to_pair_it_with(tmp_path):
+    import subprocess
+    import sys
+    from helpers import ROOT, package_env
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cycada_forms.py"), "--source", "uci-digits",
+                           "--target", "mnist5k", "--seeds", "0", "--scale", "smoke", "--forms", "release",
+                           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")],
+                          env=package_env(), cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "holds no finished run of the paper's form: run it first (--forms paper)" in done.stderr
+    assert not (tmp_path / "runs").exists()

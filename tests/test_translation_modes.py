@@ -32,7 +32,8 @@ def test_evaluating_digits_gives_the_generator_its_mode_back(monkeypatch):
     before = modes(generator)
     digits = TensorDataset(torch.rand(4, 3, 16, 16) * 2 - 1, torch.arange(4))
     # no Inception here: the features are the pixels, the comparison is skipped
-    monkeypatch.setattr(evaluate, "compute_features", lambda batches, extractor: torch.cat([b.float().flatten(1) for b in batches]).numpy())
+    monkeypatch.setattr(evaluate, "compute_features",
+                        lambda batches, extractor: torch.cat([b.float().flatten(1) for b in batches]).numpy())
     monkeypatch.setattr(evaluate, "compare", lambda fake, real, **options: {})
     monkeypatch.setattr(evaluate, "describe", lambda extractor, dimension: {})
     evaluate._evaluate_digits(generator, digits, digits, extractor=None, oracle=None, batch_size=2, device="cpu",
