@@ -35,6 +35,7 @@ from .digits import DigitDomain, digit_domain
 from .driving import CITYSCAPES_CLASSES, DrivingScenes, cityscapes, gta5
 from .folders import num_classes
 from .metrics import segmentation_metrics
+from .modes import eval_mode
 from .names import SCENE_DOMAINS, is_segmentation_domain
 from .plots import plot_confusion_matrix, save_image_grid
 from .scenes import SCENE_CLASS_WEIGHTS, SCENE_NAMES, SceneDomain, scene_domain
@@ -165,18 +166,16 @@ def _save_samples(results: dict[str, nn.Module], translator: nn.Module | None, s
                                                                                     len(target_test))))))
                               for split in (source_test, target_test))
     rows, names = [x_s, colour_labels(y_s, k)], ["source", "source labels"]
-    if translator is not None:
-        device = next(translator.parameters()).device
-        rows.insert(1, translator(x_s.to(device)).float().cpu())
-        names.insert(1, "G_S->T(source)")
-    rows.append(x_t)
-    names.append("target")
-    for key, net in results.items():
-        was_training = net.training
-        net.eval()
-        rows.append(colour_labels(net(x_t.to(next(net.parameters()).device)).argmax(1).cpu(), k))
-        net.train(was_training)
-        names.append(key)
+    nets = [*results.values(), *([translator] if translator is not None else [])]
+    with eval_mode(*nets):  # each module's own mode given back afterwards
+        if translator is not None:
+            rows.insert(1, translator(x_s.to(next(translator.parameters()).device)).float().cpu())
+            names.insert(1, "G_S->T(source)")
+        rows.append(x_t)
+        names.append("target")
+        for key, net in results.items():
+            rows.append(colour_labels(net(x_t.to(next(net.parameters()).device)).argmax(1).cpu(), k))
+            names.append(key)
     rows.append(colour_labels(y_t, k))
     names.append("target labels")
     save_image_grid(rows, names, path)

@@ -23,8 +23,7 @@ from cyclelib.runtime import Precision
 from cyclelib.scenes import SCENE_CLASSES
 from cyclelib.segmentation import feature_game
 from cyclelib.segnets import ScoreDiscriminator, SmallFCN
-from helpers import ROOT, cli, package_env
-from test_signals import StopAt
+from helpers import ROOT, cli, package_env, stop_at
 
 SCENES = dict(task="segmentation", source="mnist-scenes", target="mnistm-scenes")
 
@@ -90,13 +89,8 @@ def test_an_interrupted_segmentation_stage_resumes_where_it_stopped(tmp_path, mo
     if stage != "source":
         run_cycada(stopped, stages=("source",), progress=False)
     real_init, steps = model_class.__init__, []
-
-    def init_and_stop(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        StopAt(self, 3, signal.SIGTERM)
-
-    monkeypatch.setattr(model_class, "__init__", init_and_stop)
-    with pytest.raises(TrainingInterrupted, match="stopped at step 3"):
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(TrainingInterrupted, match="stopped at step 3"):
+        stop_at(patch, 3, signal.SIGTERM)
         run_cycada(stopped, stages=(stage,), progress=False)
     assert load_checkpoint(stage_path(stopped, stage))["training"]["step"] == 3
 
