@@ -209,7 +209,11 @@ def _option_help(command: tuple[str, ...], flag: str) -> str:
 def test_the_default_shown_is_the_one_used_and_required_options_say_so():
     cyclegan, cycada = ("train", "cyclegan"), ("train", "cycada")
     assert "default: 64; smoke preset 8, cpu preset 32" in _option_help(cyclegan, "--ngf")
-    assert "default: 64; smoke preset 4, cpu preset 16" in _option_help(cycada, "--ngf")
+    # CyCADA's presets per task: the segmentation stages' own sizes are named too
+    assert "default: 64; smoke preset 4, cpu preset 16 (classification) / 8 (segmentation)" in _option_help(
+        cycada, "--ngf")
+    assert "default: 32; smoke preset 16 (classification), cpu preset 64 (segmentation)" in _option_help(
+        cycada, "--image-size")
     assert "smoke preset 4 (digits) / 2 (images)" in _option_help(cyclegan, "--batch-size")
     assert "default: all; smoke preset 16 (digits) / 8 (images)" in _option_help(cyclegan, "--max-dataset-size")
     for command, flag in ((cyclegan, "--data"), (cycada, "--source"), (cycada, "--target")):
