@@ -260,7 +260,7 @@ def recorded_options(record: Mapping[str, object]) -> dict:
 # CyCADA options, tagged by the results they change (metadata "shapes"): "every" stage's (every
 # stage starts from f_S or is a classifier stage), the "pixel" stage's and those built on it, the
 # "feature" stages', the "pixel_feature" stage's alone (the feature stage, on translated source), or none
-# (where a run writes, on what it runs, what it logs and evaluates).
+# (where a run writes, on what it runs, what it logs and evaluates); "weights": the files stages are made of.
 def _stage(default, help: str, shapes: str | None, **metadata) -> Field:
     return field(default=default, metadata={"help": help, "shapes": shapes, **metadata})
 
@@ -357,13 +357,13 @@ class CyCADAConfig:
     feature_gate: float | None = _stage(None, "feature stages: update f_T only on batches where D_feat's accuracy "
                                         "is above this (the release: 0.6)", "feature", none="off, every batch (the "
                                         "paper)")
-    # Not tagged with the results it shapes: each stage records the SHA-256 of the files it and the stages it
-    # builds on were made of, compared on reuse (cycada._stage_meta).
+    # Tagged "weights": not compared as a value, but as the SHA-256 of the files of the stage and of those it
+    # builds on, which each stage records (cycada._stage_meta).
     stage_weights: tuple[str, ...] | None = _stage(
         None, "segmentation: the stages made of a published network instead of trained, STAGE=FILE each: the "
         "CyCADA release's DRN-26 files (cyclelib download drn26-gta5 / drn26-cyclegta5 / drn26-cycada) as "
         "source, pixel_only and feature; a stage built on one of them starts from it (the release's feature "
-        "stage: --feature-start pixel_only with pixel_only=drn26-cyclegta5-iter115000.pth)", None,
+        "stage: --feature-start pixel_only with pixel_only=drn26-cyclegta5-iter115000.pth)", "weights",
         metavar="STAGE=FILE", none="none, every stage is trained")
     # run
     scale: str = _stage("custom", "the preset this config came from (for_scale sets it)", None)
@@ -435,8 +435,8 @@ class CyCADAConfig:
 
 
 def stage_option_names(*shapes: str | None) -> tuple[str, ...]:
-    """The CyCADA options tagged with any of ``shapes`` ("every", "pixel", "feature", "pixel_feature", or
-    None: none)."""
+    """The CyCADA options tagged with any of ``shapes`` ("every", "pixel", "feature", "pixel_feature",
+    "weights", or None: none)."""
     return tuple(f.name for f in fields(CyCADAConfig) if f.metadata["shapes"] in shapes)
 
 

@@ -87,6 +87,8 @@ STAGE_OPTIONS = {stage: stage_option_names(*shapes) for stage, shapes in _SHAPED
 _DEFAULTS = {f.name: f.default for f in fields(CyCADAConfig)}
 # The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
 NEUTRAL_OPTIONS = stage_option_names(None)
+# The options that name files stages are made of: compared as the files' SHA-256 (see _stage_meta).
+WEIGHT_OPTIONS = stage_option_names("weights")
 
 
 # --------------------------------------------------------------------------------------
