@@ -26,9 +26,9 @@ from .checkpoints import load_weights
 from .classifiers import build_task_network
 from .config import CyCADAConfig, classifier_name
 from .presets import CYCADA_PRESETS, cycada_preset
-from .cycada import (RESULTS, STAGES, adopt_weights, load_domain, load_stage, needs, parse_stages, run_hint, stage_checkpoint,
-                     stage_complete, stage_network, stage_path, stage_weight_files, stages_not_ready, train_feature,
-                     train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
+from .cycada import (RESULTS, STAGES, adopt_weights, load_domain, load_stage, needs, parse_stages, run_hint,
+                     stage_checkpoint, stage_complete, stage_network, stage_path, stage_weight_files, stages_not_ready,
+                     train_feature, train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
 from .distributed import RunContext, run_context
 from .folders import check_folder_domains, has_labels, num_classes
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
