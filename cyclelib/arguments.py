@@ -133,6 +133,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls, presets: Mapping[st
         kind, help = _kind(cls, option), option_help(option, presets)
         if kind is bool:
             parser.add_argument(flag(option.name), action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif typing.get_origin(kind) is tuple:  # several values after one flag, e.g. --stage-weights A=x B=y
+            parser.add_argument(flag(option.name), nargs="+", default=None, metavar=option.metadata["metavar"],
+                                help=help)
         else:
             valid = choices(option)
             metavar = one_of(valid) if isinstance(valid, tuple) else kind.__name__.upper()

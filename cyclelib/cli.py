@@ -16,8 +16,8 @@ from .arguments import (add_arch_argument, add_bench_arguments, add_config_optio
                         refuse_official_options)
 from .config import CyCADAConfig, CycleGANConfig, positive_int, recorded_options
 from .presets import CYCADA_FORMS, CYCADA_PRESETS, CYCLEGAN_PRESETS, cycada_preset, cyclegan_preset
-from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
-                       download_dataset, download_digits, download_pretrained)
+from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, RELEASE_MODELS,
+                       DownloadError, download_dataset, download_digits, download_pretrained, download_release_model)
 from .names import (AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, GTA5_PARTS, KID_SUBSETS,
                     NORMS, SCALES, TASKS)
 
@@ -193,12 +193,16 @@ def _download(args) -> None:
         path = download_gta5(root, map(int, args.parts or GTA5_PARTS)) if args.name == "gta5" else download_cyclegta5(root)
         print(f"downloaded to {path}\ntrain with: cyclelib train cycada --task segmentation --source gta5:{path} "
               f"--target cityscapes:DIR (cyclelib download cityscapes says how to get DIR)")
+    elif args.name in RELEASE_MODELS:
+        path, stage = download_release_model(args.name, args.root), RELEASE_MODELS[args.name].stage
+        print(f"downloaded to {path}\nuse as the {stage} stage: cyclelib train cycada --task segmentation --classifier "
+              f"drn26 --source gta5:DIR --target cityscapes:DIR --stage-weights {stage}={path}")
     elif args.name in DIGIT_DOMAINS:
         print(f"{args.name} ships with cyclelib: nothing to download (train with --data {args.name}:...)")
     else:
         hint = "; it is a pretrained model: add --pretrained" if args.name in PRETRAINED_MODELS else ""
         raise ValueError(f"download: unknown dataset {args.name!r}{hint}; valid values: "
-                         f"{', '.join((*CYCLEGAN_DATASETS, 'cityscapes', *DIGIT_DOMAINS, 'gta5', 'cyclegta5'))} "
+                         f"{', '.join((*CYCLEGAN_DATASETS, 'cityscapes', *DIGIT_DOMAINS, 'gta5', 'cyclegta5', *RELEASE_MODELS))} "
                          f"(pretrained models with --pretrained: {', '.join(PRETRAINED_MODELS)})")
 
 
@@ -218,6 +222,9 @@ def download_listing() -> str:
               "cityscapes, is listed above):",
               ["gta5  (GTA5's images and labels; --parts N ... picks some of its parts 1 to 10, default all)",
                "cyclegta5  (the CyCADA release's GTA5 translated to look like Cityscapes, with GTA5's labels)"]),
+        group("the CyCADA release's DRN-26 segmenters, each a CyCADA stage (into $CYCLELIB_CACHE or "
+              "~/.cache/cyclelib/models, or --root, under cycada_release/; train cycada --stage-weights STAGE=FILE):",
+              [f"{name}  ({model.stage} stage: {model.what})" for name, model in RELEASE_MODELS.items()]),
         group("pretrained CycleGAN generators, with --pretrained (into $CYCLELIB_CACHE or ~/.cache/cyclelib/models, "
               "or --root; sizes where recorded, else unknown until first download):",
               [f"{name}  ({PRETRAINED_SIZES[name] / 1e6:.1f} MB)" if name in PRETRAINED_SIZES else name

@@ -25,7 +25,8 @@ from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
 from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
-                    TASK_NETWORKS, TASKS, Registry, check_crop, is_labelled_pair, is_folder_domain, task_mismatch)
+                    TASK_NETWORKS, TASKS, Registry, check_crop, is_labelled_pair, is_folder_domain, stage_weights,
+                    task_mismatch)
 from .presets import CYCADA_FORMS, cycada_preset, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
@@ -259,7 +260,7 @@ def recorded_options(record: Mapping[str, object]) -> dict:
 # CyCADA options, tagged by the results they change (metadata "shapes"): "every" stage's (every
 # stage starts from f_S or is a classifier stage), the "pixel" stage's and those built on it, the
 # "feature" stages', the "pixel_feature" stage's alone (the feature stage, on translated source), or none
-# (where a run writes, on what it runs, what it logs and evaluates).
+# (where a run writes, on what it runs, what it logs and evaluates); "weights": the files stages are made of.
 def _stage(default, help: str, shapes: str | None, **metadata) -> Field:
     return field(default=default, metadata={"help": help, "shapes": shapes, **metadata})
 
@@ -356,6 +357,14 @@ class CyCADAConfig:
     feature_gate: float | None = _stage(None, "feature stages: update f_T only on batches where D_feat's accuracy "
                                         "is above this (the release: 0.6)", "feature", none="off, every batch (the "
                                         "paper)")
+    # Tagged "weights": not compared as a value, but as the SHA-256 of the files of the stage and of those it
+    # builds on, which each stage records (cycada._stage_meta).
+    stage_weights: tuple[str, ...] | None = _stage(
+        None, "segmentation: the stages made of a published network instead of trained, STAGE=FILE each: the "
+        "CyCADA release's DRN-26 files (cyclelib download drn26-gta5 / drn26-cyclegta5 / drn26-cycada) as "
+        "source, pixel_only and feature; a stage built on one of them starts from it (the release's feature "
+        "stage: --feature-start pixel_only with pixel_only=drn26-cyclegta5-iter115000.pth)", "weights",
+        metavar="STAGE=FILE", none="none, every stage is trained")
     # run
     scale: str = _stage("custom", "the preset this config came from (for_scale sets it)", None)
     seed: int = _pixel("seed", shapes="every")
@@ -380,6 +389,9 @@ class CyCADAConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
         if problem := task_mismatch(self.task, self.source, self.target, classifier_name(self)):
             raise ValueError(problem)
+        if self.stage_weights is not None:
+            self.stage_weights = tuple(self.stage_weights)  # a list from the command line or a JSON record
+            stage_weights(self.stage_weights, self.task, classifier_name(self))
         if not 0 <= self.pixel_beta1 < 1:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
         if self.feature_gate is not None and not 0 <= self.feature_gate < 1:
@@ -423,8 +435,8 @@ class CyCADAConfig:
 
 
 def stage_option_names(*shapes: str | None) -> tuple[str, ...]:
-    """The CyCADA options tagged with any of ``shapes`` ("every", "pixel", "feature", "pixel_feature", or
-    None: none)."""
+    """The CyCADA options tagged with any of ``shapes`` ("every", "pixel", "feature", "pixel_feature",
+    "weights", or None: none)."""
     return tuple(f.name for f in fields(CyCADAConfig) if f.metadata["shapes"] in shapes)
 
 
@@ -446,5 +458,6 @@ def cycada_command(options: Mapping[str, object], stages: Iterable[str]) -> str:
     for name, value in options.items():
         if name not in ("source", "target", "out", "scale") and value != preset[name]:
             flag = name.replace("_", "-")
-            words += [f"--{'' if value else 'no-'}{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+            words += ([f"--{'' if value else 'no-'}{flag}"] if isinstance(value, bool) else
+                      [f"--{flag}", *value] if isinstance(value, (tuple, list)) else [f"--{flag}", str(value)])
     return shlex.join([*words, "--stages", ",".join(stages)])

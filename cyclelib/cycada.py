@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .checkpoints import load_weights
+from .checkpoints import load_weights, make_checkpoint, save_checkpoint
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze, load_pretrained
 from .config import CyCADAConfig, classifier_name, cycada_command, stage_option_names
 from .cyclegan import CycleGAN
@@ -59,14 +59,15 @@ from .cyclegan_run import train_cyclegan
 from .data import RandomlyInverted, Unpaired
 from .distributed import RunContext, run_context
 from .folders import folder_fingerprint
+from .integrity import sha256_of
 from .metrics import translate_dataset
-from .names import CYCADA_STAGES, is_folder_domain
-from .runs import LATEST, load_run_checkpoint, run_in
+from .names import CYCADA_STAGES, is_folder_domain, stage_weights
+from .runs import LATEST, load_run_checkpoint, run_folder, run_in
 from .runtime import seed_everything
 from .segmentation import domain_classes, feature_game, labelled_domain, task_loss
 from .semantic import semantic_consistency
 from .train import Trainer
-from .weights import cyclegan_from_checkpoint
+from .weights import cyclegan_from_checkpoint, load_release_segmenter
 
 # Stages in the order they run, what each needs first, and the result it stands for.
 STAGES = CYCADA_STAGES
@@ -86,6 +87,8 @@ STAGE_OPTIONS = {stage: stage_option_names(*shapes) for stage, shapes in _SHAPED
 _DEFAULTS = {f.name: f.default for f in fields(CyCADAConfig)}
 # The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
 NEUTRAL_OPTIONS = stage_option_names(None)
+# The options that name files stages are made of: compared as the files' SHA-256 (see _stage_meta).
+WEIGHT_OPTIONS = stage_option_names("weights")
 
 
 # --------------------------------------------------------------------------------------
@@ -149,6 +152,8 @@ def stage_checkpoint(config: CyCADAConfig, stage: str, context: RunContext | Non
     differ += [f"the images of {name} (files added, removed or edited since the stage was trained)"
                for name, fingerprint in now.get("folders", {}).items()
                if ckpt["meta"].get("folders", {}).get(name) != fingerprint]
+    if (made_of := ckpt["meta"].get("weights", {})) != now.get("weights", {}):
+        differ.append(f"stage_weights: {_files_text(made_of)} there, {_files_text(now.get('weights', {}))} now")
     if differ:
         raise ValueError(f"the {stage!r} stage in {path} was trained with other options ({'; '.join(differ)}); "
                          f"{redo}")
@@ -161,12 +166,28 @@ def _stage_meta(config: CyCADAConfig, stage: str, context: RunContext | None) ->
     precision = (context or run_context(config.device)).precision(config.amp)
     meta = {"stage": stage, "cycada": asdict(config), "precision": precision.name}
     folders = {name: folder_fingerprint(name) for name in (config.source, config.target) if is_folder_domain(name)}
-    return {**meta, "folders": folders} if folders else meta  # the images a folder domain held
+    if folders:
+        meta["folders"] = folders  # the images a folder domain held
+    weights = stage_weight_files(config)
+    if made_of := {s: sha256_of(weights[s]) for s in with_needs((stage,), config) if s in weights}:
+        meta["weights"] = made_of  # the published networks of the stage and of those it builds on
+    return meta
+
+
+def stage_weight_files(config: CyCADAConfig) -> dict[str, Path]:
+    """The stages made of published networks (option ``stage_weights``) and their files."""
+    return stage_weights(config.stage_weights, config.task, classifier_name(config))
+
+
+def _files_text(made_of: dict[str, str]) -> str:
+    return ", ".join(f"{stage} from a file of SHA-256 {sha[:12]}..." for stage, sha in made_of.items()) or "none"
 
 
 def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """The stages ``stage`` builds on: :data:`NEEDS`, the semantic loss's judge for the pixel stage,
     and the classifier the feature stage starts from."""
+    if stage in stage_weight_files(config):
+        return ()  # a published network: made of nothing here
     chosen = {"pixel": config.semantic_judge, "feature": config.feature_start}.get(stage)
     return NEEDS[stage] + ((chosen,) if chosen in STAGES and chosen not in NEEDS[stage] else ())
 
@@ -287,6 +308,25 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progres
     _fit_stage(c, stage, model, dataset, inputs=lambda batch: batch, batch_size=c.task_batch_size,
                epochs=c.task_epochs, resume=resume, progress=progress, context=context, score=("task",))
     return model.finish()
+
+
+def adopt_weights(config: CyCADAConfig, stage: str, context: RunContext | None = None) -> nn.Module:
+    """``stage`` made of the published network ``config.stage_weights`` gives it instead of trained: the
+    file (:func:`~cyclelib.weights.load_release_segmenter`) written as the stage's finished checkpoint
+    (``out/<stage>/checkpoint.pt``, a classifier without training state or history), so that the stages
+    built on it load it, the reuse checks compare it (its SHA-256 is recorded) and the evaluation reads it as
+    any finished stage. The release's feature stage starts from the pixel_only network this way
+    (scripts/train_fcn_adda.sh line 49: ``--weights_init base_models/drn26-cyclegta5-iter115000.pth``)."""
+    context = context or run_context(config.device)
+    name, k = classifier_name(config), domain_classes(config.source)
+    net = build_task_network(name, k)
+    net.net.load_state_dict(load_release_segmenter(stage_weight_files(config)[stage], name, k).state_dict())
+    ckpt = make_checkpoint("classifier", {"classifier": name, "num_classes": k},
+                           {f"net.{key}": value for key, value in net.state_dict().items()},
+                           meta=_stage_meta(config, stage, context))
+    with run_folder(stage_path(config, stage).parent, overwrite=True):  # the caller decided to (re)make it
+        save_checkpoint(ckpt, stage_path(config, stage))
+    return net.to(context.device).eval()
 
 
 def train_source(config: CyCADAConfig, progress: bool = True, resume: bool = False,

@@ -26,9 +26,9 @@ from .checkpoints import load_weights
 from .classifiers import build_task_network
 from .config import CyCADAConfig, classifier_name
 from .presets import CYCADA_PRESETS, cycada_preset
-from .cycada import (RESULTS, STAGES, load_domain, load_stage, needs, parse_stages, run_hint, stage_checkpoint,
-                     stage_complete, stage_network, stage_path, stages_not_ready, train_feature,
-                     train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
+from .cycada import (RESULTS, STAGES, adopt_weights, load_domain, load_stage, needs, parse_stages, run_hint,
+                     stage_checkpoint, stage_complete, stage_network, stage_path, stage_weight_files, stages_not_ready,
+                     train_feature, train_oracle, train_pixel, train_pixel_only, train_source, with_needs)
 from .distributed import RunContext, run_context
 from .folders import check_folder_domains, has_labels, num_classes
 from .metrics import (accuracy, confusion_matrix, dark_digits, label_preservation, noise_effect, per_class_accuracy,
@@ -99,7 +99,8 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
 def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str, dict | None], progress: bool,
                 times_path: Path, context: RunContext) -> dict:
     """Train ``stages`` in order, skipping complete ones and resuming unfinished ones (their
-    checkpoints are ``reused``); returns the wall times of every stage run so far in ``out``.
+    checkpoints are ``reused``), or make them of their published networks (``config.stage_weights``,
+    :func:`~cyclelib.cycada.adopt_weights`); returns the wall times of every stage run so far in ``out``.
     The checkpoint each stage writes replaces its entry of ``reused`` (rank 0 only: it writes them)."""
     nets: dict[str, nn.Module] = {}
     writer = context.rank == 0
@@ -121,12 +122,16 @@ def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str,
         "oracle": lambda resume: train_oracle(config, resume=resume, **run),
     }
     wall_times = _read_wall_times(times_path)
+    config_weights = stage_weight_files(config)
     for stage in stages:
         if reused[stage] is not None and stage_complete(reused[stage]):
             print(f"cycada: skipping {stage}: {stage_path(config, stage)} is complete (force=True retrains it)")
             continue
         start = time.perf_counter()
-        nets[stage] = runners[stage](reused[stage] is not None)
+        if stage in config_weights:
+            nets[stage] = adopt_weights(config, stage, context)
+        else:
+            nets[stage] = runners[stage](reused[stage] is not None)
         wall_times[stage] = round(time.perf_counter() - start, 1)
         if writer:  # rank 0 writes the checkpoints: only it can tell a stage that stopped early (a SIGTERM)
             files.write_json(times_path, wall_times)

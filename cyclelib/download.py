@@ -1,4 +1,5 @@
-"""Downloads: the official CycleGAN data sets and pretrained generators, the digit benchmarks, and where they live.
+"""Downloads: the official CycleGAN data sets and pretrained generators, the digit benchmarks, the CyCADA
+release's segmenters, and where they live.
 
 Every download of ours streams into ``<file>.part``, renamed once complete (and its MD5 or
 SHA-256 checked where one is known); an interrupted one keeps its bytes there and the next
@@ -19,11 +20,12 @@ import stat
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 from urllib.error import HTTPError, URLError
 
 try:
@@ -393,12 +395,54 @@ def download_pretrained(name: str, root: str | os.PathLike | None = None) -> Pat
     if name not in PRETRAINED_MODELS:
         raise ValueError(f"unknown pretrained model {name!r}; valid values: {', '.join(PRETRAINED_MODELS)}")
     path = models_root(root) / f"{name}_pretrained" / "latest_net_G.pth"
+    return _download_model(name, PRETRAINED_URL.format(name=name), path, PRETRAINED_SHA256)
+
+
+def _download_model(name: str, url: str, path: Path, recorded: dict[str, str]) -> Path:
+    """``path``, downloaded from ``url`` unless it is there, checked against the SHA-256 of ``name`` in
+    ``recorded`` where there is one, else with a note on stderr giving the SHA-256 and size to record."""
     if path.is_file():
         return path
-    url = PRETRAINED_URL.format(name=name)
     with removed_if_left_empty([path.parent]):
-        sha256 = fetch(url, path, "sha256", PRETRAINED_SHA256.get(name))
-    if name not in PRETRAINED_SHA256:
+        sha256 = fetch(url, path, "sha256", recorded.get(name))
+    if name not in recorded:
         print(f"note: {name} is unverified (no SHA-256 recorded in cyclelib); it has SHA-256 {sha256} and "
               f"{path.stat().st_size} bytes", file=sys.stderr)
     return path
+
+
+# --------------------------------------------------------------------------- the CyCADA release's segmenters
+
+# The DRN-26 segmenters the CyCADA release publishes (jhoffman/cycada_release README.md lines 43-44 and 47), by
+# name: the CyCADA stage each one is (CyCADAConfig.stage_weights) and its Dropbox link with ?dl=1 (the README's
+# ?dl=0 gives Dropbox's page, ?dl=1 the file). Trained on GTA5 (f_S), on GTA5 translated to look like Cityscapes
+# (pixel_only: scripts/train_fcn_adda.sh lines 26 and 33-40 start the feature stage from it) and the final CyCADA
+# model GTA5 -> Cityscapes (feature).
+class ReleaseModel(NamedTuple):
+    stage: str  # the CyCADA stage it is
+    what: str
+    url: str
+
+
+_DROPBOX = "https://www.dropbox.com/s/"
+RELEASE_MODELS = {
+    "drn26-gta5": ReleaseModel("source", "trained on GTA5",
+                               _DROPBOX + "6l073jpt6eo8t8n/drn26-gta5-iter115000.pth?dl=1"),
+    "drn26-cyclegta5": ReleaseModel("pixel_only", "trained on GTA5 translated to look like Cityscapes",
+                                    _DROPBOX + "5hwuq1gy55f6q2b/drn26-cyclegta5-iter115000.pth?dl=1"),
+    "drn26-cycada": ReleaseModel("feature", "the final CyCADA model, GTA5 -> Cityscapes",
+                                 _DROPBOX + "dgt00nt6oymbt4k/drn26_cycada_cyclegta2cityscapes.pth?dl=1"),
+}
+# SHA-256 of each file, recorded from a first download as for PRETRAINED_SHA256 (the release states none).
+RELEASE_SHA256: dict[str, str] = {}
+
+
+def download_release_model(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Download a segmenter the CyCADA release publishes (:data:`RELEASE_MODELS`) into
+    ``<root>/cycada_release/`` under the release's file name (e.g. ``drn26-gta5-iter115000.pth``), root
+    as :func:`models_root`; returns its path. Downloaded, verified and noted as :func:`download_pretrained`."""
+    if name not in RELEASE_MODELS:
+        raise ValueError(f"unknown CyCADA release model {name!r}; valid values: {', '.join(RELEASE_MODELS)}")
+    url = RELEASE_MODELS[name].url
+    path = models_root(root) / "cycada_release" / PurePosixPath(urllib.parse.urlsplit(url).path).name
+    return _download_model(name, url, path, RELEASE_SHA256)

@@ -52,14 +52,19 @@ def file_format(path: Path) -> str | None:
     return None
 
 
-def check_sha256(path: Path, expected: str) -> None:
-    """``path``'s SHA-256 must be ``expected`` (hex, any case)."""
+def sha256_of(path: Path) -> str:
+    """``path``'s SHA-256, in hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    if digest.hexdigest() != expected.strip().lower():
-        raise ValueError(f"{path} is not the expected file: its SHA-256 is {digest.hexdigest()}, expected {expected} "
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """``path``'s SHA-256 must be ``expected`` (hex, any case)."""
+    if (found := sha256_of(path)) != expected.strip().lower():
+        raise ValueError(f"{path} is not the expected file: its SHA-256 is {found}, expected {expected} "
                          "(a damaged or different download)")
 
 

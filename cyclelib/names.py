@@ -7,8 +7,9 @@ counts that the configs, the datasets and the image readers share are here too, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SCALES = ("smoke", "cpu", "colab", "gpu")
@@ -41,6 +42,10 @@ CYCADA_STAGES = ("source", "feature_only", "pixel", "pixel_only", "feature", "or
 SEMANTIC_JUDGES = ("source", "feature_only", "online")
 SEMANTIC_TARGETS = ("argmax", "labels")  # what the S->T semantic term asks of G_{S->T}(x_s): f_S's reading, y_s
 FEATURE_STARTS = ("source", "pixel_only")  # the CyCADA stages whose classifier the feature stage may start from
+# The CyCADA stages the release publishes a segmenter of (cyclelib.download.RELEASE_MODELS), and the segmenters
+# built in the release's layout (cyclelib.segnets), which its files load into (CyCADAConfig.stage_weights).
+RELEASE_STAGES = ("source", "pixel_only", "feature")
+RELEASE_SEGMENTERS = ("drn26", "fcn8s")
 KID_SUBSETS = 100  # torch-fidelity's default and Binkowski et al.'s (the evaluate command shows it)
 
 
@@ -87,6 +92,30 @@ def task_mismatch(task: str, source: str, target: str, network: str) -> str | No
                     f" or another --{option} (segmentation domains: {', '.join(SCENE_DOMAINS)}, gta5:PATH, "
                     f"cityscapes:PATH; segmenters: {', '.join(SEGMENTERS)})")
     return None
+
+
+def stage_weights(entries: Iterable[str] | None, task: str, network: str) -> dict[str, Path]:
+    """The stages a CyCADA run makes of published networks instead of training them (its option
+    ``stage_weights``: ``STAGE=FILE`` entries) as ``{stage: file}``. A ``ValueError`` naming the option for
+    an entry whose stage is not one of :data:`RELEASE_STAGES` or is given twice, or where the run's ``task``
+    is not segmentation or its ``network`` not one of :data:`RELEASE_SEGMENTERS`; a ``FileNotFoundError``
+    for a file that is not there."""
+    found: dict[str, Path] = {}
+    for entry in entries or ():
+        stage, _, file = entry.partition("=")
+        if stage not in RELEASE_STAGES or not file:
+            raise ValueError(f"stage_weights takes STAGE=FILE entries, got {entry!r}; valid values of STAGE: "
+                             f"{', '.join(RELEASE_STAGES)}")
+        if stage in found:
+            raise ValueError(f"stage_weights gives the {stage} stage twice: {found[stage]} and {file}")
+        found[stage] = Path(file).expanduser()
+        if not found[stage].is_file():
+            raise FileNotFoundError(f"stage_weights: {file} (the weights of the {stage} stage) is not a file")
+    if found and (task != "segmentation" or network not in RELEASE_SEGMENTERS):
+        raise ValueError(f"stage_weights loads segmenters in the CyCADA release's layout: it needs task segmentation "
+                         f"and classifier {' or '.join(RELEASE_SEGMENTERS)}, got task {task!r} and classifier "
+                         f"{network!r}")
+    return found
 
 
 def domain_pair(spec: str) -> tuple[str, str] | None:

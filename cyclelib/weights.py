@@ -5,7 +5,8 @@
 writes any model or checkpoint as a ``.safetensors`` file for sharing (read back by
 :func:`~cyclelib.checkpoints.load_checkpoint`); :func:`load_cyclegan` builds a
 :class:`~cyclelib.cyclegan.CycleGAN` from a cyclelib checkpoint, its config checked against its
-tensors first (:func:`check_cyclegan_shapes`). Files are read and written as
+tensors first (:func:`check_cyclegan_shapes`); :func:`load_release_segmenter` reads the CyCADA release's
+segmenters. Files are read and written as
 :mod:`cyclelib.checkpoints` reads and writes them.
 """
 from __future__ import annotations
@@ -27,8 +28,9 @@ from .checkpoints import (FORMAT_VERSION, is_checkpoint, load_checkpoint, load_w
 from .config import CycleGANConfig, recorded_options
 from .cyclegan import CycleGAN
 from .files import atomic_write
-from .names import BATCH_NORMS
+from .names import BATCH_NORMS, RELEASE_SEGMENTERS
 from .networks import build_discriminator, build_generator
+from .segnets import build_segmenter
 
 
 def check_cyclegan_shapes(state: dict, source: str = "checkpoint") -> CycleGANConfig:
@@ -219,6 +221,45 @@ def load_official(state_dict_or_path: Mapping[str, torch.Tensor] | str | os.Path
                          f"{'; '.join(problems)}. Hint: {hint}")
     net.load_state_dict(state, strict=True)
     return net
+
+
+# The last layer of each release segmenter, whose output channels are its classes.
+_CLASS_LAYERS = {"drn26": "fc.weight", "fcn8s": "vgg_head.6.weight"}
+
+
+def load_release_segmenter(path: str | os.PathLike, classifier: str = "drn26", num_classes: int = 19,
+                           sha256: str | None = None) -> nn.Module:
+    """A segmenter of the CyCADA release's layout (``classifier`` ``drn26``: :class:`~cyclelib.segnets.DRN26`,
+    or ``fcn8s``) of ``num_classes`` classes with the weights of the release's file ``path`` (e.g.
+    ``drn26-gta5-iter115000.pth``, :data:`~cyclelib.download.RELEASE_MODELS`), in eval mode.
+
+    The release writes these files with ``torch.save(net.state_dict(), ...)`` of the bare network
+    (jhoffman/cycada_release scripts/train_fcn.py lines 76 and 147, scripts/train_fcn_adda.py lines 134
+    and 365-382: no DataParallel, so no ``module.`` prefix, and no upsampling layer: DRN's forward calls
+    ``nn.functional.upsample``, cycada/models/drn.py line 237) and reads them with a strict
+    ``load_state_dict`` (drn.py lines 161-174, through ``weights_init``: scripts/eval_fcn.py line 44,
+    train_fcn_adda.sh line 49). The file is read as :func:`~cyclelib.checkpoints.load_checkpoint` reads it
+    (``weights_only=True``, verified against ``sha256`` when given); a ``module.`` prefix (a copy saved from
+    DataParallel) is stripped and BatchNorm's ``num_batches_tracked``, which files of PyTorch before 0.4.1
+    lack, added. A file that does not fit (another number of classes, the other network, not a state_dict)
+    is a ``ValueError`` naming it and each key or shape that differs.
+    """
+    if classifier not in RELEASE_SEGMENTERS:
+        raise ValueError(f"unknown release segmenter {classifier!r}; valid values: {', '.join(RELEASE_SEGMENTERS)}")
+    state = load_checkpoint(path, sha256)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state_dict of the CyCADA release (a flat mapping of names to tensors)"
+                         + ("; it is a cyclelib checkpoint" if is_checkpoint(state) else ""))
+    net = build_segmenter(classifier, num_classes)
+    state = _clean_official_state_dict(state, net)
+    problems = mismatches(net.state_dict(), state)
+    if problems:
+        looks = [f"; the file looks like a {name} of {state[key].shape[0]} classes"
+                 for name, key in _CLASS_LAYERS.items() if key in state]
+        raise ValueError(f"{path} is not a {classifier} of {num_classes} classes in the CyCADA release's layout: "
+                         f"{'; '.join(problems)}{''.join(looks)}")
+    net.load_state_dict(state, strict=True)
+    return net.eval()
 
 
 def _unwrap(net: nn.Module) -> nn.Module:

@@ -91,6 +91,20 @@ def rgb(width, height, seed=0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
+def palette_png(path: Path, ids: np.ndarray) -> None:
+    """GTA5's label files: palette images whose indices are label ids (``ids``, uint8 ``[H, W]``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(ids, mode="P")
+    img.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
+    img.save(path)
+
+
+def rgb_png(path: Path, width: int, height: int, value: int = 0) -> None:
+    """An RGB PNG of ``width`` x ``height`` pixels of one grey ``value``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((height, width, 3), value, dtype=np.uint8)).save(path)
+
+
 def image_folder(folder: Path, count: int, size=(40, 40), seed: int = 0) -> Path:
     """``folder`` (created) with ``count`` random RGB PNGs of ``size``, ``000.png``, ``001.png``...,
     drawn with seeds ``seed``, ``seed + 1``..."""

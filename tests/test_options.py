@@ -74,6 +74,8 @@ _RELEASE_PIXEL = {"semantic_target", "semantic_gate"}
 _RELEASE = {"feature_gate", "feature_start"}
 # segmentation (issue 26), added since: a checkpoint without them was a classification stage with the release's D_feat
 _TASK, _SEG_FEATURE = {"task"}, {"d_feat_width"}
+# the release's published segmenters (issue 26), added since: compared as their files' SHA-256, recorded per stage
+_WEIGHTS = {"stage_weights"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
             "max_eval_samples"}
 
@@ -88,7 +90,7 @@ def test_stage_options_computed_from_the_tags_are_todays():
     # a stage records asdict(config): the same flat names as before, so existing stage checkpoints are reused
     # (one that lacks the release's options, added later, was trained as their defaults, the paper's, train)
     assert set(asdict(CyCADAConfig())) == (_SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL
-                                           | _NEUTRAL)
+                                           | _NEUTRAL | _WEIGHTS)
 
 
 def test_keyword_construction_and_resume_rules_read_the_fields():

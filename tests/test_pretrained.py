@@ -146,17 +146,19 @@ def test_every_listed_name_is_accepted_and_the_errors_list_the_same_names(tmp_pa
     monkeypatch.setattr("cyclelib.cli.download_pretrained", lambda name, root: called.append(("model", name)) or root)
     monkeypatch.setattr("cyclelib.driving.download_gta5", lambda root, parts: called.append(("scenes", "gta5")) or root)
     monkeypatch.setattr("cyclelib.driving.download_cyclegta5", lambda root: called.append(("scenes", "cyclegta5")) or root)
+    monkeypatch.setattr("cyclelib.cli.download_release_model", lambda name, root: called.append(("release", name)) or root)
     assert cli("download", "--list") == (0, "")
     groups = _listed(capsys.readouterr().out)
     assert _listed(download_listing()) == groups
     sources = "CyCADA segmentation sources, read as gta5:PATH"
-    assert list(groups) == ["CycleGAN datasets", "digit domains", sources,
+    release = "the CyCADA release's DRN-26 segmenters, each a CyCADA stage"
+    assert list(groups) == ["CycleGAN datasets", "digit domains", sources, release,
                             "pretrained CycleGAN generators, with --pretrained"]
     models = groups.pop("pretrained CycleGAN generators, with --pretrained")
     assert models == list(PRETRAINED_MODELS) and len(models) == 18
     monkeypatch.setitem(download.PRETRAINED_SIZES, "zebra2horse", 45_527_315)  # once recorded, the size is shown
     assert "\n  zebra2horse  (45.5 MB)\n" in download_listing() and "\n  horse2zebra\n" in download_listing()
-    names = groups["CycleGAN datasets"] + groups["digit domains"] + groups[sources]
+    names = groups["CycleGAN datasets"] + groups["digit domains"] + groups[sources] + groups[release]
 
     for name in names:
         assert cli("download", name)[0] == 0, name
@@ -165,7 +167,8 @@ def test_every_listed_name_is_accepted_and_the_errors_list_the_same_names(tmp_pa
     offline_digits = {"mnist5k", "uci-digits", "mnistm5k"}
     assert called == [("dataset", n) for n in groups["CycleGAN datasets"]] + \
         [("digits", n) for n in groups["digit domains"] if n not in offline_digits] + \
-        [("scenes", n) for n in groups[sources]] + [("model", n) for n in models]
+        [("scenes", n) for n in groups[sources]] + [("release", n) for n in groups[release]] + \
+        [("model", n) for n in models]
     assert "ships with cyclelib" in capsys.readouterr().out
 
     code, err = cli("download", "foo")
