@@ -28,7 +28,7 @@ from . import losses
 from .images import luma
 from .names import TASK_NETWORKS
 from .runtime import Precision, load_optimizer_state
-from .segnets import DRN26, FCN8s, SmallFCN
+from .segnets import DRN26, FCN8s, SmallFCN, build_segmenter
 
 
 class _DigitClassifier(nn.Module):
@@ -141,11 +141,11 @@ CLASSIFIERS.register("lenet", cls=LeNet, build=lambda match, num_classes: LeNet(
 CLASSIFIERS.register("dtn", cls=DTN, build=lambda match, num_classes: DTN(num_classes))
 CLASSIFIERS.register("resnet18", cls=ResNet18, build=lambda match, num_classes: ResNet18(num_classes))
 CLASSIFIERS.register("resnet18_imagenet", cls=ResNet18, build=lambda match, num_classes: ResNet18(num_classes, True))
-# Segmenters (task segmentation): the small FCN at the width benchmarks/segmentation_gap.py measured, and the
-# release's networks, randomly initialised.
-CLASSIFIERS.register("small_fcn", cls=SmallFCN, build=lambda match, num_classes: SmallFCN(num_classes, width=16))
-CLASSIFIERS.register("fcn8s", cls=FCN8s, build=lambda match, num_classes: FCN8s(num_classes))
-CLASSIFIERS.register("drn26", cls=DRN26, build=lambda match, num_classes: DRN26(num_classes))
+# Segmenters (task segmentation), as segnets.build_segmenter builds them (names.SEGMENTERS).
+for _segmenter, _cls in dict(small_fcn=SmallFCN, fcn8s=FCN8s, drn26=DRN26, fcn8s_imagenet=FCN8s,
+                             drn26_imagenet=DRN26).items():
+    CLASSIFIERS.register(_segmenter, cls=_cls,
+                         build=lambda match, num_classes: build_segmenter(match.group(0), num_classes))
 
 
 def build_classifier(name: str, num_classes: int = 10) -> nn.Module:
@@ -185,10 +185,11 @@ def build_task_network(name: str, num_classes: int = 10) -> nn.Sequential:
 
 
 def load_pretrained(net: nn.Module) -> nn.Module:
-    """``net`` with the pretrained weights its name asked for loaded (``resnet18_imagenet``: ImageNet's), in
-    place; only a fresh classifier stage calls it, so a stage's checkpoint never downloads anything."""
+    """``net`` with the pretrained weights its name asked for loaded (``resnet18_imagenet``,
+    ``fcn8s_imagenet``, ``drn26_imagenet``: ImageNet's), in place; only a fresh classifier stage calls it, so
+    a stage's checkpoint never downloads anything."""
     for module in net.modules():
-        if isinstance(module, ResNet18) and module.imagenet:
+        if getattr(module, "imagenet", False) and hasattr(module, "load_imagenet"):
             module.load_imagenet()
     return net
 

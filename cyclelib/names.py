@@ -33,7 +33,8 @@ TASKS = ("classification", "segmentation")
 SCENE_DOMAINS = ("mnist-scenes", "mnistm-scenes")
 DRIVING_PREFIXES = ("gta5:", "cityscapes:")
 GTA5_PARTS = tuple(range(1, 11))  # the GTA5 site's parts 01_images.zip ... 10_images.zip (cyclelib.driving)
-SEGMENTERS = ("small_fcn", "fcn8s", "drn26")  # the task networks of segmentation (cyclelib.segnets)
+# The task networks of segmentation (cyclelib.segnets); *_imagenet: the same network starting from ImageNet weights.
+SEGMENTERS = ("small_fcn", "fcn8s", "drn26", "fcn8s_imagenet", "drn26_imagenet")
 # Digit domains whose colour carries information; every other one is grey digits.
 COLOUR_DOMAINS = ("svhn", "mnistm", "mnistm5k")
 # CyCADA's stages in the order they run (cyclelib.cycada says what each needs and stands for).
@@ -45,7 +46,7 @@ FEATURE_STARTS = ("source", "pixel_only")  # the CyCADA stages whose classifier 
 # The CyCADA stages the release publishes a segmenter of (cyclelib.download.RELEASE_MODELS), and the segmenters
 # built in the release's layout (cyclelib.segnets), which its files load into (CyCADAConfig.stage_weights).
 RELEASE_STAGES = ("source", "pixel_only", "feature")
-RELEASE_SEGMENTERS = ("drn26", "fcn8s")
+RELEASE_SEGMENTERS = ("drn26", "fcn8s", "drn26_imagenet", "fcn8s_imagenet")
 KID_SUBSETS = 100  # torch-fidelity's default and Binkowski et al.'s (the evaluate command shows it)
 
 

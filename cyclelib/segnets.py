@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SEGMENTERS = ("small", "fcn8s", "drn26")
+from .names import SEGMENTERS
 
 # ImageNet weights of DRN-C-26 by its authors (the release's ``model_urls``, cycada/models/drn.py
 # line 16); torchvision has no DRN.
@@ -132,14 +132,14 @@ class FCN8s(nn.Module):
     module under two names, as in the release) and ``upscore8.w``. The forward pass is the
     release's: 99 pixels of zero padding, skips from pool4 and pool3 scaled by 0.01 and 0.0001,
     crops at offsets 5, 9 and 31. ``score_pool4`` and ``score_pool3`` start at zero, so an
-    untrained skip changes nothing. With ``pretrained=True`` the VGG16 layers come from
-    torchvision's ImageNet weights (downloaded once into torch's cache;
-    :func:`vgg16_state_to_fcn`).
+    untrained skip changes nothing. ``imagenet`` (``fcn8s_imagenet``): it is meant to start from
+    torchvision's VGG16 ImageNet weights, as the release's FCN8s does (fcn8s.py lines 139-155), which
+    :meth:`load_imagenet` loads (a fresh task stage calls it: a stage's checkpoint holds its own weights).
     """
 
     channels, image_size = 3, None  # RGB of any size (classifiers.build_task_network reads them)
 
-    def __init__(self, num_classes: int = 19, pretrained: bool = False):
+    def __init__(self, num_classes: int = 19, imagenet: bool = False):
         super().__init__()
         self.input = ImageNetInput()
         self.vgg = _vgg16_features()
@@ -154,12 +154,16 @@ class FCN8s(nn.Module):
         for layer in (self.score_pool4, self.score_pool3):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self.num_classes = num_classes
-        if pretrained:
-            from torchvision.models import VGG16_Weights, vgg16
+        self.num_classes, self.imagenet = num_classes, imagenet
 
-            state = vgg16(weights=VGG16_Weights.IMAGENET1K_V1).state_dict()
-            self.load_state_dict(vgg16_state_to_fcn(state, self.state_dict()))
+    def load_imagenet(self) -> None:
+        """VGG16's ImageNet weights from torchvision (downloaded once into torch hub's cache) in the VGG16
+        layers (:func:`vgg16_state_to_fcn`); the score layers keep their values."""
+        from torchvision.models import VGG16_Weights
+
+        weights = VGG16_Weights.IMAGENET1K_V1
+        state = _imagenet_state(weights.url, "fcn8s_imagenet", "fcn8s", lambda: weights.get_state_dict(progress=False))
+        self.load_state_dict(vgg16_state_to_fcn(state, self.state_dict()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_images(x, "FCN8s")
@@ -237,9 +241,9 @@ class DRN26(nn.Module):
     ``state_dict`` keys as the release's: ``conv1``, ``bn1``, ``layer1`` ... ``layer8`` (each
     ``.{block}.conv1/bn1/conv2/bn2`` and ``.0.downsample.{0,1}`` where the channels or stride
     change), ``fc``. Weights start as in the release (normal with std sqrt(2 / (k*k*out)), BatchNorm
-    1 and 0). With ``pretrained=True`` the layers come from DRN-C-26's ImageNet weights by its
-    authors (:data:`DRN26_IMAGENET_URL`, downloaded once into torch's cache) and ``fc`` stays
-    new, as the release's ``finetune`` (drn.py lines 168-171).
+    1 and 0). ``imagenet`` (``drn26_imagenet``): it is meant to start from DRN-C-26's ImageNet
+    weights by its authors, as the release's ``get_model(..., finetune=True)`` (scripts/train_fcn.py
+    line 76; drn.py lines 161-174), which :meth:`load_imagenet` loads.
     """
 
     channels, image_size = 3, None  # RGB of any size (classifiers.build_task_network reads them)
@@ -247,7 +251,7 @@ class DRN26(nn.Module):
     LEVELS = (1, 1, 2, 2, 2, 2, 1, 1)
     CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 
-    def __init__(self, num_classes: int = 19, pretrained: bool = False):
+    def __init__(self, num_classes: int = 19, imagenet: bool = False):
         super().__init__()
         self.input = ImageNetInput()
         c = self.CHANNELS
@@ -267,14 +271,19 @@ class DRN26(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 m.weight.data.fill_(1)
                 m.bias.data.zero_()
-        self.num_classes = num_classes
-        if pretrained:
-            state = torch.hub.load_state_dict_from_url(DRN26_IMAGENET_URL, map_location="cpu", weights_only=True)
-            missing, unexpected = self.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
-                                                       strict=False)
-            if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
-                raise ValueError(f"{DRN26_IMAGENET_URL} is not DRN-C-26: missing {sorted(missing)[:3]}, "
-                                 f"unexpected {sorted(unexpected)[:3]}")
+        self.num_classes, self.imagenet = num_classes, imagenet
+
+    def load_imagenet(self) -> None:
+        """DRN-C-26's ImageNet weights (:data:`DRN26_IMAGENET_URL`, downloaded once into torch hub's cache)
+        in every layer but ``fc``, which keeps its fresh classes, as the release's ``finetune``
+        (drn.py lines 168-171)."""
+        state = _imagenet_state(DRN26_IMAGENET_URL, "drn26_imagenet", "drn26", lambda: torch.hub.load_state_dict_from_url(
+            DRN26_IMAGENET_URL, map_location="cpu", progress=False, weights_only=True))
+        missing, unexpected = self.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
+                                                   strict=False)
+        if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+            raise ValueError(f"{DRN26_IMAGENET_URL} is not DRN-C-26: missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]}")
 
     def _make_layer(self, planes: int, blocks: int, stride: int, dilation: int, new_level: bool,
                     residual: bool) -> nn.Sequential:
@@ -296,17 +305,34 @@ class DRN26(nn.Module):
         return F.interpolate(self.fc(y), size=x.shape[-2:], mode="bilinear", align_corners=True)
 
 
+def _imagenet_state(url: str, name: str, plain: str, load) -> dict[str, torch.Tensor]:
+    """``load()``, the ImageNet weights at ``url`` of segmenter ``name``, or an error that says what to do if
+    they cannot be had (offline, say): put the file in the cache, or train segmenter ``plain`` from scratch."""
+    try:
+        return load()
+    except Exception as e:  # urllib's, ssl's, a hash mismatch: all mean "not available here"
+        raise RuntimeError(f"the segmenter {name} starts from ImageNet weights, which could not be had ({url}: {e}); "
+                           f"put the file in torch hub's cache (torch.hub.get_dir()/checkpoints) or use "
+                           f"--classifier {plain} (random init)") from e
+
+
 def build_segmenter(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """A segmenter by name (:data:`SEGMENTERS`): ``small`` (:class:`SmallFCN`, never pretrained),
-    ``fcn8s`` (:class:`FCN8s`), ``drn26`` (:class:`DRN26`); ``pretrained`` loads ImageNet weights."""
+    """A segmenter by name (:data:`~cyclelib.names.SEGMENTERS`): ``small_fcn`` (:class:`SmallFCN` at the
+    width benchmarks/segmentation_gap.py measured), ``fcn8s`` (:class:`FCN8s`), ``drn26`` (:class:`DRN26`),
+    and ``fcn8s_imagenet``, ``drn26_imagenet``: the same networks meant to start from ImageNet weights,
+    which ``pretrained`` loads (else a fresh task stage does, :func:`~cyclelib.classifiers.load_pretrained`)."""
     if name not in SEGMENTERS:
         raise ValueError(f"unknown segmenter {name!r}; valid values: {', '.join(SEGMENTERS)}")
-    if name == "small":
+    if name == "small_fcn":
         if pretrained:
-            raise ValueError("the small segmenter has no pretrained weights; valid values for pretrained "
-                             "networks: fcn8s, drn26")
-        return SmallFCN(num_classes)
-    return (FCN8s if name == "fcn8s" else DRN26)(num_classes, pretrained=pretrained)
+            raise ValueError("the segmenter small_fcn has no pretrained weights; valid values for pretrained "
+                             "segmenters: fcn8s_imagenet, drn26_imagenet")
+        return SmallFCN(num_classes, width=16)
+    net = (FCN8s if name.startswith("fcn8s") else DRN26)(num_classes, imagenet=name.endswith("_imagenet"))
+    if pretrained:
+        net.imagenet = True
+        net.load_imagenet()
+    return net
 
 
 # --------------------------------------------------------------------------- output-space discriminator

@@ -189,8 +189,8 @@ def test_the_score_discriminator_judges_every_pixel_in_the_release_layout():
 
 
 def test_build_segmenter_names_the_valid_values():
-    assert isinstance(build_segmenter("small", 3), SmallFCN)
-    with pytest.raises(ValueError, match="valid values: small, fcn8s, drn26"):
+    assert isinstance(build_segmenter("small_fcn", 3), SmallFCN)  # the name --classifier takes
+    with pytest.raises(ValueError, match="valid values: small_fcn, fcn8s, drn26, fcn8s_imagenet, drn26_imagenet"):
         build_segmenter("unet", 3)
 
 
