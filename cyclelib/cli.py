@@ -15,7 +15,7 @@ from . import __version__
 from .arguments import (add_arch_argument, add_bench_arguments, add_config_options, choice, given_options, one_of,
                         refuse_official_options)
 from .config import CyCADAConfig, CycleGANConfig, positive_int, recorded_options
-from .presets import CYCADA_FORMS, CYCADA_PRESETS, CYCLEGAN_PRESETS, cyclegan_preset
+from .presets import CYCADA_FORMS, CYCLEGAN_PRESETS, cycada_presets_by_kind, cyclegan_preset
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, DownloadError,
                        download_dataset, download_digits, download_pretrained)
 from .names import (AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, GTA5_PARTS, KID_SUBSETS,
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                              + ", ".join(f"{k} {v}" for k, v in CYCADA_FORMS["release"].items())
                              + "); options given win; a scale keeps its learning rates: at the cpu scale add "
                              "--feature-lr 1e-5, the release's (the book, chapter 9); default: paper")
-    add_config_options(cycada, CyCADAConfig, CYCADA_PRESETS, skip=("scale",))
+    add_config_options(cycada, CyCADAConfig, cycada_presets_by_kind(), skip=("scale",))
     cycada.set_defaults(run=_train_cycada)
 
     translate = commands.add_parser("translate", help="translate a folder of images with a trained generator")

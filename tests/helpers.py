@@ -2,6 +2,7 @@
 this process or as a subprocess, small random images and image folders, damaged checkpoint files,
 and a pickle that would run code."""
 import http.server
+import importlib.util
 import os
 import re
 import signal
@@ -89,6 +90,23 @@ def cli_command(*argv: str) -> list[str]:
 def rgb(width, height, seed=0) -> Image.Image:
     """A random RGB image of ``width`` x ``height``."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def palette_png(path: Path, ids: np.ndarray) -> Path:
+    """GTA5's label files: palette images whose indices are label ids (``ids``, uint8 [H, W])."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(ids, mode="P")
+    img.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
+    img.save(path)
+    return path
 
 
 def image_folder(folder: Path, count: int, size=(40, 40), seed: int = 0) -> Path:

@@ -72,8 +72,9 @@ _FEATURE = {"feature_lr", "feature_batch_size", "feature_epochs", "lambda_task",
 # the release's form (issue 25), added since
 _RELEASE_PIXEL = {"semantic_target", "semantic_gate"}
 _RELEASE = {"feature_gate", "feature_start"}
-# segmentation (issue 26), added since: a checkpoint without them was a classification stage with the release's D_feat
-_TASK, _SEG_FEATURE = {"task"}, {"d_feat_width"}
+# segmentation (issue 26), added since: a checkpoint without them was a classification stage with the release's D_feat,
+# trained with Adam on image_size squares
+_TASK, _SEG_FEATURE = {"task", "task_optimizer", "crop_size"}, {"d_feat_width", "feature_optimizer"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
             "max_eval_samples"}
 

@@ -17,7 +17,7 @@ import torch
 
 from cyclelib import CycleGAN, CyCADAConfig, TrainingInterrupted, run_cycada, train_cyclegan
 from cyclelib.classifiers import TaskClassifier
-from cyclelib.config import cycada_command
+from cyclelib.commands import cycada_command
 from cyclelib.cycada import load_stage, stage_checkpoint, stage_path
 from cyclelib.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from cyclelib.runs import LATEST, RunFolderError, run_folder, step_checkpoints

@@ -5,19 +5,12 @@ import torch
 from PIL import Image
 
 from cyclelib.driving import CITYSCAPES_CLASSES, cityscapes, gta5, train_ids
+from helpers import palette_png
 
 # Cityscapes label ids and their train ids (cityscapesScripts' labels.py): 7 road -> 0, 8 sidewalk -> 1,
 # 26 car -> 13, 33 bicycle -> 18; 0 unlabeled, 4 static, 34 (no label) and 250 are ignored
 IDS = np.array([[7, 8, 26, 33], [0, 4, 34, 250]], dtype=np.uint8)
 TRAIN_IDS = np.array([[0, 1, 13, 18], [255, 255, 255, 255]])
-
-
-def palette_png(path, ids):
-    """GTA5's label files: palette images whose indices are label ids."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(ids, mode="P")
-    img.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
-    img.save(path)
 
 
 def rgb_png(path, width, height, value=0):
