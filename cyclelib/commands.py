@@ -17,13 +17,15 @@ def cycada_command(options: Mapping[str, object], stages: Iterable[str]) -> str:
     ``--source``, ``--target``, ``--out``, ``--scale`` and every option that differs from that
     scale's preset, so that the command builds the same config (``scale`` aside). A config whose
     scale the command line has not (``custom``), or with an option at None where its scale's
-    preset has a value, is rendered from the gpu scale: the paper's options."""
+    preset has a value (None has no flag), is rendered from the gpu scale, the paper's options, or
+    where that preset has a value there too (the driving scenes' gpu preset: the release's
+    ``crop_size`` and ``feature_gate``), from the first scale whose preset has none."""
     defaults = {f.name: f.default for f in fields(CyCADAConfig)}
     options = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
-    scale = options["scale"] if options["scale"] in SCALES else "gpu"
-    preset = {**defaults, **cycada_preset(scale, options["task"], options["source"])}
-    if any(options[k] is None and preset[k] is not None for k in options):  # None has no option
-        scale, preset = "gpu", {**defaults, **cycada_preset("gpu", options["task"], options["source"])}
+    for scale in (options["scale"], "gpu", *SCALES):
+        preset = {**defaults, **cycada_preset(scale, options["task"], options["source"])} if scale in SCALES else {}
+        if preset and not any(options[k] is None and preset[k] is not None for k in options):
+            break
     words = ["cyclelib", "train", "cycada", "--source", options["source"], "--target", options["target"],
              "--out", str(options["out"]), "--scale", scale]
     for name, value in options.items():

@@ -294,9 +294,9 @@ class CyCADAConfig:
                              choices=lambda: ("auto", *TASK_NETWORKS.families))
     image_size: int = _stage(32, "both domains are read as RGB images of this side (driving scenes: their shorter "
                              "side, cropped to a square)", "every", cyclegan=("load_size", "crop_size"))
-    crop_size: int | None = _stage(None, "driving scenes: the side of the random square crop the classifier and "
-                                   "feature stages train on (the release: 768 of 1024); refused for other domains",
-                                   "every", none="image_size")
+    crop_size: int | None = _stage(None, "driving scenes: the side of the random square crop, randomly flipped, "
+                                   "the classifier and feature stages train on (the release: 768 of 1024); refused "
+                                   "for other domains", "every", none="image_size, unflipped")
     max_samples: int | None = _stage(None, "training images per epoch, in every stage", "every",
                                      cyclegan=("max_dataset_size",), none="all")
     max_eval_samples: int | None = _stage(None, "test images per evaluation", None, none="all")

@@ -62,9 +62,9 @@ def segmentation_domain(name: str, split: str, size: int, channels: int = 3,
                         crop: int | None = None) -> SceneDomain | DrivingScenes:
     """Segmentation domain ``name`` of ``split`` (``train``/``test``) at ``size``: digit scenes of
     ``size`` x ``size`` pixels, or driving scenes resized to a shorter side of ``size`` with a
-    ``crop`` x ``crop`` crop (None: ``size``; random where the reader passes a generator, as the pixel stage's,
-    else centred). Always RGB: ``channels`` must be 3. ``crop`` is refused for the digit scenes
-    (:func:`check_crop_domain`)."""
+    ``size`` x ``size`` crop, or a ``crop`` x ``crop`` crop and a horizontal flip; random where the reader passes
+    a generator (as the pixel stage's), else centred and unflipped. Always RGB: ``channels`` must be 3.
+    ``crop`` is refused for the digit scenes (:func:`~cyclelib.names.check_crop_domain`)."""
     if channels != 3:
         raise ValueError(f"segmentation domain {name!r} is read in RGB only (channels 3), got channels {channels}")
     check_crop_domain(name, crop)
@@ -73,8 +73,10 @@ def segmentation_domain(name: str, split: str, size: int, channels: int = 3,
     kind, root = name.split(":", 1)
     if split not in DRIVING_SPLITS[kind]:
         raise ValueError(f"unknown split {split!r}; valid values: {', '.join(DRIVING_SPLITS[kind])}")
+    # A crop comes with a random horizontal flip, as the release's augmentation (cycada/transforms.py lines 79-89,
+    # called with flip=True by cycada/data/adda_datasets.py lines 62-64 wherever a crop_size is given).
     return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind][split], size=size,
-                                                          crop=crop or size)
+                                                          crop=crop or size, flip=crop is not None)
 
 
 def domain_classes(name: str) -> int:

@@ -1,10 +1,12 @@
 """Helpers shared by the test files: the repository root, smoke-sized configs, the CLI run in
-this process or as a subprocess, small random images and image folders, damaged checkpoint files,
-and a pickle that would run code."""
+this process or as a subprocess (and a CyCADA command read back by it), small random images and image
+folders, GTA5's label files, a benchmark script as a module, damaged checkpoint files, and a pickle that
+would run code."""
 import http.server
 import importlib.util
 import os
 import re
+import shlex
 import signal
 import struct
 import sys
@@ -15,6 +17,7 @@ from io import StringIO
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -67,6 +70,21 @@ def cli(*argv: str) -> tuple[int, str]:
         except SystemExit as e:
             return e.code, err.getvalue()
     return 0, err.getvalue()
+
+
+def parse_cycada_command(command: str) -> tuple[CyCADAConfig, str]:
+    """The config and stages that ``cyclelib train cycada ...`` runs, read by the real command line."""
+    seen = {}
+
+    def record(config, stages, force):
+        seen.update(config=config, stages=stages)
+        return {}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("cyclelib.cycada_run.run_cycada", record)  # the command imports it when it runs
+        code, err = cli(*shlex.split(command)[1:])
+    assert code == 0, err
+    return seen["config"], seen["stages"]
 
 
 def package_env() -> dict:

@@ -4,6 +4,7 @@ jhoffman/cycada_release's scripts/train_fcn.sh and scripts/train_fcn_adda.sh. Ev
 on tiny GTA5 and Cityscapes files written in their official layouts."""
 from __future__ import annotations
 
+import dataclasses
 import signal
 
 import numpy as np
@@ -12,12 +13,13 @@ import torch
 
 from cyclelib import CyCADAConfig, TrainingInterrupted, run_cycada
 from cyclelib.checkpoints import load_checkpoint
+from cyclelib.commands import cycada_command
 from cyclelib.classifiers import FeatureAlignment, TaskClassifier, make_optimizer
 from cyclelib.cycada import load_domain, stage_checkpoint, stage_path, training_domain
 from cyclelib.driving import gta5
 from cyclelib.segnets import ScoreDiscriminator, SmallFCN
 from cyclelib.runtime import Precision
-from helpers import benchmark_script, cli, palette_png, rgb, stop_at
+from helpers import benchmark_script, cli, palette_png, parse_cycada_command, rgb, stop_at
 
 # Cityscapes label ids the tiny scenes are drawn with: unlabelled, road, sidewalk, car
 LABEL_IDS = np.array([0, 7, 8, 26], dtype=np.uint8)
@@ -111,25 +113,40 @@ def test_the_cli_shows_the_driving_scenes_gpu_preset_and_refuses_an_unknown_opti
     assert code == 2 and "unknown task_optimizer 'lbfgs'; valid values: adam, sgd" in err
 
 
+def test_the_command_of_a_driving_run_builds_its_config_even_where_it_leaves_a_release_setting_off():
+    """None has no flag: a run without the gpu preset's gate or crop is rendered from a scale whose preset has
+    neither, every other option given."""
+    release = CyCADAConfig.for_scale("gpu", task="segmentation", source="gta5:/data/gta5", target="cityscapes:/data/cs")
+    for config, scale in ((release, "gpu"), (dataclasses.replace(release, feature_gate=None, crop_size=None), "colab")):
+        command = cycada_command(dataclasses.asdict(config), ("source",))
+        built, stages = parse_cycada_command(command)
+        assert stages == "source" and built == dataclasses.replace(config, scale=scale), command
+
+
 # ----------------------------------------------------------------------------- crops
 
 
-def test_driving_scenes_train_on_random_crops_of_the_seed_and_are_evaluated_as_before(tmp_path, domains):
+def test_driving_scenes_train_on_random_flipped_crops_of_the_seed_and_are_evaluated_as_before(tmp_path, domains):
     config = driving_smoke(tmp_path, domains)
     whole = gta5(domains["source"].split(":", 1)[1], size=config.image_size)  # 48 x 32 as they are
     train = training_domain(config, config.source)
-    crops = []
+    crops, flipped = [], []
     for epoch in (0, 1):
         train.set_epoch(epoch)
         crops.append([train[i][0] for i in range(len(train))])
     for i, (image, labels) in enumerate(train[i] for i in range(len(train))):
         assert image.shape == (3, 16, 16) and labels.shape == (16, 16)
         full_image, full_labels = whole[i]
-        # a window of the scene, image and labels alike
-        assert any(torch.equal(image, full_image[:, top:top + 16, left:left + 16])
-                   and torch.equal(labels, full_labels[top:top + 16, left:left + 16])
-                   for top in range(HEIGHT - 15) for left in range(WIDTH - 15))
+        # a window of the scene, image and labels alike, flipped or not
+        windows = [(full_image[:, top:top + 16, left:left + 16], full_labels[top:top + 16, left:left + 16])
+                   for top in range(HEIGHT - 15) for left in range(WIDTH - 15)]
+        flips = [flip for flip in (False, True) for window, window_labels in windows
+                 if torch.equal(image.flip(-1) if flip else image, window)
+                 and torch.equal(labels.flip(-1) if flip else labels, window_labels)]
+        assert len(flips) == 1
+        flipped.append(flips[0])
     assert any(not torch.equal(a, b) for a, b in zip(*crops))  # the crops change with the epoch
+    assert set(flipped) == {False, True}  # and half of them are flipped, as the release's
     again = training_domain(config, config.source)
     again.set_epoch(1)
     assert all(torch.equal(again[i][0], crops[1][i]) for i in range(len(again)))  # and are the seed's
