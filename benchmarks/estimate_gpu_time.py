@@ -94,10 +94,17 @@ def images(n: int, size: int) -> torch.Tensor:
 
 
 def labels(n: int, config: cyclelib.CyCADAConfig | None = None) -> torch.Tensor:
-    """``n`` random labels: digits [n], or for a segmentation ``config`` label maps [n, size, size]."""
+    """``n`` random labels: digits [n], or for a segmentation ``config`` label maps [n, side, side] at the side the
+    classifier and feature stages train on (:func:`train_side`)."""
     if config is None or config.task != "segmentation":
         return torch.randint(0, 10, (n,))
-    return torch.randint(0, domain_classes(config.source), (n, config.image_size, config.image_size))
+    return torch.randint(0, domain_classes(config.source), (n, train_side(config), train_side(config)))
+
+
+def train_side(config: cyclelib.CyCADAConfig) -> int:
+    """The side of the images the classifier and feature stages train on: ``crop_size`` (driving scenes'
+    random crops) where it is given, else ``image_size``."""
+    return config.crop_size or config.image_size
 
 
 def cyclegan_model(config: cyclelib.CycleGANConfig, extra_generator_losses=None) -> CycleGAN:
@@ -126,18 +133,20 @@ _STEP_COSTS: dict[str, dict[str, tuple[int, int]]] = {}
 def _measure_stages(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
     cpu = torch.device("cpu")
     precision = Precision("none", cpu)
-    size, name, k = config.image_size, classifier_name(config), domain_classes(config.source)
+    size, name, k = train_side(config), classifier_name(config), domain_classes(config.source)
     # segmentation: per-pixel task loss and the score discriminator with shared weights, as run_cycada's stages
     game = feature_game(config) if config.task == "segmentation" else {}
     torch.manual_seed(0)
     f_s = build_task_network(name, k).to(cpu).eval()
-    task = TaskClassifier(build_task_network(name, k).train(), config.task_lr, precision, task_loss(config))
-    feature = FeatureAlignment(f_s, config.feature_lr, precision, config.lambda_task, config.lambda_feature, **game)
+    task = TaskClassifier(build_task_network(name, k).train(), config.task_lr, precision, task_loss(config),
+                          config.task_optimizer)
+    feature = FeatureAlignment(f_s, config.feature_lr, precision, config.lambda_task, config.lambda_feature,
+                               optimizer=config.feature_optimizer, **game)
     pixel = cyclegan_model(config.pixel_config(""), semantic_consistency(config, f_s))
     b_task, b_pix, b_feat = config.task_batch_size, config.pixel_batch_size, config.feature_batch_size
     return {
         "classifier": measure(lambda: task.train_step(images(b_task, size), labels(b_task, config))),
-        "pixel": cyclegan_cost(pixel, b_pix, size),
+        "pixel": cyclegan_cost(pixel, b_pix, config.image_size),  # the pixel stage reads image_size squares
         "feature": measure(lambda: feature.train_step(images(b_feat, size), labels(b_feat, config),
                                                       images(b_feat, size))),
     }

@@ -12,7 +12,8 @@ Modules, one idea each, leaves first:
 - ``networks`` (CycleGAN's generators and discriminators), ``classifiers`` (CyCADA's task
   networks and their two training steps), ``segnets`` (segmenters, the output-space
   discriminator), ``cyclegan`` (the CycleGAN model and its step);
-- ``config`` (every option, scale presets), ``checkpoints`` (the one schema, verified
+- ``config`` (every option, scale presets), ``commands`` (the command line that builds a CyCADA config
+  again), ``checkpoints`` (the one schema, verified
   files), ``runs`` (run folders and their lock), ``weights`` (official ``.pth``, safetensors,
   ``load_cyclegan``);
 - ``train`` (the one training loop), ``cyclegan_run`` (a CycleGAN training run), ``cycada`` (the stages),

@@ -88,7 +88,10 @@ def _preset_notes(name: str, default, presets: Mapping[str, Mapping]) -> str:
         if len(values) == len(kinds) and len({_text(v) for v in values.values()}) == 1:
             scales.setdefault(_text(next(iter(values.values()))), []).append(scale)
         elif values:
-            scales.setdefault(" / ".join(f"{_text(v)} ({kind})" for kind, v in values.items()), []).append(scale)
+            by_value = {}  # the kinds that share a value named together
+            for kind, value in values.items():
+                by_value.setdefault(_text(value), []).append(kind)
+            scales.setdefault(" / ".join(f"{v} ({', '.join(k)})" for v, k in by_value.items()), []).append(scale)
     return ", ".join(f"{'/'.join(names)} preset{'s' if len(names) > 1 else ''} {value}"
                      for value, names in scales.items())
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import losses
 from .images import luma
-from .names import TASK_NETWORKS
+from .names import OPTIMIZERS, TASK_NETWORKS
 from .runtime import Precision, load_optimizer_state
 from .segnets import DRN26, FCN8s, SmallFCN, build_segmenter
 
@@ -194,6 +194,23 @@ def load_pretrained(net: nn.Module) -> nn.Module:
     return net
 
 
+# The segmentation release's SGD (jhoffman/cycada_release at commit 2fbf16b): momentum 0.99 in both scripts
+# (scripts/train_fcn.sh line 12, scripts/train_fcn_adda.sh line 8) and weight decay 5e-4 for every network
+# (scripts/train_fcn.py lines 103-104; scripts/train_fcn_adda.py lines 163-166, the discriminator's and the net's).
+SGD_MOMENTUM, SGD_WEIGHT_DECAY = 0.99, 5e-4
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """The optimiser ``name`` (:data:`~cyclelib.names.OPTIMIZERS`) of ``params`` at learning rate ``lr``:
+    ``adam`` (torch's defaults otherwise, as the digit release's) or ``sgd`` (the segmentation
+    release's momentum :data:`SGD_MOMENTUM` and weight decay :data:`SGD_WEIGHT_DECAY`)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=SGD_WEIGHT_DECAY)
+    if name != "adam":
+        raise ValueError(f"unknown optimizer {name!r}; valid values: {', '.join(OPTIMIZERS)}")
+    return torch.optim.Adam(params, lr=lr)
+
+
 def freeze(net: nn.Module) -> nn.Module:
     """Eval mode and ``requires_grad=False``, in place: no gradient step, no BatchNorm update, no dropout."""
     net.eval()
@@ -249,7 +266,7 @@ class _Training(nn.Module):
 
 
 class TaskClassifier(_Training):
-    r"""A classifier ``net`` and its Adam optimiser, trained on labelled images.
+    r"""A classifier ``net`` and its optimiser (:func:`make_optimizer` ``optimizer``), trained on labelled images.
 
     :meth:`train_step` takes one step on :math:`\mathcal{L}_{task}(f, X, Y)`. The same step
     trains f_S (source images), the target oracle (target images) and the pixel-only
@@ -257,10 +274,11 @@ class TaskClassifier(_Training):
     is per pixel (:func:`cyclelib.segmentation.task_loss`).
     """
 
-    def __init__(self, net: nn.Module, lr: float, precision: Precision, task_loss=losses.task_loss):
+    def __init__(self, net: nn.Module, lr: float, precision: Precision, task_loss=losses.task_loss,
+                 optimizer: str = "adam"):
         super().__init__()
         self.net = net
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        self.optimizer = make_optimizer(optimizer, net.parameters(), lr)
         self.precision, self.task_loss = precision, task_loss
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -312,11 +330,15 @@ class FeatureAlignment(_Training):
     on the logits of its own step before that step, is above ``gate``, as the release's ADDA loop
     does with 0.6 (jhoffman/cycada_release at 2fbf16b, ``cycada/tools/train_adda_net.py`` lines
     70-72 and 81-82). :math:`D_{feat}` steps on every batch.
+
+    ``optimizer`` (:func:`make_optimizer`) is that of both f_T and :math:`D_{feat}`, at the same ``lr``, as
+    in both releases (digits: Adam, ``cycada/tools/train_adda_net.py`` lines 157-158; segmentation: SGD,
+    ``scripts/train_fcn_adda.py`` lines 163-166).
     """
 
     def __init__(self, f_s: nn.Module, lr: float, precision: Precision, lambda_task: float = 1.0,
                  lambda_feature: float = 1.0, gate: float | None = None, discriminator: nn.Module | None = None,
-                 task_loss=losses.task_loss, shared: bool = False):
+                 task_loss=losses.task_loss, shared: bool = False, optimizer: str = "adam"):
         super().__init__()
         object.__setattr__(self, "f_s", freeze(f_s))  # not registered: saved by its own stage
         self.f_t = copy.deepcopy(f_s).requires_grad_(True).train()
@@ -324,8 +346,8 @@ class FeatureAlignment(_Training):
             classes = [m for m in f_s.modules() if isinstance(m, nn.Linear)][-1].out_features  # D_feat reads logits
             discriminator = FeatureDiscriminator(classes)
         self.d_feat = discriminator.to(next(f_s.parameters()).device)
-        self.opt_f = torch.optim.Adam(self.f_t.parameters(), lr=lr)
-        self.opt_d = torch.optim.Adam(self.d_feat.parameters(), lr=lr)
+        self.opt_f = make_optimizer(optimizer, self.f_t.parameters(), lr)
+        self.opt_d = make_optimizer(optimizer, self.d_feat.parameters(), lr)
         self.precision, self.lambda_task, self.lambda_feature = precision, lambda_task, lambda_feature
         self.gate, self.task_loss, self.shared = gate, task_loss, shared
 

@@ -15,11 +15,11 @@ from . import __version__
 from .arguments import (add_arch_argument, add_bench_arguments, add_config_options, choice, given_options, one_of,
                         refuse_official_options)
 from .config import CyCADAConfig, CycleGANConfig, positive_int, recorded_options
-from .presets import CYCADA_FORMS, CYCADA_PRESETS, CYCLEGAN_PRESETS, cycada_preset, cyclegan_preset
+from .presets import CYCADA_FORMS, CYCLEGAN_PRESETS, cycada_presets_by_kind, cyclegan_preset
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, RELEASE_MODELS,
                        DownloadError, download_dataset, download_digits, download_pretrained, download_release_model)
 from .names import (AMP_MODES, CYCADA_STAGES, DIGIT_DOMAINS, DIRECTIONS, EXPORT_FORMATS, GTA5_PARTS, KID_SUBSETS,
-                    NORMS, SCALES, TASKS)
+                    NORMS, SCALES)
 
 
 def _train_cyclegan(args) -> None:
@@ -315,9 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                              + ", ".join(f"{k} {v}" for k, v in CYCADA_FORMS["release"].items())
                              + "); options given win; a scale keeps its learning rates: at the cpu scale add "
                              "--feature-lr 1e-5, the release's (the book, chapter 9); default: paper")
-    # each scale's options per task, so that the help names the segmentation presets too
-    add_config_options(cycada, CyCADAConfig, {scale: {task: cycada_preset(scale, task) for task in TASKS}
-                                             for scale in CYCADA_PRESETS}, skip=("scale",))
+    add_config_options(cycada, CyCADAConfig, cycada_presets_by_kind(), skip=("scale",))
     cycada.set_defaults(run=_train_cycada)
 
     translate = commands.add_parser("translate", help="translate a folder of images with a trained generator")

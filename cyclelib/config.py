@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
 from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
-                    IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, PREPROCESS_MODES, SCALES, SEMANTIC_JUDGES,
-                    TASK_NETWORKS, TASKS, Registry, check_crop, is_labelled_pair, is_folder_domain, stage_weights,
-                    task_mismatch)
+                    IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, OPTIMIZERS, PREPROCESS_MODES,
+                    SEMANTIC_JUDGES, TASK_NETWORKS, TASKS, Registry, check_crop, check_crop_domain, is_labelled_pair,
+                    is_folder_domain, stage_weights, task_mismatch)
 from .presets import CYCADA_FORMS, cycada_preset, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
@@ -293,14 +292,19 @@ class CyCADAConfig:
     classifier: str = _stage("auto", "the task network; auto: dtn when a domain is in colour, else lenet; small_fcn "
                              "for segmentation", "every",
                              choices=lambda: ("auto", *TASK_NETWORKS.families))
-    image_size: int = _stage(32, "both domains are read as RGB images of this side", "every",
-                             cyclegan=("load_size", "crop_size"))
+    image_size: int = _stage(32, "both domains are read as RGB images of this side (driving scenes: their shorter "
+                             "side, cropped to a square)", "every", cyclegan=("load_size", "crop_size"))
+    crop_size: int | None = _stage(None, "driving scenes: the side of the random square crop, randomly flipped, "
+                                   "the classifier and feature stages train on (the release: 768 of 1024); refused "
+                                   "for other domains", "every", none="image_size, unflipped")
     max_samples: int | None = _stage(None, "training images per epoch, in every stage", "every",
                                      cyclegan=("max_dataset_size",), none="all")
     max_eval_samples: int | None = _stage(None, "test images per evaluation", None, none="all")
     invert_source: float = _stage(0.0, "beyond the paper: share of source images f_S sees negated", "every")
     # stages source, oracle, pixel_only: the classifier loop (release: Adam 1e-4, batch 128, 100 epochs)
-    task_lr: float = _stage(1e-4, "classifier stages: learning rate of Adam", "every")
+    task_optimizer: str = _stage("adam", "classifier stages: adam, or sgd (momentum 0.99, weight decay 5e-4: "
+                                 "the segmentation release's)", "every", choices=OPTIMIZERS)
+    task_lr: float = _stage(1e-4, "classifier stages: learning rate", "every")
     task_batch_size: int = _stage(128, "classifier stages: images per step", "every")
     task_epochs: int = _stage(100, "classifier stages: epochs", "every")
     # stage pixel: CycleGAN + semantic consistency (release: resnet_9blocks, PatchGAN, LSGAN, batch 100)
@@ -341,7 +345,9 @@ class CyCADAConfig:
     pixel_epochs_decay: int = _pixel("n_epochs_decay")
     # stages feature, feature_only (release ADDA: Adam 1e-5 for f_T and D_feat, batch 128, 200 epochs:
     # jhoffman/cycada_release at 2fbf16b, scripts/train_adda.py lines 40 and 46-47)
-    feature_lr: float = _stage(1e-5, "feature stages: learning rate of Adam (f_T and D_feat)", "feature")
+    feature_optimizer: str = _stage("adam", "feature stages: the optimiser of f_T and D_feat, as task_optimizer",
+                                    "feature", choices=OPTIMIZERS)
+    feature_lr: float = _stage(1e-5, "feature stages: learning rate (f_T and D_feat)", "feature")
     feature_batch_size: int = _stage(128, "feature stages: images per step", "feature")
     feature_epochs: int = _stage(200, "feature stages: epochs", "feature")
     # The paper's objective has the task term; the release's ADDA step has none (train_adda_net.py lines 81-104):
@@ -383,7 +389,7 @@ class CyCADAConfig:
                      positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "n_layers_D",
                                "pixel_lr", "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
                                "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples", "d_feat_width",
-                               "max_eval_samples"))
+                               "max_eval_samples", "crop_size"))
         for name in ("source", "target"):
             if getattr(self, name) not in DOMAINS:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
@@ -392,6 +398,11 @@ class CyCADAConfig:
         if self.stage_weights is not None:
             self.stage_weights = tuple(self.stage_weights)  # a list from the command line or a JSON record
             stage_weights(self.stage_weights, self.task, classifier_name(self))
+        for name in (self.source, self.target):
+            check_crop_domain(name, self.crop_size, "crop_size")
+        if (self.crop_size or 0) > self.image_size:
+            raise ValueError(f"crop_size ({self.crop_size}) must not exceed image_size ({self.image_size}), the "
+                             f"shorter side of the scenes it is cropped from")
         if not 0 <= self.pixel_beta1 < 1:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
         if self.feature_gate is not None and not 0 <= self.feature_gate < 1:
@@ -422,7 +433,8 @@ class CyCADAConfig:
         if form not in CYCADA_FORMS:
             raise ValueError(f"unknown form {form!r}; valid values: {', '.join(CYCADA_FORMS)}")
         scale = resolve_scale(scale)
-        return cls(**{**cycada_preset(scale, options.get("task")), **CYCADA_FORMS[form], "scale": scale, **options})
+        preset = cycada_preset(scale, options.get("task"), options.get("source"))
+        return cls(**{**preset, **CYCADA_FORMS[form], "scale": scale, **options})
 
     def pixel_config(self, out: str) -> CycleGANConfig:
         """The CycleGAN options of the pixel stage, writing to ``out``: each option tagged
@@ -438,26 +450,3 @@ def stage_option_names(*shapes: str | None) -> tuple[str, ...]:
     """The CyCADA options tagged with any of ``shapes`` ("every", "pixel", "feature", "pixel_feature",
     "weights", or None: none)."""
     return tuple(f.name for f in fields(CyCADAConfig) if f.metadata["shapes"] in shapes)
-
-
-def cycada_command(options: Mapping[str, object], stages: Iterable[str]) -> str:
-    """The ``cyclelib train cycada`` command that runs ``stages`` with the CyCADA options
-    ``options`` (``asdict`` of a :class:`CyCADAConfig`, or a stage checkpoint's record of one):
-    ``--source``, ``--target``, ``--out``, ``--scale`` and every option that differs from that
-    scale's preset, so that the command builds the same config (``scale`` aside). A config whose
-    scale the command line has not (``custom``), or with an option at None where its scale's
-    preset has a value, is rendered from the gpu scale: the paper's options."""
-    defaults = {f.name: f.default for f in fields(CyCADAConfig)}
-    options = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
-    scale = options["scale"] if options["scale"] in SCALES else "gpu"
-    preset = {**defaults, **cycada_preset(scale, options["task"])}
-    if any(options[k] is None and preset[k] is not None for k in options):  # None has no option
-        scale, preset = "gpu", {**defaults, **cycada_preset("gpu", options["task"])}
-    words = ["cyclelib", "train", "cycada", "--source", options["source"], "--target", options["target"],
-             "--out", str(options["out"]), "--scale", scale]
-    for name, value in options.items():
-        if name not in ("source", "target", "out", "scale") and value != preset[name]:
-            flag = name.replace("_", "-")
-            words += ([f"--{'' if value else 'no-'}{flag}"] if isinstance(value, bool) else
-                      [f"--{flag}", *value] if isinstance(value, (tuple, list)) else [f"--{flag}", str(value)])
-    return shlex.join([*words, "--stages", ",".join(stages)])

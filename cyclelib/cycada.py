@@ -53,10 +53,11 @@ from torch.utils.data import Dataset
 
 from .checkpoints import load_weights, make_checkpoint, save_checkpoint
 from .classifiers import FeatureAlignment, TaskClassifier, build_task_network, freeze, load_pretrained
-from .config import CyCADAConfig, classifier_name, cycada_command, stage_option_names
+from .commands import cycada_command
+from .config import CyCADAConfig, classifier_name, stage_option_names
 from .cyclegan import CycleGAN
 from .cyclegan_run import train_cyclegan
-from .data import RandomlyInverted, Unpaired
+from .data import RandomlyInverted, RandomReads, Unpaired
 from .distributed import RunContext, run_context
 from .folders import folder_fingerprint
 from .integrity import sha256_of
@@ -96,8 +97,18 @@ WEIGHT_OPTIONS = stage_option_names("weights")
 # --------------------------------------------------------------------------------------
 
 def load_domain(config: CyCADAConfig, name: str, split: str) -> Dataset:
-    """Domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label or label map)`` pairs."""
-    return labelled_domain(name, split, size=config.image_size, channels=3)
+    """Domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label or label map)`` pairs; driving
+    scenes of the train split ``crop_size`` x ``crop_size`` where it is given (the test split: image_size)."""
+    crop = config.crop_size if split == "train" else None
+    return labelled_domain(name, split, size=config.image_size, channels=3, crop=crop)
+
+
+def training_domain(config: CyCADAConfig, name: str) -> Dataset:
+    """The train split of domain ``name`` as a classifier stage reads it: a domain that draws as it reads
+    (driving scenes: random crops) with its draws seeded per item and epoch (:class:`~cyclelib.data.RandomReads`),
+    as the pixel and feature stages draw them; other domains as they are."""
+    domain = load_domain(config, name, "train")
+    return RandomReads(domain, config.seed) if hasattr(domain, "get") else domain
 
 
 # --------------------------------------------------------------------------------------
@@ -257,7 +268,7 @@ def stages_not_ready(config: CyCADAConfig, found: dict[str, dict | None]) -> Fil
 
 def run_hint(config: CyCADAConfig, stages: tuple[str, ...]) -> str:
     """How to run (or resume) ``stages`` with ``config``'s options, from Python and from the
-    command line (:func:`~cyclelib.config.cycada_command`)."""
+    command line (:func:`~cyclelib.commands.cycada_command`)."""
     return f"run_cycada(config, stages={stages!r}) or `{cycada_command(asdict(config), stages)}`"
 
 
@@ -293,7 +304,7 @@ def _fit_stage(config: CyCADAConfig, stage: str, model: nn.Module, dataset, inpu
 
 def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progress: bool = True,
                      resume: bool = False, context: RunContext | None = None) -> nn.Module:
-    r"""Minimise :math:`\mathcal{L}_{task}(f, X, Y)` with Adam from a fresh network; saves ``out/<stage>/``.
+    r"""Minimise :math:`\mathcal{L}_{task}(f, X, Y)` from a fresh network (``task_optimizer``); saves ``out/<stage>/``.
 
     The one classifier stage of CyCADA: f_S on labelled source (``source``), the oracle on
     labelled target (``oracle``) and the pixel-only classifier on translated source
@@ -304,7 +315,7 @@ def train_classifier(config: CyCADAConfig, stage: str, dataset: Dataset, progres
     context = context or run_context(c.device)
     seed_everything(c.seed)
     net = load_pretrained(build_task_network(classifier_name(c), domain_classes(c.source))).to(context.device).train()
-    model = TaskClassifier(net, c.task_lr, context.precision(c.amp), task_loss(c))
+    model = TaskClassifier(net, c.task_lr, context.precision(c.amp), task_loss(c), c.task_optimizer)
     _fit_stage(c, stage, model, dataset, inputs=lambda batch: batch, batch_size=c.task_batch_size,
                epochs=c.task_epochs, resume=resume, progress=progress, context=context, score=("task",))
     return model.finish()
@@ -336,7 +347,7 @@ def train_source(config: CyCADAConfig, progress: bool = True, resume: bool = Fal
     With ``invert_source`` > 0 (beyond the paper), that share of the source images is seen
     negated (:class:`~cyclelib.data.RandomlyInverted`), so that f_S, the semantic loss's judge and
     f_T's start, reads dark digits on a bright ground as well as light ones."""
-    source = load_domain(config, config.source, "train")
+    source = training_domain(config, config.source)
     if config.invert_source:
         source = RandomlyInverted(source, config.invert_source, config.seed)
     return train_classifier(config, "source", source, progress, resume, context)
@@ -345,7 +356,7 @@ def train_source(config: CyCADAConfig, progress: bool = True, resume: bool = Fal
 def train_oracle(config: CyCADAConfig, progress: bool = True, resume: bool = False,
                  context: RunContext | None = None) -> nn.Module:
     """The target oracle: the same stage on labelled target images (the only use of target labels)."""
-    return train_classifier(config, "oracle", load_domain(config, config.target, "train"), progress, resume, context)
+    return train_classifier(config, "oracle", training_domain(config, config.target), progress, resume, context)
 
 
 def train_pixel_only(config: CyCADAConfig, translator: nn.Module, progress: bool = True,
@@ -419,7 +430,8 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
         source = translate_dataset(translator.to(context.device), source)
     pairs = Unpaired(source, load_domain(c, c.target, "train"), seed=c.seed)
     model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature,
-                             c.feature_gate, **feature_game(c))  # segmentation: the score discriminator
+                             c.feature_gate, optimizer=c.feature_optimizer,
+                             **feature_game(c))  # segmentation: the score discriminator
     # Target labels stay unused: the step reads source images and labels, and target images only.
     _fit_stage(c, stage, model, pairs, inputs=lambda batch: (batch["A"], batch["A_label"], batch["B"]),
                batch_size=c.feature_batch_size, epochs=c.feature_epochs, resume=resume, progress=progress,

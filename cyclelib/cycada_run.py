@@ -87,7 +87,7 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
         raise stages_not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with run_folder(out) if writer else contextlib.nullcontext():
         if writer:
-            preset = cycada_preset(config.scale, config.task) if config.scale in CYCADA_PRESETS else {}
+            preset = cycada_preset(config.scale, config.task, config.source) if config.scale in CYCADA_PRESETS else {}
             origin = {name: f"scale {config.scale} preset" for name, value in preset.items()
                       if getattr(config, name) == value}
             print(describe_options(config, origin), flush=True)  # what will train, once, as a CycleGAN run says it

@@ -216,28 +216,51 @@ class Unpaired(Dataset):
                 **_fetch_item("B", self.b, b_index, generator)}
 
 
-class RandomlyInverted(Dataset):
-    """The ``(image, label)`` items of ``dataset``, each image negated (x -> -x in [-1, 1]: dark
-    strokes on a bright ground for light ones) with probability ``p``.
+class _Drawn(Dataset):
+    """The items of ``dataset`` with random draws of their own, each item's from a generator seeded from
+    ``(seed, epoch, index)`` (:meth:`generator`), like :class:`Unpaired`'s; :meth:`set_epoch` reaches
+    ``dataset`` too, so that draws of its own (a wrapped :class:`RandomReads`) change with the epoch."""
 
-    A polarity augmentation: a classifier trained on it reads a digit the same whether it is
-    lighter or darker than its background, as MNIST-M's digits are (blended as |photo - digit|).
-    Each draw comes from a generator seeded from ``(seed, epoch, index)``, like :class:`Unpaired`'s.
-    """
-
-    def __init__(self, dataset: Dataset, p: float, seed: int = 0):
-        self.dataset, self.p, self.seed, self.epoch = dataset, p, seed, 0
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
+
+
+class RandomReads(_Drawn):
+    """The items of a domain that draws as it reads (``get(i, generator)``: the random crops and flips of
+    :class:`~cyclelib.driving.DrivingScenes`), for a reader that asks by index only (a classifier stage's
+    :class:`~cyclelib.train.Trainer`): item ``i`` is ``get(i, generator(i))``, so the crops change with the
+    epoch and stay those of the seed, as :class:`Unpaired` draws them for the pixel and feature stages."""
+
+    def __getitem__(self, index: int):
+        return self.dataset.get(index, self.generator(index))
+
+
+class RandomlyInverted(_Drawn):
+    """The ``(image, label)`` items of ``dataset``, each image negated (x -> -x in [-1, 1]: dark
+    strokes on a bright ground for light ones) with probability ``p``.
+
+    A polarity augmentation: a classifier trained on it reads a digit the same whether it is
+    lighter or darker than its background, as MNIST-M's digits are (blended as |photo - digit|).
+    """
+
+    def __init__(self, dataset: Dataset, p: float, seed: int = 0):
+        super().__init__(dataset, seed)
+        self.p = p
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.dataset[index]
-        generator = torch.Generator().manual_seed(_mix(self.seed, self.epoch, index))
-        return (-image if float(torch.rand(1, generator=generator)) < self.p else image), label
+        return (-image if float(torch.rand(1, generator=self.generator(index))) < self.p else image), label
 
 
 class UnpairedImageFolder(Unpaired):

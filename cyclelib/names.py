@@ -47,6 +47,9 @@ FEATURE_STARTS = ("source", "pixel_only")  # the CyCADA stages whose classifier 
 # built in the release's layout (cyclelib.segnets), which its files load into (CyCADAConfig.stage_weights).
 RELEASE_STAGES = ("source", "pixel_only", "feature")
 RELEASE_SEGMENTERS = ("drn26", "fcn8s", "drn26_imagenet", "fcn8s_imagenet")
+# The optimisers of CyCADA's classifier and feature stages: Adam (the digit release's) or the segmentation
+# release's SGD with momentum and weight decay (cyclelib.classifiers.make_optimizer)
+OPTIMIZERS = ("adam", "sgd")
 KID_SUBSETS = 100  # torch-fidelity's default and Binkowski et al.'s (the evaluate command shows it)
 
 
@@ -75,10 +78,24 @@ def is_folder_domain(name: str) -> bool:
     return str(name).startswith(FOLDER_PREFIX) and len(str(name)) > len(FOLDER_PREFIX)
 
 
+def check_crop_domain(name: str, crop: int | None, option: str = "crop") -> None:
+    """A ``ValueError`` naming ``option`` when a ``crop`` is asked of domain ``name`` that is not one of driving
+    scenes: digits and digit scenes are drawn at the size they are read at, and a crop would cut the digits
+    that are their labels."""
+    if crop is not None and not is_driving_domain(name):
+        raise ValueError(f"{option} {crop} applies to driving scenes (gta5:PATH, cityscapes:PATH), not to {name!r}, "
+                         f"which is drawn at the size it is read at (image_size)")
+
+
 def is_segmentation_domain(name: str) -> bool:
     """Whether ``name`` is a domain of (image, label map) items: a digit-scene domain, ``gta5:PATH`` or
     ``cityscapes:PATH``."""
-    return name in SCENE_DOMAINS or any(str(name).startswith(p) and len(str(name)) > len(p) for p in DRIVING_PREFIXES)
+    return name in SCENE_DOMAINS or is_driving_domain(name)
+
+
+def is_driving_domain(name: str) -> bool:
+    """Whether ``name`` is a domain of driving scenes read from files: ``gta5:PATH`` or ``cityscapes:PATH``."""
+    return any(str(name).startswith(p) and len(str(name)) > len(p) for p in DRIVING_PREFIXES)
 
 
 def task_mismatch(task: str, source: str, target: str, network: str) -> str | None:
@@ -114,7 +131,7 @@ def stage_weights(entries: Iterable[str] | None, task: str, network: str) -> dic
             raise FileNotFoundError(f"stage_weights: {file} (the weights of the {stage} stage) is not a file")
     if found and (task != "segmentation" or network not in RELEASE_SEGMENTERS):
         raise ValueError(f"stage_weights loads segmenters in the CyCADA release's layout: it needs task segmentation "
-                         f"and classifier {' or '.join(RELEASE_SEGMENTERS)}, got task {task!r} and classifier "
+                         f"and a classifier of {', '.join(RELEASE_SEGMENTERS)}, got task {task!r} and classifier "
                          f"{network!r}")
     return found
 

@@ -4,7 +4,7 @@ the papers' defaults. :meth:`CycleGANConfig.for_scale` and :meth:`CyCADAConfig.f
 them; options given explicitly win over them. No torch: the command line shows them in its help."""
 from __future__ import annotations
 
-from .names import is_labelled_pair
+from .names import is_driving_domain, is_labelled_pair
 
 
 def cyclegan_preset(scale: str | None, data: str) -> dict:
@@ -71,24 +71,61 @@ CYCADA_PRESETS = {
     "gpu": dict(num_workers=4),
 }
 
-# Per scale, the options of a segmentation run (task segmentation) that differ from those of CYCADA_PRESETS.
+# Per scale and kind of segmentation pair, the options of a segmentation run (task segmentation) that differ from
+# those of CYCADA_PRESETS: "scenes", the offline digit scenes, and "driving", gta5:PATH -> cityscapes:PATH.
+_SMOKE_SEGMENTATION = dict(image_size=32, max_samples=16, max_eval_samples=16, task_batch_size=4, pixel_batch_size=4,
+                           feature_batch_size=4, d_feat_width=16)  # seconds: 32x32 scenes, every stage a few steps
+# the digit scenes (64x64, 2,000 train and 500 test per domain) in about ten minutes on one thread: the small FCN
+# as benchmarks/segmentation_gap.py trains it, a short CycleGAN and two epochs of each feature stage with a
+# narrow score discriminator (the release's 512 channels cost about 100 ms per scene on one thread)
+_CPU_SEGMENTATION = dict(image_size=64, task_lr=1e-3, task_batch_size=16, task_epochs=5, netG="resnet_3blocks",
+                         ngf=8, ndf=16, pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=1, feature_lr=1e-4,
+                         feature_batch_size=16, feature_epochs=2, d_feat_width=64, log_every=20, sample_every=500,
+                         checkpoint_every=200)
 SEGMENTATION_PRESETS = {
-    # seconds: 32x32 scenes, every stage a few steps (CI, nbval)
-    "smoke": dict(image_size=32, max_samples=16, max_eval_samples=16, task_batch_size=4, pixel_batch_size=4,
-                  feature_batch_size=4, d_feat_width=16),
-    # the digit scenes (64x64, 2,000 train and 500 test per domain) in about ten minutes on one thread: the small FCN
-    # as benchmarks/segmentation_gap.py trains it, a short CycleGAN and two epochs of each feature stage with a
-    # narrow score discriminator (the release's 512 channels cost about 100 ms per scene on one thread)
-    "cpu": dict(image_size=64, task_lr=1e-3, task_batch_size=16, task_epochs=5, netG="resnet_3blocks",
-                ngf=8, ndf=16, pixel_batch_size=8, pixel_epochs=1, pixel_epochs_decay=1, feature_lr=1e-4,
-                feature_batch_size=16, feature_epochs=2, d_feat_width=64, log_every=20, sample_every=500,
-                checkpoint_every=200),
+    "smoke": {"scenes": _SMOKE_SEGMENTATION, "driving": _SMOKE_SEGMENTATION},
+    "cpu": {"scenes": _CPU_SEGMENTATION, "driving": _CPU_SEGMENTATION},
+    # GTA5 -> Cityscapes as the release trains it (jhoffman/cycada_release at commit 2fbf16b): DRN-26
+    # (scripts/train_fcn_adda.sh line 34) starting from its ImageNet weights (scripts/train_fcn.py line 76,
+    # get_model(..., finetune=True); cycada/models/drn.py lines 161-171) on scenes at a shorter side of 1024 (scripts/train_fcn.py lines 85-92,
+    # cycada/data/data_loader.py lines 38 and 56-57); the source model with SGD at 1e-3, momentum 0.99, batch 2
+    # for 100,000 iterations (scripts/train_fcn.sh lines 9-12: 8 epochs of GTA5's 24,966 scenes; weight decay
+    # 5e-4, scripts/train_fcn.py lines 103-104); the adaptation with SGD at 1e-5, momentum 0.99, batch 1 and
+    # random 768 crops for 100,000 iterations (scripts/train_fcn_adda.sh lines 7-8, 15-16 and 18: 4 epochs of
+    # 24,966 pairs; cycada/data/adda_datasets.py lines 62-64), lambda_g 0.1 (line 10) as lambda_feature
+    # (lambda_d 1, line 9, is D_feat's loss as it is), f_T stepping only while the discriminator's domain
+    # accuracy is above 60% (scripts/train_fcn_adda.py lines 265-267, its mean over the last 100 iterations;
+    # here the batch's); discrim_score and weights_shared (train_fcn_adda.sh lines 20-21) are segmentation's
+    # feature game (segmentation.feature_game). The CycleGAN takes one pair a step
+    # (cyclegan/train_gta2cityscapes.sh line 6). Departures: the classifier stages train on the random, flipped
+    # crops too, where the release's source model reads whole scenes (train_fcn.sh passes --crop_size 768
+    # without --augmentation, train_fcn.py lines 59 and 106-109); the CycleGAN reads image_size squares, where
+    # the release's crops 400 pixels (cyclegan/train_gta2cityscapes.sh line 3).
+    "gpu": {"scenes": {}, "driving": dict(classifier="drn26_imagenet", image_size=1024, crop_size=768, task_optimizer="sgd",
+                                          task_lr=1e-3, task_batch_size=2, task_epochs=8, pixel_batch_size=1,
+                                          feature_optimizer="sgd", feature_lr=1e-5, feature_batch_size=1,
+                                          feature_epochs=4, lambda_feature=0.1, feature_gate=0.6)},
 }
 
 
-def cycada_preset(scale: str, task: str | None = None) -> dict:
-    """The options that scale ``scale`` sets for a CyCADA run of ``task`` (None: classification)."""
-    return {**CYCADA_PRESETS[scale], **(SEGMENTATION_PRESETS.get(scale, {}) if task == "segmentation" else {})}
+def segmentation_kind(source: str | None) -> str:
+    """The kind of segmentation pair whose source is ``source``: "driving" (gta5:PATH, cityscapes:PATH) or
+    "scenes" (the digit scenes, and a source not known yet)."""
+    return "driving" if source is not None and is_driving_domain(source) else "scenes"
+
+
+def cycada_preset(scale: str, task: str | None = None, source: str | None = None) -> dict:
+    """The options that scale ``scale`` sets for a CyCADA run of ``task`` (None: classification) from domain
+    ``source`` (segmentation: the digit scenes' or the driving scenes' preset, :func:`segmentation_kind`)."""
+    segmentation = SEGMENTATION_PRESETS.get(scale, {}).get(segmentation_kind(source), {})
+    return {**CYCADA_PRESETS[scale], **(segmentation if task == "segmentation" else {})}
+
+
+def cycada_presets_by_kind() -> dict[str, dict[str, dict]]:
+    """Per scale, the options each kind of CyCADA run takes from it (digits, and the two kinds of segmentation
+    pair), as the command line's help shows them."""
+    return {scale: {"digits": cycada_preset(scale), "digit scenes": cycada_preset(scale, "segmentation"),
+                    "driving scenes": cycada_preset(scale, "segmentation", "gta5:PATH")} for scale in CYCADA_PRESETS}
 
 
 # CyCADA's forms (train cycada --form, CyCADAConfig.for_scale(form=...)): the paper's is the options' defaults;

@@ -25,7 +25,7 @@ except ImportError:  # Windows
     fcntl = None
 
 from .checkpoints import NewerFormatError, load_checkpoint, save_checkpoint
-from .config import cycada_command
+from .commands import cycada_command
 from .files import atomic_write, new_temporary
 
 # The latest and the best checkpoint of a run, and the folder of its step checkpoints.

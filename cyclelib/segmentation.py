@@ -36,7 +36,7 @@ from .driving import CITYSCAPES_CLASSES, DrivingScenes, cityscapes, gta5
 from .folders import num_classes
 from .metrics import segmentation_metrics
 from .modes import eval_mode
-from .names import SCENE_DOMAINS, is_segmentation_domain
+from .names import SCENE_DOMAINS, check_crop_domain, is_segmentation_domain
 from .plots import plot_confusion_matrix, save_image_grid
 from .scenes import SCENE_CLASS_WEIGHTS, SCENE_NAMES, SceneDomain, scene_domain
 from .segnets import ScoreDiscriminator
@@ -48,28 +48,35 @@ DRIVING_SPLITS = {"gta5": {"train": "all", "test": "all"}, "cityscapes": {"train
 
 
 def labelled_domain(name: str, split: str = "train", size: int = 32, channels: int = 3, root=None,
-                    download: bool = False) -> DigitDomain | SceneDomain | DrivingScenes:
+                    download: bool = False, crop: int | None = None) -> DigitDomain | SceneDomain | DrivingScenes:
     """A labelled domain by name, of either task: a digit domain or ``folder:PATH``
     (:func:`~cyclelib.digits.digit_domain`, with its ``root`` and ``download``), or a segmentation
-    domain (:func:`segmentation_domain`), whose items are ``(image, label map)``."""
+    domain (:func:`segmentation_domain`, with its ``crop``), whose items are ``(image, label map)``."""
     if is_segmentation_domain(name):
-        return segmentation_domain(name, split, size, channels)
+        return segmentation_domain(name, split, size, channels, crop)
+    check_crop_domain(name, crop)
     return digit_domain(name, split, size, channels, root, download)
 
 
-def segmentation_domain(name: str, split: str, size: int, channels: int = 3) -> SceneDomain | DrivingScenes:
+def segmentation_domain(name: str, split: str, size: int, channels: int = 3,
+                        crop: int | None = None) -> SceneDomain | DrivingScenes:
     """Segmentation domain ``name`` of ``split`` (``train``/``test``) at ``size``: digit scenes of
     ``size`` x ``size`` pixels, or driving scenes resized to a shorter side of ``size`` with a
-    ``size`` x ``size`` crop (random where the reader passes a generator, as the pixel stage's, else
-    centred). Always RGB: ``channels`` must be 3."""
+    ``size`` x ``size`` crop, or a ``crop`` x ``crop`` crop and a horizontal flip; random where the reader passes
+    a generator (as the pixel stage's), else centred and unflipped. Always RGB: ``channels`` must be 3.
+    ``crop`` is refused for the digit scenes (:func:`~cyclelib.names.check_crop_domain`)."""
     if channels != 3:
         raise ValueError(f"segmentation domain {name!r} is read in RGB only (channels 3), got channels {channels}")
+    check_crop_domain(name, crop)
     if name in SCENE_DOMAINS:
         return scene_domain(name, split, size=size)
     kind, root = name.split(":", 1)
     if split not in DRIVING_SPLITS[kind]:
         raise ValueError(f"unknown split {split!r}; valid values: {', '.join(DRIVING_SPLITS[kind])}")
-    return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind][split], size=size, crop=size)
+    # A crop comes with a random horizontal flip, as the release's augmentation (cycada/transforms.py lines 79-89,
+    # called with flip=True by cycada/data/adda_datasets.py lines 62-64 wherever a crop_size is given).
+    return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind][split], size=size,
+                                                          crop=crop or size, flip=crop is not None)
 
 
 def domain_classes(name: str) -> int:

@@ -17,7 +17,8 @@ from torch import nn
 from . import distributed, losses
 from .checkpoints import load_weights
 from .classifiers import freeze
-from .config import CyCADAConfig, cycada_command
+from .commands import cycada_command
+from .config import CyCADAConfig
 from .cyclegan import GeneratorTerms
 from .runtime import load_optimizer_state
 from .segmentation import task_loss

@@ -1,9 +1,12 @@
 """Helpers shared by the test files: the repository root, smoke-sized configs, the CLI run in
-this process or as a subprocess, small random images and image folders, damaged checkpoint files,
-and a pickle that would run code."""
+this process or as a subprocess (and a CyCADA command read back by it), small random images and image
+folders, GTA5's label files, a benchmark script as a module, damaged checkpoint files, and a pickle that
+would run code."""
 import http.server
+import importlib.util
 import os
 import re
+import shlex
 import signal
 import struct
 import sys
@@ -14,6 +17,7 @@ from io import StringIO
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -68,6 +72,21 @@ def cli(*argv: str) -> tuple[int, str]:
     return 0, err.getvalue()
 
 
+def parse_cycada_command(command: str) -> tuple[CyCADAConfig, str]:
+    """The config and stages that ``cyclelib train cycada ...`` runs, read by the real command line."""
+    seen = {}
+
+    def record(config, stages, force):
+        seen.update(config=config, stages=stages)
+        return {}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("cyclelib.cycada_run.run_cycada", record)  # the command imports it when it runs
+        code, err = cli(*shlex.split(command)[1:])
+    assert code == 0, err
+    return seen["config"], seen["stages"]
+
+
 def package_env() -> dict:
     """This process's environment with this checkout first on PYTHONPATH: a subprocess imports
     this checkout's cyclelib."""
@@ -91,12 +110,21 @@ def rgb(width, height, seed=0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def palette_png(path: Path, ids: np.ndarray) -> None:
-    """GTA5's label files: palette images whose indices are label ids (``ids``, uint8 ``[H, W]``)."""
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def palette_png(path: Path, ids: np.ndarray) -> Path:
+    """GTA5's label files: palette images whose indices are label ids (``ids``, uint8 [H, W])."""
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(ids, mode="P")
     img.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
     img.save(path)
+    return path
 
 
 def rgb_png(path: Path, width: int, height: int, value: int = 0) -> None:

@@ -21,7 +21,7 @@ import yaml
 import cyclelib
 from cyclelib import CyCADAConfig, CycleGANConfig, plots
 from cyclelib.book import RESULTS
-from cyclelib.config import cycada_command
+from cyclelib.commands import cycada_command
 from cyclelib.presets import CYCADA_PRESETS, CYCLEGAN_PRESETS
 from helpers import DIGITS, ROOT, cli_env
 from test_notebooks import CYCADA_CHAPTERS, config_cell, run_config_cell

@@ -1,18 +1,14 @@
 """benchmarks/estimate_gpu_time.py estimates chapter 11, CyCADA for segmentation on the digit scenes
 (issue 26): its steps read label maps and train with the per-pixel task loss and the score discriminator."""
-import importlib.util
 import json
 
 import cyclelib
 from cyclelib.cycada import STAGES
-from helpers import ROOT
+from helpers import benchmark_script
 
 
 def estimate_script():
-    spec = importlib.util.spec_from_file_location("estimate_gpu_time", ROOT / "benchmarks" / "estimate_gpu_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("estimate_gpu_time")
 
 
 def test_a_segmentation_step_is_counted_with_label_maps():

@@ -72,8 +72,9 @@ _FEATURE = {"feature_lr", "feature_batch_size", "feature_epochs", "lambda_task",
 # the release's form (issue 25), added since
 _RELEASE_PIXEL = {"semantic_target", "semantic_gate"}
 _RELEASE = {"feature_gate", "feature_start"}
-# segmentation (issue 26), added since: a checkpoint without them was a classification stage with the release's D_feat
-_TASK, _SEG_FEATURE = {"task"}, {"d_feat_width"}
+# segmentation (issue 26), added since: a checkpoint without them was a classification stage with the release's D_feat,
+# trained with Adam on image_size squares
+_TASK, _SEG_FEATURE = {"task", "task_optimizer", "crop_size"}, {"d_feat_width", "feature_optimizer"}
 # the release's published segmenters (issue 26), added since: compared as their files' SHA-256, recorded per stage
 _WEIGHTS = {"stage_weights"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
@@ -153,9 +154,9 @@ def test_a_registered_task_network_is_built_and_taken_by_the_config(registries):
                            build=lambda m, num_classes: nn.Linear(4, num_classes))
     assert isinstance(build_classifier("tiny"), nn.Linear)
     assert CyCADAConfig(classifier="tiny").classifier == "tiny"
-    assert "{auto,lenet,dtn,resnet18,resnet18_imagenet,small_fcn,fcn8s,drn26,tiny}" in _help("train", "cycada")
+    assert "{auto,lenet,dtn,resnet18,resnet18_imagenet,small_fcn,fcn8s,drn26,fcn8s_imagenet,drn26_imagenet,tiny}" in _help("train", "cycada")
     with pytest.raises(ValueError, match="unknown classifier 'huge'; valid values: auto, lenet, dtn, resnet18, "
-                                         "resnet18_imagenet, small_fcn, fcn8s, drn26, tiny"):
+                                         "resnet18_imagenet, small_fcn, fcn8s, drn26, fcn8s_imagenet, drn26_imagenet, tiny"):
         CyCADAConfig(classifier="huge")
 
 
@@ -195,7 +196,7 @@ def test_every_option_has_a_description_its_choices_and_required_marked():
                  "--init {normal,xavier,kaiming,orthogonal}", "--noise-injection {constant,modulate}",
                  "--netD {basic,n_layers,pixel}", "resnet_<n>blocks"):
         assert text in cyclegan, text
-    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet,small_fcn,fcn8s,drn26}",
+    for text in ("--classifier {auto,lenet,dtn,resnet18,resnet18_imagenet,small_fcn,fcn8s,drn26,fcn8s_imagenet,drn26_imagenet}",
                  "--task {classification,segmentation}", "--semantic-judge {source,feature_only,online}",
                  "resnet_<n>blocks", "folder:PATH"):
         assert text in cycada, text
@@ -212,10 +213,10 @@ def test_the_default_shown_is_the_one_used_and_required_options_say_so():
     cyclegan, cycada = ("train", "cyclegan"), ("train", "cycada")
     assert "default: 64; smoke preset 8, cpu preset 32" in _option_help(cyclegan, "--ngf")
     # CyCADA's presets per task: the segmentation stages' own sizes are named too
-    assert "default: 64; smoke preset 4, cpu preset 16 (classification) / 8 (segmentation)" in _option_help(
+    assert "default: 64; smoke preset 4, cpu preset 16 (digits) / 8 (digit scenes, driving scenes)" in _option_help(
         cycada, "--ngf")
-    assert "default: 32; smoke preset 16 (classification), cpu preset 64 (segmentation)" in _option_help(
-        cycada, "--image-size")
+    assert ("default: 32; smoke preset 16 (digits), cpu preset 64 (digit scenes, driving scenes), gpu preset 1024 "
+            "(driving scenes)") in _option_help(cycada, "--image-size")
     assert "smoke preset 4 (digits) / 2 (images)" in _option_help(cyclegan, "--batch-size")
     assert "default: all; smoke preset 16 (digits) / 8 (images)" in _option_help(cyclegan, "--max-dataset-size")
     for command, flag in ((cyclegan, "--data"), (cycada, "--source"), (cycada, "--target")):

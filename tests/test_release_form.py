@@ -9,7 +9,7 @@ import torch
 
 from cyclelib import CyCADAConfig, classifiers, cycada, losses, run_cycada, semantic
 from cyclelib.classifiers import FeatureAlignment, build_task_network, discriminator_accuracy
-from cyclelib.config import cycada_command
+from cyclelib.commands import cycada_command
 from cyclelib.runtime import Precision
 
 from helpers import cli, cycada_smoke

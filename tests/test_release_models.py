@@ -172,7 +172,7 @@ def test_the_cli_refuses_a_bad_stage_weights_entry_naming_it(tmp_path, driving, 
 def test_stage_weights_need_a_segmenter_of_the_release_layout_and_each_stage_once(tmp_path, driving, files):
     with pytest.raises(ValueError, match="gives the source stage twice"):
         config(tmp_path, driving, stage_weights=[f"source={files['source']}", f"source={files['pixel_only']}"])
-    with pytest.raises(ValueError, match="needs task segmentation and classifier drn26 or fcn8s, got task "
+    with pytest.raises(ValueError, match="needs task segmentation and a classifier of drn26, fcn8s, drn26_imagenet, fcn8s_imagenet, got task "
                                          "'segmentation' and classifier 'small_fcn'"):
         config(tmp_path, driving, classifier="small_fcn", stage_weights=[f"source={files['source']}"])
 

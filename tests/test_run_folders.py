@@ -17,11 +17,11 @@ import torch
 
 from cyclelib import CycleGAN, CyCADAConfig, TrainingInterrupted, run_cycada, train_cyclegan
 from cyclelib.classifiers import TaskClassifier
-from cyclelib.config import cycada_command
+from cyclelib.commands import cycada_command
 from cyclelib.cycada import load_stage, stage_checkpoint, stage_path
 from cyclelib.checkpoints import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from cyclelib.runs import LATEST, RunFolderError, run_folder, step_checkpoints
-from helpers import DIGITS, cli, cli_env, cycada_smoke, equal_states, smoke
+from helpers import DIGITS, cli, cli_env, cycada_smoke, equal_states, parse_cycada_command, smoke
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -218,21 +218,6 @@ def test_cycada_command_builds_the_same_config():
         built, stages = parse_cycada_command(command)
         assert stages == "source,pixel" and built.scale == scale, command
         assert built == dataclasses.replace(config, scale=scale), command
-
-
-def parse_cycada_command(command: str) -> tuple[CyCADAConfig, str]:
-    """The config and stages that ``cyclelib train cycada ...`` runs, read by the real command line."""
-    seen = {}
-
-    def record(config, stages, force):
-        seen.update(config=config, stages=stages)
-        return {}
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("cyclelib.cycada_run.run_cycada", record)  # the command imports it when it runs
-        code, err = cli(*shlex.split(command)[1:])
-    assert code == 0, err
-    return seen["config"], seen["stages"]
 
 
 def test_missing_earlier_stages_are_all_named_with_the_runs_options(tmp_path):
