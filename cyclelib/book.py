@@ -48,7 +48,7 @@ def chapter_time(chapter: str) -> str:
 
 
 # What the forms are compared on: the accuracy of each result on the target test split, and how well the
-# translation keeps the source labels (metrics.json of cyclelib.cycada_run.evaluate_run).
+# translation keeps the source labels (metrics.json of cyclelib.cycada_run.evaluate_stages).
 FORM_RESULTS = ("source_only", "pixel_only", "feature_only", "pixel_feature", "target_oracle", "label_preservation")
 
 

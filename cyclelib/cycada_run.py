@@ -2,7 +2,7 @@
 
 :func:`run_cycada` runs the chosen stages of :mod:`cyclelib.cycada` in order under ``out/``
 (locked), reusing complete stages and resuming unfinished ones, and ends with
-:func:`evaluate_run`: every finished stage on the target test split, written as
+:func:`evaluate_stages`: every finished stage on the target test split, written as
 ``out/metrics.json`` with its figures (confusion matrices, training curves, a translation grid).
 :func:`load_seed_metrics` reads the ``metrics.json`` of runs kept per seed, as the book does.
 """
@@ -93,7 +93,7 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
             print(describe_options(config, origin), flush=True)  # what will train, once, as a CycleGAN run says it
             files.write_json(out / "config.json", asdict(config))
         wall_times = _run_stages(config, stages, reused, progress, out / "wall_times.json", context)
-        return evaluate_run(config, wall_times, context, reused) if writer else {}
+        return evaluate_stages(config, wall_times, context, reused) if writer else {}
 
 
 def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str, dict | None], progress: bool,
@@ -170,7 +170,7 @@ def _eval_subset(dataset, config: CyCADAConfig):
     return torch.utils.data.Subset(dataset, keep.tolist())
 
 
-def evaluate_run(config: CyCADAConfig, wall_times: dict | None = None, context: RunContext | None = None,
+def evaluate_stages(config: CyCADAConfig, wall_times: dict | None = None, context: RunContext | None = None,
                  checkpoints: dict[str, dict | None] | None = None) -> dict:
     """Evaluate every finished stage on the target test split; write metrics and figures.
 
@@ -254,7 +254,7 @@ def _write_metrics(out: Path, metrics: dict, finished: dict[str, dict]) -> dict:
 
 def _evaluate_segmentation_run(config: CyCADAConfig, metrics: dict, finished: dict[str, dict], source_test,
                                target_test, wall_times: dict | None, device) -> dict:
-    """:func:`evaluate_run` for ``task="segmentation"``: ``metrics`` and those of
+    """:func:`evaluate_stages` for ``task="segmentation"``: ``metrics`` and those of
     :func:`~cyclelib.segmentation.evaluate_segmentation`, written to ``out/metrics.json`` with the curves."""
     nets = {stage: stage_network(ckpt, stage_path(config, stage), device) for stage, ckpt in finished.items()}
     translator = nets.pop("pixel").G_A if "pixel" in nets else None
@@ -267,7 +267,7 @@ def _evaluate_segmentation_run(config: CyCADAConfig, metrics: dict, finished: di
 
 def load_seed_metrics(folder: str | os.PathLike) -> dict[int, dict]:
     """``{seed: metrics}`` of the runs kept as ``folder/seed<K>/metrics.json`` (the files
-    :func:`evaluate_run` writes, e.g. the book's ``cyclelib.book_results("cycada/<pair>")``), in seed order.
+    :func:`evaluate_stages` writes, e.g. the book's ``cyclelib.book_results("cycada/<pair>")``), in seed order.
     A folder without any, an unreadable file, or a file whose ``seed`` is not its folder's
     is an error naming the file."""
     runs = {}
