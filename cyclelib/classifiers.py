@@ -359,7 +359,8 @@ class FeatureAlignment(_Training):
             with torch.no_grad():
                 feat_s = None if self.shared else self.f_s(x_s)  # [N, K] f_S's logits on (translated) source
             # One pass over both domains, so f_T's BatchNorm statistics mix them as at test time.
-            out_s, out_t = self.f_t(torch.cat([x_s, x_t])).split([len(x_s), len(x_t)])  # [N, K], [M, K] (+ [H, W] per pixel)
+            # [N, K], [M, K] logits; [N, K, H, W], [M, K, H, W] for segmentation
+            out_s, out_t = self.f_t(torch.cat([x_s, x_t])).split([len(x_s), len(x_t)])
             feat_s = out_s.detach() if self.shared else feat_s
             self.d_feat.requires_grad_(True)
             judged_s, judged_t = self.d_feat(feat_s), self.d_feat(out_t.detach())  # [N, 2], [M, 2] (+ [H, W])
