@@ -176,10 +176,11 @@ def semantic_loss(classifier: torch.nn.Module, real: torch.Tensor,
             \log \sigma\big(f_S(G(x_n))_{:,h,w}\big)_{p_{nhw}},
         \qquad p_{nhw} = \arg\max_k f_S(x_n)_{k,h,w},
 
-    the paper's equation per pixel. The release trains its GTA5 -> Cityscapes CycleGAN
-    without it (``--model cycle_gan``, cyclegan/train_gta2cityscapes.sh line 4); its
-    semantic model (cyclegan/models/cycle_gan_semantic_model.py lines 163-167) has the
-    classification form only, with the true source labels as the S -> T target.
+    the paper's equation per pixel. The release's semantic model (its CycleGAN submodule,
+    jhoffman/pytorch-CycleGAN-and-pix2pix at e484612, models/cycle_gan_semantic_model.py lines
+    163-167) has the classification form only, with the true source labels as the S -> T target;
+    how its GTA5 -> Cityscapes CycleGAN was trained the release does not say (the submodule's only
+    training script, train_cycada.sh, is for digits).
     """
     with torch.no_grad():
         labels = classifier(real).argmax(dim=1)  # [N]

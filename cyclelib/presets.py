@@ -87,22 +87,24 @@ SEGMENTATION_PRESETS = {
     "cpu": {"scenes": _CPU_SEGMENTATION, "driving": _CPU_SEGMENTATION},
     # GTA5 -> Cityscapes as the release trains it (jhoffman/cycada_release at commit 2fbf16b): DRN-26
     # (scripts/train_fcn_adda.sh line 34) starting from its ImageNet weights (scripts/train_fcn.py line 76,
-    # get_model(..., finetune=True); cycada/models/drn.py lines 161-171) on scenes at a shorter side of 1024 (scripts/train_fcn.py lines 85-92,
-    # cycada/data/data_loader.py lines 38 and 56-57); the source model with SGD at 1e-3, momentum 0.99, batch 2
-    # for 100,000 iterations (scripts/train_fcn.sh lines 9-12: 8 epochs of GTA5's 24,966 scenes; weight decay
-    # 5e-4, scripts/train_fcn.py lines 103-104); the adaptation with SGD at 1e-5, momentum 0.99, batch 1 and
-    # random 768 crops for 100,000 iterations (scripts/train_fcn_adda.sh lines 7-8, 15-16 and 18: 4 epochs of
-    # 24,966 pairs; cycada/data/adda_datasets.py lines 62-64), lambda_g 0.1 (line 10) as lambda_feature
-    # (lambda_d 1, line 9, is D_feat's loss as it is), f_T stepping only while the discriminator's domain
-    # accuracy is above 60% (scripts/train_fcn_adda.py lines 265-267, its mean over the last 100 iterations;
-    # here the batch's); discrim_score and weights_shared (train_fcn_adda.sh lines 20-21) are segmentation's
-    # feature game (segmentation.feature_game). The CycleGAN takes one pair a step
-    # (cyclegan/train_gta2cityscapes.sh line 6). Departures: the classifier stages train on the random, flipped
-    # crops too, where the release's source model reads whole scenes (train_fcn.sh passes --crop_size 768
-    # without --augmentation, train_fcn.py lines 59 and 106-109); the CycleGAN reads image_size squares, where
-    # the release's crops 400 pixels (cyclegan/train_gta2cityscapes.sh line 3).
-    "gpu": {"scenes": {}, "driving": dict(classifier="drn26_imagenet", image_size=1024, crop_size=768, task_optimizer="sgd",
-                                          task_lr=1e-3, task_batch_size=2, task_epochs=8, pixel_batch_size=1,
+    # get_model(..., finetune=True); cycada/models/drn.py lines 161-171) on scenes at a shorter side of 1024
+    # (scripts/train_fcn.py lines 85-92, cycada/data/data_loader.py lines 38 and 56-57); the source model with
+    # SGD at 1e-3, momentum 0.99, batch 2 for 100,000 iterations (scripts/train_fcn.sh lines 9-12: 8 epochs of
+    # GTA5's 24,966 scenes; weight decay 5e-4, scripts/train_fcn.py lines 103-104); the adaptation with SGD at
+    # 1e-5, momentum 0.99, batch 1 and random 768 crops for 100,000 iterations (scripts/train_fcn_adda.sh lines
+    # 7-8, 15-16 and 18: 4 epochs of 24,966 pairs; cycada/data/adda_datasets.py lines 62-64), lambda_g 0.1
+    # (line 10) as lambda_feature (lambda_d 1, line 9, is D_feat's loss as it is), f_T stepping only while the
+    # discriminator's domain accuracy is above 60% (scripts/train_fcn_adda.py lines 265-267, its mean over the
+    # last 100 iterations; here the batch's); discrim_score and weights_shared (train_fcn_adda.sh lines 20-21)
+    # are segmentation's feature game (segmentation.feature_game). How the release trained its GTA5 ->
+    # Cityscapes CycleGAN it does not say: its CycleGAN submodule (jhoffman/pytorch-CycleGAN-and-pix2pix at
+    # e484612) holds a training script for digits only (train_cycada.sh); it publishes the translated frames
+    # instead (cyclelib download cyclegta5). The pixel stage here takes one pair a step, CycleGAN's batch.
+    # Departures: the classifier stages train on the random, flipped crops too, where the release's source
+    # model reads whole scenes (train_fcn.sh passes --crop_size 768 without --augmentation, train_fcn.py lines
+    # 59 and 106-109).
+    "gpu": {"scenes": {}, "driving": dict(classifier="drn26_imagenet", image_size=1024, crop_size=768,
+                                          task_optimizer="sgd", task_lr=1e-3, task_batch_size=2, task_epochs=8, pixel_batch_size=1,
                                           feature_optimizer="sgd", feature_lr=1e-5, feature_batch_size=1,
                                           feature_epochs=4, lambda_feature=0.1, feature_gate=0.6)},
 }
