@@ -103,10 +103,10 @@ SEGMENTATION_PRESETS = {
     # Departures: the classifier stages train on the random, flipped crops too, where the release's source
     # model reads whole scenes (train_fcn.sh passes --crop_size 768 without --augmentation, train_fcn.py lines
     # 59 and 106-109).
-    "gpu": {"scenes": {}, "driving": dict(classifier="drn26_imagenet", image_size=1024, crop_size=768,
-                                          task_optimizer="sgd", task_lr=1e-3, task_batch_size=2, task_epochs=8,
-                                          pixel_batch_size=1, feature_optimizer="sgd", feature_lr=1e-5, feature_batch_size=1,
-                                          feature_epochs=4, lambda_feature=0.1, feature_gate=0.6)},
+    "gpu": {"scenes": {}, "driving": dict(
+        classifier="drn26_imagenet", image_size=1024, crop_size=768, task_optimizer="sgd", task_lr=1e-3,
+        task_batch_size=2, task_epochs=8, pixel_batch_size=1, feature_optimizer="sgd", feature_lr=1e-5,
+        feature_batch_size=1, feature_epochs=4, lambda_feature=0.1, feature_gate=0.6)},
 }
 
 
