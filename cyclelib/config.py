@@ -264,12 +264,14 @@ def _stage(default, help: str, shapes: str | None, **metadata) -> Field:
     return field(default=default, metadata={"help": help, "shapes": shapes, **metadata})
 
 
-def _pixel(name: str, default=MISSING, shapes: str | None = "pixel") -> Field:
+def _pixel(name: str, default=MISSING, shapes: str | None = "pixel", pixel_only: bool | None = None) -> Field:
     """An option of the pixel stage: CycleGANConfig's option ``name`` under a CyCADA name, with its help and
-    choices, and its default unless CyCADA's (the release's) differs."""
+    choices, and its default unless CyCADA's (the release's) differs; its help says "pixel stage" when it is
+    ``pixel_only`` (default: where it shapes the pixel stage only)."""
     option = CycleGANConfig.__dataclass_fields__[name]
     default = option.default if default is MISSING else default
-    help = f"pixel stage: {option.metadata['help']}" if shapes == "pixel" else option.metadata["help"]
+    pixel_only = shapes == "pixel" if pixel_only is None else pixel_only
+    help = f"pixel stage: {option.metadata['help']}" if pixel_only else option.metadata["help"]
     return _stage(default, help, shapes, cyclegan=(name,), choices=option.metadata.get("choices"),
                   none=option.metadata.get("none"))
 
@@ -380,6 +382,10 @@ class CyCADAConfig:
     log_every: int = _pixel("log_every", shapes=None)
     sample_every: int = _pixel("sample_every", shapes=None)
     checkpoint_every: int = _pixel("checkpoint_every", shapes=None)
+    # the pixel stage's loggers (in out/pixel/); the classifier stages keep their history in their checkpoints
+    tensorboard: bool = _pixel("tensorboard", shapes=None, pixel_only=True)
+    wandb: bool = _pixel("wandb", shapes=None, pixel_only=True)
+    wandb_project: str = _pixel("wandb_project", shapes=None, pixel_only=True)
 
     def __post_init__(self):
         _check_common(self)

@@ -30,11 +30,12 @@ PIXEL_VALUES = dict(
     noise_injection="modulate", gan_mode="hinge", lambda_gan_A=3.5, lambda_gan_B=1.5, lambda_cycle_A=2.5,
     lambda_cycle_B=4.5, lambda_identity=0.25, lambda_mode_seeking=0.75, pixel_lr=3e-4, pixel_beta1=0.25,
     pixel_batch_size=3, pool_size=7, pixel_epochs=2, pixel_epochs_decay=3, image_size=20, max_samples=11,
-    seed=9, device="cpu", amp="bf16", num_workers=1, log_every=2, sample_every=3, checkpoint_every=5)
+    seed=9, device="cpu", amp="bf16", num_workers=1, log_every=2, sample_every=3, checkpoint_every=5,
+    tensorboard=True, wandb=True, wandb_project="cycada-pixel")
 # The CycleGAN options the pixel stage fixes, and those it leaves at CycleGAN's defaults.
 FIXED_BY_THE_STAGE = {"data", "out", "input_nc", "output_nc", "preprocess", "flip"}
 CYCLEGAN_DEFAULTS = {"init", "init_gain", "dropout", "lambda_gp", "beta2", "max_steps", "clip_grad_norm",
-                     "skip_bad_images", "implementation", "compile", "keep_checkpoints", "tensorboard", "wandb", "wandb_project",
+                     "skip_bad_images", "implementation", "compile", "keep_checkpoints",
                      "direction", "serial_batches",  # the source is domain A, its images in a seeded order
                      "lr_policy", "lr_decay_iters", "threads"}  # the release's linear schedule; torch's threads
 
@@ -78,7 +79,7 @@ _TASK, _SEG_FEATURE = {"task", "task_optimizer", "crop_size"}, {"d_feat_width", 
 # the release's published segmenters (issue 26), added since: compared as their files' SHA-256, recorded per stage
 _WEIGHTS = {"stage_weights"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
-            "max_eval_samples"}
+            "max_eval_samples", "tensorboard", "wandb", "wandb_project"}  # the loggers: added since, neutral
 
 
 def test_stage_options_computed_from_the_tags_are_todays():
