@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import Field, fields
 
-from .config import choices, positive_int
+from .config import choices
 from .names import AMP_MODES, DISCRIMINATOR_ARCHS, GENERATORS, SCALES, Registry
 
 # Options of the official code (options/base_options.py and train_options.py of
@@ -44,6 +44,17 @@ OFFICIAL_ELSEWHERE = {
     "verbose": "no equivalent: the run prints its options once when it starts",
     "dlib_path": "no equivalent",
 }
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (the message names the option, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 def flag(name: str) -> str:

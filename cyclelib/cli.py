@@ -13,8 +13,8 @@ from pathlib import Path
 
 from . import __version__
 from .arguments import (add_arch_argument, add_bench_arguments, add_config_options, choice, given_options, one_of,
-                        refuse_official_options)
-from .config import CyCADAConfig, CycleGANConfig, positive_int, recorded_options
+                        positive_int, refuse_official_options)
+from .config import CyCADAConfig, CycleGANConfig, recorded_options
 from .presets import CYCADA_FORMS, CYCLEGAN_PRESETS, cycada_presets_by_kind, cyclegan_preset
 from .download import (CYCLEGAN_DATASETS, DIGIT_FILES, PRETRAINED_MODELS, PRETRAINED_SIZES, RELEASE_MODELS,
                        DownloadError, download_dataset, download_digits, download_pretrained, download_release_model)

@@ -16,7 +16,6 @@ imports no torch: the checks that build networks are in :mod:`cyclelib.checks`.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from collections.abc import Mapping
@@ -31,17 +30,6 @@ from .presets import CYCADA_FORMS, cycada_preset, cyclegan_preset
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
 # must stay below 2**64 (torch's largest seed).
 SEED_LIMIT = 2**32
-
-
-def positive_int(text: str) -> int:
-    """An argparse ``type``: an integer >= 1 (the message names the option, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
 
 
 def choices(option: Field) -> tuple[str, ...] | Registry | None:
