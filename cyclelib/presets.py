@@ -97,12 +97,17 @@ SEGMENTATION_PRESETS = {
     # accuracy is above 60% (scripts/train_fcn_adda.py lines 265-267, its mean over the last 100 iterations;
     # here the batch's); discrim_score and weights_shared (train_fcn_adda.sh lines 20-21) are segmentation's
     # feature game (segmentation.feature_game). The CycleGAN takes one pair a step
-    # (cyclegan/train_gta2cityscapes.sh line 6). Departures: the classifier stages train on the random, flipped
+    # (cyclegan/train_gta2cityscapes.sh line 6) and trains on random, flipped crops of 400 pixels (pixel_crop_size;
+    # line 3, --fineSize=400, with the official code's flips). That script is not in the CycleGAN fork at the commit
+    # the release pins (jhoffman/pytorch-CycleGAN-and-pix2pix at e484612 holds train_cycada.sh only); its text
+    # is quoted in public code search. Departures: the classifier stages train on the random, flipped
     # crops too, where the release's source model reads whole scenes (train_fcn.sh passes --crop_size 768
-    # without --augmentation, train_fcn.py lines 59 and 106-109); the CycleGAN reads image_size squares, where
-    # the release's crops 400 pixels (cyclegan/train_gta2cityscapes.sh line 3).
+    # without --augmentation, train_fcn.py lines 59 and 106-109); the CycleGAN's crops are of scenes at a shorter
+    # side of image_size, where the release scales them to 1024 wide (scale_width_and_crop, lines 2-3: a shorter
+    # side of 512 to 563), so a crop here holds about a quarter as much of a scene.
     "gpu": {"scenes": {}, "driving": dict(classifier="drn26_imagenet", image_size=1024, crop_size=768, task_optimizer="sgd",
                                           task_lr=1e-3, task_batch_size=2, task_epochs=8, pixel_batch_size=1,
+                                          pixel_crop_size=400,
                                           feature_optimizer="sgd", feature_lr=1e-5, feature_batch_size=1,
                                           feature_epochs=4, lambda_feature=0.1, feature_gate=0.6)},
 }
