@@ -4,14 +4,18 @@ by benchmarks/estimate_gpu_time.py. Every run is a smoke run on the CPU on tiny 
 written in their official layouts."""
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
+import cyclelib
 from cyclelib import CyCADAConfig, run_cycada
 from cyclelib import cycada
-from cyclelib.cycada import stage_checkpoint
+from cyclelib.cycada import STAGES, stage_checkpoint
 from cyclelib.cyclegan import CycleGAN
-from helpers import cli, driving_smoke, write_driving
+from helpers import benchmark_script, cli, driving_smoke, write_driving
 
 GPU_DRIVING = dict(task="segmentation", source="gta5:/data/gta5", target="cityscapes:/data/cs")
 
@@ -87,3 +91,55 @@ def test_a_pixel_stage_trained_on_other_crops_is_not_reused(pixel_run):
             with pytest.raises(ValueError, match=rf"pixel_crop_size=16 there, {crop!r} now"):
                 stage_checkpoint(changed, stage)
         assert stage_checkpoint(changed, "source") is not None  # f_S reads no pixel crop
+
+
+# ----------------------------------------------------------------------------- how long the release's setting takes
+
+
+@pytest.fixture(scope="module")
+def script():
+    return benchmark_script("estimate_gpu_time")
+
+
+def test_a_large_side_is_counted_exactly_at_small_ones(script):
+    """The gpu preset's steps (DRN-26 from ImageNet, the release's CycleGAN and PatchGAN with the semantic loss, the
+    score discriminator) counted at four small sides and extrapolated give the FLOPs counted at the side itself,
+    for sides that are multiples of 32 (768) and of 16 only (400)."""
+    steps = script.stage_steps_at(script.pair_config("gta5:cityscapes"))
+    for kind, side in (("classifier", 192), ("feature", 192), ("pixel", 208)):
+        step, _ = steps[kind]
+        assert script.cost_at(step, side, direct_side=0)[0] == script.measure(lambda: step(side))[0], kind
+    cubic = lambda side: torch.ones(side, side) @ torch.ones(side, side)  # noqa: E731  2 * side**3 FLOPs
+    assert script.cost_at(cubic, 96) == (2 * 96**3, 3)  # counted as it is: two ones and a product
+    with pytest.raises(RuntimeError, match="no quadratic in the side"):
+        script.cost_at(cubic, 400)
+
+
+def test_the_estimate_holds_gta5_to_cityscapes_at_the_gpu_preset_for_every_stage(script):
+    config = CyCADAConfig.for_scale("gpu", task="segmentation", source="gta5:GTA5", target="cityscapes:CITYSCAPES")
+    gta5, cityscapes = 24_966, 2_975  # GTA5's frames, Cityscapes' train split (the oracle's)
+    c = config
+    steps = script.stage_steps(config)
+    assert {stage: steps[stage] for stage in STAGES} == {
+        "source": c.task_epochs * (gta5 // c.task_batch_size), "pixel_only": c.task_epochs * (gta5 // c.task_batch_size),
+        "oracle": c.task_epochs * (cityscapes // c.task_batch_size),
+        "pixel": (c.pixel_epochs + c.pixel_epochs_decay) * math.ceil(gta5 / c.pixel_batch_size),
+        "feature_only": c.feature_epochs * (gta5 // c.feature_batch_size),
+        "feature": c.feature_epochs * (gta5 // c.feature_batch_size)}
+    assert steps["source"] == 99_864  # the release's 100,000 iterations, as whole epochs
+    estimate = next(e for e in json.loads(cyclelib.book_results("gpu_time_estimate.json").read_text())["pairs"]
+                    if e["pair"] == "gta5:cityscapes")
+    assert estimate["preset"] == {**{k: getattr(config, k) for k in estimate["preset"]}, "classifier": "drn26_imagenet"}
+    assert estimate["preset"]["pixel_crop_size"] == 400 and estimate["preset"]["crop_size"] == 768  # today's preset
+    assert estimate["train_sizes"] == {"gta5": gta5, "cityscapes": cityscapes}
+    rows = {r["stage"]: r for r in estimate["stages"]}
+    assert list(rows) == list(STAGES)
+    assert {stage: r["steps"] for stage, r in rows.items()} == {stage: steps[stage] for stage in STAGES}
+    # one DRN-26 step on two 768 crops, the classifier stages alike; the feature stages read one pair
+    assert rows["source"]["gflop_per_step"] == rows["oracle"]["gflop_per_step"] == rows["pixel_only"]["gflop_per_step"]
+    assert rows["feature"]["gflop_per_step"] == rows["feature_only"]["gflop_per_step"]
+    for r in rows.values():  # hours = steps x (FLOPs at the assumed share of the peak + operators x their cost)
+        assert r["pflop"] == pytest.approx(r["steps"] * r["gflop_per_step"] / 1e6)
+        assert r["hours"]["H100"] == pytest.approx(r["steps"] * (r["gflop_per_step"] * 1e9 / (0.3 * 989e12)
+                                                                 + r["ops_per_step"] * 10e-6) / 3600)
+    assert estimate["total"]["hours"]["T4"] == pytest.approx(sum(r["hours"]["T4"] for r in rows.values()))

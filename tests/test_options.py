@@ -54,10 +54,12 @@ def test_every_pixel_option_reaches_the_pixel_stage():
     assert not reached & (FIXED_BY_THE_STAGE | CYCLEGAN_DEFAULTS)
     assert all(getattr(pixel, name) == cyclegan_defaults[name] for name in CYCLEGAN_DEFAULTS)
     assert (pixel.data, pixel.out, pixel.preprocess, pixel.flip) == ("mnist5k:mnistm5k", "out", "none", False)
-    # the pixel stage's own terms (L_sem), which CycleGAN has not, are the only untagged pixel options
+    # the pixel stage's own terms (L_sem), which CycleGAN has not, and the crop of driving scenes, which sets
+    # crop_size in image_size's place where given (tests/test_driving_gpu.py), are the only untagged pixel options
     untagged = {f.name for f in fields(CyCADAConfig)
                 if f.metadata["shapes"] == "pixel" and "cyclegan" not in f.metadata}
-    assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge", "semantic_target", "semantic_gate"}
+    assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge", "semantic_target", "semantic_gate",
+                        "pixel_crop_size"}
 
 
 # The stage options before the tags (cycada.py's hand-written _SHARED, _PIXEL, _FEATURE): the checkpoints
