@@ -11,15 +11,24 @@ No GPU has measured it yet, so this script estimates it on the CPU, without trai
    ``epochs x ceil(train size / batch)`` for the pixel stage and CycleGAN runs, where an epoch of
    two domains is as long as the larger one; train sizes: MNIST 60000, USPS 7291, SVHN 73257,
    the offline mnist5k and mnistm5k 4000, chapter 4's photo crops 400, the digit scenes of chapter 11
-   (``mnist-scenes``, ``mnistm-scenes``) 2000, at most ``max_samples``;
+   (``mnist-scenes``, ``mnistm-scenes``) 2000, GTA5 24966 (all its frames, as the release trains on them:
+   Richter et al. 2016; ``cyclelib.segmentation.DRIVING_SPLITS``) and Cityscapes' train split 2975 (Cordts
+   et al. 2016; the oracle's), at most ``max_samples``;
 3. divides the FLOPs by an **assumed** achieved throughput, ``--fraction`` (default 0.3) of the
    GPU's dense peak at the precision it would run (T4: 8.1 TFLOP/s fp32, for it has no bf16
    tensor cores; A100: 312, H100: 989 TFLOP/s bf16), and adds an **assumed** cost per
    operator (``--op-us``, default 10 us: an eager step launches its kernels one by one, and
    for the small classifiers that cost, not arithmetic, sets the pace).
 
+Steps on images of a side over ``DIRECT_SIDE`` (the driving scenes' 768 and 400 crops) are counted
+at four small sides of the same remainder modulo 32 and extrapolated, exactly (:func:`cost_at`): every layer of
+these networks has an output side ``a * side + b`` on such sides (each halving of the side divides 32), so a
+convolution's FLOPs, and the step's, are a quadratic in the side; the quadratic through three counts must give
+the fourth, or the script stops.
+
 It reports the six stages of ``run_cycada`` at the ``gpu`` scale (the paper's setting) for the
-paper's digit pairs, and what each chapter's notebook trains when run alone at the ``colab`` and ``gpu``
+paper's digit pairs and for GTA5 -> Cityscapes (the release's setting, the driving scenes' gpu preset:
+``gta5:cityscapes``), and what each chapter's notebook trains when run alone at the ``colab`` and ``gpu``
 scales; it fails when a chapter of the ``colab`` scale exceeds ``COLAB_MINUTES`` on a T4 (a free
 Colab session). The two assumptions are printed with the table; a measurement on a GPU (``make
 gpu-check`` for the CycleGAN step, or timing a run) replaces them. Not counted: data loading,
@@ -39,6 +48,7 @@ import json
 import math
 import sys
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -56,11 +66,16 @@ from cyclelib.segmentation import domain_classes, feature_game, task_loss
 # Training images per domain: the torchvision train splits the gpu scale downloads, the offline 5k
 # digit sets (4000 of each 5000 are the train split) and chapter 4's photo crops (400 a domain).
 TRAIN_SIZES = {"mnist": 60000, "usps": 7291, "svhn": 73257, "mnist5k": 4000, "mnistm5k": 4000, "photos": 400,
-               "mnist-scenes": 2000, "mnistm-scenes": 2000}
+               "mnist-scenes": 2000, "mnistm-scenes": 2000, "gta5": 24966, "cityscapes": 2975}
 # Dense peak TFLOP/s at the precision each GPU would train in: bf16 tensor cores where the GPU has
 # them (amp "auto"), fp32 on a T4, whose bf16 is emulated (its fp16 tensor cores need --amp fp16).
 GPUS = {"T4": (8.1, "fp32"), "A100": (312.0, "bf16"), "H100": (989.0, "bf16")}
-PAIRS = ("mnist:usps", "svhn:mnist")
+PAIRS = ("mnist:usps", "svhn:mnist", "gta5:cityscapes")
+# The driving scenes of a pair (their folders need not exist to be counted), estimated at their gpu preset.
+DRIVING = {"gta5": "gta5:GTA5", "cityscapes": "cityscapes:CITYSCAPES"}
+# Sides up to this are counted as they are; larger ones at four sides of the same remainder modulo STRIDE from
+# 2 * STRIDE up, and extrapolated (cost_at).
+DIRECT_SIDE, STRIDE = 256, 32
 # The scales whose chapters run on a GPU (smoke and cpu are sized for a CPU); a chapter of the
 # colab scale must fit a free Colab T4 session: at most COLAB_MINUTES on a T4 by this estimate.
 GPU_SCALES = ("colab", "gpu")
@@ -93,12 +108,13 @@ def images(n: int, size: int) -> torch.Tensor:
     return torch.rand(n, 3, size, size) * 2 - 1  # [n, 3, size, size] in [-1, 1]
 
 
-def labels(n: int, config: cyclelib.CyCADAConfig | None = None) -> torch.Tensor:
-    """``n`` random labels: digits [n], or for a segmentation ``config`` label maps [n, side, side] at the side the
-    classifier and feature stages train on (:func:`train_side`)."""
+def labels(n: int, config: cyclelib.CyCADAConfig | None = None, side: int | None = None) -> torch.Tensor:
+    """``n`` random labels: digits [n], or for a segmentation ``config`` label maps [n, side, side], by default at
+    the side the classifier and feature stages train on (:func:`train_side`)."""
     if config is None or config.task != "segmentation":
         return torch.randint(0, 10, (n,))
-    return torch.randint(0, domain_classes(config.source), (n, train_side(config), train_side(config)))
+    side = side or train_side(config)
+    return torch.randint(0, domain_classes(config.source), (n, side, side))
 
 
 def train_side(config: cyclelib.CyCADAConfig) -> int:
@@ -113,9 +129,45 @@ def cyclegan_model(config: cyclelib.CycleGANConfig, extra_generator_losses=None)
         return CycleGAN(dataclasses.replace(config, out=out, device="cpu"), extra_generator_losses)
 
 
+def pixel_side(config: cyclelib.CyCADAConfig) -> int:
+    """The side of the images the pixel stage trains on: ``pixel_crop_size`` (driving scenes' random crops) where
+    it is given, else ``image_size``."""
+    return config.pixel_crop_size or config.image_size
+
+
+def cost_at(step, side: int, direct_side: int = DIRECT_SIDE) -> tuple[int, int]:
+    """(FLOPs, operators) of ``step(side)``, one training step on images of ``side`` pixels: measured, or over
+    ``direct_side`` extrapolated exactly from the counts at four small sides ``side % STRIDE + STRIDE * k``,
+    k = 2..5. On those sides every layer's output side is affine in ``side`` (as long as the halvings of the side
+    divide ``STRIDE``), and a convolution's FLOPs are the product of its output's two sides and constants, so the
+    step's FLOPs are a quadratic in ``side``: the one through the first three counts, checked on the fourth.
+    The operators of a step do not depend on the side; those of the first (which creates the optimisers' state)
+    are counted, as for a step measured as it is."""
+    if side <= direct_side:
+        return measure(lambda: step(side))
+    sides = [side % STRIDE + STRIDE * k for k in (2, 3, 4, 5)]
+    counts = [measure(lambda: step(s)) for s in sides]
+    flops = [f for f, _ in counts]
+    if (quadratic(sides[:3], flops[:3], sides[3]) != flops[3]
+            or not (fit := quadratic(sides[:3], flops[:3], side)).denominator == 1):
+        raise RuntimeError(f"the FLOPs of a step are no quadratic in the side ({dict(zip(sides, flops))}): count "
+                           f"them at {side} as it is (direct_side={side})")
+    return int(fit), counts[0][1]
+
+
+def quadratic(xs: list[int], ys: list[int], x: int) -> Fraction:
+    """The quadratic through the three points ``(xs[i], ys[i])`` at ``x`` (Lagrange's form, in exact fractions)."""
+    return sum(Fraction(y) * math.prod(Fraction(x - xj, xi - xj) for xj in xs if xj != xi) for xi, y in zip(xs, ys))
+
+
+def cyclegan_step(model: CycleGAN, batch: int):
+    """One training step of ``model`` on ``batch`` pairs of images of a given side."""
+    return lambda side: model.train_step(images(batch, side), images(batch, side))
+
+
 def cyclegan_cost(model: CycleGAN, batch: int, size: int) -> tuple[int, int]:
     """(FLOPs, operators) of one training step of ``model`` on ``batch`` pairs of ``size``-pixel images."""
-    return measure(lambda: model.train_step(images(batch, size), images(batch, size)))
+    return cost_at(cyclegan_step(model, batch), size)
 
 
 def step_costs(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
@@ -131,9 +183,15 @@ _STEP_COSTS: dict[str, dict[str, tuple[int, int]]] = {}
 
 
 def _measure_stages(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]:
+    return {kind: cost_at(step, side) for kind, (step, side) in stage_steps_at(config).items()}
+
+
+def stage_steps_at(config: cyclelib.CyCADAConfig) -> dict:
+    """Per kind of CyCADA stage (classifier, pixel, feature), its training step on images of a given side, built
+    on the CPU in fp32 at ``config``'s networks and batches, and the side the stage trains at."""
     cpu = torch.device("cpu")
     precision = Precision("none", cpu)
-    size, name, k = train_side(config), classifier_name(config), domain_classes(config.source)
+    name, k = classifier_name(config), domain_classes(config.source)
     # segmentation: per-pixel task loss and the score discriminator with shared weights, as run_cycada's stages
     game = feature_game(config) if config.task == "segmentation" else {}
     torch.manual_seed(0)
@@ -143,18 +201,21 @@ def _measure_stages(config: cyclelib.CyCADAConfig) -> dict[str, tuple[int, int]]
     feature = FeatureAlignment(f_s, config.feature_lr, precision, config.lambda_task, config.lambda_feature,
                                optimizer=config.feature_optimizer, **game)
     pixel = cyclegan_model(config.pixel_config(""), semantic_consistency(config, f_s))
-    b_task, b_pix, b_feat = config.task_batch_size, config.pixel_batch_size, config.feature_batch_size
+    b_task, b_feat = config.task_batch_size, config.feature_batch_size
     return {
-        "classifier": measure(lambda: task.train_step(images(b_task, size), labels(b_task, config))),
-        "pixel": cyclegan_cost(pixel, b_pix, config.image_size),  # the pixel stage reads image_size squares
-        "feature": measure(lambda: feature.train_step(images(b_feat, size), labels(b_feat, config),
-                                                      images(b_feat, size))),
+        "classifier": (lambda side: task.train_step(images(b_task, side), labels(b_task, config, side)),
+                       train_side(config)),
+        "pixel": (cyclegan_step(pixel, config.pixel_batch_size), pixel_side(config)),
+        "feature": (lambda side: feature.train_step(images(b_feat, side), labels(b_feat, config, side),
+                                                    images(b_feat, side)), train_side(config)),
     }
 
 
 def train_size(config: cyclelib.CyCADAConfig, domain: str) -> int:
-    """Training images of ``domain`` per epoch: its train split, at most ``max_samples``."""
-    return min(TRAIN_SIZES[domain], config.max_samples or TRAIN_SIZES[domain])
+    """Training images of ``domain`` per epoch (``gta5:PATH`` counts as ``gta5``): its train split, at most
+    ``max_samples``."""
+    n = TRAIN_SIZES[domain.split(":")[0]]
+    return min(n, config.max_samples or n)
 
 
 def stage_steps(config: cyclelib.CyCADAConfig) -> dict[str, int]:
@@ -204,14 +265,29 @@ def cycada_rows(config: cyclelib.CyCADAConfig, stages, fraction: float, op_us: f
     return [row(stage, steps[stage], costs[KIND[stage]], fraction, op_us) for stage in stages]
 
 
-def estimate(pair: str, fraction: float, op_us: float) -> dict:
-    """The estimate for one ``source:target`` pair at the gpu scale: per stage, steps, FLOPs and hours per GPU."""
+def pair_config(pair: str) -> cyclelib.CyCADAConfig:
+    """The gpu scale's config of a ``source:target`` pair: digits, or GTA5 -> Cityscapes (``gta5:cityscapes``:
+    segmentation of the driving scenes, their preset)."""
     source, target = pair.split(":")
-    config = cyclelib.CyCADAConfig.for_scale("gpu", source=source, target=target, device="cpu")
-    rows = cycada_rows(config, (*STAGES, "chapter 7 sweep"), fraction, op_us)
-    preset = {k: getattr(config, k) for k in ("classifier", "image_size", "netG", "ngf", "netD", "ndf", "task_epochs",
-                                              "task_batch_size", "pixel_epochs", "pixel_epochs_decay",
-                                              "pixel_batch_size", "feature_epochs", "feature_batch_size")}
+    if source in DRIVING:
+        return cyclelib.CyCADAConfig.for_scale("gpu", task="segmentation", source=DRIVING[source],
+                                               target=DRIVING[target], device="cpu")
+    return cyclelib.CyCADAConfig.for_scale("gpu", source=source, target=target, device="cpu")
+
+
+PRESET_KEYS = ("classifier", "image_size", "netG", "ngf", "netD", "ndf", "task_epochs", "task_batch_size",
+               "pixel_epochs", "pixel_epochs_decay", "pixel_batch_size", "feature_epochs", "feature_batch_size")
+DRIVING_KEYS = ("crop_size", "pixel_crop_size", "task_optimizer", "feature_optimizer")  # the driving preset's own
+
+
+def estimate(pair: str, fraction: float, op_us: float) -> dict:
+    """The estimate for one ``source:target`` pair at the gpu scale: per stage, steps, FLOPs and hours per GPU
+    (and chapter 7's sweep of the digit pairs)."""
+    source, target = pair.split(":")
+    config = pair_config(pair)
+    driving = source in DRIVING
+    rows = cycada_rows(config, STAGES if driving else (*STAGES, "chapter 7 sweep"), fraction, op_us)
+    preset = {k: getattr(config, k) for k in PRESET_KEYS + (DRIVING_KEYS if driving else ())}
     preset["classifier"] = classifier_name(config)
     return {"pair": pair, "train_sizes": {source: TRAIN_SIZES[source], target: TRAIN_SIZES[target]},
             "preset": preset, "stages": rows, "total": total("run_cycada (all six stages)", rows[:len(STAGES)])}
@@ -287,8 +363,11 @@ def format_table(results: dict) -> str:
 
     for est in results["pairs"]:
         p = est["preset"]
+        crops = (f" (crops: classifier and feature stages {p['crop_size']}, pixel stage {p['pixel_crop_size']})"
+                 if "crop_size" in p else "")
         lines += ["", f"gpu scale, {est['pair'].replace(':', ' -> ')}: {p['classifier']}, G {p['netG']} "
-                      f"(ngf {p['ngf']}), {p['image_size']}x{p['image_size']}, train sizes {est['train_sizes']}", header]
+                      f"(ngf {p['ngf']}), {p['image_size']}x{p['image_size']}{crops}, train sizes "
+                      f"{est['train_sizes']}", header]
         lines += [line(row) for row in est["stages"] + [est["total"]]]
     for scale in GPU_SCALES:
         lines += ["", f"Each chapter's notebook, run alone at the {scale} scale", header]

@@ -19,7 +19,7 @@ def cycada_command(options: Mapping[str, object], stages: Iterable[str]) -> str:
     scale the command line has not (``custom``), or with an option at None where its scale's
     preset has a value (None has no flag), is rendered from the gpu scale, the paper's options, or
     where that preset has a value there too (the driving scenes' gpu preset: the release's
-    ``crop_size`` and ``feature_gate``), from the first scale whose preset has none."""
+    ``crop_size``, ``pixel_crop_size`` and ``feature_gate``), from the first scale whose preset has none."""
     defaults = {f.name: f.default for f in fields(CyCADAConfig)}
     options = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
     for scale in (options["scale"], "gpu", *SCALES):

@@ -287,6 +287,10 @@ class CyCADAConfig:
     crop_size: int | None = _stage(None, "driving scenes: the side of the random square crop, randomly flipped, "
                                    "the classifier and feature stages train on (the release: 768 of 1024); refused "
                                    "for other domains", "every", none="image_size, unflipped")
+    pixel_crop_size: int | None = _stage(None, "driving scenes: the side of the random square crop, randomly flipped, "
+                                         "the pixel stage's CycleGAN trains on (CycleGAN's crop_size, of scenes read "
+                                         "at image_size; the gpu preset: 400); refused for other domains", "pixel",
+                                         none="image_size squares, unflipped")
     max_samples: int | None = _stage(None, "training images per epoch, in every stage", "every",
                                      cyclegan=("max_dataset_size",), none="all")
     max_eval_samples: int | None = _stage(None, "test images per evaluation", None, none="all")
@@ -383,7 +387,7 @@ class CyCADAConfig:
                      positive=("image_size", "task_lr", "task_batch_size", "task_epochs", "ngf", "ndf", "n_layers_D",
                                "pixel_lr", "pixel_batch_size", "pixel_epochs", "feature_lr", "feature_batch_size",
                                "feature_epochs", "log_every", "sample_every", "checkpoint_every", "max_samples", "d_feat_width",
-                               "max_eval_samples", "crop_size"))
+                               "max_eval_samples", "crop_size", "pixel_crop_size"))
         for name in ("source", "target"):
             if getattr(self, name) not in DOMAINS:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
@@ -392,11 +396,13 @@ class CyCADAConfig:
         if self.stage_weights is not None:
             self.stage_weights = tuple(self.stage_weights)  # a list from the command line or a JSON record
             stage_weights(self.stage_weights, self.task, classifier_name(self))
-        for name in (self.source, self.target):
-            check_crop_domain(name, self.crop_size, "crop_size")
-        if (self.crop_size or 0) > self.image_size:
-            raise ValueError(f"crop_size ({self.crop_size}) must not exceed image_size ({self.image_size}), the "
-                             f"shorter side of the scenes it is cropped from")
+        for option in ("crop_size", "pixel_crop_size"):
+            crop = getattr(self, option)
+            for name in (self.source, self.target):
+                check_crop_domain(name, crop, option)
+            if (crop or 0) > self.image_size:
+                raise ValueError(f"{option} ({crop}) must not exceed image_size ({self.image_size}), the shorter side "
+                                 f"of the scenes it is cropped from")
         if not 0 <= self.pixel_beta1 < 1:
             raise ValueError(f"pixel_beta1 must be in [0, 1), got {self.pixel_beta1}")
         if self.feature_gate is not None and not 0 <= self.feature_gate < 1:
@@ -411,11 +417,13 @@ class CyCADAConfig:
                     raise ValueError(f"{name} 1 gives batches of one image, on which the dtn classifier{resolved} "
                                      f"cannot train (BatchNorm needs two or more); use {name} 2 or more, or "
                                      f"classifier lenet")
-        if self.image_size % 4:
-            raise ValueError(f"image_size must be a multiple of 4 (the generator downsamples twice), "
-                             f"got {self.image_size}")
+        for option in ("image_size", "pixel_crop_size"):  # the sides the generators read
+            if (getattr(self, option) or 0) % 4:
+                raise ValueError(f"{option} must be a multiple of 4 (the generator downsamples twice), "
+                                 f"got {getattr(self, option)}")
         from .checks import check_networks  # builds networks: torch is imported when a config is, not before
-        check_networks(self, "image_size", self.image_size, self.pixel_batch_size, 3)
+        for option in ("image_size", "pixel_crop_size"):
+            check_networks(self, option, getattr(self, option), self.pixel_batch_size, 3)
         self.pixel_config("")  # every option of the pixel stage, checked as CycleGAN checks it
 
     @classmethod
@@ -433,11 +441,15 @@ class CyCADAConfig:
     def pixel_config(self, out: str) -> CycleGANConfig:
         """The CycleGAN options of the pixel stage, writing to ``out``: each option tagged
         ``cyclegan`` under its CycleGAN name, source as domain A and target as domain B, both RGB
-        digits as they are (no resize, crop or flip). The identity weight multiplies the cycle
-        weights, as in CycleGAN (and the CyCADA release, which is built on its code)."""
+        digits as they are (no resize, crop or flip). Driving scenes are read at a shorter side of ``image_size``
+        (CycleGAN's ``load_size``) and, with ``pixel_crop_size``, cropped to random, flipped squares of that side
+        (its ``crop_size`` and ``flip``: :func:`~cyclelib.cyclegan_run.train_cyclegan`). The identity weight
+        multiplies the cycle weights, as in CycleGAN (and the CyCADA release, which is built on its code)."""
         options = {name: getattr(self, f.name) for f in fields(self) for name in f.metadata.get("cyclegan", ())}
+        if self.pixel_crop_size is not None:
+            options.update(crop_size=self.pixel_crop_size)
         return CycleGANConfig(**options, data=f"{self.source}:{self.target}", out=out, input_nc=3, output_nc=3,
-                              preprocess="none", flip=False)
+                              preprocess="none", flip=self.pixel_crop_size is not None)
 
 
 def stage_option_names(*shapes: str | None) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from .config import CycleGANConfig, recorded_options
 from .cyclegan import CycleGAN, GeneratorTerms
 from .data import Unpaired, open_unpaired
 from .distributed import RunContext, run_context
-from .names import check_channels, is_labelled_pair
+from .names import check_channels, domain_pair, is_driving_domain, is_labelled_pair
 from .plots import save_image_grid
 from .runs import check_resumable, load_run_checkpoint, step_checkpoint
 from .modes import eval_mode
@@ -93,7 +93,9 @@ def train_cyclegan(config: CycleGANConfig, resume: bool = False, progress: bool 
     data_options = dict(seed=c.seed, channels=c.input_nc, channels_b=c.output_nc, direction=c.direction,
                         serial=c.serial_batches)
     if is_labelled_pair(c.data):
-        data_options.update(size=c.crop_size)
+        data_options.update(size=c.crop_size)  # digits are drawn at crop_size
+        if any(map(is_driving_domain, domain_pair(c.data))):  # scenes read at a shorter side of load_size, cropped
+            data_options.update(size=c.load_size, crop=c.crop_size if c.crop_size < c.load_size else None)
     else:
         data_options.update(preprocess=c.preprocess, load_size=c.load_size, crop_size=c.crop_size, flip=c.flip)
     dataset = _open_checked(c, "train", data_options)

@@ -298,7 +298,8 @@ def _sides(direction: str) -> str:
 
 def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | None = None, channels: int = 3,
                   root: str | os.PathLike | None = None, download: bool = False, direction: str = "AtoB",
-                  channels_b: int | None = None, serial: bool = False, **folder_options) -> Unpaired:
+                  channels_b: int | None = None, serial: bool = False, crop: int | None = None,
+                  **folder_options) -> Unpaired:
     """Open an unpaired dataset from a spec: a digit pair ``"a:b"`` (e.g. ``"mnist5k:mnistm5k"``, or of
     segmentation domains, ``"mnist-scenes:mnistm-scenes"``: :func:`~cyclelib.segmentation.labelled_domain`),
     split ``train`` in the train phase, ``test`` otherwise, ``size`` default 32; ``root`` and
@@ -306,13 +307,16 @@ def open_unpaired(spec: str, phase: str = "train", seed: int = 0, size: int | No
     ``size`` sets ``crop_size`` and, unless given, ``load_size`` in the official 286/256 ratio).
     ``direction="BtoA"`` makes the second domain A (``b:a``, or ``trainB`` read as A); A is read
     with ``channels``, B with ``channels_b`` (default: ``channels``); ``serial``: see :class:`Unpaired`.
+    ``crop``: driving scenes of the train phase as random, flipped squares of that side
+    (:func:`~cyclelib.segmentation.segmentation_domain`; refused for other domains).
     """
     if is_labelled_pair(spec):
         names = dict(zip("AB", domain_pair(spec)))
         if folder_options:
             raise ValueError(f"options {', '.join(folder_options)} apply to image folders, not to digits ({spec!r})")
         split = "train" if phase == "train" else "test"
-        a, b = (labelled_domain(names[side], split, size or 32, nc, root, download)
+        crop = crop if split == "train" else None
+        a, b = (labelled_domain(names[side], split, size or 32, nc, root, download, crop)
                 for side, nc in zip(_sides(direction), (channels, channels_b or channels)))
         return Unpaired(a, b, seed, serial)
     if Path(spec).expanduser().is_dir():

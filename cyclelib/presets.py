@@ -99,14 +99,18 @@ SEGMENTATION_PRESETS = {
     # are segmentation's feature game (segmentation.feature_game). How the release trained its GTA5 ->
     # Cityscapes CycleGAN it does not say: its CycleGAN submodule (jhoffman/pytorch-CycleGAN-and-pix2pix at
     # e484612) holds a training script for digits only (train_cycada.sh); it publishes the translated frames
-    # instead (cyclelib download cyclegta5). The pixel stage here takes one pair a step, CycleGAN's batch.
+    # instead (cyclelib download cyclegta5). The pixel stage here takes one pair a step, CycleGAN's batch, on
+    # random, flipped crops of 400 pixels (pixel_crop_size) of scenes read at a shorter side of image_size: our
+    # choice, which keeps a CycleGAN step near the cost of a segmenter's (benchmarks/estimate_gpu_time.py);
+    # CycleGAN scripts for GTA5 -> Cityscapes that circulate in public code crop 400 of scenes scaled to 1024
+    # wide, but none is in the release, so it is no citation.
     # Departures: the classifier stages train on the random, flipped crops too, where the release's source
     # model reads whole scenes (train_fcn.sh passes --crop_size 768 without --augmentation, train_fcn.py lines
     # 59 and 106-109).
     "gpu": {"scenes": {}, "driving": dict(
         classifier="drn26_imagenet", image_size=1024, crop_size=768, task_optimizer="sgd", task_lr=1e-3,
-        task_batch_size=2, task_epochs=8, pixel_batch_size=1, feature_optimizer="sgd", feature_lr=1e-5,
-        feature_batch_size=1, feature_epochs=4, lambda_feature=0.1, feature_gate=0.6)},
+        task_batch_size=2, task_epochs=8, pixel_batch_size=1, pixel_crop_size=400, feature_optimizer="sgd",
+        feature_lr=1e-5, feature_batch_size=1, feature_epochs=4, lambda_feature=0.1, feature_gate=0.6)},
 }
 
 

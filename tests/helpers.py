@@ -1,6 +1,6 @@
 """Helpers shared by the test files: the repository root, smoke-sized configs, the CLI run in
 this process or as a subprocess (and a CyCADA command read back by it), small random images and image
-folders, GTA5's label files, a benchmark script as a module, damaged checkpoint files, and a pickle that
+folders, GTA5's label files and tiny GTA5 and Cityscapes sets, a benchmark script as a module, damaged checkpoint files, and a pickle that
 would run code."""
 import http.server
 import importlib.util
@@ -131,6 +131,43 @@ def rgb_png(path: Path, width: int, height: int, value: int = 0) -> None:
     """An RGB PNG of ``width`` x ``height`` pixels of one grey ``value``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((height, width, 3), value, dtype=np.uint8)).save(path)
+
+
+# Cityscapes label ids the tiny driving scenes are drawn with: unlabelled, road, sidewalk, car
+DRIVING_LABEL_IDS = np.array([0, 7, 8, 26], dtype=np.uint8)
+DRIVING_WIDTH, DRIVING_HEIGHT = 48, 32  # the scenes' files; read at a shorter side of 32 (smoke's image_size)
+
+
+def driving_label_ids(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return DRIVING_LABEL_IDS[rng.integers(0, len(DRIVING_LABEL_IDS), (DRIVING_HEIGHT, DRIVING_WIDTH))]
+
+
+def write_driving(root: Path, scenes: int = 6) -> dict:
+    """GTA5 (``root/gta5``) and Cityscapes (``root/cityscapes``, train and val) of ``scenes`` random scenes each, in
+    their official layouts; returns the ``source`` and ``target`` options that read them."""
+    for i in range(scenes):
+        rgb(DRIVING_WIDTH, DRIVING_HEIGHT, seed=i).save(_made(root / "gta5" / "images" / f"{i:05d}.png"))
+        palette_png(root / "gta5" / "labels" / f"{i:05d}.png", driving_label_ids(i))
+        for split in ("train", "val"):
+            stem = f"city/city_{i:06d}_000019"
+            rgb(DRIVING_WIDTH, DRIVING_HEIGHT, seed=100 + i).save(
+                _made(root / "cityscapes" / "leftImg8bit" / split / f"{stem}_leftImg8bit.png"))
+            Image.fromarray(driving_label_ids(100 + i), mode="L").save(
+                _made(root / "cityscapes" / "gtFine" / split / f"{stem}_gtFine_labelIds.png"))
+    return {"source": f"gta5:{root / 'gta5'}", "target": f"cityscapes:{root / 'cityscapes'}"}
+
+
+def _made(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def driving_smoke(out, domains: dict, **options) -> CyCADAConfig:
+    """A smoke-scale GTA5 -> Cityscapes config on the CPU in fp32: 16x16 crops of scenes 32 pixels high."""
+    base = dict(task="segmentation", out=str(out), device="cpu", amp="none", crop_size=16, task_batch_size=2,
+                feature_batch_size=2, task_epochs=2, feature_epochs=2, checkpoint_every=2)
+    return CyCADAConfig.for_scale("smoke", **{**base, **domains, **options})
 
 
 def image_folder(folder: Path, count: int, size=(40, 40), seed: int = 0) -> Path:

@@ -55,10 +55,12 @@ def test_every_pixel_option_reaches_the_pixel_stage():
     assert not reached & (FIXED_BY_THE_STAGE | CYCLEGAN_DEFAULTS)
     assert all(getattr(pixel, name) == cyclegan_defaults[name] for name in CYCLEGAN_DEFAULTS)
     assert (pixel.data, pixel.out, pixel.preprocess, pixel.flip) == ("mnist5k:mnistm5k", "out", "none", False)
-    # the pixel stage's own terms (L_sem), which CycleGAN has not, are the only untagged pixel options
+    # the pixel stage's own terms (L_sem), which CycleGAN has not, and the crop of driving scenes, which sets
+    # crop_size in image_size's place where given (tests/test_driving_gpu.py), are the only untagged pixel options
     untagged = {f.name for f in fields(CyCADAConfig)
                 if f.metadata["shapes"] == "pixel" and "cyclegan" not in f.metadata}
-    assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge", "semantic_target", "semantic_gate"}
+    assert untagged == {"lambda_sem_A", "lambda_sem_B", "semantic_judge", "semantic_target", "semantic_gate",
+                        "pixel_crop_size"}
 
 
 # The stage options before the tags (cycada.py's hand-written _SHARED, _PIXEL, _FEATURE): the checkpoints
@@ -76,6 +78,7 @@ _RELEASE = {"feature_gate", "feature_start"}
 # segmentation (issue 26), added since: a checkpoint without them was a classification stage with the release's D_feat,
 # trained with Adam on image_size squares
 _TASK, _SEG_FEATURE = {"task", "task_optimizer", "crop_size"}, {"d_feat_width", "feature_optimizer"}
+_SEG_PIXEL = {"pixel_crop_size"}  # the pixel stage's crops of driving scenes: a checkpoint without it read whole squares
 # the release's published segmenters (issue 26), added since: compared as their files' SHA-256, recorded per stage
 _WEIGHTS = {"stage_weights"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
@@ -84,15 +87,15 @@ _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every"
 
 def test_stage_options_computed_from_the_tags_are_todays():
     assert {stage: set(options) for stage, options in STAGE_OPTIONS.items()} == {
-        "source": _SHARED | _TASK, "oracle": _SHARED | _TASK, "pixel": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL,
-        "pixel_only": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL,
+        "source": _SHARED | _TASK, "oracle": _SHARED | _TASK, "pixel": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL
+        | _SEG_PIXEL, "pixel_only": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL | _SEG_PIXEL,
         "feature_only": _SHARED | _TASK | _FEATURE | _SEG_FEATURE | {"feature_gate"},
-        "feature": _SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL}
+        "feature": _SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL | _SEG_PIXEL}
     assert set(NEUTRAL_OPTIONS) == _NEUTRAL
     # a stage records asdict(config): the same flat names as before, so existing stage checkpoints are reused
     # (one that lacks the release's options, added later, was trained as their defaults, the paper's, train)
     assert set(asdict(CyCADAConfig())) == (_SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL
-                                           | _NEUTRAL | _WEIGHTS)
+                                           | _SEG_PIXEL | _NEUTRAL | _WEIGHTS)
 
 
 def test_keyword_construction_and_resume_rules_read_the_fields():

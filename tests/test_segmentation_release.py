@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import signal
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,44 +18,10 @@ from cyclelib.cycada import load_domain, stage_checkpoint, stage_path, training_
 from cyclelib.driving import gta5
 from cyclelib.segnets import ScoreDiscriminator, SmallFCN
 from cyclelib.runtime import Precision
-from helpers import benchmark_script, cli, palette_png, parse_cycada_command, rgb, stop_at
+from helpers import (DRIVING_HEIGHT as HEIGHT, DRIVING_WIDTH as WIDTH, benchmark_script, cli, driving_smoke,
+                     parse_cycada_command, stop_at, write_driving)
 
-# Cityscapes label ids the tiny scenes are drawn with: unlabelled, road, sidewalk, car
-LABEL_IDS = np.array([0, 7, 8, 26], dtype=np.uint8)
-WIDTH, HEIGHT = 48, 32  # the scenes' files; read at a shorter side of 32 (smoke's image_size), as they are
 SGD = dict(task_optimizer="sgd", feature_optimizer="sgd")
-
-
-def label_ids(seed: int) -> np.ndarray:
-    return LABEL_IDS[np.random.default_rng(seed).integers(0, len(LABEL_IDS), (HEIGHT, WIDTH))]
-
-
-def write_driving(root, scenes: int = 6):
-    """GTA5 (``root/gta5``) and Cityscapes (``root/cityscapes``, train and val) of ``scenes`` random scenes each."""
-    from PIL import Image
-
-    for i in range(scenes):
-        rgb(WIDTH, HEIGHT, seed=i).save(_made(root / "gta5" / "images" / f"{i:05d}.png"))
-        palette_png(root / "gta5" / "labels" / f"{i:05d}.png", label_ids(i))
-        for split in ("train", "val"):
-            stem = f"city/city_{i:06d}_000019"
-            rgb(WIDTH, HEIGHT, seed=100 + i).save(_made(root / "cityscapes" / "leftImg8bit" / split /
-                                                       f"{stem}_leftImg8bit.png"))
-            Image.fromarray(label_ids(100 + i), mode="L").save(
-                _made(root / "cityscapes" / "gtFine" / split / f"{stem}_gtFine_labelIds.png"))
-    return {"source": f"gta5:{root / 'gta5'}", "target": f"cityscapes:{root / 'cityscapes'}"}
-
-
-def _made(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def driving_smoke(out, domains: dict, **options) -> CyCADAConfig:
-    """A smoke-scale GTA5 -> Cityscapes config on the CPU in fp32: 16x16 crops of scenes 32 pixels high."""
-    base = dict(task="segmentation", out=str(out), device="cpu", amp="none", crop_size=16, task_batch_size=2,
-                feature_batch_size=2, task_epochs=2, feature_epochs=2, checkpoint_every=2)
-    return CyCADAConfig.for_scale("smoke", **{**base, **domains, **options})
 
 
 @pytest.fixture(scope="module")
