@@ -24,10 +24,6 @@ HISTORY = [{"step": s, "G_A": 1 / (s + 1), "G_B": 0.5, "D_A": 0.25, "D_B": 0.2 +
 # redraws them with the current code (the commands are in the report of issue 24). Remove a cell
 # once it is re-run: the test fails while a listed cell is already fine, so the list cannot rot.
 STALE = {
-    "02_adversarial_loss": {"cell-16", "cell-18"},
-    "03_cycle_consistency": {"cell-11", "cell-15"},
-    "04_identity_loss": {"curves-code", "translations-code"},
-    "05_training_cyclegan": {"cell-13", "cell-15", "cell-19"},
     "06_cycada_task_loss": {"5f2826e4", "9de8a1fd", "12ed12ae", "e3ba6e9e"},
     "07_cycada_pixel_level": {"3f0c9bfc", "9449c1d2", "71c68124", "ad7191a0", "f3a10623", "3fb84ef4"},
     "08_cycada_feature_level": {"2ef39747", "a4c7fa4e", "43e14edc", "792cc773"},
