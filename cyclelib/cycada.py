@@ -62,10 +62,10 @@ from .distributed import RunContext, run_context
 from .folders import folder_fingerprint
 from .integrity import sha256_of
 from .metrics import translate_dataset
-from .names import CYCADA_STAGES, is_folder_domain, stage_weights
+from .names import CYCADA_STAGES, is_folder_domain, is_segmentation_domain, stage_weights
 from .runs import LATEST, load_run_checkpoint, run_folder, run_in
 from .runtime import seed_everything
-from .segmentation import domain_classes, feature_game, labelled_domain, task_loss
+from .segmentation import domain_classes, evaluation_domain, feature_game, labelled_domain, task_loss
 from .semantic import semantic_consistency
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint, load_release_segmenter
@@ -98,7 +98,10 @@ WEIGHT_OPTIONS = stage_option_names("weights")
 
 def load_domain(config: CyCADAConfig, name: str, split: str) -> Dataset:
     """Domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label or label map)`` pairs; driving
-    scenes of the train split ``crop_size`` x ``crop_size`` where it is given (the test split: image_size)."""
+    scenes of the train split ``crop_size`` x ``crop_size`` where it is given, of the test split whole, at full
+    label resolution (:func:`~cyclelib.segmentation.evaluation_domain`)."""
+    if split == "test" and is_segmentation_domain(name):
+        return evaluation_domain(name, config.image_size)
     crop = config.crop_size if split == "train" else None
     return labelled_domain(name, split, size=config.image_size, channels=3, crop=crop)
 

@@ -15,8 +15,9 @@ Sizes and crops are the release's parameters (cycada/data/data_loader.py lines 3
 cycada/transforms.py, scripts/train_fcn_adda.sh): ``size`` resizes the shorter side (the release
 uses 1024, or ``1024 // downscale``; images bilinear, labels nearest), ``crop`` takes a random
 square crop (768) and ``flip`` a random horizontal flip, both from the generator ``get`` is given
-(centred and unflipped without one). Evaluation reads full-size labels (``size=None``, no crop),
-as the release's scripts/eval_fcn.py.
+(centred and unflipped without one). Evaluation reads whole frames with their labels at full resolution
+(``full_labels``), as the release's scripts/eval_fcn.py does (lines 46-49: the val split, images and labels
+as they are, one frame a batch).
 
 Downloads (:func:`download_gta5`, :func:`download_cyclegta5`; Cityscapes needs a login, see
 :data:`cyclelib.download.CITYSCAPES_STEPS`) come from:
@@ -97,17 +98,23 @@ class DrivingScenes(Dataset):
 
     ``pairs`` lists ``(image path, label path)``. An image is resized to its label map's size
     when they differ (a few GTA5 images, as the release's cycada/data/cyclegta5.py line 31).
+    ``full_labels``: the labels stay at their own resolution while the image is read at ``size``
+    (evaluation, whose scores are resized to the labels: :func:`~cyclelib.metrics.segmentation_metrics`);
+    no crop then.
     """
 
     num_classes = len(CITYSCAPES_CLASSES)
     classes = CITYSCAPES_CLASSES
 
     def __init__(self, pairs: list[tuple[Path, Path]], map_ids: bool, size: int | None = None,
-                 crop: int | None = None, flip: bool = False):
+                 crop: int | None = None, flip: bool = False, full_labels: bool = False):
         for name, value in (("size", size), ("crop", crop)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if full_labels and crop is not None:
+            raise ValueError("full_labels reads whole frames: it takes no crop")
         self.pairs, self.map_ids, self.size, self.crop, self.flip = pairs, map_ids, size, crop, flip
+        self.full_labels = full_labels
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -120,13 +127,15 @@ class DrivingScenes(Dataset):
         ids = read_label_map(label_path)
         labels = Image.fromarray(train_ids(ids) if self.map_ids else np.clip(ids, 0, 255).astype(np.uint8))
         image = load_image(image_path)
-        if image.size != labels.size:
-            image = image.resize(labels.size, Image.Resampling.BILINEAR)
+        new = labels.size  # (width, height) the image is read at: the labels', or a shorter side of size
         if self.size is not None:
             w, h = labels.size
             scale = self.size / min(w, h)
             new = (max(1, round(w * scale)), max(1, round(h * scale)))
-            image, labels = image.resize(new, Image.Resampling.BILINEAR), labels.resize(new, Image.Resampling.NEAREST)
+            if not self.full_labels:  # evaluation keeps them as they are: scores are resized to them
+                labels = labels.resize(new, Image.Resampling.NEAREST)
+        if image.size != new:
+            image = image.resize(new, Image.Resampling.BILINEAR)
         x, y = to_tensor(image), torch.from_numpy(np.asarray(labels, dtype=np.int64).copy())
         if self.crop is not None:
             h, w = y.shape
@@ -155,10 +164,10 @@ def _pair(images: dict[str, Path], labels: dict[str, Path], what: str, where: Pa
 
 
 def gta5(root: str | os.PathLike, split: str = "all", size: int | None = None, crop: int | None = None,
-         flip: bool = False) -> DrivingScenes:
+         flip: bool = False, full_labels: bool = False) -> DrivingScenes:
     """GTA5 from ``root/images`` and ``root/labels`` (PNG files of the same names); ``split`` ``all``
     takes every pair, ``train``/``val``/``test`` the ids of ``root/split.mat`` (the official split
-    file, image ``{id:05d}.png``)."""
+    file, image ``{id:05d}.png``). ``size``, ``crop``, ``flip``, ``full_labels``: see :class:`DrivingScenes`."""
     root = Path(root).expanduser()
     if split not in GTA5_SPLITS:
         raise ValueError(f"unknown GTA5 split {split!r}; valid values: {', '.join(GTA5_SPLITS)}")
@@ -179,11 +188,12 @@ def gta5(root: str | os.PathLike, split: str = "all", size: int | None = None, c
                                     f"({len(absent)} missing)")
         images = {k: v for k, v in images.items() if k in wanted}
         labels = {k: v for k, v in labels.items() if k in wanted}
-    return DrivingScenes(_pair(images, labels, "GTA5", root), map_ids=True, size=size, crop=crop, flip=flip)
+    return DrivingScenes(_pair(images, labels, "GTA5", root), map_ids=True, size=size, crop=crop, flip=flip,
+                         full_labels=full_labels)
 
 
 def cityscapes(root: str | os.PathLike, split: str = "val", labels: str = "labelIds", size: int | None = None,
-               crop: int | None = None, flip: bool = False) -> DrivingScenes:
+               crop: int | None = None, flip: bool = False, full_labels: bool = False) -> DrivingScenes:
     """Cityscapes' fine annotations of ``split`` (``train``, ``val``; ``test`` has no public labels):
     ``root/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with ``root/gtFine/<split>/<city>/
     *_gtFine_<labels>.png``, ``labels`` ``labelIds`` (mapped to train ids) or ``labelTrainIds``."""
@@ -200,7 +210,7 @@ def cityscapes(root: str | os.PathLike, split: str = "val", labels: str = "label
               for p in image_dir.glob("*/*_leftImg8bit.png")}
     label_maps = {str(p.relative_to(label_dir)).removesuffix(suffix): p for p in label_dir.glob(f"*/*{suffix}")}
     return DrivingScenes(_pair(images, label_maps, "Cityscapes", root), map_ids=labels == "labelIds", size=size,
-                         crop=crop, flip=flip)
+                         crop=crop, flip=flip, full_labels=full_labels)
 
 
 # --------------------------------------------------------------------------- downloads

@@ -40,6 +40,7 @@ from .names import SCENE_DOMAINS, check_crop_domain, is_segmentation_domain
 from .plots import plot_confusion_matrix, save_image_grid
 from .scenes import SCENE_CLASS_WEIGHTS, SCENE_NAMES, SceneDomain, scene_domain
 from .segnets import ScoreDiscriminator
+from .translate import translate_image
 
 # The split each CyCADA split reads: GTA5 is all training data in the release (its split.mat is optional
 # here), so the source "test" images (f_S's source mIoU, label preservation) are training images; Cityscapes'
@@ -77,6 +78,25 @@ def segmentation_domain(name: str, split: str, size: int, channels: int = 3,
     # called with flip=True by cycada/data/adda_datasets.py lines 62-64 wherever a crop_size is given).
     return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind][split], size=size,
                                                           crop=crop or size, flip=crop is not None)
+
+
+def evaluation_domain(name: str, size: int) -> SceneDomain | DrivingScenes:
+    """The test split of segmentation domain ``name`` as the evaluation reads it: the digit scenes as
+    :func:`segmentation_domain` gives them; driving scenes whole, each image at a shorter side of ``size``
+    (the scale the networks trained at) with its labels at full resolution, to which the scores are resized
+    (:func:`~cyclelib.metrics.segmentation_metrics`): the release's scripts/eval_fcn.py measures whole val
+    frames against their labels as they are (lines 46-49)."""
+    if name in SCENE_DOMAINS:
+        return scene_domain(name, "test", size=size)
+    kind, root = name.split(":", 1)
+    return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind]["test"], size=size,
+                                                          full_labels=True)
+
+
+def eval_batch_size(name: str) -> int:
+    """Test images a batch: whole driving frames one at a time, as eval_fcn.py's loader (line 49), for
+    they differ in size (GTA5's) and are large; the digit scenes 8."""
+    return 8 if name in SCENE_DOMAINS else 1
 
 
 def domain_classes(name: str) -> int:
@@ -136,19 +156,21 @@ def evaluate_segmentation(config, results: dict[str, nn.Module], judges: dict[st
     k = domain_classes(config.source)
     metrics: dict = {"metric": "miou", "classes": list(class_names(config.source)), "pixel_accuracy": {},
                      "class_iou": {}, "confusion": {}}
+    target_batch, source_batch = eval_batch_size(config.target), eval_batch_size(config.source)
     for key, net in results.items():
-        found = segmentation_metrics(net, target_test, k)
+        found = segmentation_metrics(net, target_test, k, target_batch)
         metrics[key] = found["miou"]
         metrics["pixel_accuracy"][key], metrics["confusion"][key] = found["pixel_accuracy"], found["confusion"]
         metrics["class_iou"][key] = _finite(found["class_iou"])
         plot_confusion_matrix(found["confusion"], out / "confusion" / f"{key}.png",
                               title=f"{key} on {config.target} test: mIoU {found['miou']:.3f}")
     if "source" in judges:
-        metrics["source_test_miou"] = segmentation_metrics(judges["source"], source_test, k)["miou"]
+        metrics["source_test_miou"] = segmentation_metrics(judges["source"], source_test, k, source_batch)["miou"]
     if translator is not None:
         for stage, key in (("source", "label_preservation"), ("oracle", "oracle_label_preservation")):
             if stage in judges:
-                metrics[key] = segmentation_metrics(judges[stage], source_test, k, transform=translator)["miou"]
+                metrics[key] = segmentation_metrics(judges[stage], source_test, k, source_batch,
+                                                    transform=partial(translate_image, translator))["miou"]
     _save_samples(results, translator, source_test, target_test, k, out / "samples.png")
     return metrics
 
@@ -169,20 +191,33 @@ def _save_samples(results: dict[str, nn.Module], translator: nn.Module | None, s
                   k: int, path: Path, n: int = 4) -> None:
     """The first ``n`` source test scenes with their translation and labels, and the first ``n`` target
     test scenes with each result's prediction and their labels, one row each."""
-    (x_s, y_s), (x_t, y_t) = (map(torch.stack, zip(*(split[i] for i in range(min(n, len(source_test),
-                                                                                    len(target_test))))))
-                              for split in (source_test, target_test))
+    n = min(n, len(source_test), len(target_test))
+    (x_s, y_s), (x_t, y_t) = (_first(split, n) for split in (source_test, target_test))
     rows, names = [x_s, colour_labels(y_s, k)], ["source", "source labels"]
     nets = [*results.values(), *([translator] if translator is not None else [])]
     with eval_mode(*nets):  # each module's own mode given back afterwards
         if translator is not None:
-            rows.insert(1, translator(x_s.to(next(translator.parameters()).device)).float().cpu())
+            rows.insert(1, translate_image(translator, x_s.to(next(translator.parameters()).device)).float().cpu())
             names.insert(1, "G_S->T(source)")
         rows.append(x_t)
         names.append("target")
         for key, net in results.items():
-            rows.append(colour_labels(net(x_t.to(next(net.parameters()).device)).argmax(1).cpu(), k))
+            scores = net(x_t.to(next(net.parameters()).device))  # [n, K, h, w], h and w as the network rounds
+            scores = nn.functional.interpolate(scores.float(), size=x_t.shape[-2:], mode="bilinear")
+            rows.append(colour_labels(scores.argmax(1).cpu(), k))
             names.append(key)
     rows.append(colour_labels(y_t, k))
     names.append("target labels")
     save_image_grid(rows, names, path)
+
+
+def _first(split, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` items of a test split, images [n, 3, H, W] and labels [n, H, W], all at the first
+    image's size: whole driving frames differ in size, and their labels are at full resolution."""
+    items = [split[i] for i in range(n)]
+    size = tuple(items[0][0].shape[-2:])
+    images = [x if tuple(x.shape[-2:]) == size else
+              nn.functional.interpolate(x[None], size=size, mode="bilinear")[0] for x, _ in items]
+    labels = [y if tuple(y.shape) == size else
+              nn.functional.interpolate(y[None, None].float(), size=size, mode="nearest")[0, 0].long() for _, y in items]
+    return torch.stack(images), torch.stack(labels)

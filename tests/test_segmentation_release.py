@@ -116,7 +116,7 @@ def test_driving_scenes_train_on_random_flipped_crops_of_the_seed_and_are_evalua
     again.set_epoch(1)
     assert all(torch.equal(again[i][0], crops[1][i]) for i in range(len(again)))  # and are the seed's
     test_image, test_labels = load_domain(config, config.target, "test")[0]
-    assert test_image.shape == (3, 32, 32) and test_labels.shape == (32, 32)  # the test split: image_size squares
+    assert test_image.shape == (3, HEIGHT, WIDTH) and test_labels.shape == (HEIGHT, WIDTH)  # the test split: whole
     assert tuple(benchmark_script("estimate_gpu_time").labels(2, config).shape) == (2, 16, 16)  # the estimate trains on the crops
 
 
