@@ -79,15 +79,17 @@ def test_averaged_overlaps_show_seams(photo, trained, monkeypatch):
 
 
 def test_image_statistics_bring_tiles_close_to_the_whole_image(photo, trained):
-    """Each tile normalised by its own statistics drifts from the whole image's translation (measured:
-    mean 0.19 on the [-1, 1] scale); the whole image's, taken from a downscaled copy, bring it to 0.027."""
+    """Each tile normalised by its own statistics drifts from the whole image's translation; the whole image's,
+    taken from a downscaled copy, bring it closer. Measured on the [-1, 1] scale for fixture seeds 0-2 under
+    native (1 and 2 threads), AVX2 and SSE4.1 kernels: own 0.17-0.27, shared 0.022-0.10, shared at least 2.4
+    times smaller; the generator's 150 training steps differ from kernel to kernel, so the bound is relative."""
     corner = photo[:, :, :128, :128]
     with torch.no_grad():
         whole = trained(F.pad(photo, (0, 0, 0, 1), mode="reflect"))[:, :, :427]
         before = trained(corner)
     own = (translate_tiled(trained, photo, tile=128, overlap=32, image_statistics=False) - whole).abs().mean()
     shared = (translate_tiled(trained, photo, tile=128, overlap=32) - whole).abs().mean()
-    assert shared < 0.05 and own > 0.1
+    assert shared < own / 2 and own > 0.1
     with torch.no_grad():
         assert torch.equal(trained(corner), before)  # the generator is left as it was
 
@@ -166,7 +168,7 @@ def test_translate_tile_translates_each_image_in_tiles(tmp_path, photo, trained)
 
     from cyclelib import save_official
     from cyclelib.images import read_image
-    from cyclelib.translate import write_image
+    from cyclelib.images import write_image
     from helpers import cli
 
     save_official(trained, tmp_path / "G.pth")
