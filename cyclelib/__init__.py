@@ -64,7 +64,7 @@ _SOURCES = {
     "Trainable": "train", "Trainer": "train", "TrainingDiverged": "train", "TrainingInterrupted": "train",
     "train_cyclegan": "cyclegan_run",
     "load_pair": "testpage", "write_test_page": "testpage",
-    "load_generator": "translate", "translate_folder": "translate", "translate_image": "translate",
+    "load_generator": "translate", "translate_folder": "translate", "translate_image": "tiles",
 }
 
 __version__ = "0.2.0"

@@ -62,10 +62,11 @@ from .distributed import RunContext, run_context
 from .folders import folder_fingerprint
 from .integrity import sha256_of
 from .metrics import translate_dataset
-from .names import CYCADA_STAGES, is_folder_domain, is_segmentation_domain, stage_weights
+from .names import CYCADA_STAGES, is_driving_domain, is_folder_domain, is_segmentation_domain, stage_weights
 from .runs import LATEST, load_run_checkpoint, run_folder, run_in
 from .runtime import seed_everything
-from .segmentation import domain_classes, evaluation_domain, feature_game, labelled_domain, task_loss
+from .segmentation import (domain_classes, evaluation_domain, feature_game, labelled_domain, task_loss,
+                           translated_scenes)
 from .semantic import semantic_consistency
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint, load_release_segmenter
@@ -365,8 +366,18 @@ def train_oracle(config: CyCADAConfig, progress: bool = True, resume: bool = Fal
 def train_pixel_only(config: CyCADAConfig, translator: nn.Module, progress: bool = True,
                      resume: bool = False, context: RunContext | None = None) -> nn.Module:
     r"""Pixel-level adaptation alone: :math:`\min_f \mathcal{L}_{task}(f, G_{S\to T}(X_S), Y_S)`."""
-    translated = translate_dataset(translator, load_domain(config, config.source, "train"))
+    translated = translated_source(config, translator, context or run_context(config.device))
+    if hasattr(translated, "get"):  # driving scenes: random crops, drawn per item and epoch
+        translated = RandomReads(translated, config.seed)
     return train_classifier(config, "pixel_only", translated, progress, resume, context)
+
+
+def translated_source(config: CyCADAConfig, translator: nn.Module, context: RunContext) -> Dataset:
+    """The source train split translated by G_{S->T} once, with its labels: as tensors (:func:`translate_dataset`),
+    driving scenes as PNG files in the run folder (:func:`~cyclelib.segmentation.translated_scenes`)."""
+    if is_driving_domain(config.source):
+        return translated_scenes(config, translator, context)
+    return translate_dataset(translator.to(context.device), load_domain(config, config.source, "train"))
 
 
 def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = True, resume: bool = False,
@@ -428,9 +439,7 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
     context = context or run_context(c.device)
     seed_everything(c.seed)
     f_s = freeze(f_s.to(context.device))
-    source = load_domain(c, c.source, "train")
-    if translator is not None:
-        source = translate_dataset(translator.to(context.device), source)
+    source = load_domain(c, c.source, "train") if translator is None else translated_source(c, translator, context)
     pairs = Unpaired(source, load_domain(c, c.target, "train"), seed=c.seed)
     model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature,
                              c.feature_gate, optimizer=c.feature_optimizer,

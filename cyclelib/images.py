@@ -6,12 +6,15 @@ as the official ``ToTensor`` + ``Normalize(0.5, 0.5)`` make them.
 from __future__ import annotations
 
 import os
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
+from torchvision.utils import save_image
 
+from . import files
 from .names import check_channels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
@@ -174,3 +177,11 @@ def round_side(side: int, multiple: int = 4) -> int:
     generators' two stride-2 down- and upsamplings give back the input size only for
     multiples of 4."""
     return max(multiple, round(side / multiple) * multiple)
+
+
+def write_image(image: torch.Tensor, path: Path) -> Path:
+    """``image`` [C, H, W] in [-1, 1] written atomically to ``path`` in the format its suffix names
+    (encoded in memory: a temporary file's name would not say which)."""
+    encoded, image_format = BytesIO(), Image.registered_extensions()[path.suffix.lower()]
+    save_image((image.float().cpu() + 1) / 2, encoded, format=image_format)
+    return files.write_bytes(path, encoded.getbuffer())

@@ -22,6 +22,7 @@ judge is a segmenter (the frozen f_S's per-pixel argmax is the target of G(x)'s 
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -29,10 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import losses
+from . import files, losses
 from .classifiers import FeatureDiscriminator
 from .digits import DigitDomain, digit_domain
+from .distributed import RunContext, any_rank
 from .driving import CITYSCAPES_CLASSES, DrivingScenes, cityscapes, gta5
+from .images import write_image
 from .folders import num_classes
 from .metrics import segmentation_metrics
 from .modes import eval_mode
@@ -40,7 +43,7 @@ from .names import SCENE_DOMAINS, check_crop_domain, is_segmentation_domain
 from .plots import plot_confusion_matrix, save_image_grid
 from .scenes import SCENE_CLASS_WEIGHTS, SCENE_NAMES, SceneDomain, scene_domain
 from .segnets import ScoreDiscriminator
-from .translate import translate_image
+from .tiles import translate_image
 
 # The split each CyCADA split reads: GTA5 is all training data in the release (its split.mat is optional
 # here), so the source "test" images (f_S's source mIoU, label preservation) are training images; Cityscapes'
@@ -91,6 +94,53 @@ def evaluation_domain(name: str, size: int) -> SceneDomain | DrivingScenes:
     kind, root = name.split(":", 1)
     return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind]["test"], size=size,
                                                           full_labels=True)
+
+
+def translated_scenes(config, translator: nn.Module, context: RunContext) -> DrivingScenes:
+    r"""The train split of ``config.source``'s driving scenes translated by :math:`G_{S\to T}` (``translator``),
+    with their labels, for the pixel_only and feature stages. Each whole frame, read at a shorter side of
+    ``image_size``, is translated once (padded to the generator's multiple, :func:`~cyclelib.tiles.translate_image`)
+    and written as a PNG file, ``OUT/translated/NNNNNN.png`` in the source's order; the stages read them as they
+    read the source (``crop_size`` crops and flips). Kept as float32 tensors, GTA5's 24,966 frames at a shorter
+    side of 1024 (1863 x 1024) would take about 570 GB; the release too trains on translated frames kept as PNG
+    files (cyclegta.zip).
+    ``OUT/translated/made_by.json`` records the SHA-256 of the generator's weights, the image size and the
+    number of frames: a folder made otherwise is translated again. Under torchrun each rank translates every
+    world-th frame, and all wait for all before any reads."""
+    out = Path(config.out) / "translated"
+    kind, root = config.source.split(":", 1)
+    whole = {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind]["train"], size=config.image_size)
+    paths = [out / f"{i:06d}.png" for i in range(len(whole))]
+    made_by = {"generator_sha256": weights_sha256(translator), "image_size": config.image_size, "frames": len(paths)}
+    if _made_by(out / "made_by.json") != made_by:
+        translator = translator.to(context.device)
+        with eval_mode(translator), torch.no_grad():
+            for i in range(context.rank, len(paths), context.world):
+                image = whole[i][0][None].to(context.device)  # [1, 3, H, W]
+                write_image(translate_image(translator, image)[0], paths[i])
+        any_rank(False)  # a barrier: every rank's frames are written before any rank reads them
+        if context.rank == 0:
+            files.write_json(out / "made_by.json", made_by)
+    pairs = [(path, labels) for path, (_, labels) in zip(paths, whole.pairs)]
+    return DrivingScenes(pairs, whole.map_ids, size=config.image_size, crop=config.crop_size or config.image_size,
+                         flip=config.crop_size is not None)
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """The SHA-256 of ``module``'s state: each entry's name and bytes, in order."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _made_by(path: Path) -> dict | None:
+    """What ``path`` says made a translated folder; None where it is missing or unreadable (translate again)."""
+    try:
+        return files.read_json(path, "", expect=dict)
+    except (OSError, ValueError):
+        return None
 
 
 def eval_batch_size(name: str) -> int:

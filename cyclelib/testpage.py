@@ -14,8 +14,10 @@ from tqdm.auto import tqdm
 from . import files
 from .checkpoints import is_checkpoint
 from .runtime import pick_device, translating
+from .images import write_image
+from .tiles import translate_image
 from .translate import (cyclegan_in, folder_relation, input_images, load_generator, load_state, plan_batches,
-                        read_batch, translate_image, write_image)
+                        read_batch)
 
 KINDS = ("real", "fake", "rec")  # the image folders of a direction, in the page's column order
 
@@ -56,7 +58,7 @@ def write_test_page(G_A: nn.Module, G_B: nn.Module, dataroot: str | os.PathLike,
     write the real, fake and reconstructed image of each, and ``results/index.html``; returns its path.
 
     Images are written as ``results/<AtoB|BtoA>/<real|fake|rec>/<name>.png`` (``<name>``: the
-    input's path below its folder), at the input's own size (:func:`~cyclelib.translate.translate_image`)
+    input's path below its folder), at the input's own size (:func:`~cyclelib.tiles.translate_image`)
     or ``size`` x ``size`` when given (resized first). The page links them by relative paths, so
     the folder reads offline and can be moved; a table per direction: name, real, fake,
     reconstruction. ``num_test``: the first that many images of each split (default: all).

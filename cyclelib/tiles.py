@@ -1,4 +1,5 @@
-"""Tiled translation of images too large to go through a generator at once.
+"""Translating one image of any size: padded to the generator's multiple (:func:`translate_image`), or, too
+large to go through a generator at once, in overlapping tiles (:func:`translate_tiled`).
 
 A ResNet generator at ngf 64 holds about 1 KB of activations per pixel while it translates
 (measured: peak RSS of a CPU forward pass of resnet_9blocks, ngf 64, fp32: +235 MB at 512x512,
@@ -37,6 +38,55 @@ from .networks import NoiseInput, fits, side_multiple, smallest_side
 # needs_tiling's default budget: 1024 x 1024 pixels, about 1 GB of activations through a
 # resnet_9blocks at ngf 64 in fp32 (the module docstring's measurement).
 DEFAULT_BUDGET = 1024 * 1024
+
+
+def _mirror(side: int, total: int, before: int) -> torch.Tensor:
+    """Indices into a side of ``side`` pixels that extend it to ``total``, ``before`` of them in
+    front: mirrored without repeating the edge, as ``ReflectionPad2d`` pads (and mirrored again
+    where the padding is wider than the side, which ReflectionPad2d refuses)."""
+    index = torch.arange(total) - before
+    if side == 1:
+        return torch.zeros(total, dtype=torch.long)
+    period = 2 * (side - 1)
+    index = index % period
+    return torch.where(index < side, index, period - index)
+
+
+def too_small(name: str, size: tuple[int, int], padded: tuple[int, int], generator: nn.Module) -> str:
+    (h, w), (ph, pw), smallest = size, padded, smallest_side(generator, generator.input_nc)
+    return (f"{name} is {w}x{h} pixels ({pw}x{ph} padded to a multiple of {side_multiple(generator)}), too small "
+            f"for this generator, whose smallest side is {smallest}: resize with --size {smallest} "
+            f"(size={smallest}) or leave the image out")
+
+
+def padded_size(size: tuple[int, int], generator: nn.Module) -> tuple[int, int]:
+    m = side_multiple(generator)
+    return tuple(-(-side // m) * m for side in size)
+
+
+@torch.no_grad()
+def translate_image(generator: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """``generator`` applied to ``image`` [N, C, H, W] in [-1, 1]: [N, C_out, H, W], at the input's size.
+
+    The image is padded by reflection (as the ResNet generators pad inside) equally on all sides
+    to the generator's multiple (:func:`side_multiple`), translated, and the padding cropped off:
+    any size and aspect ratio comes back as it went in, not rounded. An image too small for
+    the generator even padded is a ``ValueError`` naming its size and the smallest side it takes.
+    """
+    size = tuple(image.shape[-2:])
+    (h, w), (ph, pw) = size, padded_size(size, generator)
+    top, left = (ph - h) // 2, (pw - w) // 2
+    padded = image
+    if (ph, pw) != (h, w):
+        rows, cols = _mirror(h, ph, top).to(image.device), _mirror(w, pw, left).to(image.device)
+        padded = image.index_select(-2, rows).index_select(-1, cols)
+    try:
+        out = generator(padded)
+    except (RuntimeError, ValueError):
+        if fits(generator, tuple(padded.shape)):
+            raise  # something else went wrong (out of memory, wrong channels): its own message says what
+        raise ValueError(too_small("the image", size, (ph, pw), generator)) from None
+    return out[..., top:top + h, left:left + w]
 
 
 def needs_tiling(shape: tuple[int, ...], budget: int = DEFAULT_BUDGET) -> bool:

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from io import BytesIO
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from . import files
 from .checkpoints import is_checkpoint, load_checkpoint
 from .cyclegan import CycleGAN
-from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image
+from .images import IMAGE_EXTENSIONS, image_size, list_images, read_image, write_image
 from .modes import eval_mode
-from .networks import fits, side_multiple, smallest_side
+from .networks import fits
 from .runs import CHECKPOINT_FOLDER, LATEST, load_run_checkpoint, run_in, step_checkpoint
 from .runtime import pick_device, translating
-from .tiles import translate_tiled
+from .tiles import padded_size, too_small, translate_image, translate_tiled
 from .weights import cyclegan_from_checkpoint, load_official
 
 
@@ -87,55 +83,6 @@ def load_generator(checkpoint: str | os.PathLike, direction: str = "AtoB", arch:
 # --------------------------------------------------------------------------- one batch
 
 
-def _mirror(side: int, total: int, before: int) -> torch.Tensor:
-    """Indices into a side of ``side`` pixels that extend it to ``total``, ``before`` of them in
-    front: mirrored without repeating the edge, as ``ReflectionPad2d`` pads (and mirrored again
-    where the padding is wider than the side, which ReflectionPad2d refuses)."""
-    index = torch.arange(total) - before
-    if side == 1:
-        return torch.zeros(total, dtype=torch.long)
-    period = 2 * (side - 1)
-    index = index % period
-    return torch.where(index < side, index, period - index)
-
-
-def _too_small(name: str, size: tuple[int, int], padded: tuple[int, int], generator: nn.Module) -> str:
-    (h, w), (ph, pw), smallest = size, padded, smallest_side(generator, generator.input_nc)
-    return (f"{name} is {w}x{h} pixels ({pw}x{ph} padded to a multiple of {side_multiple(generator)}), too small "
-            f"for this generator, whose smallest side is {smallest}: resize with --size {smallest} "
-            f"(size={smallest}) or leave the image out")
-
-
-def _padded(size: tuple[int, int], generator: nn.Module) -> tuple[int, int]:
-    m = side_multiple(generator)
-    return tuple(-(-side // m) * m for side in size)
-
-
-@torch.no_grad()
-def translate_image(generator: nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """``generator`` applied to ``image`` [N, C, H, W] in [-1, 1]: [N, C_out, H, W], at the input's size.
-
-    The image is padded by reflection (as the ResNet generators pad inside) equally on all sides
-    to the generator's multiple (:func:`side_multiple`), translated, and the padding cropped off:
-    any size and aspect ratio comes back as it went in, not rounded. An image too small for
-    the generator even padded is a ``ValueError`` naming its size and the smallest side it takes.
-    """
-    size = tuple(image.shape[-2:])
-    (h, w), (ph, pw) = size, _padded(size, generator)
-    top, left = (ph - h) // 2, (pw - w) // 2
-    padded = image
-    if (ph, pw) != (h, w):
-        rows, cols = _mirror(h, ph, top).to(image.device), _mirror(w, pw, left).to(image.device)
-        padded = image.index_select(-2, rows).index_select(-1, cols)
-    try:
-        out = generator(padded)
-    except (RuntimeError, ValueError):
-        if fits(generator, tuple(padded.shape)):
-            raise  # something else went wrong (out of memory, wrong channels): its own message says what
-        raise ValueError(_too_small("the image", size, (ph, pw), generator)) from None
-    return out[..., top:top + h, left:left + w]
-
-
 # --------------------------------------------------------------------------- folders
 
 
@@ -163,10 +110,10 @@ def plan_batches(paths: list[Path], generators: Iterable[nn.Module], size: int |
         w, h = image_size(path)
         shape = (size, size) if size else (h, w)
         for i, generator in enumerate(generators):
-            padded = _padded(shape, generator)
+            padded = padded_size(shape, generator)
             if (i, padded) not in fitting:  # asked once per padded size: photos of a folder differ by a few pixels
                 if not fits(generator, (1, generator.input_nc, *padded)):
-                    raise ValueError(_too_small(str(path), shape, padded, generator))
+                    raise ValueError(too_small(str(path), shape, padded, generator))
                 fitting.add((i, padded))
         if shape == last and len(batches[-1]) < batch_size:
             batches[-1].append(path)
@@ -188,14 +135,6 @@ def read_batch(paths: list[Path], channels: int, size: int | None) -> torch.Tens
     if size and tuple(batch.shape[-2:]) != (size, size):
         batch = F.interpolate(batch, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
     return batch
-
-
-def write_image(image: torch.Tensor, path: Path) -> Path:
-    """``image`` [C, H, W] in [-1, 1] written atomically to ``path`` in the format its suffix names
-    (encoded in memory: a temporary file's name would not say which)."""
-    encoded, image_format = BytesIO(), Image.registered_extensions()[path.suffix.lower()]
-    save_image((image.float().cpu() + 1) / 2, encoded, format=image_format)
-    return files.write_bytes(path, encoded.getbuffer())
 
 
 @torch.no_grad()

@@ -24,7 +24,8 @@ from cyclelib.distributed import RunContext
 from cyclelib.images import read_image
 from cyclelib.metrics import predict
 from cyclelib.modes import eval_mode
-from cyclelib.translate import translate_folder, write_image
+from cyclelib.images import write_image
+from cyclelib.translate import translate_folder
 
 from helpers import ROOT, cli, cycada_smoke, rgb, smoke
 
