@@ -33,7 +33,7 @@ from torch import nn
 from . import files, losses
 from .classifiers import FeatureDiscriminator
 from .digits import DigitDomain, digit_domain
-from .distributed import RunContext, any_rank
+from .distributed import RunContext
 from .driving import CITYSCAPES_CLASSES, DrivingScenes, cityscapes, gta5
 from .images import write_image
 from .folders import num_classes
@@ -105,22 +105,20 @@ def translated_scenes(config, translator: nn.Module, context: RunContext) -> Dri
     side of 1024 (1863 x 1024) would take about 570 GB; the release too trains on translated frames kept as PNG
     files (cyclegta.zip).
     ``OUT/translated/made_by.json`` records the SHA-256 of the generator's weights, the image size and the
-    number of frames: a folder made otherwise is translated again. Under torchrun each rank translates every
-    world-th frame, and all wait for all before any reads."""
+    number of frames: a folder made otherwise is translated again. (These stages never run under torchrun.)"""
     out = Path(config.out) / "translated"
     kind, root = config.source.split(":", 1)
     whole = {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind]["train"], size=config.image_size)
     paths = [out / f"{i:06d}.png" for i in range(len(whole))]
     made_by = {"generator_sha256": weights_sha256(translator), "image_size": config.image_size, "frames": len(paths)}
     if _made_by(out / "made_by.json") != made_by:
+        (out / "made_by.json").unlink(missing_ok=True)  # until every frame is written again, no record holds
         translator = translator.to(context.device)
         with eval_mode(translator), torch.no_grad():
-            for i in range(context.rank, len(paths), context.world):
+            for i, path in enumerate(paths):
                 image = whole[i][0][None].to(context.device)  # [1, 3, H, W]
-                write_image(translate_image(translator, image)[0], paths[i])
-        any_rank(False)  # a barrier: every rank's frames are written before any rank reads them
-        if context.rank == 0:
-            files.write_json(out / "made_by.json", made_by)
+                write_image(translate_image(translator, image)[0], path)
+        files.write_json(out / "made_by.json", made_by)  # last: a folder cut short has none
     pairs = [(path, labels) for path, (_, labels) in zip(paths, whole.pairs)]
     return DrivingScenes(pairs, whole.map_ids, size=config.image_size, crop=config.crop_size or config.image_size,
                          flip=config.crop_size is not None)

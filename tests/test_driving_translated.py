@@ -81,14 +81,24 @@ def test_a_translated_folder_is_reused_only_for_the_same_generator_and_size(doma
     assert len(writes) == 5
 
 
-def test_under_torchrun_each_rank_translates_its_share(domains, tmp_path, monkeypatch):
+def test_a_translation_cut_short_is_done_again(domains, tmp_path, monkeypatch):
     config = driving_smoke(tmp_path / "run", domains, image_size=16, crop_size=8)
-    writes = []
-    write = segmentation.write_image
-    monkeypatch.setattr(segmentation, "write_image", lambda image, path: writes.append(path.name) or write(image, path))
-    translated_source(config, generator(0), RunContext(torch.device("cpu"), rank=1, world=2))
-    assert writes == ["000001.png", "000003.png"]  # every other frame, from the rank's own
-    assert not (tmp_path / "run" / "translated" / "made_by.json").exists()  # rank 0 records the folder
+    translated_source(config, generator(0), CPU)
+    write, writes = segmentation.write_image, []
+
+    def failing(image, path):
+        if len(writes) == 2:
+            raise KeyboardInterrupt  # stopped while generator 1's frames replace generator 0's
+        writes.append(path)
+        return write(image, path)
+
+    monkeypatch.setattr(segmentation, "write_image", failing)
+    with pytest.raises(KeyboardInterrupt):
+        translated_source(config, generator(1), CPU)
+    monkeypatch.setattr(segmentation, "write_image", lambda image, path: writes.append(path) or write(image, path))
+    writes.clear()
+    translated_source(config, generator(0), CPU)  # two frames are generator 1's now: not reused as generator 0's
+    assert len(writes) == 5
 
 
 def test_digits_stay_in_memory(tmp_path):
