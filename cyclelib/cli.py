@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     cycada.add_argument("--force", action="store_true", help="retrain the chosen stages even if finished")
     cycada.add_argument("--form", default="paper", metavar="{" + ",".join(CYCADA_FORMS) + "}",
                         help="paper (its equations) or release (the official code's choices where it departs: "
-                             + ", ".join(f"{k} {v}" for k, v in CYCADA_FORMS["release"].items())
+                             + "; ".join(f"{task}: " + ", ".join(f"{k} {v}" for k, v in choices.items())
+                                         for task, choices in CYCADA_FORMS["release"].items())
                              + "); options given win; a scale keeps its learning rates: at the cpu scale add "
                              "--feature-lr 1e-5, the release's (the book, chapter 9); default: paper")
     add_config_options(cycada, CyCADAConfig, cycada_presets_by_kind(), skip=("scale",))

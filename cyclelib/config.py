@@ -430,13 +430,14 @@ class CyCADAConfig:
     def for_scale(cls, scale: str | None = None, form: str = "paper", **options) -> "CyCADAConfig":
         """The config of a scale (smoke / cpu / colab / gpu, see :func:`resolve_scale`) in a ``form``
         (:data:`~cyclelib.presets.CYCADA_FORMS`: ``paper``, the defaults, or ``release``, the
-        release's choices where it departs from the paper); ``options`` win over both."""
+        release's choices where it departs from the paper, per task); ``options`` win over both."""
         from .runtime import resolve_scale  # asks torch for CUDA when no scale is given
         if form not in CYCADA_FORMS:
             raise ValueError(f"unknown form {form!r}; valid values: {', '.join(CYCADA_FORMS)}")
         scale = resolve_scale(scale)
         preset = cycada_preset(scale, options.get("task"), options.get("source"))
-        return cls(**{**preset, **CYCADA_FORMS[form], "scale": scale, **options})
+        form_options = CYCADA_FORMS[form].get(options.get("task", "classification"), {})  # a bad task: refused below
+        return cls(**{**preset, **form_options, "scale": scale, **options})
 
     def pixel_config(self, out: str) -> CycleGANConfig:
         """The CycleGAN options of the pixel stage, writing to ``out``: each option tagged

@@ -134,13 +134,19 @@ def cycada_presets_by_kind() -> dict[str, dict[str, dict]]:
                     "driving scenes": cycada_preset(scale, "segmentation", "gta5:PATH")} for scale in CYCADA_PRESETS}
 
 
-# CyCADA's forms (train cycada --form, CyCADAConfig.for_scale(form=...)): the paper's is the options' defaults;
-# the release's is its choices where it departs from the paper (jhoffman/cycada_release at commit 2fbf16b; each
-# option's help says which, its field in config.py cites file and line). A scale's learning rates stay the scale's.
+# CyCADA's forms (train cycada --form, CyCADAConfig.for_scale(form=...)), per task: the paper's is the options'
+# defaults; the release's is its choices where it departs from the paper (jhoffman/cycada_release at commit
+# 2fbf16b; each option's help says which, its field in config.py cites file and line). A scale's learning rates
+# stay the scale's. For segmentation the release's stage 3 is scripts/train_fcn_adda.sh: f_T starts from the
+# network trained on translated GTA5 (lines 33-40, --weights_init drn26-cyclegta5), steps only while D's mean
+# accuracy is above 60% (train_fcn_adda.py lines 265-267) and, its weights shared (line 20), steps on the source
+# labels too (train_fcn_adda.py lines 307-327), so lambda_task stays 1; its stage 2 for driving scenes is not in
+# the release (SEGMENTATION_PRESETS), so that stays the paper's.
 CYCADA_FORMS = {
-    "paper": {},
-    "release": dict(semantic_judge="online", semantic_target="labels", semantic_gate=1.0,  # stage 2
-                    feature_start="pixel_only", lambda_task=0.0, feature_gate=0.6),  # stage 3
+    "paper": {"classification": {}, "segmentation": {}},
+    "release": {"classification": dict(semantic_judge="online", semantic_target="labels", semantic_gate=1.0,  # 2
+                                       feature_start="pixel_only", lambda_task=0.0, feature_gate=0.6),  # stage 3
+                "segmentation": dict(feature_start="pixel_only", feature_gate=0.6)},
 }
 
 # The forms the book compares (issue 25; benchmarks/cycada_forms.py runs them, chapter 9 shows them): the two

@@ -198,6 +198,20 @@ def test_form_release_selects_every_release_choice_and_given_options_win(tmp_pat
         CyCADAConfig.for_scale("smoke", form="x")
 
 
+def test_the_release_form_of_segmentation_is_train_fcn_adda():
+    """The release's segmentation stage 3 (scripts/train_fcn_adda.sh) starts f_T from the network trained on
+    translated GTA5, gates it at 60% and, its weights shared, steps on the source labels: lambda_task stays 1;
+    none of the digit CycleGAN's stage-2 choices apply."""
+    paper = CyCADAConfig.for_scale("smoke", task="segmentation", source="mnist-scenes", target="mnistm-scenes")
+    release = CyCADAConfig.for_scale("smoke", form="release", task="segmentation", source="mnist-scenes",
+                                     target="mnistm-scenes")
+    assert (release.feature_start, release.feature_gate, release.lambda_task) == ("pixel_only", 0.6, 1.0)
+    assert (release.semantic_judge, release.semantic_target, release.semantic_gate) == (
+        paper.semantic_judge, paper.semantic_target, paper.semantic_gate)
+    with pytest.raises(ValueError, match="task"):
+        CyCADAConfig.for_scale("smoke", form="release", task="x")
+
+
 def test_cli_form_release_is_recorded_by_the_stages(tmp_path):
     code, err = cli("train", "cycada", "--source", "mnist5k", "--target", "mnistm5k", "--form", "x")
     assert code == 2 and "unknown form 'x'; valid values: paper, release" in err
