@@ -329,7 +329,10 @@ class FeatureAlignment(_Training):
     ``gate`` (None: off, the paper): f_T steps only on batches where :math:`D_{feat}`'s accuracy,
     on the logits of its own step before that step, is above ``gate``, as the release's ADDA loop
     does with 0.6 (jhoffman/cycada_release at 2fbf16b, ``cycada/tools/train_adda_net.py`` lines
-    70-72 and 81-82). :math:`D_{feat}` steps on every batch.
+    70-72 and 81-82). :math:`D_{feat}` steps on every batch. With ``gate_window`` above 1 the accuracy
+    compared is the mean over the last ``gate_window`` batches, this one included, as the release's
+    segmentation loop compares the mean of a deque of 100 (``scripts/train_fcn_adda.py`` lines 175, 252-253
+    and 265-267); those accuracies are a buffer of this module, so a resumed stage gates as an unbroken one.
 
     ``optimizer`` (:func:`make_optimizer`) is that of both f_T and :math:`D_{feat}`, at the same ``lr``, as
     in both releases (digits: Adam, ``cycada/tools/train_adda_net.py`` lines 157-158; segmentation: SGD,
@@ -338,7 +341,7 @@ class FeatureAlignment(_Training):
 
     def __init__(self, f_s: nn.Module, lr: float, precision: Precision, lambda_task: float = 1.0,
                  lambda_feature: float = 1.0, gate: float | None = None, discriminator: nn.Module | None = None,
-                 task_loss=losses.task_loss, shared: bool = False, optimizer: str = "adam"):
+                 task_loss=losses.task_loss, shared: bool = False, optimizer: str = "adam", gate_window: int = 1):
         super().__init__()
         object.__setattr__(self, "f_s", freeze(f_s))  # not registered: saved by its own stage
         self.f_t = copy.deepcopy(f_s).requires_grad_(True).train()
@@ -350,6 +353,8 @@ class FeatureAlignment(_Training):
         self.opt_d = make_optimizer(optimizer, self.d_feat.parameters(), lr)
         self.precision, self.lambda_task, self.lambda_feature = precision, lambda_task, lambda_feature
         self.gate, self.task_loss, self.shared = gate, task_loss, shared
+        if gate is not None and gate_window > 1:  # [gate_window] the latest accuracies, nan until seen
+            self.register_buffer("gate_accuracies", torch.full((gate_window,), float("nan")))
 
     def train_step(self, x_s: torch.Tensor, y_s: torch.Tensor, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """One step on source images ``x_s`` [N, 3, H, W] with labels ``y_s`` [N] and target
@@ -366,7 +371,7 @@ class FeatureAlignment(_Training):
             judged_s, judged_t = self.d_feat(feat_s), self.d_feat(out_t.detach())  # [N, 2], [M, 2] (+ [H, W])
             loss_d = losses.discriminator_loss(judged_s, judged_t, losses.feature_gan_loss)
         self.precision.step(loss_d, self.opt_d)
-        learns = self.gate is None or discriminator_accuracy(judged_s, judged_t) > self.gate
+        learns = self.gate is None or self._gate_accuracy(discriminator_accuracy(judged_s, judged_t)) > self.gate
 
         self.d_feat.requires_grad_(False)  # f_T's step must not build gradients into D_feat
         with autocast():
@@ -376,6 +381,14 @@ class FeatureAlignment(_Training):
             self.precision.step(sum(terms.values()), self.opt_f)
         self.precision.update()
         return {**{name: t.detach() for name, t in terms.items()}, "D_feat": loss_d.detach()}
+
+    def _gate_accuracy(self, accuracy: float) -> float:
+        """The accuracy the gate compares: this batch's, or the mean over the window it completes."""
+        if not hasattr(self, "gate_accuracies"):
+            return accuracy
+        window = self.gate_accuracies
+        window.copy_(torch.cat([window[1:], window.new_tensor([accuracy])]))
+        return window.nanmean().item()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"f_t": self.opt_f, "d_feat": self.opt_d}

@@ -95,7 +95,7 @@ SEGMENTATION_PRESETS = {
     # 7-8, 15-16 and 18: 4 epochs of 24,966 pairs; cycada/data/adda_datasets.py lines 62-64), lambda_g 0.1
     # (line 10) as lambda_feature (lambda_d 1, line 9, is D_feat's loss as it is), f_T stepping only while the
     # discriminator's domain accuracy is above 60% (scripts/train_fcn_adda.py lines 265-267, its mean over the
-    # last 100 iterations; here the batch's); discrim_score and weights_shared (train_fcn_adda.sh lines 20-21)
+    # last 100 iterations, as here); discrim_score and weights_shared (train_fcn_adda.sh lines 20-21)
     # are segmentation's feature game (segmentation.feature_game). How the release trained its GTA5 ->
     # Cityscapes CycleGAN it does not say: its CycleGAN submodule (jhoffman/pytorch-CycleGAN-and-pix2pix at
     # e484612) holds a training script for digits only (train_cycada.sh); it publishes the translated frames

@@ -180,11 +180,13 @@ def feature_game(config) -> dict:
     """The keyword arguments of :class:`~cyclelib.classifiers.FeatureAlignment` for ``config``'s task:
     the feature-level discriminator (digits: the release's MLP on logits, 500 hidden units;
     segmentation: :class:`~cyclelib.segnets.ScoreDiscriminator` on score maps, width 512), each of
-    width ``d_feat_width`` when given; and for segmentation its task loss and shared weights."""
+    width ``d_feat_width`` when given; and for segmentation its task loss, shared weights and the release's
+    window of 100 batches for the gate (:class:`~cyclelib.classifiers.FeatureAlignment`)."""
     k, width = domain_classes(config.source), config.d_feat_width
     if config.task != "segmentation":
         return {"discriminator": FeatureDiscriminator(k, hidden_dim=width or 500)}
-    return {"discriminator": ScoreDiscriminator(k, width=width or 512), "task_loss": task_loss(config), "shared": True}
+    return {"discriminator": ScoreDiscriminator(k, width=width or 512), "task_loss": task_loss(config), "shared": True,
+            "gate_window": 100}
 
 
 def _finite(values: list[float]) -> list[float | None]:

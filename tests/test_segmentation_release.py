@@ -18,6 +18,7 @@ from cyclelib.cycada import load_domain, stage_checkpoint, stage_path, training_
 from cyclelib.driving import gta5
 from cyclelib.segnets import ScoreDiscriminator, SmallFCN
 from cyclelib.runtime import Precision
+from cyclelib.segmentation import feature_game
 from helpers import (DRIVING_HEIGHT as HEIGHT, DRIVING_WIDTH as WIDTH, benchmark_script, cli, driving_smoke,
                      parse_cycada_command, stop_at, write_driving)
 
@@ -65,6 +66,45 @@ def test_the_digit_scenes_keep_their_gpu_preset_and_sgd_is_the_releases_momentum
                for opt in feature.optimizers().values())
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'; valid values: adam, sgd"):
         make_optimizer("rmsprop", net.parameters(), 1e-3)
+
+
+def test_the_segmentation_gate_reads_the_mean_accuracy_of_the_last_batches_and_resumes_with_it(monkeypatch):
+    """train_fcn_adda.py gates f_T on the mean of a deque of the last 100 domain accuracies (lines 175, 252-253,
+    265-267), the digits' train_adda_net.py on the batch's: a window of 3 here, accuracies fed by hand."""
+    from cyclelib import classifiers
+
+    torch.manual_seed(0)
+    net, precision = SmallFCN(11, width=4), Precision("none", torch.device("cpu"))
+    x_s, y_s, x_t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randint(0, 11, (2, 16, 16)), torch.rand(2, 3, 16, 16)
+
+    def steps(model, accuracies):
+        """Whether f_T moved at each step, with D's accuracy taken from ``accuracies``."""
+        fed = iter(accuracies)
+        monkeypatch.setattr(classifiers, "discriminator_accuracy", lambda s, t: next(fed))
+        moved = []
+        for _ in accuracies:
+            before = [p.detach().clone() for p in model.f_t.parameters()]
+            model.train_step(x_s, y_s, x_t)
+            moved.append(any(not torch.equal(a, b) for a, b in zip(before, model.f_t.parameters())))
+        return moved
+
+    def alignment(window):
+        return FeatureAlignment(net, 1e-3, precision, gate=0.6, gate_window=window, optimizer="sgd",
+                                discriminator=ScoreDiscriminator(11, width=4), shared=True)
+
+    accuracies = [0.9, 0.1, 0.1, 0.9, 0.9]  # windows of 3: means 0.9, 0.5, 0.37, 0.37, 0.63
+    assert steps(alignment(3), accuracies) == [True, False, False, False, True]
+    assert steps(alignment(1), accuracies) == [True, False, False, True, True]  # the digits' gate: the batch's
+    # stopped after three steps and resumed from the state dict, the window goes on as in one run
+    first = alignment(3)
+    steps(first, accuracies[:3])
+    resumed = alignment(3)
+    resumed.load_state_dict(first.state_dict())
+    assert "gate_accuracies" in first.state_dict() and steps(resumed, accuracies[3:]) == [False, True]
+    config = CyCADAConfig.for_scale("gpu", task="segmentation", source="gta5:/data/gta5", target="cityscapes:/data/cs")
+    assert feature_game(config)["gate_window"] == 100
+    ungated = FeatureAlignment(net, 1e-3, precision, discriminator=ScoreDiscriminator(11, width=4))
+    assert "gate_accuracies" not in ungated.state_dict()  # no gate: the state dict as before
 
 
 def test_the_cli_shows_the_driving_scenes_gpu_preset_and_refuses_an_unknown_optimizer(capsys):
