@@ -21,10 +21,10 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
-from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
+from .names import (AMP_MODES, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, OPTIMIZERS, PREPROCESS_MODES,
-                    SEMANTIC_JUDGES, TASK_NETWORKS, TASKS, Registry, check_crop, check_crop_domain, is_labelled_pair,
-                    is_folder_domain, stage_weights, task_mismatch)
+                    SEMANTIC_JUDGES, TASK_NETWORKS, TASKS, Registry, check_crop, check_crop_domain, classifier_name,
+                    is_labelled_pair, stage_weights, task_mismatch)
 from .presets import CYCADA_FORMS, cycada_preset, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
@@ -63,20 +63,6 @@ def _check_signs(config, non_negative=(), positive=()) -> None:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
-    """The task network of a run (a config, or its options as a dict: a stage's record): DTN
-    (3x32x32) when either domain is in colour or a folder of the user's images, else LeNet.
-
-    This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
-    grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
-    """
-    c = config if isinstance(config, Mapping) else vars(config)
-    if c["classifier"] != "auto" or c.get("task") == "segmentation":  # segmentation's auto: small_fcn
-        return c["classifier"] if c["classifier"] != "auto" else "small_fcn"
-    domains = (c["source"], c["target"])
-    return "dtn" if set(domains) & set(COLOUR_DOMAINS) or any(map(is_folder_domain, domains)) else "lenet"
 
 
 # What a resumed run does with an option given another value than the run's (metadata "on_resume",

@@ -7,7 +7,7 @@ counts that the configs, the datasets and the image readers share are here too, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,20 @@ def task_mismatch(task: str, source: str, target: str, network: str) -> str | No
                     f" or another --{option} (segmentation domains: {', '.join(SCENE_DOMAINS)}, gta5:PATH, "
                     f"cityscapes:PATH; segmenters: {', '.join(SEGMENTERS)})")
     return None
+
+
+def classifier_name(config) -> str:
+    """The task network of a CyCADA run (a :class:`~cyclelib.config.CyCADAConfig`, or its options as a dict: a
+    stage's record): DTN (3x32x32) when either domain is in colour or a folder of the user's images, else LeNet.
+
+    This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
+    grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
+    """
+    c = config if isinstance(config, Mapping) else vars(config)
+    if c["classifier"] != "auto" or c.get("task") == "segmentation":  # segmentation's auto: small_fcn
+        return c["classifier"] if c["classifier"] != "auto" else "small_fcn"
+    domains = (c["source"], c["target"])
+    return "dtn" if set(domains) & set(COLOUR_DOMAINS) or any(map(is_folder_domain, domains)) else "lenet"
 
 
 def stage_weights(entries: Iterable[str] | None, task: str, network: str) -> dict[str, Path]:
