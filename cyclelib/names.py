@@ -126,6 +126,28 @@ def classifier_name(config) -> str:
     return "dtn" if set(domains) & set(COLOUR_DOMAINS) or any(map(is_folder_domain, domains)) else "lenet"
 
 
+def translated_mismatch(task: str, source: str, translated: str | None) -> str | None:
+    """What of a CyCADA run's ``translated_source`` does not fit (naming the option), None if it fits or is not
+    given: it must be a segmentation domain of the ``source``'s kind (driving scenes for driving scenes, digit
+    scenes for digit scenes), which has the source's classes and labels. Classification takes none: its pixel
+    stage translates small digit images in minutes, and a folder of translated digits would have to match its
+    class folders to the source's labels."""
+    if translated is None:
+        return None
+    if task != "segmentation":
+        return (f"translated_source applies to task segmentation only (driving or digit-scene domains), got task "
+                f"{task!r}: classification trains on the pixel stage's translation of the source")
+    driving = is_driving_domain(source)
+    kind = "driving scenes (gta5:PATH, cityscapes:PATH)" if driving else f"digit scenes ({', '.join(SCENE_DOMAINS)})"
+    if translated not in DOMAINS:
+        return f"unknown translated_source {translated!r}; valid values: {kind}, as the source {source!r}"
+    if not is_segmentation_domain(translated) or is_driving_domain(translated) != driving:
+        return (f"translated_source {translated!r} is not of the source's kind: the source {source!r} is {kind}, and "
+                f"translated_source must be too, with the source's classes and labels (the CyCADA release's "
+                f"translated GTA5: gta5:DIR/cyclegta5, cyclelib download cyclegta5 --root DIR)")
+    return None
+
+
 def stage_weights(entries: Iterable[str] | None, task: str, network: str) -> dict[str, Path]:
     """The stages a CyCADA run makes of published networks instead of training them (its option
     ``stage_weights``: ``STAGE=FILE`` entries) as ``{stage: file}``. A ``ValueError`` naming the option for
