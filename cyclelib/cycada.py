@@ -24,7 +24,9 @@ Three baselines say what each part buys: ``oracle`` (a classifier trained on lab
 target: the upper bound), ``pixel_only`` (the task loss on translated source, nothing
 else) and ``feature_only`` (stage 3 on untranslated source: ADDA-style feature alignment
 alone). ``task="segmentation"`` runs the same stages per pixel (:mod:`cyclelib.segmentation`
-holds what differs). Each stage keeps its checkpoints under ``out/<stage>/``;
+holds what differs). With ``translated_source``, a translation of the source made elsewhere (the release's
+feature stage reads its published one), ``pixel_only`` and ``feature`` train on it and need no pixel stage
+(:func:`~cyclelib.cycada_data.translated_source`). Each stage keeps its checkpoints under ``out/<stage>/``;
 :func:`~cyclelib.cycada_run.run_cycada` runs the stages in order and evaluates them.
 
 CycleGAN names in this module: A = source, B = target, G_A = G_{S->T}, G_B = G_{T->S},
