@@ -21,10 +21,10 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, InitVar, dataclass, field, fields
 
-from .names import (AMP_MODES, COLOUR_DOMAINS, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
+from .names import (AMP_MODES, DIRECTIONS, DOMAINS, DISCRIMINATORS, FEATURE_STARTS, GAN_MODES, SEMANTIC_TARGETS, GENERATORS,
                     IMPLEMENTATIONS, INIT_TYPES, LR_POLICIES, NOISE_INJECTIONS, NORMS, OPTIMIZERS, PREPROCESS_MODES,
-                    SEMANTIC_JUDGES, TASK_NETWORKS, TASKS, Registry, check_crop, check_crop_domain, is_labelled_pair,
-                    is_folder_domain, stage_weights, task_mismatch)
+                    SEMANTIC_JUDGES, TASK_NETWORKS, TASKS, Registry, check_crop, check_crop_domain, classifier_name,
+                    is_labelled_pair, stage_weights, task_mismatch, translated_mismatch)
 from .presets import CYCADA_FORMS, cycada_preset, cyclegan_preset
 
 # Seeds are 0 <= seed < SEED_LIMIT: data.EpochSampler seeds torch with seed * 100_003 + epoch, which
@@ -63,20 +63,6 @@ def _check_signs(config, non_negative=(), positive=()) -> None:
         value = getattr(config, name)
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def classifier_name(config: CyCADAConfig | Mapping[str, object]) -> str:
-    """The task network of a run (a config, or its options as a dict: a stage's record): DTN
-    (3x32x32) when either domain is in colour or a folder of the user's images, else LeNet.
-
-    This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
-    grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
-    """
-    c = config if isinstance(config, Mapping) else vars(config)
-    if c["classifier"] != "auto" or c.get("task") == "segmentation":  # segmentation's auto: small_fcn
-        return c["classifier"] if c["classifier"] != "auto" else "small_fcn"
-    domains = (c["source"], c["target"])
-    return "dtn" if set(domains) & set(COLOUR_DOMAINS) or any(map(is_folder_domain, domains)) else "lenet"
 
 
 # What a resumed run does with an option given another value than the run's (metadata "on_resume",
@@ -246,7 +232,8 @@ def recorded_options(record: Mapping[str, object]) -> dict:
 
 # CyCADA options, tagged by the results they change (metadata "shapes"): "every" stage's (every
 # stage starts from f_S or is a classifier stage), the "pixel" stage's and those built on it, the
-# "feature" stages', the "pixel_feature" stage's alone (the feature stage, on translated source), or none
+# "feature" stages', the "pixel_feature" stage's alone (the feature stage, on translated source), the "translated"
+# stages' (pixel_only and feature, which train on translated source), or none
 # (where a run writes, on what it runs, what it logs and evaluates); "weights": the files stages are made of.
 def _stage(default, help: str, shapes: str | None, **metadata) -> Field:
     return field(default=default, metadata={"help": help, "shapes": shapes, **metadata})
@@ -365,6 +352,13 @@ class CyCADAConfig:
         "source, pixel_only and feature; a stage built on one of them starts from it (the release's feature "
         "stage: --feature-start pixel_only with pixel_only=drn26-cyclegta5-iter115000.pth)", "weights",
         metavar="STAGE=FILE", none="none, every stage is trained")
+    # The release's feature stage trains on its published translation of GTA5 (scripts/train_fcn_adda.sh line 26,
+    # src='cyclegta5'), not on a pixel stage of its own run.
+    translated_source: str | None = _stage(
+        None, "segmentation: the source's train split already translated to look like the target, a labelled domain "
+        "of the source's kind (the CyCADA release's: gta5:DIR/cyclegta5, cyclelib download cyclegta5), which the "
+        "pixel_only and feature stages read instead of the pixel stage's translation: they then need no pixel stage",
+        "translated", none="the pixel stage's translation of the source")
     # run
     scale: str = _stage("custom", "the preset this config came from (for_scale sets it)", None)
     seed: int = _pixel("seed", shapes="every")
@@ -392,6 +386,8 @@ class CyCADAConfig:
             if getattr(self, name) not in DOMAINS:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid values: {DOMAINS.help()}")
         if problem := task_mismatch(self.task, self.source, self.target, classifier_name(self)):
+            raise ValueError(problem)
+        if problem := translated_mismatch(self.task, self.source, self.translated_source):
             raise ValueError(problem)
         if self.stage_weights is not None:
             self.stage_weights = tuple(self.stage_weights)  # a list from the command line or a JSON record
@@ -455,5 +451,5 @@ class CyCADAConfig:
 
 def stage_option_names(*shapes: str | None) -> tuple[str, ...]:
     """The CyCADA options tagged with any of ``shapes`` ("every", "pixel", "feature", "pixel_feature",
-    "weights", or None: none)."""
+    "translated", "weights", or None: none)."""
     return tuple(f.name for f in fields(CyCADAConfig) if f.metadata["shapes"] in shapes)

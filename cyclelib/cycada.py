@@ -24,7 +24,9 @@ Three baselines say what each part buys: ``oracle`` (a classifier trained on lab
 target: the upper bound), ``pixel_only`` (the task loss on translated source, nothing
 else) and ``feature_only`` (stage 3 on untranslated source: ADDA-style feature alignment
 alone). ``task="segmentation"`` runs the same stages per pixel (:mod:`cyclelib.segmentation`
-holds what differs). Each stage keeps its checkpoints under ``out/<stage>/``;
+holds what differs). With ``translated_source``, a translation of the source made elsewhere (the release's
+feature stage reads its published one), ``pixel_only`` and ``feature`` train on it and need no pixel stage
+(:func:`~cyclelib.cycada_data.translated_source`). Each stage keeps its checkpoints under ``out/<stage>/``;
 :func:`~cyclelib.cycada_run.run_cycada` runs the stages in order and evaluates them.
 
 CycleGAN names in this module: A = source, B = target, G_A = G_{S->T}, G_B = G_{T->S},
@@ -57,16 +59,15 @@ from .commands import cycada_command
 from .config import CyCADAConfig, classifier_name, stage_option_names
 from .cyclegan import CycleGAN
 from .cyclegan_run import train_cyclegan
+from .cycada_data import load_domain, training_domain, translated_source
 from .data import RandomlyInverted, RandomReads, Unpaired
 from .distributed import RunContext, run_context
 from .folders import folder_fingerprint
 from .integrity import sha256_of
-from .metrics import translate_dataset
-from .names import CYCADA_STAGES, is_driving_domain, is_folder_domain, is_segmentation_domain, stage_weights
+from .names import CYCADA_STAGES, is_folder_domain, stage_weights
 from .runs import LATEST, load_run_checkpoint, run_folder, run_in
 from .runtime import seed_everything
-from .segmentation import (domain_classes, evaluation_domain, feature_game, labelled_domain, task_loss,
-                           translated_scenes)
+from .segmentation import domain_classes, feature_game, task_loss
 from .semantic import semantic_consistency
 from .train import Trainer
 from .weights import cyclegan_from_checkpoint, load_release_segmenter
@@ -83,36 +84,14 @@ RESULTS = {"source": "source_only", "pixel_only": "pixel_only", "feature_only": 
 # (skipped, resumed, loaded, evaluated) only if they match. The stages record them flat, by name.
 # (amp is compared as the precision it picked, recorded with the stage: see _stage_meta)
 _SHAPED_BY = {"source": ("every",), "oracle": ("every",), "pixel": ("every", "pixel"),
-              "pixel_only": ("every", "pixel"), "feature_only": ("every", "feature"),
-              "feature": ("every", "pixel", "feature", "pixel_feature")}
+              "pixel_only": ("every", "pixel", "translated"), "feature_only": ("every", "feature"),
+              "feature": ("every", "pixel", "feature", "pixel_feature", "translated")}
 STAGE_OPTIONS = {stage: stage_option_names(*shapes) for stage, shapes in _SHAPED_BY.items()}
 _DEFAULTS = {f.name: f.default for f in fields(CyCADAConfig)}
 # The options that change no result: where a run writes, on what it runs, what it logs and evaluates.
 NEUTRAL_OPTIONS = stage_option_names(None)
 # The options that name files stages are made of: compared as the files' SHA-256 (see _stage_meta).
 WEIGHT_OPTIONS = stage_option_names("weights")
-
-
-# --------------------------------------------------------------------------------------
-# Task networks and data
-# --------------------------------------------------------------------------------------
-
-def load_domain(config: CyCADAConfig, name: str, split: str) -> Dataset:
-    """Domain ``name`` as ``(image [3, image_size, image_size] in [-1, 1], label or label map)`` pairs; driving
-    scenes of the train split ``crop_size`` x ``crop_size`` where it is given, of the test split whole, at full
-    label resolution (:func:`~cyclelib.segmentation.evaluation_domain`)."""
-    if split == "test" and is_segmentation_domain(name):
-        return evaluation_domain(name, config.image_size)
-    crop = config.crop_size if split == "train" else None
-    return labelled_domain(name, split, size=config.image_size, channels=3, crop=crop)
-
-
-def training_domain(config: CyCADAConfig, name: str) -> Dataset:
-    """The train split of domain ``name`` as a classifier stage reads it: a domain that draws as it reads
-    (driving scenes: random crops) with its draws seeded per item and epoch (:class:`~cyclelib.data.RandomReads`),
-    as the pixel and feature stages draw them; other domains as they are."""
-    domain = load_domain(config, name, "train")
-    return RandomReads(domain, config.seed) if hasattr(domain, "get") else domain
 
 
 # --------------------------------------------------------------------------------------
@@ -200,11 +179,17 @@ def _files_text(made_of: dict[str, str]) -> str:
 
 def needs(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """The stages ``stage`` builds on: :data:`NEEDS`, the semantic loss's judge for the pixel stage,
-    and the classifier the feature stage starts from."""
+    and the classifier the feature stage starts from; not the pixel stage where the stage reads
+    ``config.translated_source`` instead of its translation."""
     if stage in stage_weight_files(config):
         return ()  # a published network: made of nothing here
     chosen = {"pixel": config.semantic_judge, "feature": config.feature_start}.get(stage)
-    return NEEDS[stage] + ((chosen,) if chosen in STAGES and chosen not in NEEDS[stage] else ())
+    found = NEEDS[stage] + ((chosen,) if chosen in STAGES and chosen not in NEEDS[stage] else ())
+    return tuple(s for s in found if s != "pixel" or not _reads_translated_source(config, stage))
+
+
+def _reads_translated_source(config: CyCADAConfig, stage: str) -> bool:
+    return config.translated_source is not None and stage in ("pixel_only", "feature")
 
 
 def with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]:
@@ -220,10 +205,12 @@ def with_needs(stages: tuple[str, ...], config: CyCADAConfig) -> tuple[str, ...]
 
 def stage_options(config: CyCADAConfig, stage: str) -> tuple[str, ...]:
     """:data:`STAGE_OPTIONS` of ``stage``, and the feature stage's options when the pixel
-    stage's semantic judge is the feature_only classifier (and ``stage`` builds on the pixel stage)."""
+    stage's semantic judge is the feature_only classifier (and ``stage`` builds on the pixel stage);
+    without the pixel stage's options where ``stage`` reads ``config.translated_source`` in its place."""
     judged_by_f_t = config.semantic_judge == "feature_only" and "pixel" in (stage, *with_needs((stage,), config))
     feature = stage_option_names("feature") if judged_by_f_t and stage not in ("feature", "feature_only") else ()
-    return STAGE_OPTIONS[stage] + feature
+    pixel = stage_option_names("pixel") if _reads_translated_source(config, stage) else ()
+    return tuple(name for name in STAGE_OPTIONS[stage] if name not in pixel) + feature
 
 
 def parse_stages(stages: str | Iterable[str]) -> tuple[str, ...]:
@@ -363,21 +350,15 @@ def train_oracle(config: CyCADAConfig, progress: bool = True, resume: bool = Fal
     return train_classifier(config, "oracle", training_domain(config, config.target), progress, resume, context)
 
 
-def train_pixel_only(config: CyCADAConfig, translator: nn.Module, progress: bool = True,
+def train_pixel_only(config: CyCADAConfig, translator: nn.Module | None, progress: bool = True,
                      resume: bool = False, context: RunContext | None = None) -> nn.Module:
-    r"""Pixel-level adaptation alone: :math:`\min_f \mathcal{L}_{task}(f, G_{S\to T}(X_S), Y_S)`."""
+    r"""Pixel-level adaptation alone: :math:`\min_f \mathcal{L}_{task}(f, G_{S\to T}(X_S), Y_S)`, on the source
+    translated by ``translator`` or, where given, on ``config.translated_source`` (``translator`` None:
+    :func:`~cyclelib.cycada_data.translated_source`)."""
     translated = translated_source(config, translator, context or run_context(config.device))
     if hasattr(translated, "get"):  # driving scenes: random crops, drawn per item and epoch
         translated = RandomReads(translated, config.seed)
     return train_classifier(config, "pixel_only", translated, progress, resume, context)
-
-
-def translated_source(config: CyCADAConfig, translator: nn.Module, context: RunContext) -> Dataset:
-    """The source train split translated by G_{S->T} once, with its labels: as tensors (:func:`translate_dataset`),
-    driving scenes as PNG files in the run folder (:func:`~cyclelib.segmentation.translated_scenes`)."""
-    if is_driving_domain(config.source):
-        return translated_scenes(config, translator, context)
-    return translate_dataset(translator.to(context.device), load_domain(config, config.source, "train"))
 
 
 def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = True, resume: bool = False,
@@ -413,7 +394,8 @@ def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = Tr
 
 
 def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | None = None,
-                  progress: bool = True, resume: bool = False, context: RunContext | None = None) -> nn.Module:
+                  progress: bool = True, resume: bool = False, context: RunContext | None = None,
+                  stage: str | None = None) -> nn.Module:
     r"""Stage 3: f_T on translated source with the source labels, aligned by a feature-level GAN.
 
     The step is :meth:`~cyclelib.classifiers.FeatureAlignment.train_step`: f_T starts as a copy
@@ -424,7 +406,9 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
         + \lambda_{feat}\, \mathcal{L}_{GAN}(f_T, D_{feat}, f_S(G_{S\to T}(X_S)), X_T)
 
     ``translator=None`` trains on untranslated source: the ``feature_only`` baseline (ADDA).
-    Saves ``out/feature/`` (or ``out/feature_only/``).
+    Saves ``out/feature/`` (or ``out/feature_only/``). ``stage``: ``"feature"`` or ``"feature_only"`` (default:
+    by ``translator``); the feature stage with ``config.translated_source`` trains on that domain, without a
+    translator (:func:`~cyclelib.cycada_data.translated_source`).
 
     ``f_s`` is the classifier of the stage ``config.feature_start`` names (for the feature stage):
     f_S, the paper's, or the ``pixel_only`` classifier, as the release ran it. The release's
@@ -435,11 +419,11 @@ def train_feature(config: CyCADAConfig, f_s: nn.Module, translator: nn.Module | 
     ``src = 'mnist'``, line 24). ``config.feature_gate``: see :class:`~cyclelib.classifiers.FeatureAlignment`.
     """
     c = config
-    stage = "feature" if translator is not None else "feature_only"
+    stage = stage or ("feature" if translator is not None else "feature_only")
     context = context or run_context(c.device)
     seed_everything(c.seed)
     f_s = freeze(f_s.to(context.device))
-    source = load_domain(c, c.source, "train") if translator is None else translated_source(c, translator, context)
+    source = load_domain(c, c.source, "train") if stage == "feature_only" else translated_source(c, translator, context)
     pairs = Unpaired(source, load_domain(c, c.target, "train"), seed=c.seed)
     model = FeatureAlignment(f_s, c.feature_lr, context.precision(c.amp), c.lambda_task, c.lambda_feature,
                              c.feature_gate, optimizer=c.feature_optimizer,

@@ -110,15 +110,18 @@ def _run_stages(config: CyCADAConfig, stages: tuple[str, ...], reused: dict[str,
             nets[stage] = load_stage(config, stage, context.device, reused.get(stage))
         return nets[stage]
 
+    def translator():  # G_{S->T}, unless the stages read a translation made elsewhere (config.translated_source)
+        return need("pixel").G_A if config.translated_source is None else None
+
     run = dict(progress=progress, context=context)
     runners = {  # each takes resume: whether to continue the stage's unfinished checkpoint
         "source": lambda resume: train_source(config, resume=resume, **run),
         "pixel": lambda resume: train_pixel(config, need(config.semantic_judge) if config.semantic_judge in STAGES
                                             else None, resume=resume, **run),
-        "pixel_only": lambda resume: train_pixel_only(config, need("pixel").G_A, resume=resume, **run),
+        "pixel_only": lambda resume: train_pixel_only(config, translator(), resume=resume, **run),
         "feature_only": lambda resume: train_feature(config, need("source"), None, resume=resume, **run),
-        "feature": lambda resume: train_feature(config, need(config.feature_start), need("pixel").G_A,
-                                                resume=resume, **run),
+        "feature": lambda resume: train_feature(config, need(config.feature_start), translator(), resume=resume,
+                                                stage="feature", **run),
         "oracle": lambda resume: train_oracle(config, resume=resume, **run),
     }
     wall_times = _read_wall_times(times_path)

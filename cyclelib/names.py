@@ -7,7 +7,7 @@ counts that the configs, the datasets and the image readers share are here too, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,42 @@ def task_mismatch(task: str, source: str, target: str, network: str) -> str | No
                     f"{'one' if segmenting else 'none'}: use --task {'classification' if segmenting else 'segmentation'}"
                     f" or another --{option} (segmentation domains: {', '.join(SCENE_DOMAINS)}, gta5:PATH, "
                     f"cityscapes:PATH; segmenters: {', '.join(SEGMENTERS)})")
+    return None
+
+
+def classifier_name(config) -> str:
+    """The task network of a CyCADA run (a :class:`~cyclelib.config.CyCADAConfig`, or its options as a dict: a
+    stage's record): DTN (3x32x32) when either domain is in colour or a folder of the user's images, else LeNet.
+
+    This follows the release: LeNet for MNIST <-> USPS, DTN for SVHN -> MNIST. LeNet reads
+    grey images, so colour (e.g. MNIST-M's) would be thrown away before it could help.
+    """
+    c = config if isinstance(config, Mapping) else vars(config)
+    if c["classifier"] != "auto" or c.get("task") == "segmentation":  # segmentation's auto: small_fcn
+        return c["classifier"] if c["classifier"] != "auto" else "small_fcn"
+    domains = (c["source"], c["target"])
+    return "dtn" if set(domains) & set(COLOUR_DOMAINS) or any(map(is_folder_domain, domains)) else "lenet"
+
+
+def translated_mismatch(task: str, source: str, translated: str | None) -> str | None:
+    """What of a CyCADA run's ``translated_source`` does not fit (naming the option), None if it fits or is not
+    given: it must be a segmentation domain of the ``source``'s kind (driving scenes for driving scenes, digit
+    scenes for digit scenes), which has the source's classes and labels. Classification takes none: its pixel
+    stage translates small digit images in minutes, and a folder of translated digits would have to match its
+    class folders to the source's labels."""
+    if translated is None:
+        return None
+    if task != "segmentation":
+        return (f"translated_source applies to task segmentation only (driving or digit-scene domains), got task "
+                f"{task!r}: classification trains on the pixel stage's translation of the source")
+    driving = is_driving_domain(source)
+    kind = "driving scenes (gta5:PATH, cityscapes:PATH)" if driving else f"digit scenes ({', '.join(SCENE_DOMAINS)})"
+    if translated not in DOMAINS:
+        return f"unknown translated_source {translated!r}; valid values: {kind}, as the source {source!r}"
+    if not is_segmentation_domain(translated) or is_driving_domain(translated) != driving:
+        return (f"translated_source {translated!r} is not of the source's kind: the source {source!r} is {kind}, and "
+                f"translated_source must be too, with the source's classes and labels (the CyCADA release's "
+                f"translated GTA5: gta5:DIR/cyclegta5, cyclelib download cyclegta5 --root DIR)")
     return None
 
 

@@ -81,6 +81,9 @@ _TASK, _SEG_FEATURE = {"task", "task_optimizer", "crop_size"}, {"d_feat_width", 
 _SEG_PIXEL = {"pixel_crop_size"}  # the pixel stage's crops of driving scenes: a checkpoint without it read whole squares
 # the release's published segmenters (issue 26), added since: compared as their files' SHA-256, recorded per stage
 _WEIGHTS = {"stage_weights"}
+# a translation of the source made elsewhere (the release's cyclegta5), read by pixel_only and feature: added since;
+# a checkpoint without it trained on the pixel stage's translation
+_TRANSLATED = {"translated_source"}
 _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every", "checkpoint_every",
             "max_eval_samples", "tensorboard", "wandb", "wandb_project"}  # the loggers: added since, neutral
 
@@ -88,14 +91,15 @@ _NEUTRAL = {"out", "scale", "device", "num_workers", "log_every", "sample_every"
 def test_stage_options_computed_from_the_tags_are_todays():
     assert {stage: set(options) for stage, options in STAGE_OPTIONS.items()} == {
         "source": _SHARED | _TASK, "oracle": _SHARED | _TASK, "pixel": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL
-        | _SEG_PIXEL, "pixel_only": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL | _SEG_PIXEL,
+        | _SEG_PIXEL, "pixel_only": _SHARED | _TASK | _PIXEL | _RELEASE_PIXEL | _SEG_PIXEL | _TRANSLATED,
         "feature_only": _SHARED | _TASK | _FEATURE | _SEG_FEATURE | {"feature_gate"},
-        "feature": _SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL | _SEG_PIXEL}
+        "feature": _SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL | _SEG_PIXEL
+        | _TRANSLATED}
     assert set(NEUTRAL_OPTIONS) == _NEUTRAL
     # a stage records asdict(config): the same flat names as before, so existing stage checkpoints are reused
     # (one that lacks the release's options, added later, was trained as their defaults, the paper's, train)
     assert set(asdict(CyCADAConfig())) == (_SHARED | _TASK | _PIXEL | _FEATURE | _SEG_FEATURE | _RELEASE | _RELEASE_PIXEL
-                                           | _SEG_PIXEL | _NEUTRAL | _WEIGHTS)
+                                           | _SEG_PIXEL | _NEUTRAL | _WEIGHTS | _TRANSLATED)
 
 
 def test_keyword_construction_and_resume_rules_read_the_fields():
