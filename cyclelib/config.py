@@ -230,11 +230,10 @@ def recorded_options(record: Mapping[str, object]) -> dict:
     return {name: value for name, value in {**options, **record}.items() if name in known}
 
 
-# CyCADA options, tagged by the results they change (metadata "shapes"): "every" stage's (every
-# stage starts from f_S or is a classifier stage), the "pixel" stage's and those built on it, the
-# "feature" stages', the "pixel_feature" stage's alone (the feature stage, on translated source), the "translated"
-# stages' (pixel_only and feature, which train on translated source), or none
-# (where a run writes, on what it runs, what it logs and evaluates); "weights": the files stages are made of.
+# CyCADA options, tagged by the results they change (metadata "shapes"): "every" stage's (every stage starts from
+# f_S or is a classifier stage), the "pixel" stage's and those built on it, the "feature" stages', the
+# "pixel_feature" stage's alone (the feature stage, on translated source), the "translated" stages' (pixel_only and
+# feature), or none (where a run writes, on what it runs, logs, evaluates); "weights": the files stages are made of.
 def _stage(default, help: str, shapes: str | None, **metadata) -> Field:
     return field(default=default, metadata={"help": help, "shapes": shapes, **metadata})
 
@@ -352,8 +351,6 @@ class CyCADAConfig:
         "source, pixel_only and feature; a stage built on one of them starts from it (the release's feature "
         "stage: --feature-start pixel_only with pixel_only=drn26-cyclegta5-iter115000.pth)", "weights",
         metavar="STAGE=FILE", none="none, every stage is trained")
-    # The release's feature stage trains on its published translation of GTA5 (scripts/train_fcn_adda.sh line 26,
-    # src='cyclegta5'), not on a pixel stage of its own run.
     translated_source: str | None = _stage(
         None, "segmentation: the source's train split already translated to look like the target, a labelled domain "
         "of the source's kind (the CyCADA release's: gta5:DIR/cyclegta5, cyclelib download cyclegta5), which the "
