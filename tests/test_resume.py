@@ -27,7 +27,7 @@ from cyclelib.runs import LATEST, load_run_checkpoint, step_checkpoints
 from cyclelib.weights import save_official
 from cyclelib.cyclegan_run import FIXED_OPTIONS
 
-from helpers import cli, corrupt, cycada_smoke, equal_states, smoke, stop_at, train_pair
+from helpers import cli, corrupt, cycada_smoke, driving_smoke, equal_states, smoke, stop_at, train_pair, write_driving
 
 STOP = 5
 BASE = dict(n_epochs=1, n_epochs_decay=1, log_every=2, checkpoint_every=4)
@@ -316,8 +316,12 @@ def test_the_neutral_cycada_options_change_no_weight_and_no_metric_across_a_resu
     stage: those must not come from the training's."""
     options = dict(noise_nc=2, task_epochs=2, pixel_epochs=3, checkpoint_every=2, sample_every=4, log_every=1)
     changed = dict(options, log_every=2, checkpoint_every=3, sample_every=1, num_workers=1, device="cpu:0",
-                   max_eval_samples=40, scale="cpu")
+                   max_eval_samples=40, scale="cpu", tensorboard=True, wandb=True, wandb_project="neutral")
     assert {k for k in changed if changed[k] != options.get(k)} == set(NEUTRAL_OPTIONS) - {"out"}
+    pytest.importorskip("wandb")  # and TensorBoard's writer: the loggers of the pixel stage, offline
+    pytest.importorskip("torch.utils.tensorboard")
+    for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(name, value)
     stages = ("source", "pixel")
     straight = cycada_smoke(tmp_path / "straight", **options)
     run_cycada(straight, stages=stages, progress=False)
@@ -393,7 +397,12 @@ CYCADA_CHANGES = {
     "feature_epochs": dict(feature_epochs=2), "lambda_task": dict(lambda_task=0.5), "lambda_feature": dict(lambda_feature=0.5),
     "semantic_target": dict(semantic_target="labels"), "semantic_gate": dict(semantic_gate=1.0),
     "feature_start": dict(feature_start="pixel_only"), "feature_gate": dict(feature_gate=0.6),
+    "task_optimizer": dict(task_optimizer="sgd"), "feature_optimizer": dict(feature_optimizer="sgd"),
 }
+# The options of driving scenes only (the digits above refuse them), changed on a run of tiny GTA5 and Cityscapes
+# files; translated_source's value is a second GTA5 folder, written by the test.
+DRIVING_CHANGES = {"crop_size": dict(crop_size=12), "pixel_crop_size": dict(pixel_crop_size=12),
+                   "translated_source": dict(translated_source="OTHER")}
 
 
 @pytest.mark.slow
@@ -402,18 +411,22 @@ def test_every_cycada_option_that_shapes_a_stage_is_refused_when_it_differs(tmp_
     --out. Every option of a stage's STAGE_OPTIONS, given another value, must be refused for every
     finished stage that option shapes, naming it: never reused as if it had been trained so. The
     neutral options are tested to change nothing above."""
-    assert set(CYCADA_CHANGES) == {name for options in STAGE_OPTIONS.values() for name in options}
-    config = cycada_smoke(tmp_path / "run")
-    run_cycada(config, progress=False)
-    for name, change in CYCADA_CHANGES.items():
-        changed = CyCADAConfig(**{**vars(config), **change})
-        shaped = [stage for stage in STAGES if name in stage_options(changed, stage)]
-        assert shaped, name
-        for stage in shaped:
-            with pytest.raises(ValueError, match=rf"\b{name}="):
-                stage_checkpoint(changed, stage)
-    for stage in STAGES:  # and the run's own options reuse every stage
-        assert stage_checkpoint(config, stage) is not None
+    assert set(CYCADA_CHANGES) | set(DRIVING_CHANGES) == {name for options in STAGE_OPTIONS.values() for name in options}
+    digits = cycada_smoke(tmp_path / "digits")
+    driving = driving_smoke(tmp_path / "driving", write_driving(tmp_path / "data"))
+    other = write_driving(tmp_path / "other")["source"]
+    for config, changes in ((digits, CYCADA_CHANGES), (driving, DRIVING_CHANGES)):
+        run_cycada(config, progress=False)
+        for name, change in changes.items():
+            change = {k: other if v == "OTHER" else v for k, v in change.items()}
+            changed = CyCADAConfig(**{**vars(config), **change})
+            shaped = [stage for stage in STAGES if name in stage_options(changed, stage)]
+            assert shaped, name
+            for stage in shaped:
+                with pytest.raises(ValueError, match=rf"\b{name}="):
+                    stage_checkpoint(changed, stage)
+        for stage in STAGES:  # and the run's own options reuse every stage
+            assert stage_checkpoint(config, stage) is not None
 
 
 @pytest.mark.slow
