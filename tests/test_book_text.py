@@ -155,6 +155,54 @@ def test_the_print_check_sees_a_changed_line():
     assert not template.search("mnist5k → mnistm5k, seed 0, amp auto, run folder runs/x\n")
 
 
+SOURCE_LINE = re.compile(r"^print\(inspect\.getsource\(([\w.]+)\)\)$")
+
+
+def listing_cells(path: Path) -> list[tuple[nbformat.NotebookNode, list[str], list[str]]]:
+    """The cells of a notebook that only import and print package source (``print(inspect.getsource(X))``):
+    each with its import lines and the expressions it prints."""
+    found = []
+    for cell in read(path).cells:
+        lines = [line for line in cell.source.splitlines() if line.strip() and not line.startswith("#")]
+        listed = [m.group(1) for line in lines if (m := SOURCE_LINE.match(line))]
+        imports = [line for line in lines if line.startswith(("import ", "from "))]
+        if cell.cell_type == "code" and listed and len(listed) + len(imports) == len(lines):
+            found.append((cell, imports, listed))
+    return found
+
+
+LISTINGS = [(path, cell, imports, listed) for path in NOTEBOOKS for cell, imports, listed in listing_cells(path)]
+
+
+@pytest.mark.parametrize("path,cell,imports,listed", LISTINGS,
+                         ids=[f"{p.stem}-{c.get('id')}" for p, c, _, _ in LISTINGS])
+def test_stored_source_listings_are_the_packages_source(path, cell, imports, listed):
+    """A cell that prints package source stores what the package holds now: a listing stored before the code
+    changed shows the reader code that no longer exists (chapter 6 once showed TaskClassifier.train_step
+    calling losses.task_loss after it had become self.task_loss). The names come from the notebook's earlier
+    imports, as when it runs."""
+    import inspect
+
+    namespace = {"cyclelib": cyclelib, "inspect": inspect}
+    for earlier in read(path).cells:
+        if earlier is cell or earlier.get("id") == cell.get("id"):
+            break
+        for line in earlier.source.splitlines():
+            if line.startswith("from cyclelib") and "(" not in line:
+                exec(line, namespace)
+    for line in imports:
+        exec(line, namespace)
+    expected = "".join(inspect.getsource(eval(name, namespace)) + "\n" for name in listed)
+    assert output_text(cell) == expected, f"{path.name} cell {cell.get('id')}: stored listing is not today's source"
+
+
+def test_listing_cells_are_found():
+    """The check of the test above sees the listings of the loss chapters."""
+    found = {(p.stem, c.get("id")) for p, c, _, _ in LISTINGS}
+    assert {("02_adversarial_loss", "cell-04"), ("06_cycada_task_loss", "5f613961"),
+            ("07_cycada_pixel_level", "d8065a90")} <= found
+
+
 # --------------------------------------------------------------------------- glossary, terms, exercises
 
 LANG_DIV = re.compile(r'<div class="lang-(en|zh)">(.*?)</div>', re.S)
