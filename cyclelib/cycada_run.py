@@ -195,7 +195,18 @@ def evaluate_stages(config: CyCADAConfig, wall_times: dict | None = None, contex
     label preservation in mIoU terms (:func:`~cyclelib.segmentation.evaluate_segmentation`).
     ``context``: where the networks run (default: that of ``config.device``); ``checkpoints``: stage ->
     checkpoint of the stages already read and checked (:func:`run_cycada`'s), so that none is read twice.
+
+    A noise input draws its z from torch's RNG: it is seeded with ``config.seed`` here, and the caller's RNG is
+    left as it was, so the metrics do not depend on what ran before (a resumed run's equal a straight one's).
     """
+    cuda = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed)
+        return _evaluate_stages(config, wall_times, context, checkpoints)
+
+
+def _evaluate_stages(config: CyCADAConfig, wall_times: dict | None, context: RunContext | None,
+                     checkpoints: dict[str, dict | None] | None) -> dict:
     c = config
     out = Path(c.out)
     context = context or run_context(c.device)

@@ -314,6 +314,21 @@ def test_noise_input_and_the_dark_digit_counts_beyond_the_paper(tmp_path):
     assert noise_effect(modulated, test) > 0.01
 
 
+def test_the_evaluation_seeds_the_noise_and_leaves_the_callers_rng_alone(tmp_path):
+    """A modulated noise input moves the translation (noise_effect > 0): evaluated after different draws of the
+    global RNG, the metrics are the same, and the caller's RNG goes on as if no evaluation had run."""
+    config = CyCADAConfig.for_scale("smoke", source="mnist5k", target="mnistm5k", out=str(tmp_path), noise_nc=2,
+                                    noise_injection="modulate")
+    run_cycada(config, stages=("source", "pixel"), progress=False)
+    results = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        results.append({k: v for k, v in cycada_run.evaluate_stages(config).items() if k != "wall_s"})
+        assert torch.equal(torch.get_rng_state(), state)
+    assert results[0] == results[1] and results[0]["noise_effect"] > 0
+
+
 def test_instance_norm_erases_constant_noise_channels_but_not_modulated_image_copies():
     """Why chapter 10's first attempt saw no effect of the noise: a constant channel shifts each
     feature map of the first conv by a constant, which the instance norm behind it subtracts."""
