@@ -46,7 +46,8 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
     A stage whose checkpoint is complete is skipped (``force=True`` retrains it); an
     unfinished one resumes. A stage needing an earlier one that was not asked
     for loads that one's checkpoint; before any stage runs, every such stage that is missing or
-    unfinished is named, with its file and the command that runs them.
+    unfinished is named, with its file and the command that runs them, unless all of them are made of
+    ``stage_weights`` files: those train nothing, and are made first.
     Before any stage runs, every checkpoint that would be reused is checked against the
     config (:func:`~cyclelib.cycada.stage_checkpoint`): one trained with other options is an error naming
     them, unless ``force`` retrains that stage. ``out`` is locked for the run.
@@ -83,6 +84,9 @@ def run_cycada(config: CyCADAConfig, stages: str | Iterable[str] = STAGES, force
             if need not in done | missing | set(stages):
                 missing.add(need)
                 todo.append(need)
+    if missing and missing <= set(stage_weight_files(config)):  # published networks: nothing to train, made now
+        print(f"cycada: making {', '.join(s for s in STAGES if s in missing)} of the --stage-weights files first")
+        stages, missing = tuple(s for s in STAGES if s in missing or s in stages), set()
     if missing:  # an earlier stage that was not asked for, and is not there to load
         raise stages_not_ready(config, {stage: reused[stage] for stage in STAGES if stage in missing})
     with run_folder(out) if writer else contextlib.nullcontext():

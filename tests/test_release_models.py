@@ -221,6 +221,22 @@ def test_a_stage_built_on_a_release_network_names_it_in_the_command_to_run_first
     assert (args.stage_weights, args.stages) == (list(weights), "source,pixel,pixel_only")
 
 
+def test_the_releases_feature_stage_runs_alone_on_its_published_networks_and_translation(tmp_path, driving, files,
+                                                                                         capsys):
+    """`--stages feature` with the release's source and pixel_only networks and its translated frames
+    (--translated-source): the two networks are made of their files first, nothing else needs training."""
+    weights = (f"source={files['source']}", f"pixel_only={files['pixel_only']}")
+    c = config(tmp_path / "run", driving, feature_start="pixel_only", stage_weights=weights, max_samples=4,
+               max_eval_samples=2, translated_source=driving[0])
+    metrics = run_cycada(c, stages="feature", progress=False)
+    assert "making source, pixel_only of the --stage-weights files first" in capsys.readouterr().out
+    assert {"source_only", "pixel_only", "pixel_feature"} <= metrics.keys()
+    assert not (tmp_path / "run" / "pixel").exists()
+    for stage in ("source", "pixel_only"):  # each made of its file, recorded by its SHA-256
+        made = load_checkpoint(stage_path(c, stage))["meta"]["weights"]
+        assert made == {stage: download.hashlib.sha256(files[stage].read_bytes()).hexdigest()}
+
+
 def test_the_feature_stage_starts_from_the_release_pixel_only_network(tmp_path, driving, files, monkeypatch):
     started = []
 
