@@ -386,8 +386,9 @@ class FeatureAlignment(_Training):
         """The accuracy the gate compares: this batch's, or the mean over the window it completes."""
         if not hasattr(self, "gate_accuracies"):
             return accuracy
-        window = self.gate_accuracies
-        window.copy_(torch.cat([window[1:], window.new_tensor([accuracy])]))
+        window = self.gate_accuracies  # [gate_window], oldest first
+        window.copy_(window.roll(-1))
+        window[-1] = accuracy
         return window.nanmean().item()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -1,8 +1,8 @@
 """Every option of a run, declared once, as dataclasses with the papers' defaults, and the scale presets.
 
 :class:`CycleGANConfig` holds a CycleGAN run (Zhu et al. 2017, the official code's options),
-:class:`CyCADAConfig` a CyCADA run on digits (Hoffman et al. 2018: the paper's form, with the release's
-settings where the paper gives none; the options that select the release's form say so).
+:class:`CyCADAConfig` a CyCADA run, of digits or per pixel (Hoffman et al. 2018: the paper's form, with the
+release's settings where the paper gives none; the options that select the release's form say so).
 Each field carries what else is known of its option as ``dataclasses.field`` metadata: ``help``
 (one line), ``choices`` (the names it takes, from :mod:`cyclelib.names`), for CycleGAN
 ``on_resume`` ("apply", or "refuse" and ``why``) and ``official`` (the official code's name of
@@ -12,7 +12,9 @@ accepted: as keywords, on the command line, in checkpoints). The command line's 
 rules and the CyCADA stage options are computed from them. Each config checks every option
 when it is built, so a bad value fails before any training, with a message naming the option.
 ``for_scale`` applies a scale's preset (:mod:`cyclelib.presets`); options given explicitly win over it. This module
-imports no torch: the checks that build networks are in :mod:`cyclelib.checks`.
+imports no torch: the checks that build networks are in :mod:`cyclelib.checks`. It is a little over 450 lines
+because every option is declared here once, with its help and checks, and the two configs share the field
+helpers and checks; a module per config would split those.
 """
 from __future__ import annotations
 

@@ -59,8 +59,8 @@ from .commands import cycada_command
 from .config import CyCADAConfig, classifier_name, stage_option_names
 from .cyclegan import CycleGAN
 from .cyclegan_run import train_cyclegan
-from .cycada_data import load_domain, training_domain, translated_source
-from .data import RandomlyInverted, RandomReads, Unpaired
+from .cycada_data import drawn, load_domain, training_domain, translated_source
+from .data import RandomlyInverted, Unpaired
 from .distributed import RunContext, run_context
 from .folders import folder_fingerprint
 from .integrity import sha256_of
@@ -356,9 +356,7 @@ def train_pixel_only(config: CyCADAConfig, translator: nn.Module | None, progres
     translated by ``translator`` or, where given, on ``config.translated_source`` (``translator`` None:
     :func:`~cyclelib.cycada_data.translated_source`)."""
     translated = translated_source(config, translator, context or run_context(config.device))
-    if hasattr(translated, "get"):  # driving scenes: random crops, drawn per item and epoch
-        translated = RandomReads(translated, config.seed)
-    return train_classifier(config, "pixel_only", translated, progress, resume, context)
+    return train_classifier(config, "pixel_only", drawn(translated, config), progress, resume, context)
 
 
 def train_pixel(config: CyCADAConfig, f_s: nn.Module | None, progress: bool = True, resume: bool = False,

@@ -30,7 +30,12 @@ def training_domain(config: CyCADAConfig, name: str) -> Dataset:
     """The train split of domain ``name`` as a classifier stage reads it: a domain that draws as it reads
     (driving scenes: random crops) with its draws seeded per item and epoch (:class:`~cyclelib.data.RandomReads`),
     as the pixel and feature stages draw them; other domains as they are."""
-    domain = load_domain(config, name, "train")
+    return drawn(load_domain(config, name, "train"), config)
+
+
+def drawn(domain: Dataset, config: CyCADAConfig) -> Dataset:
+    """``domain`` for a reader that asks by index only: one that draws as it reads (driving scenes' crops) with
+    its draws seeded per item and epoch (:class:`~cyclelib.data.RandomReads`), any other as it is."""
     return RandomReads(domain, config.seed) if hasattr(domain, "get") else domain
 
 

@@ -74,13 +74,18 @@ def segmentation_domain(name: str, split: str, size: int, channels: int = 3,
     check_crop_domain(name, crop)
     if name in SCENE_DOMAINS:
         return scene_domain(name, split, size=size)
+    # A crop comes with a random horizontal flip, as the release's augmentation (cycada/transforms.py lines 79-89,
+    # called with flip=True by cycada/data/adda_datasets.py lines 62-64 wherever a crop_size is given).
+    return _driving(name, split, size=size, crop=crop or size, flip=crop is not None)
+
+
+def _driving(name: str, split: str, **options) -> DrivingScenes:
+    """Driving-scene domain ``name`` (``gta5:PATH``, ``cityscapes:PATH``) of CyCADA's ``split``, read with
+    ``options`` (:class:`~cyclelib.driving.DrivingScenes`)."""
     kind, root = name.split(":", 1)
     if split not in DRIVING_SPLITS[kind]:
         raise ValueError(f"unknown split {split!r}; valid values: {', '.join(DRIVING_SPLITS[kind])}")
-    # A crop comes with a random horizontal flip, as the release's augmentation (cycada/transforms.py lines 79-89,
-    # called with flip=True by cycada/data/adda_datasets.py lines 62-64 wherever a crop_size is given).
-    return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind][split], size=size,
-                                                          crop=crop or size, flip=crop is not None)
+    return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind][split], **options)
 
 
 def evaluation_domain(name: str, size: int) -> SceneDomain | DrivingScenes:
@@ -91,9 +96,7 @@ def evaluation_domain(name: str, size: int) -> SceneDomain | DrivingScenes:
     frames against their labels as they are (lines 46-49)."""
     if name in SCENE_DOMAINS:
         return scene_domain(name, "test", size=size)
-    kind, root = name.split(":", 1)
-    return {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind]["test"], size=size,
-                                                          full_labels=True)
+    return _driving(name, "test", size=size, full_labels=True)
 
 
 def translated_scenes(config, translator: nn.Module, context: RunContext) -> DrivingScenes:
@@ -107,8 +110,7 @@ def translated_scenes(config, translator: nn.Module, context: RunContext) -> Dri
     ``OUT/translated/made_by.json`` records the SHA-256 of the generator's weights, the image size and the
     number of frames: a folder made otherwise is translated again. (These stages never run under torchrun.)"""
     out = Path(config.out) / "translated"
-    kind, root = config.source.split(":", 1)
-    whole = {"gta5": gta5, "cityscapes": cityscapes}[kind](root, DRIVING_SPLITS[kind]["train"], size=config.image_size)
+    whole = _driving(config.source, "train", size=config.image_size)
     paths = [out / f"{i:06d}.png" for i in range(len(whole))]
     made_by = {"generator_sha256": weights_sha256(translator), "image_size": config.image_size, "frames": len(paths)}
     if _made_by(out / "made_by.json") != made_by:
