@@ -19,17 +19,6 @@ from cyclelib import plots
 COLUMN_PX = 676
 HISTORY = [{"step": s, "G_A": 1 / (s + 1), "G_B": 0.5, "D_A": 0.25, "D_B": 0.2 + s / 100} for s in range(20)]
 
-# Cells whose stored figures were drawn before the book had one figure size, by notebook: their
-# figures come from training runs that are not committed, and a re-execution at the cpu scale
-# redraws them with the current code (the commands are in the report of issue 24). Remove a cell
-# once it is re-run: the test fails while a listed cell is already fine, so the list cannot rot.
-STALE = {
-    "06_cycada_task_loss": {"5f2826e4", "9de8a1fd", "12ed12ae", "e3ba6e9e"},
-    "07_cycada_pixel_level": {"3f0c9bfc", "9449c1d2", "71c68124", "ad7191a0", "f3a10623", "3fb84ef4"},
-    "08_cycada_feature_level": {"2ef39747", "a4c7fa4e", "43e14edc", "792cc773"},
-    "09_cycada_results": {"874b07b3"},
-    "10_beyond_the_paper": {"e3d630d7"},
-}
 NOTEBOOKS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -116,13 +105,6 @@ def stored_figures(path) -> dict[str, list[tuple[int, int | None]]]:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_stored_figures_fit_the_column_at_the_book_dpi(path):
-    figures = stored_figures(path)
-    stale = STALE.get(path.stem, set())
-    assert stale <= set(figures), f"{path.name}: STALE names cells without figures: {stale - set(figures)}"
-    wrong = {cell: sizes for cell, sizes in figures.items()
+    wrong = {cell: sizes for cell, sizes in stored_figures(path).items()
              if any(width > COLUMN_PX or dpi != plots.DPI for width, dpi in sizes)}
-    assert set(wrong) - stale == set(), (
-        f"{path.name}: figures (width px, dpi) not drawn at {plots.DPI} dpi within {COLUMN_PX} px: "
-        f"{ {cell: wrong[cell] for cell in set(wrong) - stale} }")
-    assert stale - set(wrong) == set(), (
-        f"{path.name}: {stale - set(wrong)} now fit the column at the book's dpi: remove them from STALE")
+    assert not wrong, f"{path.name}: figures (width px, dpi) not drawn at {plots.DPI} dpi within {COLUMN_PX} px: {wrong}"
