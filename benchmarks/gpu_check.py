@@ -46,9 +46,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # this checkout's cyclelib, whatever else is installed
-sys.path.insert(0, str(Path(__file__).parent))  # its steps, also when loaded by path (the tests)
+# this checkout's cyclelib, whatever else is installed; and the steps beside this file, also when it is
+# loaded by path (the tests) rather than run as a script
+for folder in (ROOT, ROOT / "benchmarks"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 from gpu_check_steps import Context, Step, default_steps  # noqa: E402
 
 BUDGET_S = 450  # the whole run; each step also has its own box

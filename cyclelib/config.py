@@ -240,14 +240,14 @@ def _stage(default, help: str, shapes: str | None, **metadata) -> Field:
     return field(default=default, metadata={"help": help, "shapes": shapes, **metadata})
 
 
-def _pixel(name: str, default=MISSING, shapes: str | None = "pixel", pixel_only: bool | None = None) -> Field:
+def _pixel(name: str, default=MISSING, shapes: str | None = "pixel", of_pixel_stage: bool | None = None) -> Field:
     """An option of the pixel stage: CycleGANConfig's option ``name`` under a CyCADA name, with its help and
     choices, and its default unless CyCADA's (the release's) differs; its help says "pixel stage" when it is
-    ``pixel_only`` (default: where it shapes the pixel stage only)."""
+    ``of_pixel_stage`` (default: where it shapes the pixel stage only)."""
     option = CycleGANConfig.__dataclass_fields__[name]
     default = option.default if default is MISSING else default
-    pixel_only = shapes == "pixel" if pixel_only is None else pixel_only
-    help = f"pixel stage: {option.metadata['help']}" if pixel_only else option.metadata["help"]
+    of_pixel_stage = shapes == "pixel" if of_pixel_stage is None else of_pixel_stage
+    help = f"pixel stage: {option.metadata['help']}" if of_pixel_stage else option.metadata["help"]
     return _stage(default, help, shapes, cyclegan=(name,), choices=option.metadata.get("choices"),
                   none=option.metadata.get("none"))
 
@@ -368,9 +368,9 @@ class CyCADAConfig:
     sample_every: int = _pixel("sample_every", shapes=None)
     checkpoint_every: int = _pixel("checkpoint_every", shapes=None)
     # the pixel stage's loggers (in out/pixel/); the classifier stages keep their history in their checkpoints
-    tensorboard: bool = _pixel("tensorboard", shapes=None, pixel_only=True)
-    wandb: bool = _pixel("wandb", shapes=None, pixel_only=True)
-    wandb_project: str = _pixel("wandb_project", shapes=None, pixel_only=True)
+    tensorboard: bool = _pixel("tensorboard", shapes=None, of_pixel_stage=True)
+    wandb: bool = _pixel("wandb", shapes=None, of_pixel_stage=True)
+    wandb_project: str = _pixel("wandb_project", shapes=None, of_pixel_stage=True)
 
     def __post_init__(self):
         _check_common(self)
