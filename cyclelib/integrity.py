@@ -34,6 +34,9 @@ import torch
 _ZIP_START = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x8a\x0a" + torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")
 
+# safetensors refuses longer headers (MAX_HEADER_SIZE in safetensors/src/tensor.rs).
+_SAFETENSORS_MAX_HEADER = 100_000_000
+
 # The metadata entries that cyclelib's safetensors exports hold; the last one covers all the others.
 METADATA = ("kind", "version", "config", "meta", "crc32", "metadata_crc32")
 
@@ -47,7 +50,9 @@ def file_format(path: Path) -> str | None:
         return "zip"
     if head.startswith(b"\x80") and _LEGACY_MAGIC in head:
         return "legacy"
-    if head[8:9] == b"{":
+    # safetensors: an 8-byte little-endian header length, then the JSON header. The length must
+    # also be within safetensors' own cap: one byte ("{") alone let 1 in 256 random files pass.
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _SAFETENSORS_MAX_HEADER:
         return "safetensors"
     return None
 

@@ -9,8 +9,8 @@ Every test runs on the CPU in a few seconds, on tiny networks or on files writte
 """
 import hashlib
 import inspect
-import os
 import pickle
+import random
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -344,12 +344,22 @@ def test_the_format_is_read_from_the_first_bytes_whatever_the_name(tmp_path, for
     assert equal_states(load_official(path, kind="G", arch="resnet_1blocks", width=4).state_dict(), state)
 
 
-@pytest.mark.parametrize("content", ["random", "zeros", "text", "empty", "plain pickle"])
+def random_bytes(brace_at_8: bool) -> bytes:
+    """4 KB of seeded random bytes; with ``brace_at_8``, byte 8 is "{" as in a safetensors file
+    (1 in 256 random files: a CI run once drew one, and the loader took it for safetensors)."""
+    data = bytearray(random.Random(0).randbytes(4096))
+    if brace_at_8:
+        data[8] = ord("{")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("content", ["random", "random, { at byte 8", "zeros", "text", "empty", "plain pickle"])
 def test_bytes_of_no_known_format_are_not_a_checkpoint_and_no_message_suggests_weights_only_false(tmp_path, content):
     marker = tmp_path / "code-ran"
     path = tmp_path / "w.pth"
-    path.write_bytes({"random": os.urandom(4096), "zeros": bytes(4096), "text": b"not a checkpoint\n" * 10,
-                      "empty": b"", "plain pickle": pickle.dumps({"w": Payload(marker)})}[content])
+    path.write_bytes({"random": random_bytes(False), "random, { at byte 8": random_bytes(True), "zeros": bytes(4096),
+                      "text": b"not a checkpoint\n" * 10, "empty": b"",
+                      "plain pickle": pickle.dumps({"w": Payload(marker)})}[content])
     with pytest.raises(ValueError, match=r"w\.pth is not a checkpoint \(unknown format\)") as error:
         load_checkpoint(path)
     assert "weights_only" not in str(error.value)
